@@ -1,0 +1,152 @@
+//! The gRPC server: mTLS accept loop and the `ferry.v1.Agent` service.
+
+mod service;
+mod wire;
+
+use std::time::Instant;
+
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::config::AgentConfig;
+use crate::host::Host;
+use crate::operation::OperationSlot;
+
+pub use service::AgentService;
+
+/// Why the agent could not start serving.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("TLS setup: {0}")]
+    Tls(#[from] ferry_certs::CertError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("staging directory {path}: {source}")]
+    Staging {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// Builds the service for `config`.
+pub fn service(config: &AgentConfig) -> AgentService {
+    let host = Host::new(
+        config.root.clone(),
+        config.systemctl.clone(),
+        config.podman.clone(),
+    );
+    let host_name = config.host_name.clone().unwrap_or_else(|| {
+        rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned()
+    });
+    AgentService {
+        host,
+        host_name,
+        api_url: config.api_url(),
+        staging_dir: config.staging_dir.clone(),
+        operations: OperationSlot::default(),
+        started: Instant::now(),
+    }
+}
+
+/// Serves until `shutdown` resolves. Connections whose certificate is refused never reach the service.
+pub async fn serve(
+    config: &AgentConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    create_staging_dir(&config.staging_dir)?;
+    let acceptor = TlsAcceptor::from(ferry_certs::tls::server_config(&config.tls_files())?);
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    tracing::info!(listen = %config.listen, "ferry-agent serving over mTLS");
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let accept = tokio::spawn(accept_loop(listener, acceptor, tx));
+    let result = tonic::transport::Server::builder()
+        .add_service(ferry_proto::v1::agent_server::AgentServer::new(service(
+            config,
+        )))
+        .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown)
+        .await;
+    accept.abort();
+    tracing::info!("ferry-agent stopped");
+    Ok(result?)
+}
+
+type TlsConn = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    tx: tokio::sync::mpsc::Sender<Result<TlsConn, std::io::Error>>,
+) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let tx = tx.clone();
+        // Each handshake on its own task, so one slow peer cannot hold up the others.
+        tokio::spawn(async move {
+            let handshake = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                acceptor.accept(tcp).into_fallible(),
+            )
+            .await;
+            match handshake {
+                Ok(Ok(tls)) => {
+                    let _ = tx.send(Ok(tls)).await;
+                }
+                Ok(Err((e, tcp))) => {
+                    tracing::warn!(%peer, error = %e, "refused TLS connection");
+                    linger(tcp).await;
+                }
+                Err(_) => tracing::warn!(%peer, "TLS handshake timed out"),
+            }
+        });
+    }
+}
+
+/// After refusing a client, reads what it already sent before closing. Closing a socket with unread
+/// data resets the connection, and a reset can destroy the TLS alert that tells the client why.
+async fn linger(mut tcp: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tcp.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let drain = async {
+        while let Ok(n) = tcp.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
+}
+
+fn create_staging_dir(path: &std::path::Path) -> Result<(), ServeError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let err = |source| ServeError::Staging {
+        path: path.display().to_string(),
+        source,
+    };
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(err)
+}

@@ -1,0 +1,258 @@
+//! Facts: what this host is, read the way upstream's tools read it.
+
+use std::path::Path;
+
+use crate::host::Host;
+use crate::host::systemd::UnitState;
+
+/// How the deployment was detected (FLIGHTCTL.md §2, upstream's Detector, plus an installed quadlet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeploymentKind {
+    Podman,
+    Kubernetes,
+    Unknown,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatabaseKind {
+    Builtin,
+    External,
+    Unknown,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct OsRelease {
+    pub id: String,
+    pub version_id: String,
+    pub pretty_name: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Database {
+    pub kind: DatabaseKind,
+    pub name: String,
+    pub external_host: String,
+    pub external_port: u16,
+}
+
+#[derive(Debug, Clone)]
+pub struct Facts {
+    pub host_name: String,
+    pub os: OsRelease,
+    /// The server version, or None with the reason in `version_detail`.
+    pub version: Option<String>,
+    pub version_source: String,
+    pub version_detail: String,
+    pub deployment: DeploymentKind,
+    pub deployment_reason: String,
+    /// Units the host has (not-found units are left out).
+    pub units: Vec<UnitState>,
+    pub database: Database,
+    /// (container, state) where state is podman's State.Status or "missing".
+    pub containers: Vec<(String, String)>,
+    pub staging_free: u64,
+    pub staging_total: u64,
+}
+
+/// Where facts are read from.
+pub struct FactsSources<'a> {
+    pub host: &'a Host,
+    pub host_name: &'a str,
+    pub api_url: &'a str,
+    pub staging_dir: &'a Path,
+}
+
+/// Gathers every fact. A fact that cannot be read is reported as unknown with its reason, never fatal:
+/// facts are what an operator looks at when something is wrong.
+pub async fn gather(src: &FactsSources<'_>) -> Facts {
+    let host = src.host;
+    let units = match host.systemd().states(&super::units::all_known()).await {
+        Ok(states) => states.into_iter().filter(UnitState::is_present).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "reading unit states");
+            Vec::new()
+        }
+    };
+    let (deployment, deployment_reason) = detect_deployment(host).await;
+    let ca = host.path("/etc/flightctl/pki/ca.crt");
+    let (version, version_detail) = match super::api::read_version(src.api_url, &ca).await {
+        Ok(v) => (Some(v), String::new()),
+        Err(e) => (None, e.to_string()),
+    };
+    let mut containers = Vec::new();
+    for name in ["flightctl-db", "flightctl-kv"] {
+        let state = match host.podman().container_state(name).await {
+            Ok(Some(state)) => state,
+            Ok(None) => "missing".to_string(),
+            Err(e) => format!("unknown ({e})"),
+        };
+        containers.push((name.to_string(), state));
+    }
+    let (staging_free, staging_total) = disk_space(src.staging_dir);
+    Facts {
+        host_name: src.host_name.to_string(),
+        os: read_os_release(&host.path("/etc/os-release")),
+        version,
+        version_source: format!("api {}/api/version", src.api_url.trim_end_matches('/')),
+        version_detail,
+        deployment,
+        deployment_reason,
+        units,
+        database: read_database(&host.path("/etc/flightctl/service-config.yaml")),
+        containers,
+        staging_free,
+        staging_total,
+    }
+}
+
+async fn detect_deployment(host: &Host) -> (DeploymentKind, String) {
+    let podman = host
+        .systemd()
+        .is_active("flightctl-api.service")
+        .await
+        .unwrap_or(false);
+    let kubeconfig = std::env::var_os("KUBECONFIG")
+        .map(|p| Path::new(&p).is_file())
+        .unwrap_or(false)
+        || host.path("/root/.kube/config").is_file();
+    match (podman, kubeconfig) {
+        (true, true) => (
+            DeploymentKind::Unknown,
+            "both flightctl-api.service is active and a kubeconfig exists".into(),
+        ),
+        (true, false) => (
+            DeploymentKind::Podman,
+            "systemctl is-active flightctl-api.service".into(),
+        ),
+        (false, true) => (DeploymentKind::Kubernetes, "kubeconfig present".into()),
+        (false, false) => {
+            // Upstream gives up here; an installed quadlet still says "podman" while the API is down.
+            if host
+                .path("/usr/share/containers/systemd/flightctl-api.container")
+                .is_file()
+            {
+                (
+                    DeploymentKind::Podman,
+                    "flightctl-api quadlet installed (flightctl-api.service not active)".into(),
+                )
+            } else {
+                (
+                    DeploymentKind::Unknown,
+                    "flightctl-api.service is not active and no kubeconfig was found".into(),
+                )
+            }
+        }
+    }
+}
+
+/// Reads `db.type`, `db.name` and `db.external.*` from service-config.yaml, as upstream's backup does.
+fn read_database(path: &Path) -> Database {
+    let unknown = Database {
+        kind: DatabaseKind::Unknown,
+        name: "flightctl".into(),
+        external_host: String::new(),
+        external_port: 0,
+    };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return unknown;
+    };
+    let Ok(doc) = serde_norway::from_str::<serde_norway::Value>(&text) else {
+        return unknown;
+    };
+    let db = &doc["db"];
+    let kind = match db["type"].as_str().map(|t| t.trim().to_lowercase()) {
+        Some(t) if t == "external" => DatabaseKind::External,
+        _ => DatabaseKind::Builtin,
+    };
+    let name = db["name"]
+        .as_str()
+        .filter(|n| !n.is_empty())
+        .unwrap_or("flightctl")
+        .to_string();
+    Database {
+        kind,
+        name,
+        external_host: db["external"]["hostname"]
+            .as_str()
+            .unwrap_or_default()
+            .into(),
+        external_port: db["external"]["port"]
+            .as_u64()
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or_default(),
+    }
+}
+
+fn read_os_release(path: &Path) -> OsRelease {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut os = OsRelease::default();
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let value = value.trim().trim_matches('"').to_string();
+        match key.trim() {
+            "ID" => os.id = value,
+            "VERSION_ID" => os.version_id = value,
+            "PRETTY_NAME" => os.pretty_name = value,
+            _ => {}
+        }
+    }
+    os
+}
+
+fn disk_space(dir: &Path) -> (u64, u64) {
+    match rustix::fs::statvfs(dir) {
+        Ok(st) => (
+            st.f_bavail.saturating_mul(st.f_frsize),
+            st.f_blocks.saturating_mul(st.f_frsize),
+        ),
+        Err(_) => (0, 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn external_database_is_read_from_service_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("service-config.yaml");
+        std::fs::write(
+            &path,
+            "global:\n  baseDomain: x\ndb:\n  type: External\n  name: fc\n  external:\n    hostname: db.example.com\n    port: 5433\n",
+        )
+        .unwrap();
+        let db = read_database(&path);
+        assert_eq!(db.kind, DatabaseKind::External);
+        assert_eq!(db.name, "fc");
+        assert_eq!(db.external_host, "db.example.com");
+        assert_eq!(db.external_port, 5433);
+    }
+
+    #[test]
+    fn builtin_database_is_the_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("service-config.yaml");
+        std::fs::write(&path, "global:\n  baseDomain: x\n").unwrap();
+        let db = read_database(&path);
+        assert_eq!(db.kind, DatabaseKind::Builtin);
+        assert_eq!(db.name, "flightctl");
+        assert_eq!(
+            read_database(&dir.path().join("missing")).kind,
+            DatabaseKind::Unknown
+        );
+    }
+
+    #[test]
+    fn os_release_fields_are_unquoted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("os-release");
+        std::fs::write(&path, "NAME=\"Red Hat Enterprise Linux\"\nID=\"rhel\"\nVERSION_ID=\"9.4\"\nPRETTY_NAME=\"Red Hat Enterprise Linux 9.4 (Plow)\"\n").unwrap();
+        let os = read_os_release(&path);
+        assert_eq!(os.id, "rhel");
+        assert_eq!(os.version_id, "9.4");
+        assert_eq!(os.pretty_name, "Red Hat Enterprise Linux 9.4 (Plow)");
+    }
+}

@@ -1,0 +1,6 @@
+//! What the controller may ask of a host, one typed task per module. Tasks use the host layer and know
+//! nothing of the network.
+
+pub mod api;
+pub mod facts;
+pub mod units;

@@ -1,0 +1,92 @@
+//! Command-line definitions.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::report::Format;
+
+/// ferry: backs up and restores Flight Control control planes across a fleet.
+#[derive(Parser, Debug)]
+#[command(name = "ferry", version)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug)]
+pub struct GlobalArgs {
+    /// Controller configuration.
+    #[arg(long, global = true, env = "FERRY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Inventory file (Ansible INI or YAML).
+    #[arg(short = 'i', long, global = true, env = "FERRY_INVENTORY")]
+    pub inventory: Option<PathBuf>,
+    /// How many hosts to work on at once.
+    #[arg(short = 'f', long, global = true)]
+    pub forks: Option<usize>,
+    /// Seconds each host may take.
+    #[arg(long, global = true)]
+    pub timeout: Option<u64>,
+    /// Further limit the selected hosts with another pattern.
+    #[arg(short = 'l', long, global = true)]
+    pub limit: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value = "text")]
+    pub output: Format,
+    /// Log format (logs go to stderr).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Check that each selected agent answers over mTLS.
+    Ping { pattern: String },
+    /// Gather facts from each selected host.
+    Facts { pattern: String },
+    /// Manage the fleet PKI.
+    #[command(subcommand)]
+    Certs(CertsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CertsCommand {
+    /// Create the fleet CA in the state directory.
+    Init {
+        /// Validity of the CA in days.
+        #[arg(long, default_value_t = 3650)]
+        days: i64,
+    },
+    /// Issue an agent's server certificate (files to hand to the host).
+    IssueAgent {
+        name: String,
+        /// DNS names or IP addresses the controller dials for this host.
+        #[arg(long = "san", required = true)]
+        sans: Vec<String>,
+        /// Output directory; default <state>/pki/agents/NAME.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, default_value_t = 825)]
+        days: i64,
+    },
+    /// Issue an operator/controller client certificate.
+    IssueOperator {
+        name: String,
+        /// Output directory; default <state>/pki/operators.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+    },
+    /// Show a certificate's subject, SANs, role, validity and issuer.
+    Show { file: PathBuf },
+}

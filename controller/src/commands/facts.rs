@@ -1,0 +1,112 @@
+//! `ferry facts PATTERN`
+
+use ferry_proto::v1::{DatabaseKind, DeploymentType, FactsReply, FactsRequest};
+use serde_json::json;
+
+use crate::cli::GlobalArgs;
+use crate::config::Config;
+use crate::report::{self, Outcome};
+
+pub async fn run(config: &Config, global: &GlobalArgs, pattern: &str) -> i32 {
+    let fleet = match super::fleet::prepare(config, global, pattern) {
+        Ok(fleet) => fleet,
+        Err(code) => return code,
+    };
+    let format = global.output;
+    let dialer = &fleet.dialer;
+    let results = crate::fanout::run(
+        fleet.targets,
+        fleet.options,
+        |target| async move {
+            super::fleet::call(
+                dialer,
+                &target,
+                "facts",
+                |mut client| async move { client.facts(FactsRequest {}).await },
+                outcome,
+            )
+            .await
+        },
+        |result| report::progress_line(format, result),
+    )
+    .await;
+    report::finish(format, "facts", &results, std::io::stdout())
+}
+
+fn deployment_name(t: i32) -> &'static str {
+    match DeploymentType::try_from(t) {
+        Ok(DeploymentType::Podman) => "podman",
+        Ok(DeploymentType::Kubernetes) => "kubernetes",
+        _ => "unknown",
+    }
+}
+
+fn database_name(k: i32) -> &'static str {
+    match DatabaseKind::try_from(k) {
+        Ok(DatabaseKind::Builtin) => "builtin",
+        Ok(DatabaseKind::External) => "external",
+        _ => "unknown",
+    }
+}
+
+fn outcome(f: FactsReply) -> Outcome {
+    let version = f.flightctl.clone().unwrap_or_default();
+    let deployment = f.deployment.clone().unwrap_or_default();
+    let database = f.database.clone().unwrap_or_default();
+    let os = f.os.clone().unwrap_or_default();
+    let staging = f.staging.clone().unwrap_or_default();
+    let active = f
+        .units
+        .iter()
+        .filter(|u| u.active_state == "active")
+        .count();
+    let shown_version = if version.version.is_empty() {
+        format!("version unknown ({})", version.detail)
+    } else {
+        version.version.clone()
+    };
+    let mut summary = format!(
+        "Flight Control {shown_version}, {} deployment, {} database, {active}/{} units active, {}",
+        deployment_name(deployment.r#type),
+        database_name(database.kind),
+        f.units.len(),
+        if os.pretty_name.is_empty() {
+            "OS unknown"
+        } else {
+            &os.pretty_name
+        },
+    );
+    // Text shows what needs attention; -o json has every unit.
+    for unit in f.units.iter().filter(|u| u.active_state != "active") {
+        summary.push_str(&format!(
+            "\n    unit {:<35} {}",
+            unit.name, unit.active_state
+        ));
+    }
+    for c in &f.containers {
+        summary.push_str(&format!("\n    container {:<30} {}", c.name, c.state));
+    }
+    summary.push_str(&format!(
+        "\n    staging {} free {} MiB",
+        staging.path,
+        staging.free_bytes >> 20
+    ));
+    let data = json!({
+        "host_name": f.host_name,
+        "agent_version": f.agent_version,
+        "os": {"id": os.id, "version_id": os.version_id, "pretty_name": os.pretty_name},
+        "flightctl": {"version": version.version, "source": version.source, "detail": version.detail},
+        "deployment": {"type": deployment_name(deployment.r#type), "reason": deployment.reason},
+        "database": {"kind": database_name(database.kind), "name": database.name,
+                     "external_host": database.external_host, "external_port": database.external_port},
+        "units": f.units.iter().map(|u| json!({"name": u.name, "load_state": u.load_state,
+                                                "active_state": u.active_state})).collect::<Vec<_>>(),
+        "containers": f.containers.iter().map(|c| json!({"name": c.name, "state": c.state})).collect::<Vec<_>>(),
+        "staging": {"path": staging.path, "free_bytes": staging.free_bytes, "total_bytes": staging.total_bytes},
+    });
+    Outcome::Ok {
+        changed: false,
+        summary,
+        data,
+    }
+}

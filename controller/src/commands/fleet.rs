@@ -1,0 +1,86 @@
+//! What every fleet command does first: read the inventory, select hosts, load the TLS identity.
+
+use std::time::Duration;
+
+use crate::cli::GlobalArgs;
+use crate::config::Config;
+use ferry_proto::v1::agent_client::AgentClient;
+use tonic::transport::Channel;
+
+use crate::dial::Dialer;
+use crate::fanout::FanoutOptions;
+use crate::inventory::{Inventory, Target};
+use crate::report::{Outcome, exit};
+
+/// Selected hosts and the means to reach them.
+pub struct Fleet {
+    pub targets: Vec<Target>,
+    pub options: FanoutOptions,
+    pub dialer: Dialer,
+}
+
+/// Prepares a fleet command, or returns the exit code for why it cannot run.
+pub fn prepare(config: &Config, global: &GlobalArgs, pattern: &str) -> Result<Fleet, i32> {
+    let Some(path) = global.inventory.as_ref() else {
+        eprintln!("ferry: no inventory: pass -i INVENTORY or set FERRY_INVENTORY");
+        return Err(exit::ERROR);
+    };
+    let inventory = Inventory::load(path).map_err(|e| {
+        eprintln!("ferry: inventory {e}");
+        exit::INVENTORY
+    })?;
+    let hosts =
+        crate::pattern::select(&inventory, pattern, global.limit.as_deref()).map_err(|e| {
+            eprintln!("ferry: {e} ({})", path.display());
+            exit::INVENTORY
+        })?;
+    let targets = hosts
+        .iter()
+        .map(|h| inventory.target(h))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            eprintln!("ferry: inventory {}: {e}", path.display());
+            exit::INVENTORY
+        })?;
+    let tls = ferry_certs::tls::client_config(&config.tls).map_err(|e| {
+        eprintln!(
+            "ferry: operator certificate: {e}\n  (create one with `ferry certs init` and `ferry certs issue-operator NAME`, or set tls: in the config)"
+        );
+        exit::ERROR
+    })?;
+    Ok(Fleet {
+        targets,
+        options: FanoutOptions {
+            forks: global.forks.unwrap_or(config.forks).max(1),
+            timeout: Duration::from_secs(global.timeout.unwrap_or(config.timeout_seconds)),
+        },
+        dialer: Dialer::new(tls, Duration::from_secs(config.connect_timeout_seconds)),
+    })
+}
+
+/// Dials `target`, makes one call, and turns the reply (or why there is none) into an [`Outcome`].
+pub async fn call<T, Fut>(
+    dialer: &Dialer,
+    target: &Target,
+    task: &str,
+    request: impl FnOnce(AgentClient<Channel>) -> Fut,
+    on_reply: impl FnOnce(T) -> Outcome,
+) -> Outcome
+where
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let conn = match dialer.connect(target).await {
+        Ok(conn) => conn,
+        Err(e) => return Outcome::Unreachable(e),
+    };
+    match request(conn.client.clone()).await {
+        Ok(reply) => on_reply(reply.into_inner()),
+        Err(status) => match conn.transport_error(&status) {
+            Some(e) => Outcome::Unreachable(e),
+            None => Outcome::Failed {
+                task: task.into(),
+                cause: status.message().to_string(),
+            },
+        },
+    }
+}

@@ -1,0 +1,34 @@
+//! One module per command. Each returns the process exit code.
+
+mod certs;
+mod facts;
+mod fleet;
+mod ping;
+
+use std::path::PathBuf;
+
+use crate::cli::{Cli, Command};
+use crate::config::{Config, DEFAULT_CONFIG};
+use crate::report::exit;
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> i32 {
+    let explicit = cli.global.config.is_some();
+    let path = cli
+        .global
+        .config
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    let config = match Config::load(&path, explicit) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("ferry: configuration: {e}");
+            return exit::ERROR;
+        }
+    };
+    match cli.command {
+        Command::Ping { pattern } => ping::run(&config, &cli.global, &pattern).await,
+        Command::Facts { pattern } => facts::run(&config, &cli.global, &pattern).await,
+        Command::Certs(command) => certs::run(&config, command),
+    }
+}

@@ -1,0 +1,11 @@
+//! `ferry`, the controller: inventory and host patterns, fan-out to agents over mTLS, runbooks, and
+//! the recap every fleet command ends with.
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod dial;
+pub mod fanout;
+pub mod inventory;
+pub mod pattern;
+pub mod report;

@@ -1,0 +1,234 @@
+//! Per-host outcomes, the play recap, and exit codes.
+
+use std::io::Write;
+
+use serde_json::{Value, json};
+
+use crate::dial::DialError;
+
+/// Documented exit codes of every fleet command.
+pub mod exit {
+    /// Every host succeeded.
+    pub const OK: i32 = 0;
+    /// ferry could not start: bad arguments, configuration or certificates.
+    pub const ERROR: i32 = 1;
+    /// At least one host failed a task.
+    pub const FAILED: i32 = 2;
+    /// At least one host could not be talked to (and none failed).
+    pub const UNREACHABLE: i32 = 3;
+    /// The inventory or host pattern is invalid; nothing was contacted.
+    pub const INVENTORY: i32 = 4;
+}
+
+/// What happened on one host.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Ok {
+        changed: bool,
+        summary: String,
+        data: Value,
+    },
+    Failed {
+        task: String,
+        cause: String,
+    },
+    Unreachable(DialError),
+    Skipped {
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct HostResult {
+    pub host: String,
+    pub address: String,
+    pub outcome: Outcome,
+}
+
+/// How results are shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
+/// Prints one line as a host finishes (text mode only).
+pub fn progress_line(format: Format, result: &HostResult) {
+    if format != Format::Text {
+        return;
+    }
+    let line = match &result.outcome {
+        Outcome::Ok {
+            changed, summary, ..
+        } => format!(
+            "{}: [{}] {summary}",
+            if *changed { "changed" } else { "ok" },
+            result.host
+        ),
+        Outcome::Failed { task, cause } => {
+            format!("FAILED: [{}] task {task}: {cause}", result.host)
+        }
+        Outcome::Unreachable(e) => format!("UNREACHABLE: [{}] {e}", result.host),
+        Outcome::Skipped { reason } => format!("skipping: [{}] {reason}", result.host),
+    };
+    println!("{line}");
+}
+
+/// The exit code for a set of results.
+pub fn exit_code(results: &[HostResult]) -> i32 {
+    if results
+        .iter()
+        .any(|r| matches!(r.outcome, Outcome::Failed { .. }))
+    {
+        exit::FAILED
+    } else if results
+        .iter()
+        .any(|r| matches!(r.outcome, Outcome::Unreachable(_)))
+    {
+        exit::UNREACHABLE
+    } else {
+        exit::OK
+    }
+}
+
+fn counts(outcome: &Outcome) -> [u32; 5] {
+    // ok, changed, unreachable, failed, skipped
+    match outcome {
+        Outcome::Ok { changed: false, .. } => [1, 0, 0, 0, 0],
+        Outcome::Ok { changed: true, .. } => [1, 1, 0, 0, 0],
+        Outcome::Unreachable(_) => [0, 0, 1, 0, 0],
+        Outcome::Failed { .. } => [0, 0, 0, 1, 0],
+        Outcome::Skipped { .. } => [0, 0, 0, 0, 1],
+    }
+}
+
+/// Prints the recap (text) or the whole JSON document, and returns the exit code.
+pub fn finish(format: Format, command: &str, results: &[HostResult], mut out: impl Write) -> i32 {
+    let code = exit_code(results);
+    match format {
+        Format::Text => {
+            let width = results.iter().map(|r| r.host.len()).max().unwrap_or(0);
+            let _ = writeln!(out, "\nPLAY RECAP ({command})");
+            for r in results {
+                let [ok, changed, unreachable, failed, skipped] = counts(&r.outcome);
+                let _ = writeln!(
+                    out,
+                    "{:width$} : ok={ok:<3} changed={changed:<3} unreachable={unreachable:<3} failed={failed:<3} skipped={skipped}",
+                    r.host
+                );
+            }
+        }
+        Format::Json => {
+            let hosts: serde_json::Map<String, Value> = results
+                .iter()
+                .map(|r| (r.host.clone(), host_json(r)))
+                .collect();
+            let recap: serde_json::Map<String, Value> = results
+                .iter()
+                .map(|r| {
+                    let [ok, changed, unreachable, failed, skipped] = counts(&r.outcome);
+                    (
+                        r.host.clone(),
+                        json!({"ok": ok, "changed": changed, "unreachable": unreachable,
+                               "failed": failed, "skipped": skipped}),
+                    )
+                })
+                .collect();
+            let doc =
+                json!({"command": command, "hosts": hosts, "recap": recap, "exit_code": code});
+            let _ = writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(&doc).unwrap_or_default()
+            );
+        }
+    }
+    code
+}
+
+fn host_json(r: &HostResult) -> Value {
+    match &r.outcome {
+        Outcome::Ok {
+            changed,
+            summary,
+            data,
+        } => json!({"status": "ok", "address": r.address, "changed": changed,
+                    "summary": summary, "data": data}),
+        Outcome::Failed { task, cause } => {
+            json!({"status": "failed", "address": r.address, "task": task, "error": cause})
+        }
+        Outcome::Unreachable(e) => json!({"status": "unreachable", "address": r.address,
+                                          "reason": e.kind(), "error": e.to_string()}),
+        Outcome::Skipped { reason } => {
+            json!({"status": "skipped", "address": r.address, "reason": reason})
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(host: &str, outcome: Outcome) -> HostResult {
+        HostResult {
+            host: host.into(),
+            address: "127.0.0.1:7482".into(),
+            outcome,
+        }
+    }
+
+    fn ok() -> Outcome {
+        Outcome::Ok {
+            changed: false,
+            summary: String::new(),
+            data: Value::Null,
+        }
+    }
+
+    fn unreachable() -> Outcome {
+        Outcome::Unreachable(DialError::Unreachable {
+            addr: "x".into(),
+            cause: "connection refused".into(),
+        })
+    }
+
+    fn failed() -> Outcome {
+        Outcome::Failed {
+            task: "facts".into(),
+            cause: "boom".into(),
+        }
+    }
+
+    #[test]
+    fn failed_outranks_unreachable_outranks_ok() {
+        assert_eq!(exit_code(&[result("a", ok())]), exit::OK);
+        assert_eq!(
+            exit_code(&[result("a", ok()), result("b", unreachable())]),
+            exit::UNREACHABLE
+        );
+        assert_eq!(
+            exit_code(&[result("a", failed()), result("b", unreachable())]),
+            exit::FAILED
+        );
+        assert_ne!(exit::FAILED, exit::UNREACHABLE);
+    }
+
+    #[test]
+    fn recap_counts_per_host() {
+        let mut out = Vec::new();
+        let results = [
+            result("cp01", ok()),
+            result("cp02", failed()),
+            result("cp03", unreachable()),
+        ];
+        let code = finish(Format::Json, "ping", &results, &mut out);
+        assert_eq!(code, exit::FAILED);
+        let doc: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(doc["recap"]["cp01"]["ok"], 1);
+        assert_eq!(doc["recap"]["cp02"]["failed"], 1);
+        assert_eq!(doc["hosts"]["cp02"]["task"], "facts");
+        assert_eq!(doc["recap"]["cp03"]["unreachable"], 1);
+        assert_eq!(doc["hosts"]["cp03"]["reason"], "unreachable");
+        assert_eq!(doc["exit_code"], 2);
+    }
+}

@@ -1,0 +1,20 @@
+# Sourced by scripts/test and scripts/demo: installs what ferry's simulated hosts need on a fresh
+# Debian machine. PostgreSQL 15 server binaries are expected at /usr/lib/postgresql/15/bin
+# (override with FERRY_PG_BIN).
+ensure_deps() {
+  local missing=()
+  command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+  command -v tar >/dev/null 2>&1 || missing+=(tar)
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]}" >&2
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  local pg_bin="${FERRY_PG_BIN:-/usr/lib/postgresql/15/bin}"
+  if [ ! -x "$pg_bin/initdb" ]; then
+    echo "PostgreSQL server binaries not found in $pg_bin (set FERRY_PG_BIN)" >&2
+    return 1
+  fi
+}

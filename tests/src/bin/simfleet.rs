@@ -1,0 +1,150 @@
+//! `simfleet up --hosts N --dir DIR` / `simfleet down --dir DIR`, and the stand-ins the simulated hosts'
+//! `systemctl` and `podman` wrappers call.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use simhost::layout::Layout;
+use simhost::{SimFleet, SimFleetOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "simfleet",
+    about = "Simulated Flight Control control planes for ferry's tests and demo"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build and start N simulated hosts with their agents; writes DIR/inventory.ini and DIR/ferry.yaml.
+    Up {
+        #[arg(long, default_value_t = 3)]
+        hosts: usize,
+        #[arg(long)]
+        dir: PathBuf,
+        /// 1-based numbers of hosts that use an external database.
+        #[arg(long = "external-db", value_delimiter = ',')]
+        external_db: Vec<usize>,
+        /// Flight Control version the hosts run.
+        #[arg(long, default_value = "v1.2.0")]
+        version: String,
+        /// Devices seeded per host.
+        #[arg(long, default_value_t = 60)]
+        devices: usize,
+        /// Extra rendered-config bytes per device (grows the database).
+        #[arg(long, default_value_t = 0)]
+        payload_bytes: usize,
+    },
+    /// Stop everything `up` started.
+    Down {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// The `systemctl` stand-in (called by a host's wrapper script).
+    #[command(hide = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    Systemctl {
+        #[arg(long)]
+        host: PathBuf,
+        args: Vec<String>,
+    },
+    /// The `podman` stand-in (called by a host's wrapper script).
+    #[command(hide = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    Podman {
+        #[arg(long)]
+        host: PathBuf,
+        args: Vec<String>,
+    },
+    /// The stand-in Flight Control API (the flightctl-api unit's process).
+    #[command(hide = true)]
+    Api {
+        #[arg(long)]
+        host: PathBuf,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Cmd::Systemctl { host, args } => reply(simhost::standins::systemctl::run(
+            &Layout::new(&host),
+            &args,
+        )),
+        Cmd::Podman { host, args } => {
+            reply(simhost::standins::podman::run(&Layout::new(&host), &args))
+        }
+        Cmd::Api { host } => runtime(simhost::standins::api::serve(Layout::new(&host))),
+        Cmd::Up {
+            hosts,
+            dir,
+            external_db,
+            version,
+            devices,
+            payload_bytes,
+        } => {
+            let options = SimFleetOptions {
+                hosts,
+                external_db: external_db
+                    .into_iter()
+                    .filter(|n| *n >= 1)
+                    .map(|n| n - 1)
+                    .collect(),
+                version,
+                devices,
+                payload_bytes,
+            };
+            runtime(async move {
+                let fleet = SimFleet::up(&dir, &options).await?;
+                for host in &fleet.hosts {
+                    println!(
+                        "{}  {}  (agent {}:{})",
+                        host.name(),
+                        host.layout.dir.display(),
+                        host.spec.address,
+                        simhost::fleet::AGENT_PORT
+                    );
+                }
+                println!("inventory: {}", fleet.inventory_path().display());
+                println!("config:    {}", fleet.config_path().display());
+                Ok(())
+            })
+        }
+        Cmd::Down { dir } => match SimFleet::open(&dir) {
+            Ok(fleet) => {
+                fleet.down();
+                0
+            }
+            Err(e) => {
+                eprintln!("simfleet down: {e:#}");
+                1
+            }
+        },
+    };
+    std::process::exit(code);
+}
+
+fn reply(r: simhost::standins::Reply) -> i32 {
+    let _ = std::io::stdout().write_all(r.stdout.as_bytes());
+    let _ = std::io::stderr().write_all(r.stderr.as_bytes());
+    r.code
+}
+
+fn runtime(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> i32 {
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("simfleet: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(fut) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("simfleet: {e:#}");
+            1
+        }
+    }
+}

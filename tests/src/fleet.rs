@@ -1,0 +1,327 @@
+//! A fleet of simulated hosts with their agents, a controller config and an inventory: what
+//! `simfleet up` builds and `simfleet down` stops.
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::host::{SimHost, SimHostSpec, write};
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct SimFleetOptions {
+    pub hosts: usize,
+    /// Indexes (0-based) of hosts configured with an external database.
+    pub external_db: Vec<usize>,
+    pub version: String,
+    pub devices: usize,
+    pub payload_bytes: usize,
+}
+
+impl Default for SimFleetOptions {
+    fn default() -> Self {
+        SimFleetOptions {
+            hosts: 3,
+            external_db: Vec::new(),
+            version: "v1.2.0".into(),
+            devices: 60,
+            payload_bytes: 0,
+        }
+    }
+}
+
+/// A running simulated fleet.
+pub struct SimFleet {
+    pub dir: PathBuf,
+    pub hosts: Vec<SimHost>,
+}
+
+/// The agent's port on every simulated host.
+pub const AGENT_PORT: u16 = ferry_proto::DEFAULT_AGENT_PORT;
+
+impl SimFleet {
+    /// Builds and starts the fleet under `dir`: CA and certificates through `ferry certs`, hosts,
+    /// units, agents, `inventory.ini` and `ferry.yaml`.
+    pub async fn up(dir: &Path, options: &SimFleetOptions) -> anyhow::Result<SimFleet> {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+        let dir = dir.canonicalize()?;
+        let net = Subnet::claim(&dir)?;
+        let fleet = SimFleet {
+            dir: dir.clone(),
+            hosts: Vec::new(),
+        };
+        write(
+            &fleet.config_path(),
+            &format!(
+                "state_dir: {}\nforks: 10\ntimeout_seconds: 120\n",
+                dir.join("controller").display()
+            ),
+            0o644,
+        )?;
+        fleet.ferry_ok(&["certs", "init"])?;
+        fleet.ferry_ok(&["certs", "issue-operator", "controller"])?;
+        let mut fleet = fleet;
+        for i in 0..options.hosts {
+            let name = format!("cp{:02}", i + 1);
+            let spec = SimHostSpec {
+                name: name.clone(),
+                address: net.address(i),
+                version: options.version.clone(),
+                external_db: options.external_db.contains(&i),
+                devices: options.devices,
+                payload_bytes: options.payload_bytes,
+            };
+            let host = SimHost::create(&dir.join("hosts").join(&name), &spec).await?;
+            let agent_dir = host.layout.agent_dir();
+            fleet.ferry_ok(&[
+                "certs",
+                "issue-agent",
+                &name,
+                "--san",
+                &spec.address,
+                "--san",
+                &name,
+                "--out",
+                &agent_dir.to_string_lossy(),
+            ])?;
+            write(&agent_dir.join("agent.yaml"), &agent_config(&host), 0o644)?;
+            host.start()?;
+            host.clear_calls();
+            fleet.hosts.push(host);
+        }
+        for host in &fleet.hosts {
+            start_agent(host)?;
+        }
+        fleet.write_inventory(options)?;
+        Ok(fleet)
+    }
+
+    /// Opens a fleet built earlier by `up`.
+    pub fn open(dir: &Path) -> anyhow::Result<SimFleet> {
+        let mut hosts = Vec::new();
+        let hosts_dir = dir.join("hosts");
+        let mut names: Vec<PathBuf> = std::fs::read_dir(&hosts_dir)
+            .with_context(|| format!("no simulated fleet at {}", dir.display()))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .collect();
+        names.sort();
+        for path in names {
+            hosts.push(SimHost::open(&path)?);
+        }
+        Ok(SimFleet {
+            dir: dir.to_path_buf(),
+            hosts,
+        })
+    }
+
+    /// Stops every agent and every host process, and releases the fleet's loopback addresses.
+    pub fn down(&self) {
+        for host in &self.hosts {
+            stop_agent(host);
+            host.stop();
+        }
+        Subnet::release(&self.dir);
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("ferry.yaml")
+    }
+
+    pub fn inventory_path(&self) -> PathBuf {
+        self.dir.join("inventory.ini")
+    }
+
+    pub fn host(&self, name: &str) -> &SimHost {
+        self.hosts
+            .iter()
+            .find(|h| h.name() == name)
+            .unwrap_or_else(|| panic!("no simulated host {name}"))
+    }
+
+    /// `ferry --config DIR/ferry.yaml -i DIR/inventory.ini ARGS…`
+    pub fn ferry(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(crate::bins::path("ferry"));
+        cmd.arg("--config")
+            .arg(self.config_path())
+            .arg("-i")
+            .arg(self.inventory_path())
+            .args(args);
+        cmd
+    }
+
+    fn ferry_ok(&self, args: &[&str]) -> anyhow::Result<()> {
+        let mut cmd = Command::new(crate::bins::path("ferry"));
+        let out = cmd
+            .arg("--config")
+            .arg(self.config_path())
+            .args(args)
+            .output()
+            .context("running ferry (build the workspace first: cargo build --workspace)")?;
+        if !out.status.success() {
+            bail!(
+                "ferry {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    fn write_inventory(&self, options: &SimFleetOptions) -> anyhow::Result<()> {
+        let mut text =
+            String::from("# Simulated Flight Control control planes (simfleet)\n[controlplanes]\n");
+        for host in &self.hosts {
+            text.push_str(&format!(
+                "{} ansible_host={}\n",
+                host.name(),
+                host.spec.address
+            ));
+        }
+        if !options.external_db.is_empty() {
+            text.push_str("\n[external_db]\n");
+            for host in self.hosts.iter().filter(|h| h.spec.external_db) {
+                text.push_str(&format!("{}\n", host.name()));
+            }
+        }
+        text.push_str(&format!(
+            "\n[controlplanes:vars]\nansible_port={AGENT_PORT}\n"
+        ));
+        write(&self.inventory_path(), &text, 0o644)
+    }
+}
+
+fn agent_config(host: &SimHost) -> String {
+    let l = &host.layout;
+    let a = l.agent_dir();
+    format!(
+        "listen: {addr}:{AGENT_PORT}\nhost_name: {name}\nlocal_address: {addr}\nroot: {root}\nsystemctl: {bin}/systemctl\npodman: {bin}/podman\nstaging_dir: {staging}\ntls:\n  ca: {a}/ca.crt\n  cert: {a}/agent.crt\n  key: {a}/agent.key\n",
+        addr = host.spec.address,
+        name = host.spec.name,
+        root = l.root().display(),
+        bin = l.bin().display(),
+        staging = a.join("staging").display(),
+        a = a.display(),
+    )
+}
+
+/// Starts `ferry-agent` for `host` in the background and waits until it listens.
+pub fn start_agent(host: &SimHost) -> anyhow::Result<()> {
+    let agent_dir = host.layout.agent_dir();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(agent_dir.join("agent.log"))?;
+    let child = Command::new(crate::bins::path("ferry-agent"))
+        .arg("--config")
+        .arg(agent_dir.join("agent.yaml"))
+        .env("FERRY_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("starting ferry-agent (build the workspace first: cargo build --workspace)")?;
+    std::fs::write(agent_dir.join("agent.pid"), child.id().to_string())?;
+    let addr = format!("{}:{AGENT_PORT}", host.spec.address);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(&addr).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!(
+        "ferry-agent for {} did not listen on {addr}; see {}",
+        host.name(),
+        agent_dir.join("agent.log").display()
+    )
+}
+
+/// Stops `host`'s agent (SIGTERM, then SIGKILL after 10 s).
+pub fn stop_agent(host: &SimHost) {
+    let pid_file = host.layout.agent_dir().join("agent.pid");
+    let Some(pid) = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    let Some(pid) = rustix::process::Pid::from_raw(pid) else {
+        return;
+    };
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && process_alive(pid) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if process_alive(pid) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+    let _ = std::fs::remove_file(pid_file);
+}
+
+fn process_alive(pid: rustix::process::Pid) -> bool {
+    let stat =
+        std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero())).unwrap_or_default();
+    !stat.is_empty()
+        && stat
+            .rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().next())
+            != Some("Z")
+}
+
+/// A claim on 127.B.C.0/24 for one fleet, so concurrent fleets (parallel tests) never share addresses.
+struct Subnet {
+    b: u8,
+    c: u8,
+}
+
+const CLAIMS: &str = "/tmp/ferry-simhost-subnets";
+
+impl Subnet {
+    fn claim(fleet_dir: &Path) -> anyhow::Result<Subnet> {
+        std::fs::create_dir_all(CLAIMS)?;
+        let start = std::process::id() as usize;
+        for n in 0..(200 * 250) {
+            let k = (start + n) % (200 * 250);
+            let (b, c) = (50 + (k / 250) as u8, (k % 250) as u8 + 1);
+            let claim = Path::new(CLAIMS).join(format!("127.{b}.{c}"));
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&claim)
+            {
+                Ok(_) => {
+                    std::fs::write(&claim, fleet_dir.to_string_lossy().as_bytes())?;
+                    std::fs::write(fleet_dir.join("subnet"), claim.to_string_lossy().as_bytes())?;
+                    return Ok(Subnet { b, c });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    // A claim whose fleet directory is gone is stale.
+                    let owner = std::fs::read_to_string(&claim).unwrap_or_default();
+                    if !owner.is_empty() && !Path::new(&owner).exists() {
+                        let _ = std::fs::remove_file(&claim);
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        bail!("no free simulated subnet under {CLAIMS}")
+    }
+
+    fn release(fleet_dir: &Path) {
+        if let Ok(claim) = std::fs::read_to_string(fleet_dir.join("subnet")) {
+            let _ = std::fs::remove_file(claim.trim());
+        }
+    }
+
+    fn address(&self, index: usize) -> String {
+        format!("127.{}.{}.{}", self.b, self.c, index + 1)
+    }
+}
