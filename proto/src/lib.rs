@@ -10,3 +10,5 @@ pub mod v1 {
 
 /// The TCP port `ferry-agent` listens on unless configured otherwise. No Flight Control service uses it.
 pub const DEFAULT_AGENT_PORT: u16 = 7482;
+
+pub mod archive;

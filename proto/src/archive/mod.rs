@@ -1,0 +1,29 @@
+//! The archive format: upstream `flightctl-backup`'s layout (FLIGHTCTL.md §2) plus ferry's manifest.
+//!
+//! An archive is a tar stream of relative entries — `metadata.json`, `config/`, `pki/`, `encryption/`,
+//! `volumes/`, `db/dump.sql` — and `ferry-manifest.json`, which upstream ignores. It is compressed as a
+//! sequence of gzip members (or zstd frames): concatenated members are one valid stream, which lets the
+//! database dump be compressed in parallel while it is produced and spliced in when its size is known.
+
+mod compress;
+mod manifest;
+mod metadata;
+mod names;
+mod reader;
+mod writer;
+
+pub use compress::{Codec, CompressedSpool, ParallelCompressor};
+pub use manifest::{Entry, EntryKind, MANIFEST_NAME, Manifest};
+pub use metadata::{METADATA_NAME, Metadata};
+pub use names::{archive_name, parse_archive_timestamp, parse_sidecar, sidecar_line};
+pub use reader::{ArchiveError, ReadOptions, Verified, read_archive};
+pub use writer::ArchiveWriter;
+
+/// Hex of a SHA-256 digest.
+pub fn hex(digest: &[u8]) -> String {
+    use std::fmt::Write;
+    digest.iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
