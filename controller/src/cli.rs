@@ -53,9 +53,59 @@ pub enum Command {
     Ping { pattern: String },
     /// Gather facts from each selected host.
     Facts { pattern: String },
+    /// Back up every selected host into the store and record each archive in the catalog.
+    Backup {
+        pattern: String,
+        /// gzip is what upstream's flightctl-restore reads; zstd is faster, for archives only ferry reads.
+        #[arg(long, value_enum, default_value = "gzip")]
+        compression: Compression,
+    },
+    /// List, inspect, verify and export archives.
+    #[command(subcommand)]
+    Archives(ArchivesCommand),
+    /// Maintain the catalog.
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
     /// Manage the fleet PKI.
     #[command(subcommand)]
     Certs(CertsCommand),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Compression {
+    Gzip,
+    Zstd,
+}
+
+impl Compression {
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::Gzip => "gzip",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ArchivesCommand {
+    /// Archives in the catalog, newest first; PATTERN is a glob over host names.
+    List { pattern: Option<String> },
+    /// One archive in full.
+    Show { id: i64 },
+    /// Re-hash stored archives against the catalog and their .sha256 sidecars.
+    Verify {
+        id: Option<i64>,
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+    },
+    /// Copy an archive and its sidecar out of the store (digest checked while copying).
+    Export { id: i64, dir: PathBuf },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CatalogCommand {
+    /// Rebuild the archive catalog from the store alone.
+    Rebuild,
 }
 
 #[derive(Subcommand, Debug)]

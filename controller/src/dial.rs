@@ -123,19 +123,21 @@ pub struct AgentConn {
 }
 
 impl AgentConn {
-    /// Why an RPC failed, if the transport is to blame. With TLS 1.3 an agent's refusal of our
-    /// certificate arrives as an alert on the first read, which hyper reports only as "connection
-    /// closed"; the recorded TLS error tells the real story.
-    pub fn transport_error(&self, status: &tonic::Status) -> Option<DialError> {
+    /// The agent's refusal of our certificate, if the TLS layer recorded one.
+    pub fn refused(&self) -> Option<DialError> {
         let recorded = self
             .tls_error
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        if let Some(tls) = recorded {
-            return Some(from_rustls(&self.addr, &tls));
-        }
-        rpc_error(&self.addr, status)
+        recorded.map(|tls| from_rustls(&self.addr, &tls))
+    }
+
+    /// Why an RPC failed, if the transport is to blame. With TLS 1.3 an agent's refusal of our
+    /// certificate arrives as an alert on the first read, which hyper reports only as "connection
+    /// closed"; the recorded TLS error tells the real story.
+    pub fn transport_error(&self, status: &tonic::Status) -> Option<DialError> {
+        self.refused().or_else(|| rpc_error(&self.addr, status))
     }
 }
 

@@ -1,6 +1,7 @@
 //! `ferry`, the controller: inventory and host patterns, fan-out to agents over mTLS, runbooks, and
 //! the recap every fleet command ends with.
 
+pub mod catalog;
 pub mod cli;
 pub mod commands;
 pub mod config;
@@ -8,4 +9,6 @@ pub mod dial;
 pub mod fanout;
 pub mod inventory;
 pub mod pattern;
+pub mod progress;
 pub mod report;
+pub mod store;

@@ -54,10 +54,14 @@ pub enum Format {
 
 /// Prints one line as a host finishes (text mode only).
 pub fn progress_line(format: Format, result: &HostResult) {
-    if format != Format::Text {
-        return;
+    if format == Format::Text {
+        println!("{}", line(result));
     }
-    let line = match &result.outcome {
+}
+
+/// The line that says how a host finished.
+pub fn line(result: &HostResult) -> String {
+    match &result.outcome {
         Outcome::Ok {
             changed, summary, ..
         } => format!(
@@ -70,8 +74,7 @@ pub fn progress_line(format: Format, result: &HostResult) {
         }
         Outcome::Unreachable(e) => format!("UNREACHABLE: [{}] {e}", result.host),
         Outcome::Skipped { reason } => format!("skipping: [{}] {reason}", result.host),
-    };
-    println!("{line}");
+    }
 }
 
 /// The exit code for a set of results.

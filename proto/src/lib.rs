@@ -11,4 +11,7 @@ pub mod v1 {
 /// The TCP port `ferry-agent` listens on unless configured otherwise. No Flight Control service uses it.
 pub const DEFAULT_AGENT_PORT: u16 = 7482;
 
+/// gRPC metadata key carrying the phase an agent task failed in.
+pub const PHASE_METADATA_KEY: &str = "ferry-phase";
+
 pub mod archive;

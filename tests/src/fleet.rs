@@ -120,12 +120,14 @@ impl SimFleet {
         })
     }
 
-    /// Stops every agent and every host process, and releases the fleet's loopback addresses.
+    /// Stops every agent, every host process and the controller's private catalog, and releases the
+    /// fleet's loopback addresses.
     pub fn down(&self) {
         for host in &self.hosts {
             stop_agent(host);
             host.stop();
         }
+        let _ = ferry::catalog::embedded::PrivateCluster::new(&self.dir.join("controller")).stop();
         Subnet::release(&self.dir);
     }
 
@@ -324,4 +326,21 @@ impl Subnet {
     fn address(&self, index: usize) -> String {
         format!("127.{}.{}.{}", self.b, self.c, index + 1)
     }
+}
+
+/// Kills `host`'s agent with SIGKILL, as a crash would.
+pub fn kill_agent(host: &SimHost) {
+    let pid_file = host.layout.agent_dir().join("agent.pid");
+    if let Some(pid) = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+        .and_then(rustix::process::Pid::from_raw)
+    {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && process_alive(pid) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let _ = std::fs::remove_file(pid_file);
 }

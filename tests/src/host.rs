@@ -83,7 +83,8 @@ impl SimHost {
         for d in [&layout.dir, &layout.sim()] {
             std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))?;
         }
-        let (pg_uid, pg_gid) = pg_user()?;
+        let (pg_uid, pg_gid) =
+            ferry::catalog::embedded::server_user().map_err(anyhow::Error::msg)?;
         let units: Vec<String> = UNITS
             .iter()
             .filter(|u| {
@@ -465,27 +466,7 @@ fn random_password() -> anyhow::Result<String> {
 }
 
 fn pg_bin() -> String {
-    std::env::var("FERRY_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into())
-}
-
-/// The unprivileged user PostgreSQL runs as when we are root: `postgres`, else `nobody`.
-fn pg_user() -> anyhow::Result<(u32, u32)> {
-    if !rustix::process::geteuid().is_root() {
-        return Ok((
-            rustix::process::geteuid().as_raw(),
-            rustix::process::getegid().as_raw(),
-        ));
-    }
-    let passwd = std::fs::read_to_string("/etc/passwd")?;
-    for name in ["postgres", "nobody"] {
-        if let Some(line) = passwd.lines().find(|l| l.starts_with(&format!("{name}:"))) {
-            let f: Vec<&str> = line.split(':').collect();
-            if let (Some(u), Some(g)) = (f.get(2), f.get(3)) {
-                return Ok((u.parse()?, g.parse()?));
-            }
-        }
-    }
-    bail!("running as root and no unprivileged user (postgres or nobody) to run PostgreSQL as")
+    ferry::catalog::embedded::pg_bin().display().to_string()
 }
 
 fn uid(raw: u32) -> rustix::fs::Uid {

@@ -238,8 +238,9 @@ pub fn seed_sql(devices: usize, payload_bytes: usize) -> String {
     let payload = if payload_bytes == 0 {
         "'\"\"'::jsonb".to_string()
     } else {
+        // Hex digests compress about 2:1, like real rendered configs, unlike a repeated string.
         format!(
-            "to_jsonb(repeat(md5(i::text), {}))",
+            "(SELECT to_jsonb(string_agg(md5(i::text || ':' || j), '')) FROM generate_series(1, {}) j)",
             payload_bytes.div_ceil(32)
         )
     };

@@ -83,3 +83,154 @@ impl Drop for TempHost {
         self.host.stop();
     }
 }
+
+/// A TCP proxy on loopback that forwards at a limited rate and can cut every connection: for
+/// interrupting transfers mid-stream.
+pub struct Proxy {
+    pub addr: std::net::SocketAddr,
+    forwarded: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+impl Proxy {
+    /// Listens on `listen` and forwards to `upstream`, agent→client at most `bytes_per_sec`.
+    pub async fn start(listen: &str, upstream: std::net::SocketAddr, bytes_per_sec: u64) -> Proxy {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .expect("proxy listen");
+        let addr = listener.local_addr().expect("proxy addr");
+        let forwarded = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (cut, cut_rx) = tokio::sync::watch::channel(false);
+        let counter = std::sync::Arc::clone(&forwarded);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let counter = std::sync::Arc::clone(&counter);
+                let mut cut_rx = cut_rx.clone();
+                tokio::spawn(async move {
+                    let (mut client_read, mut client_write) = client.into_split();
+                    let (mut server_read, mut server_write) = server.into_split();
+                    let up = async {
+                        let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+                    };
+                    let down = async {
+                        let mut buf = vec![0u8; 16 << 10];
+                        let tick = std::time::Duration::from_millis(10);
+                        let per_tick = (bytes_per_sec / 100).max(1) as usize;
+                        loop {
+                            let want = per_tick.min(buf.len());
+                            let n = match server_read.read(&mut buf[..want]).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if client_write.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                            counter.fetch_add(n as u64, Ordering::Relaxed);
+                            tokio::time::sleep(tick).await;
+                        }
+                    };
+                    tokio::select! {
+                        _ = async { tokio::join!(up, down) } => {}
+                        _ = cut_rx.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        Proxy {
+            addr,
+            forwarded,
+            cut,
+        }
+    }
+
+    /// Bytes forwarded from the agent so far.
+    pub fn forwarded(&self) -> u64 {
+        self.forwarded.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Drops every connection at once, as a failed network would.
+    pub fn cut(&self) {
+        let _ = self.cut.send(true);
+    }
+
+    /// Waits until at least `bytes` were forwarded (panics after 60 s).
+    pub async fn wait_for(&self, bytes: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while self.forwarded() < bytes {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "proxy forwarded only {} bytes",
+                self.forwarded()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// A scratch PostgreSQL cluster (socket only) for loading dumps; stopped on drop.
+pub struct ScratchCluster {
+    dir: tempfile::TempDir,
+    pg_bin: std::path::PathBuf,
+}
+
+impl ScratchCluster {
+    pub fn start() -> ScratchCluster {
+        use std::os::unix::fs::PermissionsExt;
+        use std::process::Command;
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-pg-")
+            .tempdir()
+            .expect("temp dir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777))
+            .expect("chmod");
+        let pg_bin = ferry::catalog::embedded::pg_bin();
+        let data = dir.path().join("data");
+        let mut initdb = Command::new(pg_bin.join("initdb"));
+        initdb
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "--auth=trust", "--no-sync"]);
+        ferry::catalog::embedded::as_server_user(&mut initdb).expect("server user");
+        assert!(initdb.output().expect("initdb").status.success());
+        let mut start = Command::new(pg_bin.join("pg_ctl"));
+        start
+            .arg("-D")
+            .arg(&data)
+            .args(["-w", "-l"])
+            .arg(dir.path().join("log"))
+            .arg("-o")
+            .arg(format!(
+                "-c listen_addresses='' -c unix_socket_directories='{}' -c fsync=off",
+                dir.path().display()
+            ))
+            .arg("start");
+        ferry::catalog::embedded::as_server_user(&mut start).expect("server user");
+        assert!(start.output().expect("pg_ctl").status.success());
+        ScratchCluster { dir, pg_bin }
+    }
+
+    /// `psql` against database `db` of this cluster.
+    pub fn psql(&self, db: &str) -> std::process::Command {
+        let mut cmd = std::process::Command::new(self.pg_bin.join("psql"));
+        cmd.arg("-h")
+            .arg(self.dir.path())
+            .args(["-U", "postgres", "-d", db, "-X", "-q"]);
+        cmd
+    }
+}
+
+impl Drop for ScratchCluster {
+    fn drop(&mut self) {
+        let mut stop = std::process::Command::new(self.pg_bin.join("pg_ctl"));
+        stop.arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "stop"]);
+        let _ = ferry::catalog::embedded::as_server_user(&mut stop);
+        let _ = stop.output();
+    }
+}

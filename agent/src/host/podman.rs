@@ -36,3 +36,55 @@ impl<'a> Podman<'a> {
         Err(super::command::failure(self.podman, &args, &output))
     }
 }
+
+/// A secret's value. Never printed: Debug and Display show a placeholder.
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl<'a> Podman<'a> {
+    /// `podman secret inspect --showsecret NAME`, field `[0].SecretData`, trimmed.
+    pub async fn secret(&self, name: &str) -> Result<Secret, CommandError> {
+        let stdout =
+            super::command::run_ok(self.podman, &["secret", "inspect", "--showsecret", name])
+                .await?;
+        let parsed: serde_json::Value =
+            serde_json::from_str(&stdout).map_err(|e| CommandError::Failed {
+                command: format!("podman secret inspect {name}"),
+                code: 0,
+                stderr: format!("unexpected output: {e}"),
+            })?;
+        match parsed[0]["SecretData"].as_str() {
+            Some(data) => Ok(Secret(data.trim().to_string())),
+            None => Err(CommandError::Failed {
+                command: format!("podman secret inspect {name}"),
+                code: 0,
+                stderr: "no SecretData in the output".into(),
+            }),
+        }
+    }
+
+    /// A `podman exec -i CONTAINER ARGS…` command to spawn with piped I/O (for streams such as a dump).
+    pub fn exec_command(&self, container: &str, args: &[&str]) -> std::process::Command {
+        let mut cmd = std::process::Command::new(self.podman);
+        cmd.args(["exec", "-i", container]).args(args);
+        cmd
+    }
+
+    /// `podman volume export NAME --output FILE`.
+    pub async fn volume_export(&self, name: &str, file: &Path) -> Result<(), CommandError> {
+        let file = file.to_string_lossy();
+        super::command::run_ok(self.podman, &["volume", "export", name, "--output", &file]).await?;
+        Ok(())
+    }
+}

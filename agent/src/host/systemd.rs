@@ -5,7 +5,7 @@ use std::path::Path;
 use super::command::{CommandError, run, run_ok};
 
 /// A unit's load and active state, as `systemctl show` reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct UnitState {
     pub name: String,
     pub load_state: String,

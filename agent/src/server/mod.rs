@@ -138,6 +138,8 @@ async fn linger(mut tcp: tokio::net::TcpStream) {
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
 }
 
+/// Creates the staging directory and removes what an agent that died mid-operation left in it: at
+/// start no operation is running, so everything there is stale scratch.
 fn create_staging_dir(path: &std::path::Path) -> Result<(), ServeError> {
     use std::os::unix::fs::DirBuilderExt;
     let err = |source| ServeError::Staging {
@@ -148,5 +150,13 @@ fn create_staging_dir(path: &std::path::Path) -> Result<(), ServeError> {
         .recursive(true)
         .mode(0o700)
         .create(path)
-        .map_err(err)
+        .map_err(err)?;
+    for entry in std::fs::read_dir(path).map_err(err)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("backup-") {
+            tracing::warn!(dir = %entry.path().display(), "removing scratch left by an interrupted operation");
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    Ok(())
 }

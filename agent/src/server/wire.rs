@@ -5,6 +5,7 @@ use std::path::Path;
 use ferry_proto::v1 as pb;
 
 use crate::operation::Running;
+use crate::tasks::backup::Event;
 use crate::tasks::facts::{DatabaseKind, DeploymentKind, Facts};
 
 pub(super) fn running(r: Running) -> pb::RunningOperation {
@@ -68,4 +69,50 @@ pub(super) fn facts(f: Facts, staging_dir: &Path) -> pb::FactsReply {
         }),
         agent_version: crate::VERSION.into(),
     }
+}
+
+/// Why a host refuses a second operation: names the running one.
+pub(super) fn busy(host: &str, r: &Running) -> String {
+    let started = time::OffsetDateTime::from_unix_timestamp(r.started_unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| r.started_unix.to_string());
+    format!(
+        "{host} is busy: {} operation {} started by {} at {started}; wait for it to finish",
+        r.kind, r.id, r.started_by
+    )
+}
+
+/// A task failure as a status, with its phase in the metadata.
+pub(super) fn phase_status(phase: &str, cause: &str) -> tonic::Status {
+    let mut status = tonic::Status::aborted(format!("{phase}: {cause}"));
+    if let Ok(value) = phase.parse() {
+        status
+            .metadata_mut()
+            .insert(ferry_proto::PHASE_METADATA_KEY, value);
+    }
+    status
+}
+
+pub(super) fn backup_event(e: Event) -> pb::BackupEvent {
+    use pb::backup_event::Event as E;
+    let event = match e {
+        Event::Progress { phase, bytes } => E::Progress(pb::Progress {
+            phase: phase.into(),
+            bytes,
+        }),
+        Event::Data(bytes) => E::Data(bytes),
+        Event::Done(t) => E::Trailer(pb::BackupTrailer {
+            archive_name: t.archive_name,
+            size: t.size,
+            sha256: t.sha256,
+            metadata_json: t.metadata_json,
+            manifest_json: t.manifest_json,
+            warnings: t.warnings,
+        }),
+    };
+    pb::BackupEvent { event: Some(event) }
 }

@@ -6,28 +6,30 @@ use crate::host::Host;
 use crate::host::systemd::UnitState;
 
 /// How the deployment was detected (FLIGHTCTL.md §2, upstream's Detector, plus an installed quadlet).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DeploymentKind {
     Podman,
     Kubernetes,
     Unknown,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DatabaseKind {
     Builtin,
     External,
     Unknown,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct OsRelease {
     pub id: String,
     pub version_id: String,
     pub pretty_name: String,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Database {
     pub kind: DatabaseKind,
     pub name: String,
@@ -35,7 +37,7 @@ pub struct Database {
     pub external_port: u16,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Facts {
     pub host_name: String,
     pub os: OsRelease,
@@ -74,11 +76,7 @@ pub async fn gather(src: &FactsSources<'_>) -> Facts {
         }
     };
     let (deployment, deployment_reason) = detect_deployment(host).await;
-    let ca = host.path("/etc/flightctl/pki/ca.crt");
-    let (version, version_detail) = match super::api::read_version(src.api_url, &ca).await {
-        Ok(v) => (Some(v), String::new()),
-        Err(e) => (None, e.to_string()),
-    };
+    let (version, version_source, version_detail) = read_version(host, src.api_url).await;
     let mut containers = Vec::new();
     for name in ["flightctl-db", "flightctl-kv"] {
         let state = match host.podman().container_state(name).await {
@@ -93,7 +91,7 @@ pub async fn gather(src: &FactsSources<'_>) -> Facts {
         host_name: src.host_name.to_string(),
         os: read_os_release(&host.path("/etc/os-release")),
         version,
-        version_source: format!("api {}/api/version", src.api_url.trim_end_matches('/')),
+        version_source,
         version_detail,
         deployment,
         deployment_reason,
@@ -103,6 +101,38 @@ pub async fn gather(src: &FactsSources<'_>) -> Facts {
         staging_free,
         staging_total,
     }
+}
+
+/// The server's version from its API; if the API does not answer, from the tag of the API quadlet's
+/// image (set by the RPM build). Returns (version, source, why the API did not answer).
+async fn read_version(host: &Host, api_url: &str) -> (Option<String>, String, String) {
+    let ca = host.path("/etc/flightctl/pki/ca.crt");
+    let api_source = format!("api {}/api/version", api_url.trim_end_matches('/'));
+    let api_error = match super::api::read_version(api_url, &ca).await {
+        Ok(v) => return (Some(v), api_source, String::new()),
+        Err(e) => e.to_string(),
+    };
+    let quadlet = "/usr/share/containers/systemd/flightctl-api.container";
+    let tag = std::fs::read_to_string(host.path(quadlet))
+        .ok()
+        .and_then(|text| image_tag_version(&text));
+    match tag {
+        Some(v) => (Some(v), format!("image tag in {quadlet}"), api_error),
+        None => (None, api_source, api_error),
+    }
+}
+
+/// `Image=quay.io/flightctl/flightctl-api:v1.2.0` → `v1.2.0`, if the tag looks like a version.
+fn image_tag_version(quadlet: &str) -> Option<String> {
+    let image = quadlet
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Image="))?;
+    let (_, tag) = image.rsplit_once(':')?;
+    let digits = tag.strip_prefix('v').unwrap_or(tag);
+    let mut parts = digits.split('.');
+    let numeric =
+        |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    (numeric(parts.next()) && numeric(parts.next())).then(|| tag.to_string())
 }
 
 async fn detect_deployment(host: &Host) -> (DeploymentKind, String) {
@@ -243,6 +273,17 @@ mod tests {
             read_database(&dir.path().join("missing")).kind,
             DatabaseKind::Unknown
         );
+    }
+
+    #[test]
+    fn version_from_the_api_image_tag() {
+        let q = "[Container]\nContainerName=flightctl-api\nImage=quay.io/flightctl/flightctl-api:v1.2.0\n";
+        assert_eq!(image_tag_version(q).as_deref(), Some("v1.2.0"));
+        assert_eq!(
+            image_tag_version("Image=quay.io/flightctl/flightctl-api:latest\n"),
+            None
+        );
+        assert_eq!(image_tag_version("Image=localhost:5000/api\n"), None);
     }
 
     #[test]

@@ -2,5 +2,6 @@
 //! nothing of the network.
 
 pub mod api;
+pub mod backup;
 pub mod facts;
 pub mod units;

@@ -1,5 +1,7 @@
 //! One module per command. Each returns the process exit code.
 
+mod archives;
+mod backup;
 mod certs;
 mod facts;
 mod fleet;
@@ -29,6 +31,12 @@ pub async fn run(cli: Cli) -> i32 {
     match cli.command {
         Command::Ping { pattern } => ping::run(&config, &cli.global, &pattern).await,
         Command::Facts { pattern } => facts::run(&config, &cli.global, &pattern).await,
+        Command::Backup {
+            pattern,
+            compression,
+        } => backup::run(&config, &cli.global, &pattern, compression).await,
+        Command::Archives(command) => archives::run(&config, cli.global.output, command).await,
+        Command::Catalog(command) => archives::run_catalog(&config, command).await,
         Command::Certs(command) => certs::run(&config, command),
     }
 }

@@ -100,6 +100,13 @@ impl Encoder {
         }
     }
 
+    pub(crate) fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Encoder::Gzip(e) => e.flush(),
+            Encoder::Zstd(e) => e.flush(),
+        }
+    }
+
     /// Compressed bytes produced so far, removed from the buffer.
     pub(crate) fn take(&mut self) -> Vec<u8> {
         match self {

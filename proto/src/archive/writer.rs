@@ -123,6 +123,17 @@ impl<W: Write> ArchiveWriter<W> {
         Ok(copied)
     }
 
+    /// Pushes everything written so far to the sink (a sync flush of the current member), so a reader
+    /// sees it before a slow step.
+    pub fn flush(&mut self) -> io::Result<()> {
+        if let Some(member) = self.member.as_mut() {
+            member.flush()?;
+            let pending = member.take();
+            self.out.write_all(&pending)?;
+        }
+        self.out.flush()
+    }
+
     /// Writes the end-of-archive blocks, closes the last member and returns the sink.
     pub fn finish(mut self) -> io::Result<W> {
         self.compressed(&[0u8; 1024])?;

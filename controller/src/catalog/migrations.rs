@@ -1,0 +1,80 @@
+//! Versioned catalog schema. Each migration runs once, in order, in a transaction.
+
+/// (version, SQL). Append only: never edit a released migration.
+pub const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    r#"
+CREATE TABLE runs (
+    id bigserial PRIMARY KEY,
+    kind text NOT NULL,
+    pattern text NOT NULL,
+    operator text NOT NULL,
+    operator_fingerprint text NOT NULL,
+    os_user text NOT NULL,
+    controller_host text NOT NULL,
+    flags jsonb NOT NULL DEFAULT '{}',
+    started_at timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz,
+    outcome text
+);
+CREATE TABLE archives (
+    id bigserial PRIMARY KEY,
+    host text NOT NULL,
+    name text NOT NULL,
+    size bigint NOT NULL,
+    sha256 text NOT NULL,
+    compression text NOT NULL,
+    flightctl_version text NOT NULL,
+    deployment_type text NOT NULL,
+    database_included boolean NOT NULL,
+    created_at timestamptz NOT NULL,
+    duration_ms bigint,
+    row_counts jsonb NOT NULL DEFAULT '{}',
+    warnings jsonb NOT NULL DEFAULT '[]',
+    source_facts jsonb NOT NULL DEFAULT '{}',
+    run_id bigint REFERENCES runs(id),
+    pinned boolean NOT NULL DEFAULT false,
+    recorded_at timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (host, name)
+);
+CREATE TABLE host_results (
+    run_id bigint NOT NULL REFERENCES runs(id),
+    host text NOT NULL,
+    outcome text NOT NULL,
+    phase text,
+    error text,
+    archive_id bigint REFERENCES archives(id),
+    started_at timestamptz NOT NULL,
+    finished_at timestamptz NOT NULL,
+    PRIMARY KEY (run_id, host)
+);
+"#,
+)];
+
+/// Applies every migration not yet applied; concurrent ferry processes serialise on an advisory lock.
+pub async fn apply(client: &mut tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    tx.batch_execute(
+        "SELECT pg_advisory_xact_lock(7482001);
+         CREATE TABLE IF NOT EXISTS schema_migrations (version int PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now());",
+    )
+    .await?;
+    let applied: Vec<i32> = tx
+        .query("SELECT version FROM schema_migrations", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for (version, sql) in MIGRATIONS {
+        if applied.contains(version) {
+            continue;
+        }
+        tx.batch_execute(sql).await?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version) VALUES ($1)",
+            &[version],
+        )
+        .await?;
+    }
+    tx.commit().await
+}

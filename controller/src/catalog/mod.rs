@@ -1,0 +1,253 @@
+//! The catalog: runs, per-host results and archives, in PostgreSQL. With no URL configured it is
+//! ferry's private cluster in the state directory ([`embedded`]).
+
+pub mod embedded;
+mod migrations;
+
+use serde_json::Value;
+use time::OffsetDateTime;
+use tokio_postgres::Client;
+
+use crate::config::Config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("catalog: private cluster: {0}")]
+    Embedded(String),
+    #[error("catalog: {0}")]
+    Db(#[from] tokio_postgres::Error),
+}
+
+/// Who ran an operation.
+#[derive(Debug, Clone, Default)]
+pub struct Operator {
+    pub subject: String,
+    pub fingerprint: String,
+    pub os_user: String,
+    pub controller_host: String,
+}
+
+impl Operator {
+    /// The identity in `config`'s client certificate, plus the local user and host.
+    pub fn current(config: &Config) -> Operator {
+        let cert = ferry_certs::inspect_pem(&config.tls.cert).ok();
+        Operator {
+            subject: cert
+                .as_ref()
+                .map(|c| c.subject.clone())
+                .unwrap_or_else(|| "unknown".into()),
+            fingerprint: cert.map(|c| c.fingerprint).unwrap_or_default(),
+            os_user: std::env::var("USER")
+                .or_else(|_| std::env::var("LOGNAME"))
+                .unwrap_or_else(|_| format!("uid {}", rustix::process::getuid().as_raw())),
+            controller_host: rustix::system::uname()
+                .nodename()
+                .to_string_lossy()
+                .into_owned(),
+        }
+    }
+}
+
+/// One host's part of a run.
+#[derive(Debug, Clone)]
+pub struct HostRecord {
+    pub host: String,
+    /// ok, failed, unreachable, skipped
+    pub outcome: String,
+    pub phase: Option<String>,
+    pub error: Option<String>,
+    pub archive_id: Option<i64>,
+    pub started: OffsetDateTime,
+    pub finished: OffsetDateTime,
+}
+
+/// An archive as the catalog knows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ArchiveRecord {
+    pub id: i64,
+    pub host: String,
+    pub name: String,
+    pub size: i64,
+    pub sha256: String,
+    pub compression: String,
+    pub flightctl_version: String,
+    pub deployment_type: String,
+    pub database_included: bool,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    pub duration_ms: Option<i64>,
+    pub row_counts: Value,
+    pub warnings: Value,
+    pub source_facts: Value,
+    pub run_id: Option<i64>,
+    pub pinned: bool,
+}
+
+/// A connected, migrated catalog.
+pub struct Catalog {
+    client: Client,
+}
+
+const ARCHIVE_COLUMNS: &str = "id, host, name, size, sha256, compression, flightctl_version, deployment_type, \
+     database_included, created_at, duration_ms, row_counts, warnings, source_facts, run_id, pinned";
+
+impl Catalog {
+    /// Connects to `config.catalog`, or to (starting if needed) the private cluster, and migrates.
+    pub async fn connect(config: &Config) -> Result<Catalog, CatalogError> {
+        let mut client = match &config.catalog {
+            Some(url) => {
+                let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+                tokio::spawn(conn);
+                client
+            }
+            None => {
+                let cluster = embedded::PrivateCluster::new(&config.state_dir);
+                let c = cluster.clone();
+                tokio::task::spawn_blocking(move || c.ensure_running())
+                    .await
+                    .map_err(|e| CatalogError::Embedded(e.to_string()))??;
+                let admin = socket_client(&cluster, "postgres").await?;
+                let exists = admin
+                    .query_opt("SELECT 1 FROM pg_database WHERE datname = 'ferry'", &[])
+                    .await?;
+                if exists.is_none() {
+                    admin.batch_execute("CREATE DATABASE ferry").await?;
+                }
+                socket_client(&cluster, "ferry").await?
+            }
+        };
+        migrations::apply(&mut client).await?;
+        Ok(Catalog { client })
+    }
+
+    /// The underlying connection, for queries the catalog does not wrap (tests, reports).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub async fn start_run(
+        &self,
+        kind: &str,
+        pattern: &str,
+        operator: &Operator,
+        flags: &Value,
+    ) -> Result<i64, CatalogError> {
+        let row = self
+            .client
+            .query_one(
+                "INSERT INTO runs (kind, pattern, operator, operator_fingerprint, os_user, controller_host, flags)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+                &[&kind, &pattern, &operator.subject, &operator.fingerprint, &operator.os_user, &operator.controller_host, flags],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
+    pub async fn finish_run(&self, run_id: i64, outcome: &str) -> Result<(), CatalogError> {
+        self.client
+            .execute(
+                "UPDATE runs SET finished_at = now(), outcome = $2 WHERE id = $1",
+                &[&run_id, &outcome],
+            )
+            .await?;
+        Ok(())
+    }
+
+    pub async fn record_host(&self, run_id: i64, r: &HostRecord) -> Result<(), CatalogError> {
+        self.client
+            .execute(
+                "INSERT INTO host_results (run_id, host, outcome, phase, error, archive_id, started_at, finished_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                &[&run_id, &r.host, &r.outcome, &r.phase, &r.error, &r.archive_id, &r.started, &r.finished],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Records an archive; returns its id, or None if (host, name) is already catalogued.
+    pub async fn insert_archive(&self, a: &ArchiveRecord) -> Result<Option<i64>, CatalogError> {
+        let row = self
+            .client
+            .query_opt(
+                "INSERT INTO archives (host, name, size, sha256, compression, flightctl_version, deployment_type,
+                     database_included, created_at, duration_ms, row_counts, warnings, source_facts, run_id, pinned)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                 ON CONFLICT (host, name) DO NOTHING RETURNING id",
+                &[
+                    &a.host, &a.name, &a.size, &a.sha256, &a.compression, &a.flightctl_version, &a.deployment_type,
+                    &a.database_included, &a.created_at, &a.duration_ms, &a.row_counts, &a.warnings, &a.source_facts,
+                    &a.run_id, &a.pinned,
+                ],
+            )
+            .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// Archives, newest first; `host_glob` filters by host name.
+    pub async fn archives(
+        &self,
+        host_glob: Option<&str>,
+    ) -> Result<Vec<ArchiveRecord>, CatalogError> {
+        let rows = self
+            .client
+            .query(
+                &format!(
+                    "SELECT {ARCHIVE_COLUMNS} FROM archives ORDER BY created_at DESC, id DESC"
+                ),
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(archive_from_row)
+            .filter(|a| host_glob.is_none_or(|g| glob_match::glob_match(g, &a.host)))
+            .collect())
+    }
+
+    pub async fn archive(&self, id: i64) -> Result<Option<ArchiveRecord>, CatalogError> {
+        let row = self
+            .client
+            .query_opt(
+                &format!("SELECT {ARCHIVE_COLUMNS} FROM archives WHERE id = $1"),
+                &[&id],
+            )
+            .await?;
+        Ok(row.as_ref().map(archive_from_row))
+    }
+}
+
+fn archive_from_row(r: &tokio_postgres::Row) -> ArchiveRecord {
+    ArchiveRecord {
+        id: r.get(0),
+        host: r.get(1),
+        name: r.get(2),
+        size: r.get(3),
+        sha256: r.get(4),
+        compression: r.get(5),
+        flightctl_version: r.get(6),
+        deployment_type: r.get(7),
+        database_included: r.get(8),
+        created_at: r.get(9),
+        duration_ms: r.get(10),
+        row_counts: r.get(11),
+        warnings: r.get(12),
+        source_facts: r.get(13),
+        run_id: r.get(14),
+        pinned: r.get(15),
+    }
+}
+
+async fn socket_client(
+    cluster: &embedded::PrivateCluster,
+    db: &str,
+) -> Result<Client, CatalogError> {
+    let (client, conn) = tokio_postgres::Config::new()
+        .host_path(cluster.socket_dir())
+        .port(5432)
+        .user("postgres")
+        .dbname(db)
+        .connect(tokio_postgres::NoTls)
+        .await?;
+    tokio::spawn(conn);
+    Ok(client)
+}

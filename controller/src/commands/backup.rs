@@ -1,0 +1,393 @@
+//! `ferry backup PATTERN`: every selected host's archive streamed into the store and catalogued.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use ferry_proto::archive::{Manifest, Metadata};
+use ferry_proto::v1::{self as pb, BackupRequest, backup_event::Event};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+use crate::catalog::{ArchiveRecord, Catalog, HostRecord, Operator};
+use crate::cli::{Compression, GlobalArgs};
+use crate::config::Config;
+use crate::dial::Dialer;
+use crate::inventory::Target;
+use crate::progress::{HostProgress, Progress};
+use crate::report::{self, HostResult, Outcome};
+use crate::store::Store;
+
+pub async fn run(
+    config: &Config,
+    global: &GlobalArgs,
+    pattern: &str,
+    compression: Compression,
+) -> i32 {
+    let fleet = match super::fleet::prepare(config, global, pattern) {
+        Ok(fleet) => fleet,
+        Err(code) => return code,
+    };
+    let store = match Store::open(&config.store) {
+        Ok(store) => store,
+        Err(e) => {
+            eprintln!("ferry backup: {e}");
+            return report::exit::ERROR;
+        }
+    };
+    let catalog = match Catalog::connect(config).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ferry backup: {e}");
+            return report::exit::ERROR;
+        }
+    };
+    let operator = Operator::current(config);
+    let flags = json!({"compression": compression.name(), "forks": fleet.options.forks, "limit": global.limit});
+    let run_id = match catalog
+        .start_run("backup", pattern, &operator, &flags)
+        .await
+    {
+        Ok(id) => id,
+        Err(e) => {
+            eprintln!("ferry backup: {e}");
+            return report::exit::ERROR;
+        }
+    };
+    let format = global.output;
+    let progress = Arc::new(Progress::new(format));
+    let ctx = Ctx {
+        dialer: &fleet.dialer,
+        store: &store,
+        catalog: &catalog,
+        run_id,
+        compression,
+    };
+    let results = crate::fanout::run(
+        fleet.targets,
+        fleet.options,
+        |target| {
+            let progress = Arc::clone(&progress);
+            let ctx = &ctx;
+            async move {
+                let bar = progress.host(&target.name);
+                let outcome = ctx.backup_one(&target, &bar).await;
+                bar.finish();
+                outcome
+            }
+        },
+        |result| {
+            if format == report::Format::Text {
+                progress.println(&report::line(result));
+            }
+        },
+    )
+    .await;
+    let code = report::exit_code(&results);
+    let outcome = if code == report::exit::OK {
+        "succeeded"
+    } else {
+        "failed"
+    };
+    if let Err(e) = catalog.finish_run(run_id, outcome).await {
+        eprintln!("ferry backup: recording the run: {e}");
+    }
+    print_warnings(format, &results);
+    report::finish(format, "backup", &results, std::io::stdout())
+}
+
+fn print_warnings(format: report::Format, results: &[HostResult]) {
+    if format != report::Format::Text {
+        return;
+    }
+    for r in results {
+        if let Outcome::Ok { data, .. } = &r.outcome
+            && let Some(warnings) = data["warnings"].as_array()
+        {
+            for w in warnings.iter().filter_map(Value::as_str) {
+                println!("[WARNING] [{}] {w}", r.host);
+            }
+        }
+    }
+}
+
+struct Ctx<'a> {
+    dialer: &'a Dialer,
+    store: &'a Store,
+    catalog: &'a Catalog,
+    run_id: i64,
+    compression: Compression,
+}
+
+/// A failed backup: where and why.
+struct Failure {
+    phase: String,
+    cause: String,
+}
+
+impl<'a> Ctx<'a> {
+    async fn backup_one(&self, target: &Target, bar: &HostProgress) -> Outcome {
+        let started = OffsetDateTime::now_utc();
+        let clock = Instant::now();
+        let conn = match self.dialer.connect(target).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                self.record(
+                    target,
+                    "unreachable",
+                    Some("connect"),
+                    Some(&e.to_string()),
+                    None,
+                    started,
+                )
+                .await;
+                return Outcome::Unreachable(e);
+            }
+        };
+        let operation_id = format!("backup-{}-{}", self.run_id, sanitize(&target.name));
+        let result = self.receive(target, &conn, &operation_id, bar, clock).await;
+        match result {
+            Ok((record, committed_path)) => {
+                let id = match self.catalog.insert_archive(&record).await {
+                    Ok(Some(id)) => id,
+                    Ok(None) => {
+                        return self
+                            .failed(
+                                target,
+                                "catalog",
+                                format!("{} is already catalogued", record.name),
+                                started,
+                            )
+                            .await;
+                    }
+                    Err(e) => return self.failed(target, "catalog", e.to_string(), started).await,
+                };
+                self.record(target, "ok", None, None, Some(id), started)
+                    .await;
+                Outcome::Ok {
+                    changed: true,
+                    summary: format!(
+                        "archive {id} {} ({}, sha256 {}…) in {:.1}s",
+                        record.name,
+                        human_bytes(record.size as u64),
+                        &record.sha256[..12],
+                        clock.elapsed().as_secs_f64()
+                    ),
+                    data: json!({
+                        "archive_id": id, "name": record.name, "path": committed_path,
+                        "size": record.size, "sha256": record.sha256,
+                        "flightctl_version": record.flightctl_version,
+                        "database_included": record.database_included,
+                        "row_counts": record.row_counts, "warnings": record.warnings,
+                    }),
+                }
+            }
+            Err(Failure { phase, cause }) => match conn.refused() {
+                Some(e) => {
+                    self.record(
+                        target,
+                        "unreachable",
+                        Some("connect"),
+                        Some(&e.to_string()),
+                        None,
+                        started,
+                    )
+                    .await;
+                    Outcome::Unreachable(e)
+                }
+                None => self.failed(target, &phase, cause, started).await,
+            },
+        }
+    }
+
+    async fn receive(
+        &self,
+        target: &Target,
+        conn: &crate::dial::AgentConn,
+        operation_id: &str,
+        bar: &HostProgress,
+        clock: Instant,
+    ) -> Result<(ArchiveRecord, std::path::PathBuf), Failure> {
+        let request = BackupRequest {
+            operation_id: operation_id.to_string(),
+            compression: match self.compression {
+                Compression::Gzip => pb::Compression::Gzip,
+                Compression::Zstd => pb::Compression::Zstd,
+            } as i32,
+        };
+        bar.update("preflight", 0);
+        let mut stream = conn
+            .client
+            .clone()
+            .backup(request)
+            .await
+            .map_err(|status| status_failure(&status, "preflight"))?
+            .into_inner();
+        let mut incoming = None;
+        let trailer = loop {
+            let message = stream.message().await.map_err(|status| {
+                let mut failure = status_failure(&status, &bar.phase());
+                if status
+                    .metadata()
+                    .get(ferry_proto::PHASE_METADATA_KEY)
+                    .is_none()
+                {
+                    failure.phase = "transfer".into();
+                    failure.cause = format!(
+                        "connection to the agent lost during {}: {}",
+                        bar.phase(),
+                        status.message()
+                    );
+                }
+                failure
+            })?;
+            let Some(event) = message.and_then(|m| m.event) else {
+                return Err(Failure {
+                    phase: "transfer".into(),
+                    cause: "the stream ended before the archive's trailer".into(),
+                });
+            };
+            match event {
+                Event::Progress(p) => bar.update(&p.phase, p.bytes),
+                Event::Data(chunk) => {
+                    if incoming.is_none() {
+                        // The name is only known from the trailer; receive under a provisional one.
+                        incoming = Some(self.store.begin(&target.name).map_err(store_failure)?);
+                    }
+                    if let Some(object) = incoming.as_mut() {
+                        object.write_chunk(&chunk).map_err(store_failure)?;
+                        bar.update("transfer", object.size());
+                    }
+                }
+                Event::Trailer(t) => break t,
+            }
+        };
+        bar.update("commit", trailer.size);
+        let object = match incoming {
+            Some(object) => object,
+            None => self.store.begin(&target.name).map_err(store_failure)?,
+        };
+        let committed = object
+            .commit(&trailer.archive_name, trailer.size, &trailer.sha256)
+            .map_err(|e| Failure {
+                phase: "verify".into(),
+                cause: e.to_string(),
+            })?;
+        let metadata: Metadata =
+            serde_json::from_str(&trailer.metadata_json).map_err(|e| Failure {
+                phase: "verify".into(),
+                cause: format!("metadata.json: {e}"),
+            })?;
+        let manifest: Manifest =
+            serde_json::from_str(&trailer.manifest_json).map_err(|e| Failure {
+                phase: "verify".into(),
+                cause: format!("ferry-manifest.json: {e}"),
+            })?;
+        let created_at = OffsetDateTime::parse(
+            &metadata.timestamp,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap_or_else(|_| OffsetDateTime::now_utc());
+        let record = ArchiveRecord {
+            id: 0,
+            host: target.name.clone(),
+            name: trailer.archive_name.clone(),
+            size: committed.size as i64,
+            sha256: committed.sha256.clone(),
+            compression: self.compression.name().into(),
+            flightctl_version: metadata.version,
+            deployment_type: metadata.deployment_type,
+            database_included: metadata.database_included,
+            created_at,
+            duration_ms: Some(clock.elapsed().as_millis() as i64),
+            row_counts: serde_json::to_value(&manifest.row_counts).unwrap_or_default(),
+            warnings: json!(trailer.warnings),
+            source_facts: manifest.facts,
+            run_id: Some(self.run_id),
+            pinned: false,
+        };
+        Ok((record, committed.path))
+    }
+
+    async fn failed(
+        &self,
+        target: &Target,
+        phase: &str,
+        cause: String,
+        started: OffsetDateTime,
+    ) -> Outcome {
+        self.record(target, "failed", Some(phase), Some(&cause), None, started)
+            .await;
+        Outcome::Failed {
+            task: format!("backup/{phase}"),
+            cause,
+        }
+    }
+
+    async fn record(
+        &self,
+        target: &Target,
+        outcome: &str,
+        phase: Option<&str>,
+        error: Option<&str>,
+        archive_id: Option<i64>,
+        started: OffsetDateTime,
+    ) {
+        let record = HostRecord {
+            host: target.name.clone(),
+            outcome: outcome.into(),
+            phase: phase.map(str::to_string),
+            error: error.map(str::to_string),
+            archive_id,
+            started,
+            finished: OffsetDateTime::now_utc(),
+        };
+        if let Err(e) = self.catalog.record_host(self.run_id, &record).await {
+            eprintln!("ferry backup: [{}] recording the result: {e}", target.name);
+        }
+    }
+}
+
+fn status_failure(status: &tonic::Status, default_phase: &str) -> Failure {
+    let phase = status
+        .metadata()
+        .get(ferry_proto::PHASE_METADATA_KEY)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or(default_phase)
+        .to_string();
+    let prefix = format!("{phase}: ");
+    let message = status.message();
+    Failure {
+        phase,
+        cause: message.strip_prefix(&prefix).unwrap_or(message).to_string(),
+    }
+}
+
+fn store_failure(e: crate::store::StoreError) -> Failure {
+    Failure {
+        phase: "store".into(),
+        cause: e.to_string(),
+    }
+}
+
+/// Operation ids travel to the agent: letters, digits, '-' and '_' only.
+fn sanitize(host: &str) -> String {
+    host.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(40)
+        .collect()
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
