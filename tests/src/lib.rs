@@ -7,6 +7,7 @@
 //! restart loses every key, unknown units fail as systemctl fails, and the API is ready only while it
 //! reaches the database.
 
+pub mod bench;
 pub mod bins;
 pub mod fleet;
 pub mod host;

@@ -44,6 +44,9 @@ enum Cmd {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Benchmarks against the baselines ferry must beat, in one run.
+    #[command(subcommand)]
+    Bench(Bench),
     /// The `systemctl` stand-in (called by a host's wrapper script).
     #[command(hide = true, trailing_var_arg = true, allow_hyphen_values = true)]
     Systemctl {
@@ -66,6 +69,18 @@ enum Cmd {
     },
 }
 
+#[derive(Subcommand)]
+enum Bench {
+    /// pg_dump -f /dev/null, the upstream dump-then-gzip pipeline, and ferry backup.
+    Backup {
+        /// Database size to seed, in MiB.
+        #[arg(long, default_value_t = 1024)]
+        size_mb: usize,
+        #[arg(long, default_value = "/tmp/ferry-bench")]
+        dir: PathBuf,
+    },
+}
+
 fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
@@ -77,6 +92,10 @@ fn main() {
             reply(simhost::standins::podman::run(&Layout::new(&host), &args))
         }
         Cmd::Api { host } => runtime(simhost::standins::api::serve(Layout::new(&host))),
+        Cmd::Bench(Bench::Backup { size_mb, dir }) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            runtime(simhost::bench::backup(&dir, size_mb))
+        }
         Cmd::Up {
             hosts,
             dir,

@@ -1,0 +1,221 @@
+//! `simfleet bench backup`: ferry's backup against its baselines, side by side, on one simulated host.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::{SimFleet, SimFleetOptions};
+
+/// Per-device payload used to grow the database; devices are added until the target size is reached.
+const PAYLOAD: usize = 4096;
+/// Approximate on-disk bytes per seeded device with [`PAYLOAD`] (heap, TOAST, indexes, labels).
+const BYTES_PER_DEVICE: usize = 9000;
+
+pub async fn backup(dir: &Path, size_mb: usize) -> anyhow::Result<()> {
+    let devices = (size_mb << 20) / BYTES_PER_DEVICE;
+    println!("seeding one simulated host with {devices} devices (~{size_mb} MiB database)…");
+    let seed_start = Instant::now();
+    let fleet = SimFleet::up(
+        dir,
+        &SimFleetOptions {
+            hosts: 1,
+            devices,
+            payload_bytes: PAYLOAD,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let result = run(&fleet).await;
+    fleet.down();
+    println!("(seeding took {:.0}s)", seed_start.elapsed().as_secs_f64());
+    result
+}
+
+async fn run(fleet: &SimFleet) -> anyhow::Result<()> {
+    let host = &fleet.hosts[0];
+    let db = host.db().await?;
+    let db_size: i64 = db
+        .query_one("SELECT pg_database_size('flightctl')", &[])
+        .await?
+        .get(0);
+    let podman = host.layout.bin().join("podman");
+    let scratch = fleet.dir.join("bench");
+    std::fs::create_dir_all(&scratch)?;
+
+    // (a) pg_dump to /dev/null, inside the DB container: the ceiling.
+    let a = timed(|| {
+        run_ok(Command::new(&podman).args([
+            "exec",
+            "flightctl-db",
+            "pg_dump",
+            "--clean",
+            "--if-exists",
+            "-U",
+            "postgres",
+            "-d",
+            "flightctl",
+            "-f",
+            "/dev/null",
+        ]))
+    })?;
+
+    // (b) what flightctl-backup does: dump to a file, then tar + gzip at the default level, one thread.
+    let staging = scratch.join("upstream");
+    std::fs::create_dir_all(staging.join("db"))?;
+    let b = timed(|| {
+        let dump = std::fs::File::create(staging.join("db/dump.sql"))?;
+        run_ok(
+            Command::new(&podman)
+                .args([
+                    "exec",
+                    "flightctl-db",
+                    "pg_dump",
+                    "--clean",
+                    "--if-exists",
+                    "-U",
+                    "postgres",
+                    "-d",
+                    "flightctl",
+                ])
+                .stdout(dump),
+        )?;
+        run_ok(
+            Command::new("cp")
+                .arg("-a")
+                .arg(host.layout.host_path("/etc/flightctl/pki"))
+                .arg(staging.join("pki")),
+        )?;
+        run_ok(
+            Command::new("tar")
+                .arg("-czf")
+                .arg(scratch.join("upstream.tar.gz"))
+                .arg("-C")
+                .arg(&staging)
+                .arg("."),
+        )
+    })?;
+    let upstream_size = std::fs::metadata(scratch.join("upstream.tar.gz"))?.len();
+    std::fs::remove_dir_all(&staging)?;
+    std::fs::remove_file(scratch.join("upstream.tar.gz"))?;
+
+    // (c) ferry backup, end to end into the store, with the controller's and agent's peak RSS;
+    // (d) the same with zstd, for archives only ferry reads.
+    // The first command creates ferry's private catalog cluster: not part of a backup's cost.
+    run_ok(fleet.ferry(&["archives", "list"]).stdout(Stdio::null()))?;
+    let (c, controller_rss, archive_size) = ferry_backup(fleet, "gzip")?;
+    let (d, _, zstd_size) = ferry_backup(fleet, "zstd")?;
+    let agent_pid: u32 = std::fs::read_to_string(host.layout.agent_dir().join("agent.pid"))?
+        .trim()
+        .parse()?;
+    let agent_rss = peak_rss(agent_pid).unwrap_or(0);
+
+    let secs = |d: Duration| d.as_secs_f64();
+    println!();
+    println!(
+        "database size                     {:>10.1} MiB",
+        db_size as f64 / 1048576.0
+    );
+    println!("(a) pg_dump -f /dev/null          {:>10.2} s", secs(a));
+    println!(
+        "(b) upstream: dump, then tar+gzip {:>10.2} s   archive {:.1} MiB",
+        secs(b),
+        upstream_size as f64 / 1048576.0
+    );
+    println!(
+        "(c) ferry backup, end to end      {:>10.2} s   archive {:.1} MiB",
+        secs(c),
+        archive_size as f64 / 1048576.0
+    );
+    println!(
+        "(d) ferry backup --compression zstd {:>8.2} s   archive {:.1} MiB",
+        secs(d),
+        zstd_size as f64 / 1048576.0
+    );
+    println!("(c)/(a) = {:.2}   (target <= 1.25)", secs(c) / secs(a));
+    println!("(d)/(a) = {:.2}", secs(d) / secs(a));
+    println!("(c)/(b) = {:.2}   (target <= 0.35)", secs(c) / secs(b));
+    println!(
+        "peak RSS: controller {:.1} MiB, agent {:.1} MiB",
+        controller_rss as f64 / 1024.0,
+        agent_rss as f64 / 1024.0
+    );
+    Ok(())
+}
+
+/// Runs `ferry backup all`; returns (duration, controller peak RSS KiB, archive bytes).
+fn ferry_backup(fleet: &SimFleet, compression: &str) -> anyhow::Result<(Duration, u64, u64)> {
+    let store = fleet.dir.join("controller/store");
+    let _ = std::fs::remove_dir_all(&store);
+    let mut ferry = fleet.ferry(&["backup", "all", "--compression", compression]);
+    ferry.stdout(Stdio::null()).stderr(Stdio::piped());
+    let started = Instant::now();
+    let child = ferry.spawn().context("ferry backup")?;
+    let rss = watch_peak_rss(child.id());
+    let out = child.wait_with_output()?;
+    let elapsed = started.elapsed();
+    if !out.status.success() {
+        bail!(
+            "ferry backup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok((elapsed, rss.join().unwrap_or(0), walk_size(&store)))
+}
+
+fn timed(f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    f()?;
+    Ok(start.elapsed())
+}
+
+fn run_ok(cmd: &mut Command) -> anyhow::Result<()> {
+    let out = cmd.stderr(Stdio::piped()).output()?;
+    if !out.status.success() {
+        bail!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// VmHWM (peak resident set) of a process, in KiB.
+fn peak_rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Polls a child's peak RSS until it exits; returns the last value seen (KiB).
+fn watch_peak_rss(pid: u32) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut peak = 0;
+        while let Some(rss) = peak_rss(pid) {
+            peak = peak.max(rss);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        peak
+    })
+}
+
+fn walk_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| {
+                    let p = e.path();
+                    if p.is_dir() {
+                        walk_size(&p)
+                    } else if p.extension().is_some_and(|x| x == "gz" || x == "zst") {
+                        e.metadata().map(|m| m.len()).unwrap_or(0)
+                    } else {
+                        0
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
