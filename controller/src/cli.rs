@@ -60,6 +60,13 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "gzip")]
         compression: Compression,
     },
+    /// Restore one host from an archive: the documented runbook, step by step, refusing anything
+    /// unsafe before the host is touched.
+    Restore {
+        host: String,
+        #[command(flatten)]
+        args: RestoreArgs,
+    },
     /// List, inspect, verify and export archives.
     #[command(subcommand)]
     Archives(ArchivesCommand),
@@ -69,6 +76,25 @@ pub enum Command {
     /// Manage the fleet PKI.
     #[command(subcommand)]
     Certs(CertsCommand),
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct RestoreArgs {
+    /// Archive id from `ferry archives list`, or `latest` (the default).
+    #[arg(long)]
+    pub archive: Option<String>,
+    /// Restore another host's archive onto this one (disaster recovery onto a replacement host).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Keep the previous database (renamed) after the restore commits.
+    #[arg(long)]
+    pub keep_old_db: bool,
+    /// Run every preflight check and print the plan; change nothing.
+    #[arg(long)]
+    pub check: bool,
+    /// Continue the restore the host holds from its journal.
+    #[arg(long, conflicts_with_all = ["archive", "from", "check"])]
+    pub resume: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -81,6 +81,54 @@ impl<'a> Podman<'a> {
         cmd
     }
 
+    /// `podman exec -i CONTAINER ARGS…` with `stdin`; returns stdout, or the command's error.
+    pub async fn exec(
+        &self,
+        container: &str,
+        args: &[&str],
+        stdin: &[u8],
+    ) -> Result<String, CommandError> {
+        use tokio::io::AsyncWriteExt;
+        let mut full = vec!["exec", "-i", container];
+        full.extend_from_slice(args);
+        let mut child = tokio::process::Command::new(self.podman)
+            .args(&full)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| CommandError::Spawn {
+                program: self.podman.to_path_buf(),
+                source,
+            })?;
+        if let Some(mut input) = child.stdin.take() {
+            let _ = input.write_all(stdin).await;
+        }
+        let output = child
+            .wait_with_output()
+            .await
+            .map_err(|source| CommandError::Spawn {
+                program: self.podman.to_path_buf(),
+                source,
+            })?;
+        if !output.status.success() {
+            return Err(super::command::failure(
+                self.podman,
+                &full[..4.min(full.len())],
+                &output,
+            ));
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// `podman volume import NAME FILE`.
+    pub async fn volume_import(&self, name: &str, file: &Path) -> Result<(), CommandError> {
+        let file = file.to_string_lossy();
+        super::command::run_ok(self.podman, &["volume", "import", name, &file]).await?;
+        Ok(())
+    }
+
     /// `podman volume export NAME --output FILE`.
     pub async fn volume_export(&self, name: &str, file: &Path) -> Result<(), CommandError> {
         let file = file.to_string_lossy();

@@ -36,6 +36,30 @@ impl<'a> Systemd<'a> {
             .success())
     }
 
+    /// `systemctl VERB UNITS…` for start, stop and restart.
+    pub async fn control(&self, verb: &str, units: &[&str]) -> Result<(), CommandError> {
+        if units.is_empty() {
+            return Ok(());
+        }
+        let mut args = vec![verb];
+        args.extend_from_slice(units);
+        run_ok(self.systemctl, &args).await.map(|_| ())
+    }
+
+    pub async fn daemon_reload(&self) -> Result<(), CommandError> {
+        run_ok(self.systemctl, &["daemon-reload"]).await.map(|_| ())
+    }
+
+    /// The quadlet a unit is generated from (`SourcePath`), empty for native units.
+    pub async fn source_path(&self, unit: &str) -> Result<String, CommandError> {
+        let out = run_ok(
+            self.systemctl,
+            &["show", "-p", "SourcePath", "--value", unit],
+        )
+        .await?;
+        Ok(out.trim().to_string())
+    }
+
     /// The states of `units` in one `systemctl show` call; units the host lacks come back not-found.
     pub async fn states(&self, units: &[&str]) -> Result<Vec<UnitState>, CommandError> {
         let mut args = vec!["show", "--property=Id,LoadState,ActiveState"];

@@ -47,13 +47,24 @@ pub fn service(config: &AgentConfig) -> AgentService {
             .to_string_lossy()
             .into_owned()
     });
+    // A restore the agent was in the middle of when it stopped keeps the host busy until it is
+    // resumed or rolled back.
+    let operations = OperationSlot::default();
+    let unfinished = unfinished_restore(&config.staging_dir).and_then(|id| {
+        operations
+            .try_begin("restore", &id, "(unfinished before the agent restarted)")
+            .ok()
+            .map(|guard| (id, guard))
+    });
     AgentService {
         host,
         host_name,
         api_url: config.api_url(),
         staging_dir: config.staging_dir.clone(),
-        operations: OperationSlot::default(),
+        operations,
         started: Instant::now(),
+        local_address: config.local_address.clone(),
+        restore: std::sync::Mutex::new(unfinished),
     }
 }
 
@@ -136,6 +147,18 @@ async fn linger(mut tcp: tokio::net::TcpStream) {
         }
     };
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), drain).await;
+}
+
+/// The id of a restore whose journal is in the staging directory.
+fn unfinished_restore(staging: &std::path::Path) -> Option<String> {
+    std::fs::read_dir(staging).ok()?.flatten().find_map(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let id = name.strip_prefix("restore-")?;
+        e.path()
+            .join("journal.json")
+            .is_file()
+            .then(|| id.to_string())
+    })
 }
 
 /// Creates the staging directory and removes what an agent that died mid-operation left in it: at

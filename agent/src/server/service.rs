@@ -3,17 +3,20 @@ use std::time::Instant;
 
 use ferry_proto::archive::Codec;
 use ferry_proto::v1::{
-    self as pb, BackupRequest, FactsReply, FactsRequest, PingReply, PingRequest,
-    agent_server::Agent,
+    self as pb, BackupRequest, FactsReply, FactsRequest, PingReply, PingRequest, RestoreStepReply,
+    RestoreStepRequest, StageChunk, StageReply, agent_server::Agent,
 };
+use sha2::{Digest, Sha256};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
 use tonic::{Request, Response, Status};
 
 use super::wire;
 use crate::host::Host;
-use crate::operation::OperationSlot;
+use crate::operation::{OperationGuard, OperationSlot};
 use crate::tasks::backup::{BackupJob, Event};
 use crate::tasks::facts::{self, Facts, FactsSources};
+use crate::tasks::restore;
 
 /// The `ferry.v1.Agent` service.
 pub struct AgentService {
@@ -23,6 +26,9 @@ pub struct AgentService {
     pub(super) staging_dir: PathBuf,
     pub(super) operations: OperationSlot,
     pub(super) started: Instant,
+    pub(super) local_address: String,
+    /// The restore holding the host's slot across its steps: (restore id, guard).
+    pub(super) restore: std::sync::Mutex<Option<(String, OperationGuard)>>,
 }
 
 /// The subject of the controller certificate that made the request, for logs and records.
@@ -47,6 +53,101 @@ impl AgentService {
     }
 }
 
+impl AgentService {
+    /// Holds the host's slot for restore `id` (again, if it already does).
+    fn take_restore_slot(&self, id: &str, who: &str) -> Result<(), Status> {
+        let mut held = self.restore.lock().unwrap_or_else(|p| p.into_inner());
+        if held.as_ref().is_some_and(|(current, _)| current == id) {
+            return Ok(());
+        }
+        let guard = self
+            .operations
+            .try_begin("restore", id, who)
+            .map_err(|running| {
+                Status::failed_precondition(wire::busy(&self.host_name, &running))
+            })?;
+        *held = Some((id.to_string(), guard));
+        Ok(())
+    }
+
+    fn release_restore_slot(&self) {
+        self.restore
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
+
+    /// Writes the streamed archive into `dir/archive`, checking size and digest; creates the journal.
+    async fn receive_archive(
+        &self,
+        dir: &std::path::Path,
+        first: &StageChunk,
+        chunks: &mut Streaming<StageChunk>,
+    ) -> Result<(u64, String), Status> {
+        use tokio::io::AsyncWriteExt;
+        let io = |e: std::io::Error| Status::internal(format!("staging: {e}"));
+        let free = self.gather_facts().await.staging_free;
+        let needed = first
+            .expected_size
+            .saturating_mul(3)
+            .saturating_add(64 << 20);
+        if free < needed {
+            return Err(wire::phase_status(
+                "stage",
+                &format!(
+                    "not enough space in {}: {} MiB free, {} MiB needed for the archive and its extraction; nothing was changed",
+                    self.staging_dir.display(),
+                    free >> 20,
+                    needed >> 20
+                ),
+            ));
+        }
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir).map_err(io)?;
+        let part = dir.join("archive.part");
+        let mut file = tokio::io::BufWriter::with_capacity(
+            1 << 20,
+            tokio::fs::File::create(&part).await.map_err(io)?,
+        );
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut chunk = Some(first.data.clone());
+        loop {
+            if let Some(data) = chunk.take() {
+                hasher.update(&data);
+                size += data.len() as u64;
+                file.write_all(&data).await.map_err(io)?;
+            }
+            match chunks.message().await? {
+                Some(next) => chunk = Some(next.data),
+                None => break,
+            }
+        }
+        file.flush().await.map_err(io)?;
+        file.into_inner().sync_all().await.map_err(io)?;
+        let sha256 = ferry_proto::archive::hex(&hasher.finalize());
+        if size != first.expected_size || sha256 != first.expected_sha256 {
+            return Err(wire::phase_status(
+                "stage",
+                &format!(
+                    "digest mismatch: received {size} bytes sha256 {sha256}, the catalog says {} bytes sha256 {}; nothing was changed",
+                    first.expected_size, first.expected_sha256
+                ),
+            ));
+        }
+        std::fs::rename(&part, dir.join("archive")).map_err(io)?;
+        let journal = restore::journal::Journal {
+            restore_id: first.restore_id.clone(),
+            archive_sha256: sha256.clone(),
+            archive_size: size,
+            keep_old_db: first.keep_old_db,
+            ..Default::default()
+        };
+        journal.save(dir).map_err(io)?;
+        Ok((size, sha256))
+    }
+}
+
 /// Operation ids name scratch directories: keep them to a safe alphabet.
 fn valid_operation_id(id: &str) -> bool {
     !id.is_empty()
@@ -59,6 +160,78 @@ fn valid_operation_id(id: &str) -> bool {
 #[tonic::async_trait]
 impl Agent for AgentService {
     type BackupStream = ReceiverStream<Result<pb::BackupEvent, Status>>;
+
+    async fn stage(
+        &self,
+        request: Request<Streaming<StageChunk>>,
+    ) -> Result<Response<StageReply>, Status> {
+        let who = caller(&request);
+        let mut chunks = request.into_inner();
+        let first = chunks
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty stage stream"))?;
+        let id = first.restore_id.clone();
+        if !valid_operation_id(&id) {
+            return Err(Status::invalid_argument(format!(
+                "restore id {id:?} must be 1-64 letters, digits, '-' or '_'"
+            )));
+        }
+        self.take_restore_slot(&id, &who)?;
+        let dir = restore::dir(&self.staging_dir, &id);
+        let result = self.receive_archive(&dir, &first, &mut chunks).await;
+        if result.is_err() {
+            // Nothing on the host changed: drop the staged bytes and free the host.
+            let _ = std::fs::remove_dir_all(&dir);
+            self.release_restore_slot();
+        }
+        let (size, sha256) = result?;
+        tracing::info!(caller = %who, restore = %id, size, "archive staged");
+        Ok(Response::new(StageReply { size, sha256 }))
+    }
+
+    async fn restore_step(
+        &self,
+        request: Request<RestoreStepRequest>,
+    ) -> Result<Response<RestoreStepReply>, Status> {
+        let who = caller(&request);
+        let req = request.into_inner();
+        self.take_restore_slot(&req.restore_id, &who)?;
+        tracing::info!(caller = %who, restore = %req.restore_id, step = %req.step, "restore step");
+        let ctx = restore::RestoreContext {
+            host: &self.host,
+            staging_dir: &self.staging_dir,
+            local_address: &self.local_address,
+            api_url: &self.api_url,
+        };
+        let result = ctx
+            .run(&req.restore_id, &req.step, async || {
+                self.gather_facts().await
+            })
+            .await;
+        match result {
+            Ok(outcome) => {
+                if req.step == "commit" {
+                    self.release_restore_slot();
+                }
+                Ok(Response::new(RestoreStepReply {
+                    step: req.step,
+                    summary: outcome.summary,
+                    details_json: outcome.details.to_string(),
+                }))
+            }
+            Err(e) => {
+                tracing::warn!(restore = %req.restore_id, step = %req.step, error = %e, "restore step failed");
+                if req.step == "verify" {
+                    // A refused archive changed nothing: clean up and free the host.
+                    let _ =
+                        std::fs::remove_dir_all(restore::dir(&self.staging_dir, &req.restore_id));
+                    self.release_restore_slot();
+                }
+                Err(wire::phase_status(&req.step, &e.to_string()))
+            }
+        }
+    }
 
     async fn backup(
         &self,

@@ -4,4 +4,5 @@
 pub mod api;
 pub mod backup;
 pub mod facts;
+pub mod restore;
 pub mod units;

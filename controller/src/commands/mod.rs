@@ -6,6 +6,7 @@ mod certs;
 mod facts;
 mod fleet;
 mod ping;
+mod restore;
 
 use std::path::PathBuf;
 
@@ -35,6 +36,7 @@ pub async fn run(cli: Cli) -> i32 {
             pattern,
             compression,
         } => backup::run(&config, &cli.global, &pattern, compression).await,
+        Command::Restore { host, args } => restore::run(&config, &cli.global, &host, &args).await,
         Command::Archives(command) => archives::run(&config, cli.global.output, command).await,
         Command::Catalog(command) => archives::run_catalog(&config, command).await,
         Command::Certs(command) => certs::run(&config, command),

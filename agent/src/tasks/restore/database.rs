@@ -1,0 +1,148 @@
+//! The database side of a restore, run as `postgres` inside the DB container: load into a temporary
+//! database while the control plane runs, then swap by rename.
+
+use std::time::{Duration, Instant};
+
+use crate::host::Host;
+
+/// A quoted identifier (`"` doubled), as upstream quotes database names.
+pub fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+async fn psql(host: &Host, db: &str, sql: &str) -> Result<String, String> {
+    host.podman()
+        .exec(
+            "flightctl-db",
+            &[
+                "psql",
+                "-U",
+                "postgres",
+                "-d",
+                db,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-tAc",
+                sql,
+            ],
+            b"",
+        )
+        .await
+        .map_err(|e| e.to_string())
+}
+
+pub async fn exists(host: &Host, name: &str) -> Result<bool, String> {
+    let sql = format!(
+        "SELECT count(*) FROM pg_database WHERE datname = '{}'",
+        name.replace('\'', "''")
+    );
+    Ok(psql(host, "postgres", &sql).await?.trim() == "1")
+}
+
+/// Creates `temp` afresh and streams the dump into it (`psql -v ON_ERROR_STOP=1 -f -`).
+pub async fn load(host: &Host, temp: &str, dump: &std::path::Path) -> Result<(), String> {
+    psql(
+        host,
+        "postgres",
+        &format!("DROP DATABASE IF EXISTS {}", ident(temp)),
+    )
+    .await?;
+    psql(
+        host,
+        "postgres",
+        &format!("CREATE DATABASE {}", ident(temp)),
+    )
+    .await?;
+    let file = std::fs::File::open(dump).map_err(|e| format!("{}: {e}", dump.display()))?;
+    let output = host
+        .podman()
+        .exec_command(
+            "flightctl-db",
+            &[
+                "psql",
+                "-U",
+                "postgres",
+                "-d",
+                temp,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-q",
+                "-f",
+                "-",
+            ],
+        )
+        .stdin(file)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .map_err(|e| format!("loading the dump: {e}"))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
+        return Err(format!(
+            "psql stopped at the first error: {}",
+            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+        ));
+    }
+    Ok(())
+}
+
+/// live → old, temp → live. Sessions on the live database are terminated, retrying for 30 s while
+/// PostgreSQL says it is still being accessed. Idempotent.
+pub async fn swap(host: &Host, live: &str, temp: &str, old: &str) -> Result<(), String> {
+    if exists(host, temp).await? {
+        if exists(host, live).await? {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let terminate = format!(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '{}' AND pid <> pg_backend_pid()",
+                    live.replace('\'', "''")
+                );
+                psql(host, "postgres", &terminate).await?;
+                match psql(
+                    host,
+                    "postgres",
+                    &format!("ALTER DATABASE {} RENAME TO {}", ident(live), ident(old)),
+                )
+                .await
+                {
+                    Ok(_) => break,
+                    Err(e)
+                        if e.contains("being accessed by other users")
+                            && Instant::now() < deadline =>
+                    {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        psql(
+            host,
+            "postgres",
+            &format!("ALTER DATABASE {} RENAME TO {}", ident(temp), ident(live)),
+        )
+        .await?;
+    }
+    if !exists(host, live).await? {
+        return Err(format!("after the swap there is no database {live:?}"));
+    }
+    Ok(())
+}
+
+pub async fn drop_database(host: &Host, name: &str) -> Result<(), String> {
+    psql(
+        host,
+        "postgres",
+        &format!("DROP DATABASE IF EXISTS {}", ident(name)),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// Device counts by summary status in the live database.
+pub async fn device_statuses(host: &Host, db: &str) -> Result<serde_json::Value, String> {
+    let sql = "SELECT COALESCE(json_object_agg(s, n), '{}') FROM (SELECT COALESCE(status->'summary'->>'status', 'Unknown') s, count(*) n FROM devices WHERE deleted_at IS NULL GROUP BY 1) t";
+    let out = psql(host, db, sql).await?;
+    serde_json::from_str(out.trim()).map_err(|e| format!("device statuses: {e}"))
+}

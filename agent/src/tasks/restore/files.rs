@@ -1,0 +1,121 @@
+//! Swapping PKI, config and encryption keys: the archive's copy is built next to the live one, the
+//! live one is renamed aside (kept until commit), and the new one is renamed into place.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use super::journal::{Journal, Swapped};
+
+/// (entry in the archive, live path on the host), in swap order.
+pub const SWAPPED: [(&str, &str); 4] = [
+    ("pki", "/etc/flightctl/pki"),
+    ("encryption", "/etc/flightctl/encryption"),
+    ("config/conf.d", "/etc/flightctl/conf.d"),
+    (
+        "config/service-config.yaml",
+        "/etc/flightctl/service-config.yaml",
+    ),
+];
+
+fn sibling(live: &Path, tag: &str, id: &str) -> PathBuf {
+    let name = live
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    live.with_file_name(format!(".{name}.ferry-{tag}-{id}"))
+}
+
+/// Swaps every item present in `extract`; records each in the journal as it goes.
+pub fn swap(
+    journal: &mut Journal,
+    dir: &Path,
+    extract: &Path,
+    host_path: impl Fn(&str) -> PathBuf,
+    modes: &BTreeMap<String, u32>,
+) -> Result<(), String> {
+    for (entry, live) in SWAPPED {
+        let source = extract.join(entry);
+        if !source.exists() {
+            continue;
+        }
+        let live = host_path(live);
+        if journal.swapped.iter().any(|s| s.live == live) {
+            continue; // done before a resume
+        }
+        let new = sibling(&live, "new", &journal.restore_id);
+        let old = sibling(&live, "old", &journal.restore_id);
+        let _ = remove(&new);
+        copy(&source, &new, entry, modes)
+            .map_err(|e| format!("preparing {}: {e}", live.display()))?;
+        if live.exists() {
+            std::fs::rename(&live, &old)
+                .map_err(|e| format!("moving {} aside: {e}", live.display()))?;
+        }
+        journal.swapped.push(Swapped {
+            live: live.clone(),
+            old,
+        });
+        journal.save(dir).map_err(|e| e.to_string())?;
+        std::fs::rename(&new, &live)
+            .map_err(|e| format!("putting {} in place: {e}", live.display()))?;
+    }
+    Ok(())
+}
+
+/// Puts every pre-restore copy back (rollback).
+pub fn restore_old(journal: &Journal) -> Result<(), String> {
+    for s in journal.swapped.iter().rev() {
+        if s.old.exists() {
+            let _ = remove(&s.live);
+            std::fs::rename(&s.old, &s.live).map_err(|e| format!("{}: {e}", s.live.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes the pre-restore copies (commit).
+pub fn drop_old(journal: &Journal) {
+    for s in &journal.swapped {
+        let _ = remove(&s.old);
+    }
+}
+
+fn remove(path: &Path) -> std::io::Result<()> {
+    if path.is_dir() {
+        std::fs::remove_dir_all(path)
+    } else {
+        std::fs::remove_file(path)
+    }
+}
+
+/// Copies `source` to `dest` with the host modes the manifest recorded for `entry` and below.
+fn copy(
+    source: &Path,
+    dest: &Path,
+    entry: &str,
+    modes: &BTreeMap<String, u32>,
+) -> std::io::Result<()> {
+    let meta = std::fs::symlink_metadata(source)?;
+    if meta.is_dir() {
+        std::fs::create_dir_all(dest)?;
+        let mut children: Vec<_> = std::fs::read_dir(source)?.filter_map(Result::ok).collect();
+        children.sort_by_key(|c| c.file_name());
+        for child in children {
+            let name = child.file_name().to_string_lossy().into_owned();
+            copy(
+                &child.path(),
+                &dest.join(&name),
+                &format!("{entry}/{name}"),
+                modes,
+            )?;
+        }
+    } else {
+        std::fs::copy(source, dest)?;
+    }
+    let mode = modes
+        .get(entry)
+        .copied()
+        .unwrap_or(if meta.is_dir() { 0o700 } else { 0o600 });
+    std::fs::set_permissions(dest, std::fs::Permissions::from_mode(mode))
+}

@@ -1,0 +1,59 @@
+//! The KV side: seeding awaiting-reconnect keys inside the KV container after its last restart (it
+//! keeps nothing across one), pipelined through `redis-cli --pipe`, the password sent as the first
+//! command rather than on a command line.
+
+use std::path::Path;
+
+use crate::host::Host;
+use crate::host::podman::Secret;
+
+fn packed(args: &[&str]) -> Vec<u8> {
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.get_packed_command()
+}
+
+/// FLUSHALL, then SETNX of every key in `keys_file` (one per line) to `true`.
+pub async fn seed(host: &Host, password: &Secret, keys_file: &Path) -> Result<usize, String> {
+    let keys =
+        std::fs::read_to_string(keys_file).map_err(|e| format!("{}: {e}", keys_file.display()))?;
+    let mut input = packed(&["AUTH", password.expose()]);
+    input.extend(packed(&["FLUSHALL"]));
+    let mut count = 0;
+    for key in keys.lines().filter(|k| !k.is_empty()) {
+        input.extend(packed(&["SETNX", key, "true"]));
+        count += 1;
+    }
+    let out = host
+        .podman()
+        .exec("flightctl-kv", &["redis-cli", "--pipe"], &input)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !out.contains("errors: 0,") {
+        return Err(format!("redis-cli --pipe reported errors: {}", out.trim()));
+    }
+    Ok(count)
+}
+
+/// How many awaiting-reconnect keys the KV holds.
+pub async fn count(host: &Host, password: &Secret) -> Result<usize, String> {
+    let script = format!(
+        "AUTH {}\nEVAL \"return #redis.call('KEYS', ARGV[1])\" 0 v1/*/device/*/awaiting-reconnect\n",
+        password.expose()
+    );
+    let out = host
+        .podman()
+        .exec(
+            "flightctl-kv",
+            &["redis-cli", "--no-auth-warning"],
+            script.as_bytes(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    out.lines()
+        .last()
+        .and_then(|l| l.trim().trim_start_matches("(integer) ").parse().ok())
+        .ok_or_else(|| format!("unexpected redis-cli output: {}", out.trim()))
+}

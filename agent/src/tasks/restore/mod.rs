@@ -1,0 +1,503 @@
+//! Restore: a play of small, idempotent steps driven by the controller, each recorded in a journal in
+//! the staging directory. Nothing on the host changes before `verify` has checked the archive's
+//! digest, every entry, its metadata, the Flight Control version and the deployment type.
+
+mod database;
+mod devices;
+mod files;
+pub mod journal;
+mod kv;
+mod ports;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ferry_proto::archive::{EntryKind, ReadOptions, read_archive};
+use serde_json::json;
+
+use crate::host::Host;
+use crate::tasks::facts::{DatabaseKind, DeploymentKind, Facts};
+use crate::tasks::units::APPLICATION_SERVICES;
+use journal::Journal;
+
+/// Every step, in order. `stage` happens through its own call before these.
+pub const STEPS: [&str; 12] = [
+    "verify",
+    "load",
+    "stop",
+    "swap-db",
+    "swap-files",
+    "publish",
+    "prepare-devices",
+    "unpublish",
+    "seed-kv",
+    "start",
+    "health",
+    "commit",
+];
+
+/// The directory of one restore in the staging area.
+pub fn dir(staging: &Path, restore_id: &str) -> PathBuf {
+    staging.join(format!("restore-{restore_id}"))
+}
+
+/// What a step reports.
+#[derive(Debug, Default)]
+pub struct StepOutcome {
+    pub summary: String,
+    pub details: serde_json::Value,
+}
+
+/// A failed step: the cause and the host's state afterwards.
+#[derive(Debug, thiserror::Error)]
+#[error("{cause} (host state: {state})")]
+pub struct StepError {
+    pub cause: String,
+    pub state: String,
+}
+
+/// What the steps work with.
+pub struct RestoreContext<'a> {
+    pub host: &'a Host,
+    pub staging_dir: &'a Path,
+    pub local_address: &'a str,
+    pub api_url: &'a str,
+}
+
+impl RestoreContext<'_> {
+    /// Runs `step` of restore `id` unless the journal says it is done.
+    pub async fn run(
+        &self,
+        id: &str,
+        step: &str,
+        facts: impl AsyncFnOnce() -> Facts,
+    ) -> Result<StepOutcome, StepError> {
+        let dir = dir(self.staging_dir, id);
+        let mut journal = Journal::load(&dir).map_err(|e| StepError {
+            cause: format!("no staged restore {id}: {e}; stage the archive first"),
+            state: "nothing changed".into(),
+        })?;
+        if !STEPS.contains(&step) {
+            return Err(StepError {
+                cause: format!("unknown step {step:?}"),
+                state: journal.state(),
+            });
+        }
+        if let Some(missing) = STEPS
+            .iter()
+            .take_while(|s| **s != step)
+            .find(|s| !journal.is_done(s))
+        {
+            return Err(StepError {
+                cause: format!("step {step} needs {missing} first"),
+                state: journal.state(),
+            });
+        }
+        if journal.is_done(step) {
+            return Ok(StepOutcome {
+                summary: "already done".into(),
+                details: json!({}),
+            });
+        }
+        let result = self.step(&dir, &mut journal, step, facts).await;
+        match result {
+            Ok(outcome) => {
+                if step != "commit" {
+                    journal.done.push(step.to_string());
+                    journal.save(&dir).map_err(|e| StepError {
+                        cause: e.to_string(),
+                        state: journal.state(),
+                    })?;
+                }
+                Ok(outcome)
+            }
+            Err(cause) => {
+                let _ = journal.save(&dir);
+                Err(StepError {
+                    cause,
+                    state: journal.state(),
+                })
+            }
+        }
+    }
+
+    async fn step(
+        &self,
+        dir: &Path,
+        j: &mut Journal,
+        step: &str,
+        facts: impl AsyncFnOnce() -> Facts,
+    ) -> Result<StepOutcome, String> {
+        let host = self.host;
+        let extract = dir.join("extract");
+        match step {
+            "verify" => self.verify(dir, j, facts().await).await,
+            "load" => {
+                if !j.database_included {
+                    return Ok(summary(
+                        "no database in the archive (external database): nothing to load",
+                    ));
+                }
+                let started = Instant::now();
+                database::load(host, &j.temp_db, &extract.join("db/dump.sql")).await?;
+                Ok(summary(&format!(
+                    "dump loaded into {} in {:.1}s while the control plane kept running",
+                    j.temp_db,
+                    started.elapsed().as_secs_f64()
+                )))
+            }
+            "stop" => {
+                let states = host
+                    .systemd()
+                    .states(APPLICATION_SERVICES)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let present: Vec<String> = states
+                    .iter()
+                    .filter(|s| s.is_present())
+                    .map(|s| s.name.clone())
+                    .collect();
+                if j.stopped_units.is_empty() {
+                    j.stopped_units = states
+                        .iter()
+                        .filter(|s| s.active_state == "active")
+                        .map(|s| s.name.clone())
+                        .collect();
+                    j.save(dir).map_err(|e| e.to_string())?;
+                }
+                let names: Vec<&str> = present.iter().map(String::as_str).collect();
+                host.systemd()
+                    .control("stop", &names)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let after = host
+                    .systemd()
+                    .states(&names)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if let Some(still) = after.iter().find(|s| s.active_state == "active") {
+                    return Err(format!("{} is still active after stop", still.name));
+                }
+                Ok(summary(&format!(
+                    "stopped {} application units (flightctl-db and flightctl-kv keep running)",
+                    names.len()
+                )))
+            }
+            "swap-db" => {
+                if !j.database_included {
+                    return Ok(summary("external database: nothing to swap"));
+                }
+                database::swap(host, &j.db_name, &j.temp_db, &j.old_db).await?;
+                Ok(summary(&format!(
+                    "{} is the restored database; the previous one is kept as {}",
+                    j.db_name, j.old_db
+                )))
+            }
+            "swap-files" => {
+                let modes = manifest_modes(&dir.join("manifest.json"))?;
+                files::swap(j, dir, &extract, |p| host.path(p), &modes)?;
+                let mut warnings = Vec::new();
+                let pam = extract.join("volumes/pam-issuer-etc.tar");
+                if pam.is_file() {
+                    let old = dir.join("pam-issuer-etc.old.tar");
+                    let _ = host
+                        .podman()
+                        .volume_export("flightctl-pam-issuer-etc", &old)
+                        .await;
+                    if let Err(e) = host
+                        .podman()
+                        .volume_import("flightctl-pam-issuer-etc", &pam)
+                        .await
+                    {
+                        warnings.push(format!(
+                            "PAM issuer volume not restored (as upstream, not fatal): {e}"
+                        ));
+                    }
+                }
+                Ok(StepOutcome {
+                    summary: format!(
+                        "{} paths swapped; pre-restore copies kept until commit",
+                        j.swapped.len()
+                    ),
+                    details: json!({"warnings": warnings}),
+                })
+            }
+            "publish" => {
+                if !j.database_included {
+                    return Ok(summary("external database: nothing to publish"));
+                }
+                let dropin = ports::publish(host, self.local_address).await?;
+                if !j.dropins.contains(&dropin) {
+                    j.dropins.push(dropin);
+                }
+                Ok(summary(&format!(
+                    "flightctl-db published on {}:5432 only",
+                    self.local_address
+                )))
+            }
+            "prepare-devices" => {
+                let password = host
+                    .podman()
+                    .secret("flightctl-postgresql-user-password")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let address = if j.database_included {
+                    self.local_address.to_string()
+                } else {
+                    return Err("external database: run the device preparation against it with `ferry prepare-devices`".into());
+                };
+                let prepared = devices::prepare(
+                    &address,
+                    &j.db_name,
+                    password.expose(),
+                    &dir.join("kv-keys.txt"),
+                )
+                .await?;
+                j.kv_keys = prepared.keys;
+                Ok(StepOutcome {
+                    summary: format!(
+                        "updated {} devices, {} enrollment requests; {} awaiting-reconnect keys across {} organizations; SystemRestored event written",
+                        prepared.devices,
+                        prepared.enrollment_requests,
+                        prepared.keys,
+                        prepared.organizations
+                    ),
+                    details: serde_json::to_value(&prepared).unwrap_or_default(),
+                })
+            }
+            "unpublish" => {
+                ports::unpublish(host, &j.dropins).await?;
+                Ok(summary(
+                    "drop-ins removed; flightctl-db and flightctl-kv restarted; nothing published",
+                ))
+            }
+            "seed-kv" => {
+                let password = host
+                    .podman()
+                    .secret("flightctl-kv-password")
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let n = kv::seed(host, &password, &dir.join("kv-keys.txt")).await?;
+                Ok(summary(&format!(
+                    "{n} awaiting-reconnect keys seeded after the KV's last restart"
+                )))
+            }
+            "start" => {
+                let names: Vec<&str> = j.stopped_units.iter().map(String::as_str).collect();
+                host.systemd()
+                    .control("start", &names)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let after = host
+                    .systemd()
+                    .states(&names)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if let Some(down) = after.iter().find(|s| s.active_state != "active") {
+                    return Err(format!(
+                        "{} is {} after start",
+                        down.name, down.active_state
+                    ));
+                }
+                Ok(summary(&format!(
+                    "started {} application units",
+                    names.len()
+                )))
+            }
+            "health" => self.health(j).await,
+            "commit" => {
+                if j.database_included && !j.keep_old_db {
+                    database::drop_database(host, &j.old_db).await?;
+                }
+                files::drop_old(j);
+                let kept = if j.keep_old_db {
+                    format!("; previous database kept as {}", j.old_db)
+                } else {
+                    String::new()
+                };
+                std::fs::remove_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+                Ok(summary(&format!(
+                    "restore committed; pre-restore copies removed{kept}"
+                )))
+            }
+            other => Err(format!("unknown step {other}")),
+        }
+    }
+
+    /// Reads the staged archive once: digest, every entry, manifest, metadata; then checks it against
+    /// the host. Extracts into the restore's directory, never onto the host.
+    async fn verify(
+        &self,
+        dir: &Path,
+        j: &mut Journal,
+        facts: Facts,
+    ) -> Result<StepOutcome, String> {
+        let archive = dir.join("archive");
+        let extract = dir.join("extract");
+        let _ = std::fs::remove_dir_all(&extract);
+        let expected = j.archive_sha256.clone();
+        let target = extract.clone();
+        let verified = tokio::task::spawn_blocking(move || {
+            let file = std::fs::File::open(&archive)?;
+            read_archive(
+                std::io::BufReader::new(file),
+                &ReadOptions {
+                    extract_to: Some(&target),
+                    expected_sha256: Some(&expected),
+                },
+            )
+            .map_err(std::io::Error::other)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| {
+            let _ = std::fs::remove_dir_all(&extract);
+            format!("archive refused: {e}")
+        })?;
+        let refuse = |why: String| {
+            let _ = std::fs::remove_dir_all(&extract);
+            Err(format!("archive refused: {why}"))
+        };
+        let Some(metadata) = verified.metadata else {
+            return refuse("no metadata.json".into());
+        };
+        let host_version = facts.version.clone().unwrap_or_default();
+        if metadata.version != host_version {
+            return refuse(format!(
+                "it was made on Flight Control {}, this host runs {}; restore only onto the same version",
+                metadata.version,
+                if host_version.is_empty() {
+                    format!("an unknown version ({})", facts.version_detail)
+                } else {
+                    host_version
+                }
+            ));
+        }
+        if metadata.deployment_type != "podman" || facts.deployment != DeploymentKind::Podman {
+            return refuse(format!(
+                "deployment type {} in the archive, {:?} on this host; cross-deployment restore is not supported",
+                metadata.deployment_type, facts.deployment
+            ));
+        }
+        let has = |path: &str, kind: EntryKind| {
+            verified
+                .entries
+                .iter()
+                .any(|e| e.path == path && e.kind == kind)
+        };
+        if !has("pki", EntryKind::Dir) {
+            return refuse(
+                "it has no pki/: restoring without the CA would force every device to re-enroll"
+                    .into(),
+            );
+        }
+        if !has("config/service-config.yaml", EntryKind::File) {
+            return refuse("it has no config/service-config.yaml".into());
+        }
+        let dump = has("db/dump.sql", EntryKind::File);
+        if metadata.database_included != dump {
+            return refuse(format!(
+                "metadata says databaseIncluded={} but db/dump.sql is {}",
+                metadata.database_included,
+                if dump { "present" } else { "absent" }
+            ));
+        }
+        if dump && facts.database.kind != DatabaseKind::Builtin {
+            return refuse(
+                "it holds a database dump but this host uses an external database".into(),
+            );
+        }
+        let modes: BTreeMap<String, u32> = verified
+            .manifest
+            .as_ref()
+            .map(|m| m.entries.iter().map(|e| (e.path.clone(), e.mode)).collect())
+            .unwrap_or_default();
+        std::fs::write(
+            dir.join("manifest.json"),
+            serde_json::to_vec(&modes).unwrap_or_default(),
+        )
+        .map_err(|e| e.to_string())?;
+        j.version = metadata.version.clone();
+        j.database_included = dump;
+        j.db_name = facts.database.name.clone();
+        let tag: String = j
+            .restore_id
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .take(8)
+            .collect();
+        j.temp_db = format!("{}_restore_{tag}", j.db_name);
+        j.old_db = format!("{}_old_{tag}", j.db_name);
+        Ok(StepOutcome {
+            summary: format!(
+                "{} entries safe, sha256 {}…, Flight Control {}, podman, database {}",
+                verified.entries.len(),
+                &verified.sha256[..12],
+                metadata.version,
+                if dump { "included" } else { "external" }
+            ),
+            details: json!({"entries": verified.entries.len(), "version": metadata.version}),
+        })
+    }
+
+    /// The API is ready and reports the archive's version; the KV holds one key per device.
+    async fn health(&self, j: &Journal) -> Result<StepOutcome, String> {
+        let host = self.host;
+        let ca = host.path("/etc/flightctl/pki/ca.crt");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            match crate::tasks::api::ready(self.api_url, &ca).await {
+                Ok(()) => break,
+                Err(e) if Instant::now() > deadline => {
+                    return Err(format!("the API is not ready: {e}"));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        }
+        let version = crate::tasks::api::read_version(self.api_url, &ca)
+            .await
+            .map_err(|e| e.to_string())?;
+        if version != j.version {
+            return Err(format!(
+                "the API reports {version}, the archive is {}",
+                j.version
+            ));
+        }
+        let password = host
+            .podman()
+            .secret("flightctl-kv-password")
+            .await
+            .map_err(|e| e.to_string())?;
+        let keys = kv::count(host, &password).await?;
+        if keys != j.kv_keys {
+            return Err(format!(
+                "the KV holds {keys} awaiting-reconnect keys, expected {}",
+                j.kv_keys
+            ));
+        }
+        let statuses = if j.database_included {
+            database::device_statuses(host, &j.db_name).await?
+        } else {
+            json!({})
+        };
+        Ok(StepOutcome {
+            summary: format!(
+                "API ready at {version}; {keys} awaiting-reconnect keys; devices by status {statuses}"
+            ),
+            details: json!({"version": version, "kv_keys": keys, "devices_by_status": statuses}),
+        })
+    }
+}
+
+fn summary(text: &str) -> StepOutcome {
+    StepOutcome {
+        summary: text.into(),
+        details: json!({}),
+    }
+}
+
+fn manifest_modes(path: &Path) -> Result<BTreeMap<String, u32>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| e.to_string())
+}

@@ -1,0 +1,679 @@
+//! `ferry restore` against simulated hosts: the runbook end to end, and every refusal.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use ferry::catalog::Catalog;
+use ferry::config::Config;
+use simhost::SimFleetOptions;
+use simhost::testing::TempFleet;
+
+fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// path → (sha256 of content, mode) for every file and directory under `dir`.
+fn tree(dir: &Path) -> BTreeMap<String, (String, u32)> {
+    fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, (String, u32)>) {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            let rel = path.strip_prefix(base).unwrap().display().to_string();
+            let mode = std::fs::symlink_metadata(&path)
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777;
+            if path.is_dir() {
+                out.insert(rel, (String::new(), mode));
+                walk(base, &path, out);
+            } else {
+                let digest = ferry_proto::archive::hex(&<sha2::Sha256 as sha2::Digest>::digest(
+                    std::fs::read(&path).unwrap(),
+                ));
+                out.insert(rel, (digest, mode));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// A digest of every row of `table`, so two states of a table compare equal only if identical.
+async fn table_digest(db: &tokio_postgres::Client, table: &str, columns: &str) -> String {
+    let sql = format!(
+        "SELECT count(*)::text || ':' || COALESCE(md5(string_agg(r, '|' ORDER BY r)), '') FROM (SELECT ({columns})::text r FROM {table} t) x"
+    );
+    db.query_one(&sql, &[]).await.unwrap().get(0)
+}
+
+async fn snapshot(db: &tokio_postgres::Client) -> BTreeMap<&'static str, String> {
+    let mut out = BTreeMap::new();
+    for table in simhost::pg::TABLES {
+        out.insert(table, table_digest(db, table, "t.*").await);
+    }
+    out
+}
+
+fn units(fleet: &TempFleet) -> Vec<(String, String)> {
+    let host = fleet.host("cp01");
+    simhost::host::UNITS
+        .iter()
+        .map(|u| (u.to_string(), host.unit_state(u)))
+        .collect()
+}
+
+#[tokio::test]
+async fn restore_brings_back_the_backup_and_prepares_devices() {
+    let fleet = TempFleet::up(SimFleetOptions {
+        hosts: 1,
+        ..Default::default()
+    })
+    .await;
+    let host = fleet.host("cp01");
+    let out = fleet.ferry(&["backup", "cp01"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let db = host.db().await.unwrap();
+    let before = snapshot(&db).await;
+    let devices_identity = "t.org_id, t.name, t.owner, t.labels, t.spec, t.alias, t.generation, t.deleted_at, t.rendered_config";
+    let devices_before = table_digest(&db, "devices", devices_identity).await;
+    let er_before = table_digest(
+        &db,
+        "enrollment_requests",
+        "t.org_id, t.name, t.spec, t.status",
+    )
+    .await;
+    let pki = host.layout.host_path("/etc/flightctl/pki");
+    let config = host.layout.host_path("/etc/flightctl/service-config.yaml");
+    let pki_before = tree(&pki);
+    let config_before = std::fs::read(&config).unwrap();
+
+    // Damage: devices added and deleted, a fleet edited, an enrollment request approved, a PKI file
+    // overwritten.
+    db.batch_execute(
+        "INSERT INTO devices (org_id, name, status, annotations) VALUES ('00000000-0000-0000-0000-000000000000', 'intruder', '{}', '{}');
+         DELETE FROM devices WHERE name IN ('device-000007', 'device-000008');
+         UPDATE fleets SET spec = '{\"edited\": true}' WHERE name = 'fleet-1';
+         UPDATE enrollment_requests SET status = '{\"approval\": {\"approved\": true}}'
+             WHERE name = (SELECT name FROM enrollment_requests WHERE COALESCE(status->'approval'->>'approved','') <> 'true' ORDER BY name LIMIT 1);",
+    )
+    .await
+    .unwrap();
+    drop(db);
+    std::fs::write(pki.join("flightctl-api/server.key"), "not a key").unwrap();
+    assert_ne!(snapshot(&host.db().await.unwrap()).await, before);
+    host.clear_calls();
+
+    let out = fleet.ferry(&["restore", "cp01"]).output().unwrap();
+    let output = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{output}");
+    for step in [
+        "stage",
+        "verify",
+        "load",
+        "stop",
+        "swap-db",
+        "swap-files",
+        "publish",
+        "prepare-devices",
+        "unpublish",
+        "seed-kv",
+        "start",
+        "health",
+        "commit",
+    ] {
+        assert!(
+            output.contains(&format!("TASK [{step}] ok")),
+            "{step}: {output}"
+        );
+    }
+    assert!(
+        output.contains("devices by status after the restore: {\"AwaitingReconnect\""),
+        "{output}"
+    );
+
+    let db = host.db().await.unwrap();
+    let after = snapshot(&db).await;
+    for table in [
+        "organizations",
+        "fleets",
+        "template_versions",
+        "repositories",
+        "resource_syncs",
+        "checkpoints",
+        "certificate_signing_requests",
+        "device_labels",
+    ] {
+        assert_eq!(after[table], before[table], "{table} equals the backup's");
+    }
+    assert_eq!(
+        table_digest(&db, "devices", devices_identity).await,
+        devices_before,
+        "devices are the backup's"
+    );
+    assert_eq!(
+        table_digest(
+            &db,
+            "enrollment_requests",
+            "t.org_id, t.name, t.spec, t.status"
+        )
+        .await,
+        er_before
+    );
+    assert_eq!(tree(&pki), pki_before, "PKI byte-identical with its modes");
+    assert_eq!(std::fs::read(&config).unwrap(), config_before);
+
+    // Devices: every non-decommissioned one awaits reconnect, with last_seen cleared.
+    let rows = db
+        .query(
+            "SELECT d.name, COALESCE(d.status->'lifecycle'->>'status', ''), d.annotations->>'device-controller/awaitingReconnect',
+                    d.status->'summary'->>'status', t.last_seen IS NULL
+             FROM devices d JOIN device_timestamps t USING (org_id, name) WHERE d.deleted_at IS NULL",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut prepared = 0;
+    for row in &rows {
+        let lifecycle: String = row.get(1);
+        if lifecycle == "Decommissioned" || lifecycle == "Decommissioning" {
+            continue;
+        }
+        prepared += 1;
+        assert_eq!(
+            row.get::<_, Option<String>>(2).as_deref(),
+            Some("true"),
+            "{}",
+            row.get::<_, String>(0)
+        );
+        assert_eq!(
+            row.get::<_, Option<String>>(3).as_deref(),
+            Some("AwaitingReconnect")
+        );
+        assert!(row.get::<_, bool>(4), "last_seen cleared");
+    }
+    assert!(prepared > 50);
+    let unannotated: i64 = db
+        .query_one(
+            "SELECT count(*) FROM enrollment_requests WHERE COALESCE(status->'approval'->>'approved','') <> 'true'
+                 AND (annotations->>'device-controller/awaitingReconnect') IS DISTINCT FROM 'true'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        unannotated, 0,
+        "every unapproved enrollment request is annotated"
+    );
+    let events: i64 = db
+        .query_one("SELECT count(*) FROM events WHERE reason = 'SystemRestored' AND involved_object_kind = 'System' AND message LIKE 'System restored successfully. Updated % devices%'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(events, 1);
+
+    // Once everything runs again, the KV holds exactly one key per device.
+    for (unit, state) in units(&fleet) {
+        assert_eq!(state, "active", "{unit}");
+    }
+    let device_keys: Vec<String> = db
+        .query("SELECT 'v1/' || org_id || '/device/' || name || '/awaiting-reconnect' FROM devices WHERE deleted_at IS NULL", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut kv = host.kv().await.unwrap();
+    let mut keys: Vec<String> = redis::cmd("KEYS")
+        .arg("v1/*/awaiting-reconnect")
+        .query_async(&mut kv)
+        .await
+        .unwrap();
+    keys.sort();
+    let mut expected = device_keys.clone();
+    expected.sort();
+    assert_eq!(keys, expected);
+
+    // db and kv were restarted, never stopped; no drop-in remains; nothing extra is left behind.
+    let calls = host.calls();
+    for forbidden in [
+        "stop flightctl-db",
+        "stop flightctl-kv",
+        "stop flightctl.target",
+    ] {
+        assert!(
+            !calls.iter().any(|c| c.contains(forbidden)),
+            "{forbidden}: {calls:#?}"
+        );
+    }
+    assert!(
+        calls
+            .iter()
+            .any(|c| c == "systemctl restart flightctl-db.service flightctl-kv.service"),
+        "{calls:#?}"
+    );
+    let quadlets = host.layout.host_path("/usr/share/containers/systemd");
+    let dropins: Vec<_> = std::fs::read_dir(&quadlets)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "d"))
+        .collect();
+    assert!(dropins.is_empty(), "no drop-in remains: {dropins:?}");
+    let dbs: Vec<String> = db
+        .query(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'flightctl_%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        dbs.is_empty(),
+        "old and temporary databases dropped: {dbs:?}"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(host.layout.host_path("/etc/flightctl"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".ferry-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_eq!(
+        std::fs::read_dir(host.layout.agent_dir().join("staging"))
+            .unwrap()
+            .count(),
+        0
+    );
+    let catalog = Catalog::connect(&Config::load(&fleet.config_path(), true).unwrap())
+        .await
+        .unwrap();
+    let outcome: String = catalog
+        .client()
+        .query_one(
+            "SELECT r.outcome FROM runs r WHERE r.kind = 'restore' ORDER BY id DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(outcome, "succeeded");
+}
+
+/// Everything that proves "nothing changed": table digests, unit states, files, and no service calls.
+struct Untouched {
+    tables: BTreeMap<&'static str, String>,
+    units: Vec<(String, String)>,
+    etc: BTreeMap<String, (String, u32)>,
+}
+
+impl Untouched {
+    async fn take(fleet: &TempFleet) -> Untouched {
+        let host = fleet.host("cp01");
+        host.clear_calls();
+        Untouched {
+            tables: snapshot(&host.db().await.unwrap()).await,
+            units: units(fleet),
+            etc: tree(&host.layout.host_path("/etc/flightctl")),
+        }
+    }
+
+    async fn check(&self, fleet: &TempFleet, case: &str) {
+        let host = fleet.host("cp01");
+        assert_eq!(
+            snapshot(&host.db().await.unwrap()).await,
+            self.tables,
+            "{case}: database changed"
+        );
+        assert_eq!(units(fleet), self.units, "{case}: unit states changed");
+        assert_eq!(
+            tree(&host.layout.host_path("/etc/flightctl")),
+            self.etc,
+            "{case}: files changed"
+        );
+        let changing: Vec<String> = host
+            .calls()
+            .into_iter()
+            .filter(|c| {
+                c.starts_with("systemctl")
+                    && ["stop", "start", "restart", "daemon-reload"]
+                        .iter()
+                        .any(|v| c.contains(v))
+            })
+            .collect();
+        assert!(changing.is_empty(), "{case}: {changing:?}");
+        let dbs: i64 = host
+            .db()
+            .await
+            .unwrap()
+            .query_one(
+                "SELECT count(*) FROM pg_database WHERE datname LIKE 'flightctl_%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(dbs, 0, "{case}: no temporary database");
+        assert_eq!(
+            std::fs::read_dir(host.layout.agent_dir().join("staging"))
+                .unwrap()
+                .count(),
+            0,
+            "{case}: staging cleaned"
+        );
+    }
+}
+
+/// Repacks the archive in `store/cp01/NAME` after `edit` changes its extracted tree (GNU tar), as an
+/// archive made by other tools, and catalogues it; returns the new archive id.
+async fn forge(fleet: &TempFleet, name: &str, edit: impl FnOnce(&Path)) -> i64 {
+    let store = fleet.dir.join("controller/store/cp01");
+    let original = std::fs::read_dir(&store)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "gz"))
+        .unwrap();
+    let work = fleet.dir.join(format!("forge-{name}"));
+    std::fs::create_dir_all(&work).unwrap();
+    assert!(
+        Command::new("tar")
+            .arg("-xzf")
+            .arg(&original)
+            .arg("-C")
+            .arg(&work)
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::fs::remove_file(work.join("ferry-manifest.json")).unwrap();
+    edit(&work);
+    let target = store.join(format!(
+        "flightctl-backup-2030010{}T000000Z.tar.gz",
+        name.len() % 10
+    ));
+    let entries: Vec<String> = std::fs::read_dir(&work)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        Command::new("tar")
+            .arg("-czf")
+            .arg(&target)
+            .arg("-C")
+            .arg(&work)
+            .args(&entries)
+            .status()
+            .unwrap()
+            .success()
+    );
+    catalogue(fleet, &target).await
+}
+
+/// Puts a row for `path` into the catalog directly, as a tampered catalog or store would have it.
+async fn catalogue(fleet: &TempFleet, path: &Path) -> i64 {
+    let bytes = std::fs::read(path).unwrap();
+    let sha = ferry_proto::archive::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+    std::fs::write(
+        path.with_extension("gz.sha256"),
+        format!("{sha}  {}\n", path.file_name().unwrap().to_string_lossy()),
+    )
+    .unwrap();
+    let catalog = Catalog::connect(&Config::load(&fleet.config_path(), true).unwrap())
+        .await
+        .unwrap();
+    catalog.client().query_one(
+        "INSERT INTO archives (host, name, size, sha256, compression, flightctl_version, deployment_type, database_included, created_at)
+         VALUES ('cp01', $1, $2, $3, 'gzip', 'v1.2.0', 'podman', true, now()) RETURNING id",
+        &[&path.file_name().unwrap().to_string_lossy().into_owned(), &(bytes.len() as i64), &sha],
+    ).await.unwrap().get(0)
+}
+
+fn gz_tar(entries: &[(&str, tar::EntryType, Option<&str>)]) -> Vec<u8> {
+    let mut tar = Vec::new();
+    for (name, kind, link) in entries {
+        let mut header = tar::Header::new_gnu();
+        {
+            let raw = header.as_old_mut();
+            raw.name[..name.len()].copy_from_slice(name.as_bytes());
+            if let Some(link) = link {
+                raw.linkname[..link.len()].copy_from_slice(link.as_bytes());
+            }
+        }
+        header.set_entry_type(*kind);
+        header.set_mode(0o600);
+        header.set_size(if *kind == tar::EntryType::Regular {
+            1
+        } else {
+            0
+        });
+        header.set_cksum();
+        tar.extend_from_slice(header.as_bytes());
+        if *kind == tar::EntryType::Regular {
+            let mut block = [0u8; 512];
+            block[0] = b'x';
+            tar.extend_from_slice(&block);
+        }
+    }
+    tar.extend_from_slice(&[0u8; 1024]);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &tar).unwrap();
+    gz.finish().unwrap()
+}
+
+async fn hostile(
+    fleet: &TempFleet,
+    n: u8,
+    entries: &[(&str, tar::EntryType, Option<&str>)],
+) -> i64 {
+    let path = fleet
+        .dir
+        .join("controller/store/cp01")
+        .join(format!("flightctl-backup-2031010{n}T000000Z.tar.gz"));
+    std::fs::write(&path, gz_tar(entries)).unwrap();
+    catalogue(fleet, &path).await
+}
+
+fn restore(fleet: &TempFleet, args: &[&str]) -> (i32, String) {
+    let out = fleet
+        .ferry(&["restore", "cp01"])
+        .args(args)
+        .output()
+        .unwrap();
+    (out.status.code().unwrap(), text(&out))
+}
+
+#[tokio::test]
+async fn unsafe_or_mismatched_archives_are_refused_before_anything_changes() {
+    let fleet = TempFleet::up(SimFleetOptions {
+        hosts: 1,
+        ..Default::default()
+    })
+    .await;
+    assert!(
+        fleet
+            .ferry(&["backup", "cp01"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    let good: i64 = {
+        let catalog = Catalog::connect(&Config::load(&fleet.config_path(), true).unwrap())
+            .await
+            .unwrap();
+        catalog.archives(None).await.unwrap()[0].id
+    };
+    let store = fleet.dir.join("controller/store/cp01");
+
+    let version = forge(&fleet, "version", |d| {
+        let m = std::fs::read_to_string(d.join("metadata.json"))
+            .unwrap()
+            .replace("v1.2.0", "v1.1.0");
+        std::fs::write(d.join("metadata.json"), m).unwrap();
+    })
+    .await;
+    let kube = forge(&fleet, "kubernetes", |d| {
+        let m = std::fs::read_to_string(d.join("metadata.json"))
+            .unwrap()
+            .replace("podman", "kubernetes");
+        std::fs::write(d.join("metadata.json"), m).unwrap();
+    })
+    .await;
+    let no_pki = forge(&fleet, "nopki", |d| {
+        std::fs::remove_dir_all(d.join("pki")).unwrap()
+    })
+    .await;
+    let dotdot = hostile(
+        &fleet,
+        1,
+        &[
+            ("metadata.json", tar::EntryType::Regular, None),
+            ("pki/../../etc/passwd", tar::EntryType::Regular, None),
+        ],
+    )
+    .await;
+    let absolute = hostile(
+        &fleet,
+        2,
+        &[("/etc/flightctl/pki/ca.key", tar::EntryType::Regular, None)],
+    )
+    .await;
+    let symlink = hostile(
+        &fleet,
+        3,
+        &[
+            ("pki", tar::EntryType::Directory, None),
+            (
+                "pki/ca.key",
+                tar::EntryType::Symlink,
+                Some("../../../../etc/shadow"),
+            ),
+        ],
+    )
+    .await;
+
+    let truncated_path = store.join("flightctl-backup-20320101T000000Z.tar.gz");
+    let original = std::fs::read(
+        std::fs::read_dir(&store)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.to_string_lossy().ends_with(".tar.gz") && !p.to_string_lossy().contains("203")
+            })
+            .unwrap(),
+    )
+    .unwrap();
+    std::fs::write(&truncated_path, &original[..original.len() / 2]).unwrap();
+    let truncated = catalogue(&fleet, &truncated_path).await;
+
+    let before = Untouched::take(&fleet).await;
+    let cases: Vec<(&str, Vec<String>, &str)> = vec![
+        (
+            "version",
+            vec!["--archive".into(), version.to_string()],
+            "restore only onto the same version",
+        ),
+        (
+            "deployment type",
+            vec!["--archive".into(), kube.to_string()],
+            "cross-deployment restore is not supported",
+        ),
+        (
+            "missing pki/",
+            vec!["--archive".into(), no_pki.to_string()],
+            "no pki/",
+        ),
+        ("..", vec!["--archive".into(), dotdot.to_string()], "'..'"),
+        (
+            "absolute path",
+            vec!["--archive".into(), absolute.to_string()],
+            "absolute path",
+        ),
+        (
+            "symlink",
+            vec!["--archive".into(), symlink.to_string()],
+            "symbolic link",
+        ),
+        (
+            "truncated",
+            vec!["--archive".into(), truncated.to_string()],
+            "truncated or corrupt",
+        ),
+    ];
+    for (case, args, reason) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, output) = restore(&fleet, &args);
+        assert_eq!(code, 2, "{case}: {output}");
+        assert!(
+            output.contains("REFUSED: [cp01] task verify") && output.contains(reason),
+            "{case}: {output}"
+        );
+        assert!(output.contains("host state: unchanged"), "{case}: {output}");
+        before.check(&fleet, case).await;
+    }
+
+    // A digest mismatch: the stored archive no longer matches the catalog.
+    let good_path = std::fs::read_dir(&store)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".tar.gz") && !p.to_string_lossy().contains("203"))
+        .unwrap();
+    let mut bytes = std::fs::read(&good_path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&good_path, &bytes).unwrap();
+    let (code, output) = restore(&fleet, &["--archive", &good.to_string()]);
+    assert_eq!(code, 2, "{output}");
+    assert!(
+        output.contains("REFUSED: [cp01] task stage: digest mismatch"),
+        "{output}"
+    );
+    before.check(&fleet, "digest mismatch").await;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&good_path, &bytes).unwrap();
+
+    // Not enough disk in the staging area: a 1 MiB tmpfs over it.
+    let staging = fleet.host("cp01").layout.agent_dir().join("staging");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&staging)
+        .status()
+        .unwrap();
+    assert!(mounted.success(), "this test mounts a tmpfs and needs root");
+    let (code, output) = restore(&fleet, &["--archive", &good.to_string()]);
+    let _ = Command::new("umount").arg(&staging).status();
+    assert_eq!(code, 2, "{output}");
+    assert!(
+        output.contains("REFUSED: [cp01] task preflight")
+            && output.contains("MiB free for staging"),
+        "{output}"
+    );
+    before.check(&fleet, "insufficient disk").await;
+
+    // --check runs every preflight and changes nothing.
+    let (code, output) = restore(&fleet, &["--check"]);
+    assert_eq!(code, 0, "{output}");
+    assert!(
+        output.contains("PLAN (--check: nothing was changed)") && output.contains("  swap-db: "),
+        "{output}"
+    );
+    before.check(&fleet, "--check").await;
+
+    // The refusals are on record.
+    let catalog = Catalog::connect(&Config::load(&fleet.config_path(), true).unwrap())
+        .await
+        .unwrap();
+    let refused: i64 = catalog.client().query_one("SELECT count(*) FROM host_results h JOIN runs r ON r.id = h.run_id WHERE r.kind = 'restore' AND h.outcome = 'refused'", &[]).await.unwrap().get(0);
+    assert_eq!(refused, cases.len() as i64 + 2);
+}
