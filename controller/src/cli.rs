@@ -67,6 +67,8 @@ pub enum Command {
         #[command(flatten)]
         args: RestoreArgs,
     },
+    /// Return a host with an unfinished restore to exactly its pre-restore state.
+    Rollback { host: String },
     /// List, inspect, verify and export archives.
     #[command(subcommand)]
     Archives(ArchivesCommand),

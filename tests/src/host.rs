@@ -179,6 +179,21 @@ impl SimHost {
             .collect()
     }
 
+    /// Makes every later `tool` call whose arguments contain `needle` fail with `message`.
+    pub fn inject_fault(&self, tool: &str, needle: &str, message: &str) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.layout.faults())
+            .expect("faults file");
+        let _ = writeln!(f, "{tool}|{needle}|{message}");
+    }
+
+    pub fn clear_faults(&self) {
+        let _ = std::fs::remove_file(self.layout.faults());
+    }
+
     pub fn clear_calls(&self) {
         let _ = std::fs::remove_file(self.layout.calls_log());
     }

@@ -61,6 +61,10 @@ impl Layout {
     pub fn kv_socket(&self) -> PathBuf {
         self.kv_dir().join("redis.sock")
     }
+    /// Injected faults, one per line: `TOOL|SUBSTRING|MESSAGE` (see `state::fault`).
+    pub fn faults(&self) -> PathBuf {
+        self.sim().join("faults")
+    }
     pub fn logs(&self) -> PathBuf {
         self.sim().join("logs")
     }

@@ -91,6 +91,18 @@ impl HostLock {
     }
 }
 
+/// An injected fault for this call: the message of the first `TOOL|SUBSTRING|MESSAGE` line whose tool
+/// matches and whose substring occurs in the call's arguments.
+pub fn fault(layout: &Layout, tool: &str, args: &[String]) -> Option<String> {
+    let faults = std::fs::read_to_string(layout.faults()).ok()?;
+    let call = args.join(" ");
+    faults.lines().find_map(|line| {
+        let mut parts = line.splitn(3, '|');
+        let (t, needle, message) = (parts.next()?, parts.next()?, parts.next()?);
+        (t == tool && call.contains(needle)).then(|| message.to_string())
+    })
+}
+
 /// Appends one line to the host's call log.
 pub fn log_call(layout: &Layout, tool: &str, args: &[String]) {
     use std::io::Write;

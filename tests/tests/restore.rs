@@ -677,3 +677,151 @@ async fn unsafe_or_mismatched_archives_are_refused_before_anything_changes() {
     let refused: i64 = catalog.client().query_one("SELECT count(*) FROM host_results h JOIN runs r ON r.id = h.run_id WHERE r.kind = 'restore' AND h.outcome = 'refused'", &[]).await.unwrap().get(0);
     assert_eq!(refused, cases.len() as i64 + 2);
 }
+
+/// Database, unit states and /etc/flightctl, to compare a host before and after.
+async fn host_state(
+    fleet: &TempFleet,
+) -> (
+    BTreeMap<&'static str, String>,
+    Vec<(String, String)>,
+    BTreeMap<String, (String, u32)>,
+) {
+    let host = fleet.host("cp01");
+    (
+        snapshot(&host.db().await.unwrap()).await,
+        units(fleet),
+        tree(&host.layout.host_path("/etc/flightctl")),
+    )
+}
+
+async fn damage(fleet: &TempFleet, n: usize) {
+    let host = fleet.host("cp01");
+    host.db().await.unwrap().batch_execute(&format!(
+        "INSERT INTO devices (org_id, name, status, annotations) VALUES ('00000000-0000-0000-0000-000000000000', 'intruder-{n}', '{{}}', '{{}}');
+         UPDATE fleets SET spec = '{{\"damage\": {n}}}' WHERE name = 'fleet-2';"
+    )).await.unwrap();
+    std::fs::write(
+        host.layout
+            .host_path("/etc/flightctl/pki/flightctl-ui/server.key"),
+        format!("damaged {n}"),
+    )
+    .unwrap();
+}
+
+#[tokio::test]
+async fn failures_name_their_step_and_resume_or_rollback_recover() {
+    let fleet = TempFleet::up(SimFleetOptions {
+        hosts: 1,
+        ..Default::default()
+    })
+    .await;
+    let host = fleet.host("cp01");
+    assert!(
+        fleet
+            .ferry(&["backup", "cp01"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    let backup_fleets = table_digest(&host.db().await.unwrap(), "fleets", "t.*").await;
+    let cases = [
+        (
+            "swap-db",
+            "podman",
+            "ALTER DATABASE",
+            "ERROR:  simulated: could not rename database",
+        ),
+        (
+            "seed-kv",
+            "podman",
+            "exec -i flightctl-kv",
+            "Error: can only create exec sessions on running containers: container state improper",
+        ),
+        (
+            "start",
+            "systemctl",
+            "start flightctl-api.service",
+            "Job for flightctl-api.service failed because the control process exited with error code.",
+        ),
+    ];
+    for (n, (step, tool, needle, message)) in cases.iter().enumerate() {
+        damage(&fleet, n).await;
+        let before = host_state(&fleet).await;
+
+        // The failure names the step; rollback returns exactly the pre-restore state.
+        host.inject_fault(tool, needle, message);
+        let (code, output) = restore(&fleet, &[]);
+        assert_eq!(code, 2, "{step}: {output}");
+        assert!(
+            output.contains(&format!("FAILED: [cp01] task {step}:")),
+            "{step}: {output}"
+        );
+        assert!(
+            output.contains("host state: last completed step:")
+                && output.contains("--resume")
+                && output.contains("ferry rollback cp01"),
+            "{output}"
+        );
+        host.clear_faults();
+        let busy = fleet.ferry(&["backup", "cp01"]).output().unwrap();
+        assert!(
+            text(&busy).contains("cp01 is busy: restore operation"),
+            "a host mid-restore refuses other work: {}",
+            text(&busy)
+        );
+        let rollback = fleet.ferry(&["rollback", "cp01"]).output().unwrap();
+        assert!(rollback.status.success(), "{step}: {}", text(&rollback));
+        assert_eq!(
+            host_state(&fleet).await,
+            before,
+            "{step}: rollback restores the pre-restore state exactly"
+        );
+        let dbs: i64 = host
+            .db()
+            .await
+            .unwrap()
+            .query_one(
+                "SELECT count(*) FROM pg_database WHERE datname LIKE 'flightctl_%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(dbs, 0, "{step}: no leftover databases");
+
+        // Failing again, then --resume completes the restore.
+        host.inject_fault(tool, needle, message);
+        let (code, output) = restore(&fleet, &[]);
+        assert_eq!(code, 2, "{step}: {output}");
+        host.clear_faults();
+        let (code, output) = restore(&fleet, &["--resume"]);
+        assert_eq!(code, 0, "{step}: {output}");
+        assert!(output.contains(&format!("TASK [{step}] ok")), "{output}");
+        let db = host.db().await.unwrap();
+        assert_eq!(
+            table_digest(&db, "fleets", "t.*").await,
+            backup_fleets,
+            "{step}: restored"
+        );
+        let intruders: i64 = db
+            .query_one(
+                "SELECT count(*) FROM devices WHERE name LIKE 'intruder%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(intruders, 0);
+        for (unit, state) in units(&fleet) {
+            assert_eq!(state, "active", "{step}: {unit}");
+        }
+    }
+    let rollback = fleet.ferry(&["rollback", "cp01"]).output().unwrap();
+    assert_eq!(
+        rollback.status.code(),
+        Some(2),
+        "nothing to roll back: {}",
+        text(&rollback)
+    );
+}

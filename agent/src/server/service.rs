@@ -211,7 +211,7 @@ impl Agent for AgentService {
             .await;
         match result {
             Ok(outcome) => {
-                if req.step == "commit" {
+                if req.step == "commit" || req.step == "rollback" {
                     self.release_restore_slot();
                 }
                 Ok(Response::new(RestoreStepReply {

@@ -108,6 +108,73 @@ pub async fn run(config: &Config, global: &GlobalArgs, host: &str, args: &Restor
     code
 }
 
+/// `ferry rollback HOST`.
+pub async fn rollback(config: &Config, global: &GlobalArgs, host: &str) -> i32 {
+    let (target, conn) = match connect(config, global, host).await {
+        Ok(pair) => pair,
+        Err(code) => return code,
+    };
+    let catalog = match Catalog::connect(config).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ferry rollback: {e}");
+            return exit::ERROR;
+        }
+    };
+    let run_id = match catalog
+        .start_run("rollback", host, &Operator::current(config), &json!({}))
+        .await
+    {
+        Ok(id) => id,
+        Err(e) => {
+            eprintln!("ferry rollback: {e}");
+            return exit::ERROR;
+        }
+    };
+    let ctx = Ctx {
+        target: &target,
+        catalog: &catalog,
+        run_id,
+        started: OffsetDateTime::now_utc(),
+    };
+    let operation = match conn.client.clone().ping(PingRequest {}).await {
+        Ok(r) => r.into_inner().operation,
+        Err(status) => return ctx.fail("rollback", status.message(), "unknown").await,
+    };
+    let Some(op) = operation.filter(|op| op.kind == "restore") else {
+        return ctx
+            .refuse(
+                "rollback",
+                &format!("{host} has no unfinished restore to roll back"),
+            )
+            .await;
+    };
+    println!("PLAY [roll back restore {} on {host}]", op.id);
+    let request = RestoreStepRequest {
+        restore_id: op.id.clone(),
+        step: "rollback".into(),
+    };
+    match conn.client.clone().restore_step(request).await {
+        Ok(reply) => {
+            println!("TASK [rollback] ok: {}", reply.into_inner().summary);
+            ctx.record("ok", None, None).await;
+            let _ = ctx.catalog.finish_run(run_id, "rolled back").await;
+            println!(
+                "\nPLAY RECAP (rollback)\n{host} : ok=1   changed=1   unreachable=0   failed=0   skipped=0"
+            );
+            exit::OK
+        }
+        Err(status) => {
+            ctx.fail(
+                "rollback",
+                status.message(),
+                "partly rolled back; run `ferry rollback` again",
+            )
+            .await
+        }
+    }
+}
+
 async fn connect(
     config: &Config,
     global: &GlobalArgs,

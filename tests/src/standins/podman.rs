@@ -17,6 +17,9 @@ const PODMAN_ERROR: i32 = 125;
 /// Runs one `podman` invocation. `exec` passes stdin/stdout through and returns the command's status.
 pub fn run(layout: &Layout, args: &[String]) -> Reply {
     crate::state::log_call(layout, "podman", &redact(args));
+    if let Some(message) = crate::state::fault(layout, "podman", args) {
+        return Reply::fail(PODMAN_ERROR, format!("{message}\n"));
+    }
     let (spec, units) = match (Spec::load(layout), Units::load(layout)) {
         (Ok(spec), Ok(units)) => (spec, units),
         (Err(e), _) | (_, Err(e)) => return Reply::fail(1, format!("simhost state: {e}\n")),

@@ -11,6 +11,9 @@ const TARGET: &str = "flightctl.target";
 /// Runs one `systemctl` invocation against the simulated host.
 pub fn run(layout: &Layout, args: &[String]) -> Reply {
     crate::state::log_call(layout, "systemctl", args);
+    if let Some(message) = crate::state::fault(layout, "systemctl", args) {
+        return Reply::fail(1, format!("{message}\n"));
+    }
     let _lock = match HostLock::acquire(layout) {
         Ok(lock) => lock,
         Err(e) => return Reply::fail(1, format!("simhost lock: {e}\n")),

@@ -130,6 +130,43 @@ pub async fn swap(host: &Host, live: &str, temp: &str, old: &str) -> Result<(), 
     Ok(())
 }
 
+/// Undoes [`swap`] and [`load`]: the previous database back under its name, the others dropped.
+pub async fn restore_previous(
+    host: &Host,
+    live: &str,
+    temp: &str,
+    old: &str,
+) -> Result<(), String> {
+    if exists(host, old).await? {
+        let failed = format!("{live}_failed_restore");
+        if exists(host, live).await? {
+            let terminate = format!(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '{}' AND pid <> pg_backend_pid()",
+                live.replace('\'', "''")
+            );
+            psql(host, "postgres", &terminate).await?;
+            psql(
+                host,
+                "postgres",
+                &format!(
+                    "ALTER DATABASE {} RENAME TO {}",
+                    ident(live),
+                    ident(&failed)
+                ),
+            )
+            .await?;
+        }
+        psql(
+            host,
+            "postgres",
+            &format!("ALTER DATABASE {} RENAME TO {}", ident(old), ident(live)),
+        )
+        .await?;
+        drop_database(host, &failed).await?;
+    }
+    drop_database(host, temp).await
+}
+
 pub async fn drop_database(host: &Host, name: &str) -> Result<(), String> {
     psql(
         host,

@@ -78,6 +78,16 @@ impl RestoreContext<'_> {
             cause: format!("no staged restore {id}: {e}; stage the archive first"),
             state: "nothing changed".into(),
         })?;
+        if step == "rollback" {
+            let result = self.rollback(&dir, &journal).await;
+            return match result {
+                Ok(outcome) => Ok(outcome),
+                Err(cause) => Err(StepError {
+                    cause,
+                    state: journal.state(),
+                }),
+            };
+        }
         if !STEPS.contains(&step) {
             return Err(StepError {
                 cause: format!("unknown step {step:?}"),
@@ -439,6 +449,38 @@ impl RestoreContext<'_> {
             ),
             details: json!({"entries": verified.entries.len(), "version": metadata.version}),
         })
+    }
+
+    /// Returns the host to its pre-restore state: nothing published, the previous database and files
+    /// back in place, the application units that were running started again. Then forgets the restore.
+    async fn rollback(&self, dir: &Path, j: &Journal) -> Result<StepOutcome, String> {
+        let host = self.host;
+        let published = j.dropins.iter().any(|d| d.exists());
+        if published || (j.is_done("publish") && !j.is_done("unpublish")) {
+            ports::unpublish(host, &j.dropins).await?;
+        }
+        if j.database_included && !j.db_name.is_empty() {
+            database::restore_previous(host, &j.db_name, &j.temp_db, &j.old_db).await?;
+        }
+        files::restore_old(j)?;
+        let pam = dir.join("pam-issuer-etc.old.tar");
+        if pam.is_file() {
+            let _ = host
+                .podman()
+                .volume_import("flightctl-pam-issuer-etc", &pam)
+                .await;
+        }
+        let names: Vec<&str> = j.stopped_units.iter().map(String::as_str).collect();
+        host.systemd()
+            .control("start", &names)
+            .await
+            .map_err(|e| e.to_string())?;
+        std::fs::remove_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        Ok(summary(&format!(
+            "rolled back from after {}: previous database and files in place, {} application units started",
+            j.done.last().map(String::as_str).unwrap_or("stage"),
+            names.len()
+        )))
     }
 
     /// The API is ready and reports the archive's version; the KV holds one key per device.
