@@ -100,12 +100,11 @@ pub async fn run(config: &Config, global: &GlobalArgs, host: &str, args: &Restor
         run_id,
         started: OffsetDateTime::now_utc(),
     };
-    let code = if args.resume {
+    if args.resume {
         resume(&ctx, &conn).await
     } else {
         restore(&ctx, config, &conn, args).await
-    };
-    code
+    }
 }
 
 /// `ferry rollback HOST`.
