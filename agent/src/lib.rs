@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod host;
+pub mod lease;
 pub mod operation;
 pub mod server;
 pub mod tasks;

@@ -94,6 +94,10 @@ pub struct RestoreArgs {
     /// Run every preflight check and print the plan; change nothing.
     #[arg(long)]
     pub check: bool,
+    /// How long the host may go without hearing from this controller once units are stopped or a
+    /// port is published; when it lapses the agent makes the host safe on its own.
+    #[arg(long, default_value_t = 60)]
+    pub lease_seconds: u32,
     /// Continue the restore the host holds from its journal.
     #[arg(long, conflicts_with_all = ["archive", "from", "check"])]
     pub resume: bool,

@@ -373,14 +373,8 @@ impl Untouched {
 
 /// Repacks the archive in `store/cp01/NAME` after `edit` changes its extracted tree (GNU tar), as an
 /// archive made by other tools, and catalogues it; returns the new archive id.
-async fn forge(fleet: &TempFleet, name: &str, edit: impl FnOnce(&Path)) -> i64 {
+async fn forge(fleet: &TempFleet, original: &Path, name: &str, edit: impl FnOnce(&Path)) -> i64 {
     let store = fleet.dir.join("controller/store/cp01");
-    let original = std::fs::read_dir(&store)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "gz"))
-        .unwrap();
     let work = fleet.dir.join(format!("forge-{name}"));
     std::fs::create_dir_all(&work).unwrap();
     assert!(
@@ -506,29 +500,31 @@ async fn unsafe_or_mismatched_archives_are_refused_before_anything_changes() {
             .status
             .success()
     );
-    let good: i64 = {
+    let (good, good_name) = {
         let catalog = Catalog::connect(&Config::load(&fleet.config_path(), true).unwrap())
             .await
             .unwrap();
-        catalog.archives(None).await.unwrap()[0].id
+        let archive = catalog.archives(None).await.unwrap().remove(0);
+        (archive.id, archive.name)
     };
     let store = fleet.dir.join("controller/store/cp01");
+    let good_path = store.join(&good_name);
 
-    let version = forge(&fleet, "version", |d| {
+    let version = forge(&fleet, &good_path, "version", |d| {
         let m = std::fs::read_to_string(d.join("metadata.json"))
             .unwrap()
             .replace("v1.2.0", "v1.1.0");
         std::fs::write(d.join("metadata.json"), m).unwrap();
     })
     .await;
-    let kube = forge(&fleet, "kubernetes", |d| {
+    let kube = forge(&fleet, &good_path, "kubernetes", |d| {
         let m = std::fs::read_to_string(d.join("metadata.json"))
             .unwrap()
             .replace("podman", "kubernetes");
         std::fs::write(d.join("metadata.json"), m).unwrap();
     })
     .await;
-    let no_pki = forge(&fleet, "nopki", |d| {
+    let no_pki = forge(&fleet, &good_path, "nopki", |d| {
         std::fs::remove_dir_all(d.join("pki")).unwrap()
     })
     .await;
@@ -562,17 +558,7 @@ async fn unsafe_or_mismatched_archives_are_refused_before_anything_changes() {
     .await;
 
     let truncated_path = store.join("flightctl-backup-20320101T000000Z.tar.gz");
-    let original = std::fs::read(
-        std::fs::read_dir(&store)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.to_string_lossy().ends_with(".tar.gz") && !p.to_string_lossy().contains("203")
-            })
-            .unwrap(),
-    )
-    .unwrap();
+    let original = std::fs::read(&good_path).unwrap();
     std::fs::write(&truncated_path, &original[..original.len() / 2]).unwrap();
     let truncated = catalogue(&fleet, &truncated_path).await;
 
@@ -623,12 +609,6 @@ async fn unsafe_or_mismatched_archives_are_refused_before_anything_changes() {
     }
 
     // A digest mismatch: the stored archive no longer matches the catalog.
-    let good_path = std::fs::read_dir(&store)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.to_string_lossy().ends_with(".tar.gz") && !p.to_string_lossy().contains("203"))
-        .unwrap();
     let mut bytes = std::fs::read(&good_path).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x01;
@@ -823,5 +803,132 @@ async fn failures_name_their_step_and_resume_or_rollback_recover() {
         Some(2),
         "nothing to roll back: {}",
         text(&rollback)
+    );
+}
+
+async fn wait_until(what: &str, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !done().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+fn spawn_restore(fleet: &TempFleet) -> std::process::Child {
+    fleet
+        .ferry(&["restore", "cp01", "--lease-seconds", "2"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lapsed_lease_leaves_nothing_published_and_is_reported() {
+    let fleet = TempFleet::up(SimFleetOptions {
+        hosts: 1,
+        ..Default::default()
+    })
+    .await;
+    let host = fleet.host("cp01");
+    assert!(
+        fleet
+            .ferry(&["backup", "cp01"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    damage(&fleet, 1).await;
+    let dropin = host
+        .layout
+        .quadlet("flightctl-db.service")
+        .with_extension("container.d")
+        .join("10-ferry-publish-port.conf");
+
+    // 1. The controller dies after the swap, with units stopped and the port published.
+    host.inject_fault("podman", "flightctl-postgresql-user-password", "sleep:30");
+    let mut controller = spawn_restore(&fleet);
+    wait_until("device preparation to start", async || {
+        host.calls()
+            .iter()
+            .any(|c| c.contains("flightctl-postgresql-user-password"))
+            && dropin.exists()
+    })
+    .await;
+    assert_eq!(host.unit_state("flightctl-api.service"), "inactive");
+    controller.kill().unwrap();
+    let _ = controller.wait();
+    host.clear_faults();
+    let killed_at = host.calls().len();
+    wait_until("the lease to lapse and the drop-in to go", async || {
+        !dropin.exists()
+    })
+    .await;
+    wait_until("the data services to be restarted", async || {
+        host.calls()[killed_at..]
+            .iter()
+            .any(|c| c == "systemctl restart flightctl-db.service flightctl-kv.service")
+    })
+    .await;
+    assert_eq!(host.unit_state("flightctl-db.service"), "active");
+    assert_eq!(host.unit_state("flightctl-kv.service"), "active");
+    assert_eq!(
+        host.unit_state("flightctl-api.service"),
+        "inactive",
+        "application units stay stopped after the swap"
+    );
+    assert!(
+        std::net::TcpStream::connect((host.spec.address.as_str(), 5432)).is_err(),
+        "nothing published"
+    );
+    let facts = fleet
+        .ferry(&["facts", "cp01", "-o", "json"])
+        .output()
+        .unwrap();
+    let facts: serde_json::Value = serde_json::from_slice(&facts.stdout).unwrap();
+    let state = facts["hosts"]["cp01"]["data"]["restore"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        state.contains("unfinished")
+            && state.contains("lease lapsed")
+            && state.contains("application units kept stopped"),
+        "{state}"
+    );
+    let (code, output) = restore(&fleet, &["--resume"]);
+    assert_eq!(code, 0, "{output}");
+    assert_eq!(host.unit_state("flightctl-api.service"), "active");
+
+    // 2. The controller dies before the swap: the agent reverts the restore on its own.
+    damage(&fleet, 2).await;
+    let before = host_state(&fleet).await;
+    host.inject_fault("podman", "ALTER DATABASE", "sleep:30");
+    let mut controller = spawn_restore(&fleet);
+    wait_until("the swap to start", async || {
+        host.calls().iter().any(|c| c.contains("ALTER DATABASE"))
+    })
+    .await;
+    controller.kill().unwrap();
+    let _ = controller.wait();
+    host.clear_faults();
+    wait_until("the restore to be reverted", async || {
+        let facts = fleet
+            .ferry(&["facts", "cp01", "-o", "json"])
+            .output()
+            .unwrap();
+        let facts: serde_json::Value = serde_json::from_slice(&facts.stdout).unwrap_or_default();
+        facts["hosts"]["cp01"]["data"]["restore"] == ""
+            && host.unit_state("flightctl-api.service") == "active"
+    })
+    .await;
+    assert_eq!(
+        host_state(&fleet).await,
+        before,
+        "reverted to the pre-restore state"
     );
 }

@@ -64,7 +64,8 @@ pub fn service(config: &AgentConfig) -> AgentService {
         operations,
         started: Instant::now(),
         local_address: config.local_address.clone(),
-        restore: std::sync::Mutex::new(unfinished),
+        restore: std::sync::Arc::new(std::sync::Mutex::new(unfinished)),
+        lease: crate::lease::Lease::default(),
     }
 }
 
@@ -84,15 +85,55 @@ pub async fn serve(
     tracing::info!(listen = %config.listen, "ferry-agent serving over mTLS");
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let accept = tokio::spawn(accept_loop(listener, acceptor, tx));
+    let service = service(config);
+    let watchdog = tokio::spawn(lease_watchdog(
+        service.lease.clone(),
+        std::sync::Arc::clone(&service.restore),
+        service.host.clone(),
+        config.clone(),
+    ));
     let result = tonic::transport::Server::builder()
-        .add_service(ferry_proto::v1::agent_server::AgentServer::new(service(
-            config,
-        )))
+        .add_service(ferry_proto::v1::agent_server::AgentServer::new(service))
         .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown)
         .await;
     accept.abort();
+    watchdog.abort();
     tracing::info!("ferry-agent stopped");
     Ok(result?)
+}
+
+/// Acts on a lapsed restore lease: the controller is gone, so the agent makes the host safe itself.
+async fn lease_watchdog(
+    lease: crate::lease::Lease,
+    restore: service::RestoreSlot,
+    host: Host,
+    config: AgentConfig,
+) {
+    let api_url = config.api_url();
+    loop {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let Some(id) = lease.take_lapsed() else {
+            continue;
+        };
+        tracing::warn!(restore = %id, "the controller's lease lapsed; making the host safe");
+        let ctx = crate::tasks::restore::RestoreContext {
+            host: &host,
+            staging_dir: &config.staging_dir,
+            local_address: &config.local_address,
+            api_url: &api_url,
+        };
+        match ctx.lapse(&id).await {
+            Ok(note) => {
+                tracing::warn!(restore = %id, "{note}");
+                if !crate::tasks::restore::dir(&config.staging_dir, &id).exists() {
+                    restore.lock().unwrap_or_else(|p| p.into_inner()).take();
+                }
+            }
+            Err(e) => {
+                tracing::error!(restore = %id, error = %e, "could not make the host safe after the lease lapsed")
+            }
+        }
+    }
 }
 
 type TlsConn = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;

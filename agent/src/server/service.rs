@@ -28,8 +28,12 @@ pub struct AgentService {
     pub(super) started: Instant,
     pub(super) local_address: String,
     /// The restore holding the host's slot across its steps: (restore id, guard).
-    pub(super) restore: std::sync::Mutex<Option<(String, OperationGuard)>>,
+    pub(super) restore: RestoreSlot,
+    pub(super) lease: crate::lease::Lease,
 }
+
+/// The restore holding the host's slot across its steps, shared with the lease watchdog.
+pub type RestoreSlot = std::sync::Arc<std::sync::Mutex<Option<(String, OperationGuard)>>>;
 
 /// The subject of the controller certificate that made the request, for logs and records.
 fn caller<T>(request: &Request<T>) -> String {
@@ -204,14 +208,21 @@ impl Agent for AgentService {
             local_address: &self.local_address,
             api_url: &self.api_url,
         };
+        let lease = std::time::Duration::from_secs(match req.lease_seconds {
+            0 => 60,
+            n => n.into(),
+        });
+        let running = self.lease.step_begins(&req.restore_id, &req.step, lease);
         let result = ctx
             .run(&req.restore_id, &req.step, async || {
                 self.gather_facts().await
             })
             .await;
+        drop(running);
         match result {
             Ok(outcome) => {
                 if req.step == "commit" || req.step == "rollback" {
+                    self.lease.disarm();
                     self.release_restore_slot();
                 }
                 Ok(Response::new(RestoreStepReply {

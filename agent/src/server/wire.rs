@@ -68,6 +68,7 @@ pub(super) fn facts(f: Facts, staging_dir: &Path) -> pb::FactsReply {
             total_bytes: f.staging_total,
         }),
         agent_version: crate::VERSION.into(),
+        restore: crate::tasks::restore::status(staging_dir).unwrap_or_default(),
     }
 }
 

@@ -86,6 +86,9 @@ fn outcome(f: FactsReply) -> Outcome {
     for c in &f.containers {
         summary.push_str(&format!("\n    container {:<30} {}", c.name, c.state));
     }
+    if !f.restore.is_empty() {
+        summary.push_str(&format!("\n    {}", f.restore));
+    }
     summary.push_str(&format!(
         "\n    staging {} free {} MiB",
         staging.path,
@@ -102,6 +105,7 @@ fn outcome(f: FactsReply) -> Outcome {
         "units": f.units.iter().map(|u| json!({"name": u.name, "load_state": u.load_state,
                                                 "active_state": u.active_state})).collect::<Vec<_>>(),
         "containers": f.containers.iter().map(|c| json!({"name": c.name, "state": c.state})).collect::<Vec<_>>(),
+        "restore": f.restore,
         "staging": {"path": staging.path, "free_bytes": staging.free_bytes, "total_bytes": staging.total_bytes},
     });
     Outcome::Ok {

@@ -67,6 +67,7 @@ pub const PLAN: [(&str, &str); 12] = [
 
 struct Ctx<'a> {
     target: &'a Target,
+    lease_seconds: u32,
     catalog: &'a Catalog,
     run_id: i64,
     started: OffsetDateTime,
@@ -96,6 +97,7 @@ pub async fn run(config: &Config, global: &GlobalArgs, host: &str, args: &Restor
     };
     let ctx = Ctx {
         target: &target,
+        lease_seconds: args.lease_seconds,
         catalog: &catalog,
         run_id,
         started: OffsetDateTime::now_utc(),
@@ -132,6 +134,7 @@ pub async fn rollback(config: &Config, global: &GlobalArgs, host: &str) -> i32 {
     };
     let ctx = Ctx {
         target: &target,
+        lease_seconds: 0,
         catalog: &catalog,
         run_id,
         started: OffsetDateTime::now_utc(),
@@ -152,6 +155,7 @@ pub async fn rollback(config: &Config, global: &GlobalArgs, host: &str) -> i32 {
     let request = RestoreStepRequest {
         restore_id: op.id.clone(),
         step: "rollback".into(),
+        lease_seconds: 0,
     };
     match conn.client.clone().restore_step(request).await {
         Ok(reply) => {
@@ -305,6 +309,7 @@ async fn steps(ctx: &Ctx<'_>, conn: &AgentConn, restore_id: &str) -> i32 {
         let request = RestoreStepRequest {
             restore_id: restore_id.to_string(),
             step: step.to_string(),
+            lease_seconds: ctx.lease_seconds,
         };
         match conn.client.clone().restore_step(request).await {
             Ok(reply) => {

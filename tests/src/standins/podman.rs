@@ -18,7 +18,14 @@ const PODMAN_ERROR: i32 = 125;
 pub fn run(layout: &Layout, args: &[String]) -> Reply {
     crate::state::log_call(layout, "podman", &redact(args));
     if let Some(message) = crate::state::fault(layout, "podman", args) {
-        return Reply::fail(PODMAN_ERROR, format!("{message}\n"));
+        match message
+            .strip_prefix("sleep:")
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            // A slow call: wait, then behave normally.
+            Some(secs) => std::thread::sleep(std::time::Duration::from_secs(secs)),
+            None => return Reply::fail(PODMAN_ERROR, format!("{message}\n")),
+        }
     }
     let (spec, units) = match (Spec::load(layout), Units::load(layout)) {
         (Ok(spec), Ok(units)) => (spec, units),

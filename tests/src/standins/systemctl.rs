@@ -12,7 +12,14 @@ const TARGET: &str = "flightctl.target";
 pub fn run(layout: &Layout, args: &[String]) -> Reply {
     crate::state::log_call(layout, "systemctl", args);
     if let Some(message) = crate::state::fault(layout, "systemctl", args) {
-        return Reply::fail(1, format!("{message}\n"));
+        match message
+            .strip_prefix("sleep:")
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            // A slow call: wait, then behave normally.
+            Some(secs) => std::thread::sleep(std::time::Duration::from_secs(secs)),
+            None => return Reply::fail(1, format!("{message}\n")),
+        }
     }
     let _lock = match HostLock::acquire(layout) {
         Ok(lock) => lock,

@@ -34,6 +34,9 @@ pub struct Journal {
     pub dropins: Vec<PathBuf>,
     /// Awaiting-reconnect keys to seed, counted by `prepare-devices`.
     pub kv_keys: usize,
+    /// What the agent did on its own when the controller's lease lapsed.
+    #[serde(default)]
+    pub lapsed: Option<String>,
 }
 
 impl Journal {
@@ -60,23 +63,33 @@ impl Journal {
         self.done.iter().any(|s| s == step)
     }
 
+    /// Whether the host's data was touched: a database renamed or a file swapped.
+    pub fn swapped(&self) -> bool {
+        self.is_done("swap-db") || !self.swapped.is_empty()
+    }
+
     /// The host's state in words, for reports and failures.
     pub fn state(&self) -> String {
         let last = self.done.last().map(String::as_str).unwrap_or("stage");
-        let swapped = self.is_done("swap-db") || self.is_done("swap-files");
+        let swapped = self.swapped();
         let units = if self.is_done("stop") && !self.is_done("start") {
             "application units stopped"
         } else {
             "application units running"
         };
+        let lapsed = self
+            .lapsed
+            .as_deref()
+            .map(|l| format!("; {l}"))
+            .unwrap_or_default();
         format!(
-            "last completed step: {last}; {}; {units}{}",
+            "last completed step: {last}; {}; {units}{}{lapsed}",
             if swapped {
                 "restored data in place, pre-restore copies kept"
             } else {
                 "live data untouched"
             },
-            if self.is_done("publish") && !self.is_done("unpublish") {
+            if self.dropins.iter().any(|d| d.exists()) {
                 "; DB port published on loopback"
             } else {
                 ""

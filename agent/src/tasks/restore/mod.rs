@@ -42,6 +42,16 @@ pub fn dir(staging: &Path, restore_id: &str) -> PathBuf {
     staging.join(format!("restore-{restore_id}"))
 }
 
+/// An unfinished restore in `staging` and the host's state, for facts.
+pub fn status(staging: &Path) -> Option<String> {
+    std::fs::read_dir(staging).ok()?.flatten().find_map(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let id = name.strip_prefix("restore-")?.to_string();
+        let journal = Journal::load(&e.path()).ok()?;
+        Some(format!("restore {id} unfinished: {}", journal.state()))
+    })
+}
+
 /// What a step reports.
 #[derive(Debug, Default)]
 pub struct StepOutcome {
@@ -449,6 +459,39 @@ impl RestoreContext<'_> {
             ),
             details: json!({"entries": verified.entries.len(), "version": metadata.version}),
         })
+    }
+
+    /// The controller's lease lapsed: nothing stays published and the data services are restarted.
+    /// Before the swap the restore is reverted entirely; after it the application units stay stopped
+    /// (the documented state after a failed restore) until `--resume` or `ferry rollback`.
+    pub async fn lapse(&self, id: &str) -> Result<String, String> {
+        let dir = dir(self.staging_dir, id);
+        let mut j = Journal::load(&dir).map_err(|e| e.to_string())?;
+        if !j.swapped() {
+            self.rollback(&dir, &j).await?;
+            return Ok(
+                "lease lapsed before the swap: restore reverted, application units started".into(),
+            );
+        }
+        ports::unpublish(self.host, &j.dropins).await?;
+        // Record what the lapse did, so --resume republishes if devices were not prepared yet.
+        if j.is_done("publish") && !j.is_done("unpublish") {
+            if j.is_done("prepare-devices") {
+                j.done.push("unpublish".into());
+            } else {
+                j.done.retain(|s| s != "publish");
+            }
+        }
+        j.dropins.clear();
+        let when = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let note = format!(
+            "the controller's lease lapsed at {when}: drop-ins removed and flightctl-db/flightctl-kv restarted; application units kept stopped with the restored data in place; next: `ferry restore HOST --resume` or `ferry rollback HOST`"
+        );
+        j.lapsed = Some(note.clone());
+        j.save(&dir).map_err(|e| e.to_string())?;
+        Ok(note)
     }
 
     /// Returns the host to its pre-restore state: nothing published, the previous database and files
