@@ -380,7 +380,7 @@ async fn forge(fleet: &TempFleet, original: &Path, name: &str, edit: impl FnOnce
     assert!(
         Command::new("tar")
             .arg("-xzf")
-            .arg(&original)
+            .arg(original)
             .arg("-C")
             .arg(&work)
             .status()
