@@ -29,6 +29,10 @@ pub struct AgentConfig {
     /// Flight Control API base URL; default `https://<local_address>:3443`.
     #[serde(default)]
     pub api_url: Option<String>,
+    /// The name the API's certificate must carry, when it is not the URL's host (for example the
+    /// host's `api.<baseDomain>` while `api_url` dials the loopback address).
+    #[serde(default)]
+    pub api_server_name: Option<String>,
     /// Host name reported to the controller; default the kernel's host name.
     #[serde(default)]
     pub host_name: Option<String>,
@@ -78,10 +82,14 @@ impl AgentConfig {
         }
     }
 
-    pub fn api_url(&self) -> String {
-        self.api_url
-            .clone()
-            .unwrap_or_else(|| format!("https://{}:3443", self.local_address))
+    pub fn api(&self) -> crate::tasks::api::Api {
+        crate::tasks::api::Api {
+            url: self
+                .api_url
+                .clone()
+                .unwrap_or_else(|| format!("https://{}:3443", self.local_address)),
+            server_name: self.api_server_name.clone(),
+        }
     }
 }
 

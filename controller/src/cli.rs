@@ -67,6 +67,8 @@ pub enum Command {
         #[command(flatten)]
         args: RestoreArgs,
     },
+    /// Device preparation alone, on the host's current database (after a DBA-led restore).
+    PrepareDevices { host: String },
     /// Return a host with an unfinished restore to exactly its pre-restore state.
     Rollback { host: String },
     /// List, inspect, verify and export archives.
@@ -88,6 +90,13 @@ pub struct RestoreArgs {
     /// Restore another host's archive onto this one (disaster recovery onto a replacement host).
     #[arg(long)]
     pub from: Option<String>,
+    /// Restore only these components (db, pki, config, encryption, volumes); the rest stays as it is.
+    /// A restored database always gets device preparation.
+    #[arg(long, value_delimiter = ',', value_parser = ["db", "pki", "config", "encryption", "volumes"])]
+    pub only: Vec<String>,
+    /// The documentation's database-only restore: the database and device preparation, nothing else.
+    #[arg(long, conflicts_with = "only")]
+    pub db_only: bool,
     /// Keep the previous database (renamed) after the restore commits.
     #[arg(long)]
     pub keep_old_db: bool,

@@ -15,3 +15,4 @@ pub const DEFAULT_AGENT_PORT: u16 = 7482;
 pub const PHASE_METADATA_KEY: &str = "ferry-phase";
 
 pub mod archive;
+pub mod restore;

@@ -202,7 +202,7 @@ fn agent_config(host: &SimHost) -> String {
     let l = &host.layout;
     let a = l.agent_dir();
     format!(
-        "listen: {addr}:{AGENT_PORT}\nhost_name: {name}\nlocal_address: {addr}\nroot: {root}\nsystemctl: {bin}/systemctl\npodman: {bin}/podman\nstaging_dir: {staging}\ntls:\n  ca: {a}/ca.crt\n  cert: {a}/agent.crt\n  key: {a}/agent.key\n",
+        "listen: {addr}:{AGENT_PORT}\nhost_name: {name}\nlocal_address: {addr}\napi_server_name: localhost\nroot: {root}\nsystemctl: {bin}/systemctl\npodman: {bin}/podman\nstaging_dir: {staging}\ntls:\n  ca: {a}/ca.crt\n  cert: {a}/agent.crt\n  key: {a}/agent.key\n",
         addr = host.spec.address,
         name = host.spec.name,
         root = l.root().display(),

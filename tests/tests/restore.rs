@@ -932,3 +932,156 @@ async fn a_lapsed_lease_leaves_nothing_published_and_is_reported() {
         "reverted to the pre-restore state"
     );
 }
+
+async fn kv_keys(host: &simhost::SimHost) -> usize {
+    let mut kv = host.kv().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("v1/*/awaiting-reconnect")
+        .query_async(&mut kv)
+        .await
+        .unwrap();
+    keys.len()
+}
+
+#[tokio::test]
+async fn partial_restores_device_preparation_alone_and_cross_host() {
+    let fleet = TempFleet::up(SimFleetOptions {
+        hosts: 2,
+        ..Default::default()
+    })
+    .await;
+    let cp01 = fleet.host("cp01");
+    let cp02 = fleet.host("cp02");
+    assert!(
+        fleet
+            .ferry(&["backup", "cp01"])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    let pki = |h: &simhost::SimHost| tree(&h.layout.host_path("/etc/flightctl/pki"));
+    let fleets_backup = table_digest(&cp01.db().await.unwrap(), "fleets", "t.*").await;
+    let pki_backup = pki(cp01);
+
+    // --only pki: the PKI comes back; the database stays as it is, with no device preparation.
+    damage(&fleet, 1).await;
+    let db_damaged = snapshot(&cp01.db().await.unwrap()).await;
+    let (code, output) = restore(&fleet, &["--only", "pki"]);
+    assert_eq!(code, 0, "{output}");
+    assert!(
+        output.contains("TASK [swap-files] ok")
+            && !output.contains("TASK [load]")
+            && !output.contains("TASK [prepare-devices]"),
+        "{output}"
+    );
+    assert_eq!(pki(cp01), pki_backup);
+    assert_eq!(
+        snapshot(&cp01.db().await.unwrap()).await,
+        db_damaged,
+        "database untouched"
+    );
+
+    // --db-only: the database and device preparation; the files stay as they are.
+    damage(&fleet, 2).await;
+    let pki_damaged = pki(cp01);
+    let (code, output) = restore(&fleet, &["--db-only"]);
+    assert_eq!(code, 0, "{output}");
+    assert!(
+        output.contains("TASK [prepare-devices] ok") && !output.contains("TASK [swap-files]"),
+        "{output}"
+    );
+    let db = cp01.db().await.unwrap();
+    assert_eq!(table_digest(&db, "fleets", "t.*").await, fleets_backup);
+    let intruders: i64 = db
+        .query_one(
+            "SELECT count(*) FROM devices WHERE name LIKE 'intruder%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(intruders, 0);
+    assert_eq!(pki(cp01), pki_damaged, "files untouched");
+    let devices: i64 = db
+        .query_one("SELECT count(*) FROM devices WHERE deleted_at IS NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kv_keys(cp01).await, devices as usize);
+
+    // prepare-devices alone, on a host that was never restored.
+    let db2 = cp02.db().await.unwrap();
+    let unprepared = "SELECT count(*) FROM devices WHERE deleted_at IS NULL
+        AND COALESCE(status->'lifecycle'->>'status','') NOT IN ('Decommissioned','Decommissioning')
+        AND (annotations->>'device-controller/awaitingReconnect') IS DISTINCT FROM 'true'";
+    assert!(
+        db2.query_one(unprepared, &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+            > 0
+    );
+    let out = fleet.ferry(&["prepare-devices", "cp02"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("TASK [prepare-devices] ok: updated"),
+        "{}",
+        text(&out)
+    );
+    let db2 = cp02.db().await.unwrap(); // the database was restarted
+    assert_eq!(
+        db2.query_one(unprepared, &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0),
+        0
+    );
+    let events: i64 = db2
+        .query_one(
+            "SELECT count(*) FROM events WHERE reason = 'SystemRestored'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(events, 1);
+    let devices2: i64 = db2
+        .query_one("SELECT count(*) FROM devices WHERE deleted_at IS NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kv_keys(cp02).await, devices2 as usize);
+    assert_eq!(cp02.unit_state("flightctl-api.service"), "active");
+
+    // Cross-host: cp01's archive onto cp02, only when asked for explicitly.
+    let id = {
+        let catalog = Catalog::connect(&Config::load(&fleet.config_path(), true).unwrap())
+            .await
+            .unwrap();
+        catalog.archives(Some("cp01")).await.unwrap()[0]
+            .id
+            .to_string()
+    };
+    let refused = fleet
+        .ferry(&["restore", "cp02", "--archive", &id])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(
+        text(&refused).contains("pass --from cp01"),
+        "{}",
+        text(&refused)
+    );
+    let out = fleet
+        .ferry(&["restore", "cp02", "--from", "cp01"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        table_digest(&cp02.db().await.unwrap(), "fleets", "t.*").await,
+        fleets_backup
+    );
+    assert_eq!(pki(cp02), pki_backup, "cp01's PKI now on cp02");
+    assert_eq!(cp02.unit_state("flightctl-api.service"), "active");
+}

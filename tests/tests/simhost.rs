@@ -182,9 +182,13 @@ async fn api_is_ready_only_while_it_reaches_the_database() {
     let host = TempHost::up("api", "127.9.4.1", false).await;
     let ca = host.layout.host_path("/etc/flightctl/pki/ca.crt");
     let url = format!("https://{}:3443", host.spec.address);
-    let readyz = || ferry_agent::tasks::api::ready(&url, &ca);
+    let api = ferry_agent::tasks::api::Api {
+        url,
+        server_name: None,
+    };
+    let readyz = || ferry_agent::tasks::api::ready(&api, &ca);
     readyz().await.expect("ready while the DB runs");
-    let version = ferry_agent::tasks::api::read_version(&url, &ca)
+    let version = ferry_agent::tasks::api::read_version(&api, &ca)
         .await
         .expect("version");
     assert_eq!(version, "v1.2.0");

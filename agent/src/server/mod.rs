@@ -59,7 +59,7 @@ pub fn service(config: &AgentConfig) -> AgentService {
     AgentService {
         host,
         host_name,
-        api_url: config.api_url(),
+        api: config.api(),
         staging_dir: config.staging_dir.clone(),
         operations,
         started: Instant::now(),
@@ -109,7 +109,7 @@ async fn lease_watchdog(
     host: Host,
     config: AgentConfig,
 ) {
-    let api_url = config.api_url();
+    let api = config.api();
     loop {
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
         let Some(id) = lease.take_lapsed() else {
@@ -120,7 +120,7 @@ async fn lease_watchdog(
             host: &host,
             staging_dir: &config.staging_dir,
             local_address: &config.local_address,
-            api_url: &api_url,
+            api: &api,
         };
         match ctx.lapse(&id).await {
             Ok(note) => {

@@ -22,7 +22,7 @@ use crate::tasks::restore;
 pub struct AgentService {
     pub(super) host: Host,
     pub(super) host_name: String,
-    pub(super) api_url: String,
+    pub(super) api: crate::tasks::api::Api,
     pub(super) staging_dir: PathBuf,
     pub(super) operations: OperationSlot,
     pub(super) started: Instant,
@@ -50,7 +50,7 @@ impl AgentService {
         facts::gather(&FactsSources {
             host: &self.host,
             host_name: &self.host_name,
-            api_url: &self.api_url,
+            api: &self.api,
             staging_dir: &self.staging_dir,
         })
         .await
@@ -79,6 +79,44 @@ impl AgentService {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
+    }
+
+    /// Starts a device-preparation-only run on the host's current database.
+    async fn begin_prepare_only(
+        &self,
+        dir: &std::path::Path,
+        first: &StageChunk,
+    ) -> Result<(u64, String), Status> {
+        let facts = self.gather_facts().await;
+        if facts.database.kind != crate::tasks::facts::DatabaseKind::Builtin {
+            return Err(wire::phase_status(
+                "stage",
+                "device preparation needs the built-in database; for an external one, run it against that server",
+            ));
+        }
+        let version = facts.version.clone().ok_or_else(|| {
+            wire::phase_status(
+                "stage",
+                &format!(
+                    "the Flight Control version is unknown ({})",
+                    facts.version_detail
+                ),
+            )
+        })?;
+        let _ = std::fs::remove_dir_all(dir);
+        std::fs::create_dir_all(dir).map_err(|e| Status::internal(e.to_string()))?;
+        let journal = restore::journal::Journal {
+            restore_id: first.restore_id.clone(),
+            plan: restore::plan(&[], true),
+            version,
+            database_included: true,
+            db_name: facts.database.name.clone(),
+            ..Default::default()
+        };
+        journal
+            .save(dir)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok((0, String::new()))
     }
 
     /// Writes the streamed archive into `dir/archive`, checking size and digest; creates the journal.
@@ -145,6 +183,8 @@ impl AgentService {
             archive_sha256: sha256.clone(),
             archive_size: size,
             keep_old_db: first.keep_old_db,
+            plan: restore::plan(&first.components, false),
+            components: first.components.clone(),
             ..Default::default()
         };
         journal.save(dir).map_err(io)?;
@@ -181,9 +221,23 @@ impl Agent for AgentService {
                 "restore id {id:?} must be 1-64 letters, digits, '-' or '_'"
             )));
         }
+        if let Some(bad) = first
+            .components
+            .iter()
+            .find(|c| !restore::COMPONENTS.contains(&c.as_str()))
+        {
+            return Err(Status::invalid_argument(format!(
+                "unknown component {bad:?}; choose from {}",
+                restore::COMPONENTS.join(", ")
+            )));
+        }
         self.take_restore_slot(&id, &who)?;
         let dir = restore::dir(&self.staging_dir, &id);
-        let result = self.receive_archive(&dir, &first, &mut chunks).await;
+        let result = if first.prepare_only {
+            self.begin_prepare_only(&dir, &first).await
+        } else {
+            self.receive_archive(&dir, &first, &mut chunks).await
+        };
         if result.is_err() {
             // Nothing on the host changed: drop the staged bytes and free the host.
             let _ = std::fs::remove_dir_all(&dir);
@@ -206,7 +260,7 @@ impl Agent for AgentService {
             host: &self.host,
             staging_dir: &self.staging_dir,
             local_address: &self.local_address,
-            api_url: &self.api_url,
+            api: &self.api,
         };
         let lease = std::time::Duration::from_secs(match req.lease_seconds {
             0 => 60,

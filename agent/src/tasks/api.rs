@@ -28,9 +28,17 @@ pub enum ApiError {
 
 const TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Where the host's Flight Control API is, and the name its certificate must carry (default: the
+/// URL's host), for when the certificate names the service rather than the address dialled.
+#[derive(Debug, Clone)]
+pub struct Api {
+    pub url: String,
+    pub server_name: Option<String>,
+}
+
 /// GETs `<api_url>/api/version` and returns its `version`.
-pub async fn read_version(api_url: &str, ca: &Path) -> Result<String, ApiError> {
-    let (status, body, url) = get(api_url, "/api/version", ca).await?;
+pub async fn read_version(api: &Api, ca: &Path) -> Result<String, ApiError> {
+    let (status, body, url) = get(api, "/api/version", ca).await?;
     if !(200..300).contains(&status) {
         return Err(ApiError::Request {
             url,
@@ -49,8 +57,8 @@ pub async fn read_version(api_url: &str, ca: &Path) -> Result<String, ApiError> 
 }
 
 /// Whether `<api_url>/readyz` answers 200; Err carries the status or the transport failure.
-pub async fn ready(api_url: &str, ca: &Path) -> Result<(), ApiError> {
-    let (status, _, url) = get(api_url, "/readyz", ca).await?;
+pub async fn ready(api: &Api, ca: &Path) -> Result<(), ApiError> {
+    let (status, _, url) = get(api, "/readyz", ca).await?;
     if status == 200 {
         Ok(())
     } else {
@@ -62,9 +70,9 @@ pub async fn ready(api_url: &str, ca: &Path) -> Result<(), ApiError> {
 }
 
 /// One GET under a timeout: (status, body, full URL).
-async fn get(api_url: &str, path: &str, ca: &Path) -> Result<(u16, Bytes, String), ApiError> {
-    let url = format!("{}{path}", api_url.trim_end_matches('/'));
-    match tokio::time::timeout(TIMEOUT, fetch(&url, ca)).await {
+async fn get(api: &Api, path: &str, ca: &Path) -> Result<(u16, Bytes, String), ApiError> {
+    let url = format!("{}{path}", api.url.trim_end_matches('/'));
+    match tokio::time::timeout(TIMEOUT, fetch(&url, api.server_name.as_deref(), ca)).await {
         Ok(Ok((status, body))) => Ok((status, body, url)),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(ApiError::Timeout {
@@ -74,7 +82,7 @@ async fn get(api_url: &str, path: &str, ca: &Path) -> Result<(u16, Bytes, String
     }
 }
 
-async fn fetch(url: &str, ca: &Path) -> Result<(u16, Bytes), ApiError> {
+async fn fetch(url: &str, server_name: Option<&str>, ca: &Path) -> Result<(u16, Bytes), ApiError> {
     let request_error = |cause: String| ApiError::Request {
         url: url.to_string(),
         cause,
@@ -100,7 +108,8 @@ async fn fetch(url: &str, ca: &Path) -> Result<(u16, Bytes), ApiError> {
         .map_err(|e| request_error(e.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let name = ServerName::try_from(host.clone()).map_err(|_| ApiError::BadUrl(url.into()))?;
+    let name = ServerName::try_from(server_name.unwrap_or(&host).to_string())
+        .map_err(|_| ApiError::BadUrl(url.into()))?;
 
     let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
         .await

@@ -60,7 +60,7 @@ pub struct Facts {
 pub struct FactsSources<'a> {
     pub host: &'a Host,
     pub host_name: &'a str,
-    pub api_url: &'a str,
+    pub api: &'a crate::tasks::api::Api,
     pub staging_dir: &'a Path,
 }
 
@@ -76,7 +76,7 @@ pub async fn gather(src: &FactsSources<'_>) -> Facts {
         }
     };
     let (deployment, deployment_reason) = detect_deployment(host).await;
-    let (version, version_source, version_detail) = read_version(host, src.api_url).await;
+    let (version, version_source, version_detail) = read_version(host, src.api).await;
     let mut containers = Vec::new();
     for name in ["flightctl-db", "flightctl-kv"] {
         let state = match host.podman().container_state(name).await {
@@ -105,10 +105,10 @@ pub async fn gather(src: &FactsSources<'_>) -> Facts {
 
 /// The server's version from its API; if the API does not answer, from the tag of the API quadlet's
 /// image (set by the RPM build). Returns (version, source, why the API did not answer).
-async fn read_version(host: &Host, api_url: &str) -> (Option<String>, String, String) {
+async fn read_version(host: &Host, api: &super::api::Api) -> (Option<String>, String, String) {
     let ca = host.path("/etc/flightctl/pki/ca.crt");
-    let api_source = format!("api {}/api/version", api_url.trim_end_matches('/'));
-    let api_error = match super::api::read_version(api_url, &ca).await {
+    let api_source = format!("api {}/api/version", api.url.trim_end_matches('/'));
+    let api_error = match super::api::read_version(api, &ca).await {
         Ok(v) => return (Some(v), api_source, String::new()),
         Err(e) => e.to_string(),
     };

@@ -38,6 +38,9 @@ pub async fn run(cli: Cli) -> i32 {
         } => backup::run(&config, &cli.global, &pattern, compression).await,
         Command::Restore { host, args } => restore::run(&config, &cli.global, &host, &args).await,
         Command::Rollback { host } => restore::rollback(&config, &cli.global, &host).await,
+        Command::PrepareDevices { host } => {
+            restore::prepare_devices(&config, &cli.global, &host).await
+        }
         Command::Archives(command) => archives::run(&config, cli.global.output, command).await,
         Command::Catalog(command) => archives::run_catalog(&config, command).await,
         Command::Certs(command) => certs::run(&config, command),

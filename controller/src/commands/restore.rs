@@ -16,8 +16,8 @@ use crate::inventory::Target;
 use crate::report::exit;
 use crate::store::Store;
 
-/// The agent's steps, in order, with what each does (the plan `--check` prints).
-pub const PLAN: [(&str, &str); 12] = [
+/// What each of the agent's steps does (the plan `--check` prints).
+const STEP_DESCRIPTIONS: [(&str, &str); 12] = [
     (
         "verify",
         "check the staged archive: sha256, every tar entry, manifest, metadata, version and deployment type",
@@ -107,6 +107,62 @@ pub async fn run(config: &Config, global: &GlobalArgs, host: &str, args: &Restor
     } else {
         restore(&ctx, config, &conn, args).await
     }
+}
+
+/// `ferry prepare-devices HOST`: device preparation alone, on the host's current database (after a
+/// DBA-led database restore, or to finish a partial one).
+pub async fn prepare_devices(config: &Config, global: &GlobalArgs, host: &str) -> i32 {
+    let (target, conn) = match connect(config, global, host).await {
+        Ok(pair) => pair,
+        Err(code) => return code,
+    };
+    let catalog = match Catalog::connect(config).await {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ferry prepare-devices: {e}");
+            return exit::ERROR;
+        }
+    };
+    let run_id = match catalog
+        .start_run(
+            "prepare-devices",
+            host,
+            &Operator::current(config),
+            &json!({}),
+        )
+        .await
+    {
+        Ok(id) => id,
+        Err(e) => {
+            eprintln!("ferry prepare-devices: {e}");
+            return exit::ERROR;
+        }
+    };
+    let ctx = Ctx {
+        target: &target,
+        lease_seconds: 0,
+        catalog: &catalog,
+        run_id,
+        started: OffsetDateTime::now_utc(),
+    };
+    let restore_id = format!("p{run_id}-{}", OffsetDateTime::now_utc().unix_timestamp());
+    println!("PLAY [prepare devices on {host}]");
+    let first = StageChunk {
+        restore_id: restore_id.clone(),
+        prepare_only: true,
+        ..Default::default()
+    };
+    let begun = conn
+        .client
+        .clone()
+        .stage(tokio_stream::iter(vec![first]))
+        .await;
+    if let Err(status) = begun {
+        return ctx
+            .refuse("stage", status.message().trim_start_matches("stage: "))
+            .await;
+    }
+    steps(&ctx, &conn, &restore_id).await
 }
 
 /// `ferry rollback HOST`.
@@ -244,8 +300,12 @@ async fn restore(ctx: &Ctx<'_>, config: &Config, conn: &AgentConn, args: &Restor
             "  stage: stream {} ({} bytes) to the host, checking its sha256",
             archive.name, archive.size
         );
-        for (step, what) in PLAN {
-            if step == "commit" && args.keep_old_db {
+        let plan = ferry_proto::restore::plan(&components(args), false);
+        for (step, what) in STEP_DESCRIPTIONS
+            .iter()
+            .filter(|(s, _)| plan.iter().any(|p| p == s))
+        {
+            if *step == "commit" && args.keep_old_db {
                 println!("  {step}: remove the old copies; keep the previous database");
             } else {
                 println!("  {step}: {what}");
@@ -265,7 +325,7 @@ async fn restore(ctx: &Ctx<'_>, config: &Config, conn: &AgentConn, args: &Restor
         Err(e) => return ctx.refuse("stage", &e.to_string()).await,
     };
     let clock = Instant::now();
-    if let Err(e) = stage(conn, &store, &archive, &restore_id, args.keep_old_db).await {
+    if let Err(e) = stage(conn, &store, &archive, &restore_id, args).await {
         return ctx.refuse("stage", &e).await;
     }
     println!(
@@ -301,7 +361,7 @@ async fn steps(ctx: &Ctx<'_>, conn: &AgentConn, restore_id: &str) -> i32 {
     let host = &ctx.target.name;
     let mut stopped_at = None;
     let mut statuses = Value::Null;
-    for (step, _) in PLAN {
+    for step in ferry_proto::restore::STEPS {
         let clock = Instant::now();
         if step == "stop" {
             stopped_at = Some(Instant::now());
@@ -314,6 +374,9 @@ async fn steps(ctx: &Ctx<'_>, conn: &AgentConn, restore_id: &str) -> i32 {
         match conn.client.clone().restore_step(request).await {
             Ok(reply) => {
                 let reply = reply.into_inner();
+                if reply.details_json.contains("\"skipped\":true") {
+                    continue;
+                }
                 println!(
                     "TASK [{step}] ok: {} ({:.1}s)",
                     reply.summary,
@@ -499,12 +562,21 @@ fn preflight(archive: &ArchiveRecord, facts: &ferry_proto::v1::FactsReply) -> Ve
     problems
 }
 
+/// The components a restore puts back (empty: all).
+fn components(args: &RestoreArgs) -> Vec<String> {
+    if args.db_only {
+        vec!["db".into()]
+    } else {
+        args.only.clone()
+    }
+}
+
 async fn stage(
     conn: &AgentConn,
     store: &Store,
     archive: &ArchiveRecord,
     restore_id: &str,
-    keep_old_db: bool,
+    args: &RestoreArgs,
 ) -> Result<(), String> {
     let path = store.path(&archive.host, &archive.name);
     let mut file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -513,8 +585,9 @@ async fn stage(
         restore_id: restore_id.to_string(),
         expected_sha256: archive.sha256.clone(),
         expected_size: archive.size as u64,
-        keep_old_db,
-        data: Default::default(),
+        keep_old_db: args.keep_old_db,
+        components: components(args),
+        ..Default::default()
     };
     let reader = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
         if tx.blocking_send(first).is_err() {

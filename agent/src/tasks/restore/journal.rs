@@ -18,6 +18,10 @@ pub struct Journal {
     pub archive_sha256: String,
     pub archive_size: u64,
     pub keep_old_db: bool,
+    /// The steps this restore runs (a subset of all steps, in order).
+    pub plan: Vec<String>,
+    /// Components restored: db, pki, config, encryption, volumes.
+    pub components: Vec<String>,
     /// Steps done, in order.
     pub done: Vec<String>,
     /// From the archive's metadata, once verified.

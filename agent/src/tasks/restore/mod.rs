@@ -21,21 +21,7 @@ use crate::tasks::facts::{DatabaseKind, DeploymentKind, Facts};
 use crate::tasks::units::APPLICATION_SERVICES;
 use journal::Journal;
 
-/// Every step, in order. `stage` happens through its own call before these.
-pub const STEPS: [&str; 12] = [
-    "verify",
-    "load",
-    "stop",
-    "swap-db",
-    "swap-files",
-    "publish",
-    "prepare-devices",
-    "unpublish",
-    "seed-kv",
-    "start",
-    "health",
-    "commit",
-];
+pub use ferry_proto::restore::{COMPONENTS, STEPS, plan};
 
 /// The directory of one restore in the staging area.
 pub fn dir(staging: &Path, restore_id: &str) -> PathBuf {
@@ -72,7 +58,7 @@ pub struct RestoreContext<'a> {
     pub host: &'a Host,
     pub staging_dir: &'a Path,
     pub local_address: &'a str,
-    pub api_url: &'a str,
+    pub api: &'a crate::tasks::api::Api,
 }
 
 impl RestoreContext<'_> {
@@ -104,9 +90,16 @@ impl RestoreContext<'_> {
                 state: journal.state(),
             });
         }
-        if let Some(missing) = STEPS
+        if !journal.plan.iter().any(|s| s == step) {
+            return Ok(StepOutcome {
+                summary: "skipped: not part of this restore".into(),
+                details: json!({"skipped": true}),
+            });
+        }
+        if let Some(missing) = journal
+            .plan
             .iter()
-            .take_while(|s| **s != step)
+            .take_while(|s| *s != step)
             .find(|s| !journal.is_done(s))
         {
             return Err(StepError {
@@ -257,16 +250,17 @@ impl RestoreContext<'_> {
                 )))
             }
             "prepare-devices" => {
+                if !j.database_included {
+                    return Ok(summary(
+                        "external database: once the DBA has restored it, run `ferry prepare-devices` against it",
+                    ));
+                }
                 let password = host
                     .podman()
                     .secret("flightctl-postgresql-user-password")
                     .await
                     .map_err(|e| e.to_string())?;
-                let address = if j.database_included {
-                    self.local_address.to_string()
-                } else {
-                    return Err("external database: run the device preparation against it with `ferry prepare-devices`".into());
-                };
+                let address = self.local_address.to_string();
                 let prepared = devices::prepare(
                     &address,
                     &j.db_name,
@@ -287,12 +281,18 @@ impl RestoreContext<'_> {
                 })
             }
             "unpublish" => {
+                if j.dropins.is_empty() {
+                    return Ok(summary("nothing was published"));
+                }
                 ports::unpublish(host, &j.dropins).await?;
                 Ok(summary(
                     "drop-ins removed; flightctl-db and flightctl-kv restarted; nothing published",
                 ))
             }
             "seed-kv" => {
+                if !dir.join("kv-keys.txt").is_file() {
+                    return Ok(summary("no devices were prepared: nothing to seed"));
+                }
                 let password = host
                     .podman()
                     .secret("flightctl-kv-password")
@@ -327,7 +327,7 @@ impl RestoreContext<'_> {
             }
             "health" => self.health(j).await,
             "commit" => {
-                if j.database_included && !j.keep_old_db {
+                if j.is_done("swap-db") && !j.old_db.is_empty() && !j.keep_old_db {
                     database::drop_database(host, &j.old_db).await?;
                 }
                 files::drop_old(j);
@@ -502,7 +502,7 @@ impl RestoreContext<'_> {
         if published || (j.is_done("publish") && !j.is_done("unpublish")) {
             ports::unpublish(host, &j.dropins).await?;
         }
-        if j.database_included && !j.db_name.is_empty() {
+        if j.database_included && !j.temp_db.is_empty() {
             database::restore_previous(host, &j.db_name, &j.temp_db, &j.old_db).await?;
         }
         files::restore_old(j)?;
@@ -532,7 +532,7 @@ impl RestoreContext<'_> {
         let ca = host.path("/etc/flightctl/pki/ca.crt");
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            match crate::tasks::api::ready(self.api_url, &ca).await {
+            match crate::tasks::api::ready(self.api, &ca).await {
                 Ok(()) => break,
                 Err(e) if Instant::now() > deadline => {
                     return Err(format!("the API is not ready: {e}"));
@@ -540,7 +540,7 @@ impl RestoreContext<'_> {
                 Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
             }
         }
-        let version = crate::tasks::api::read_version(self.api_url, &ca)
+        let version = crate::tasks::api::read_version(self.api, &ca)
             .await
             .map_err(|e| e.to_string())?;
         if version != j.version {
@@ -555,7 +555,7 @@ impl RestoreContext<'_> {
             .await
             .map_err(|e| e.to_string())?;
         let keys = kv::count(host, &password).await?;
-        if keys != j.kv_keys {
+        if j.is_done("seed-kv") && keys != j.kv_keys {
             return Err(format!(
                 "the KV holds {keys} awaiting-reconnect keys, expected {}",
                 j.kv_keys
