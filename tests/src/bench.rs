@@ -13,24 +13,120 @@ const PAYLOAD: usize = 4096;
 /// Approximate on-disk bytes per seeded device with [`PAYLOAD`] (heap, TOAST, indexes, labels).
 const BYTES_PER_DEVICE: usize = 9000;
 
-pub async fn backup(dir: &Path, size_mb: usize) -> anyhow::Result<()> {
+/// One simulated host seeded to about `size_mb`, torn down after `bench` whatever it returns.
+async fn with_host<F, Fut>(dir: &Path, size_mb: usize, bench: F) -> anyhow::Result<()>
+where
+    F: FnOnce(SimFleet) -> Fut,
+    Fut: std::future::Future<Output = (SimFleet, anyhow::Result<()>)>,
+{
     let devices = (size_mb << 20) / BYTES_PER_DEVICE;
     println!("seeding one simulated host with {devices} devices (~{size_mb} MiB database)…");
     let seed_start = Instant::now();
-    let fleet = SimFleet::up(
-        dir,
-        &SimFleetOptions {
-            hosts: 1,
-            devices,
-            payload_bytes: PAYLOAD,
-            ..Default::default()
-        },
-    )
-    .await?;
-    let result = run(&fleet).await;
-    fleet.down();
+    let options = SimFleetOptions {
+        hosts: 1,
+        devices,
+        payload_bytes: PAYLOAD,
+        ..Default::default()
+    };
+    let fleet = SimFleet::up(dir, &options).await?;
     println!("(seeding took {:.0}s)", seed_start.elapsed().as_secs_f64());
+    let (fleet, result) = bench(fleet).await;
+    fleet.down();
     result
+}
+
+pub async fn backup(dir: &Path, size_mb: usize) -> anyhow::Result<()> {
+    with_host(dir, size_mb, async |fleet| {
+        let result = run(&fleet).await;
+        (fleet, result)
+    })
+    .await
+}
+
+/// (a) `psql -f dump.sql` into an empty database; (b) `ferry restore` end to end, with its downtime.
+pub async fn restore(dir: &Path, size_mb: usize) -> anyhow::Result<()> {
+    with_host(dir, size_mb, async |fleet| {
+        let result = run_restore(&fleet).await;
+        (fleet, result)
+    })
+    .await
+}
+
+async fn run_restore(fleet: &SimFleet) -> anyhow::Result<()> {
+    let host = &fleet.hosts[0];
+    let podman = host.layout.bin().join("podman");
+    run_ok(fleet.ferry(&["backup", "all"]).stdout(Stdio::null()))?;
+    let store = fleet.dir.join("controller/store/cp01");
+    let archive = std::fs::read_dir(&store)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "gz"))
+        .context("no archive in the store")?;
+    let dump = fleet.dir.join("dump.sql");
+    run_ok(
+        Command::new("tar")
+            .arg("-xzOf")
+            .arg(&archive)
+            .arg("db/dump.sql")
+            .stdout(std::fs::File::create(&dump)?),
+    )?;
+    let dump_size = std::fs::metadata(&dump)?.len();
+    let psql = |args: &[&str]| {
+        let mut cmd = Command::new(&podman);
+        cmd.args(["exec", "-i", "flightctl-db", "psql", "-U", "postgres"])
+            .args(args);
+        cmd
+    };
+    run_ok(&mut psql(&["-c", "CREATE DATABASE bench_empty"]))?;
+    let a = timed(|| {
+        run_ok(
+            psql(&[
+                "-d",
+                "bench_empty",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-q",
+                "-f",
+                "-",
+            ])
+            .stdin(std::fs::File::open(&dump)?)
+            .stdout(Stdio::null()),
+        )
+    })?;
+    run_ok(&mut psql(&["-c", "DROP DATABASE bench_empty"]))?;
+    std::fs::remove_file(&dump)?;
+
+    let started = Instant::now();
+    let out = fleet.ferry(&["restore", "cp01"]).output()?;
+    let b = started.elapsed();
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("ferry restore failed: {text}");
+    }
+    let downtime = text
+        .lines()
+        .find_map(|l| l.strip_prefix("downtime (application units stopped → started): "))
+        .unwrap_or("?");
+    let secs = |d: Duration| d.as_secs_f64();
+    println!();
+    println!(
+        "dump size                               {:>10.1} MiB",
+        dump_size as f64 / 1048576.0
+    );
+    println!(
+        "(a) psql -f dump.sql into an empty DB   {:>10.2} s",
+        secs(a)
+    );
+    println!(
+        "(b) ferry restore, end to end           {:>10.2} s",
+        secs(b)
+    );
+    println!("(b)/(a) = {:.2}   (target <= 1.2)", secs(b) / secs(a));
+    println!("downtime (units stopped → started): {downtime}   (target < 10 s)");
+    for line in text.lines().filter(|l| l.starts_with("TASK [")) {
+        println!("  {line}");
+    }
+    Ok(())
 }
 
 async fn run(fleet: &SimFleet) -> anyhow::Result<()> {

@@ -92,7 +92,11 @@ pub async fn serve(
         service.host.clone(),
         config.clone(),
     ));
+    // Large HTTP/2 windows: archives stream in both directions (STACK.md: 8 MiB windows on loopback).
     let result = tonic::transport::Server::builder()
+        .initial_stream_window_size(Some(8 << 20))
+        .initial_connection_window_size(Some(8 << 20))
+        .max_frame_size(Some(1 << 20))
         .add_service(ferry_proto::v1::agent_server::AgentServer::new(service))
         .serve_with_incoming_shutdown(ReceiverStream::new(rx), shutdown)
         .await;

@@ -71,6 +71,14 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// psql -f dump.sql into an empty database, and ferry restore end to end (with its downtime).
+    Restore {
+        /// Database size to seed, in MiB.
+        #[arg(long, default_value_t = 1024)]
+        size_mb: usize,
+        #[arg(long, default_value = "/tmp/ferry-bench")]
+        dir: PathBuf,
+    },
     /// pg_dump -f /dev/null, the upstream dump-then-gzip pipeline, and ferry backup.
     Backup {
         /// Database size to seed, in MiB.
@@ -95,6 +103,10 @@ fn main() {
         Cmd::Bench(Bench::Backup { size_mb, dir }) => {
             let _ = std::fs::remove_dir_all(&dir);
             runtime(simhost::bench::backup(&dir, size_mb))
+        }
+        Cmd::Bench(Bench::Restore { size_mb, dir }) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            runtime(simhost::bench::restore(&dir, size_mb))
         }
         Cmd::Up {
             hosts,
