@@ -441,12 +441,9 @@ impl RestoreContext<'_> {
         j.version = metadata.version.clone();
         j.database_included = dump;
         j.db_name = facts.database.name.clone();
-        let tag: String = j
-            .restore_id
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric())
-            .take(8)
-            .collect();
+        // 8 hex of the restore id's digest, as upstream's 4 random bytes: unique per restore.
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(j.restore_id.as_bytes());
+        let tag = ferry_proto::archive::hex(&digest[..4]);
         j.temp_db = format!("{}_restore_{tag}", j.db_name);
         j.old_db = format!("{}_old_{tag}", j.db_name);
         Ok(StepOutcome {
