@@ -71,6 +71,11 @@ pub enum Command {
     PrepareDevices { host: String },
     /// Return a host with an unfinished restore to exactly its pre-restore state.
     Rollback { host: String },
+    /// Who did what to which host, when, from which archive, with what outcome.
+    History(HistoryArgs),
+    /// The audit ledger's hash chain.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// List, inspect, verify and export archives.
     #[command(subcommand)]
     Archives(ArchivesCommand),
@@ -141,6 +146,43 @@ pub enum ArchivesCommand {
     },
     /// Copy an archive and its sidecar out of the store (digest checked while copying).
     Export { id: i64, dir: PathBuf },
+}
+
+#[derive(Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct HistoryArgs {
+    #[command(subcommand)]
+    pub command: Option<HistoryCommand>,
+    /// A glob over target host names.
+    pub pattern: Option<String>,
+    /// Entries started at or after this date (YYYY-MM-DD) or RFC 3339 time.
+    #[arg(long)]
+    pub since: Option<String>,
+    #[arg(long)]
+    pub until: Option<String>,
+    /// succeeded, failed, refused, rolled back
+    #[arg(long)]
+    pub outcome: Option<String>,
+    /// backup, restore, rollback, prepare-devices, archive-verify, archive-export, certificate-issue
+    #[arg(long)]
+    pub kind: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum HistoryCommand {
+    /// One operation with its task timeline.
+    Show { id: i64 },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Recompute the chain and report the first broken link.
+    Verify,
+    /// Write the ledger as JSON lines, with the chain hashes, for third-party verification.
+    Export {
+        #[arg(long)]
+        since: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]

@@ -23,10 +23,10 @@ impl Progress {
     pub fn new(format: Format) -> Self {
         let mode = match format {
             Format::Json => Mode::Quiet,
-            Format::Text if std::io::stdout().is_terminal() => {
+            Format::Text | Format::Csv if std::io::stdout().is_terminal() => {
                 Mode::Bars(MultiProgress::with_draw_target(ProgressDrawTarget::stdout()))
             }
-            Format::Text => Mode::Lines,
+            Format::Text | Format::Csv => Mode::Lines,
         };
         Progress { mode }
     }

@@ -48,8 +48,11 @@ pub struct HostResult {
 /// How results are shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
+    #[value(alias = "table")]
     Text,
     Json,
+    /// Comma-separated values (`ferry history`); other commands print text.
+    Csv,
 }
 
 /// Prints one line as a host finishes (text mode only).
@@ -109,7 +112,7 @@ fn counts(outcome: &Outcome) -> [u32; 5] {
 pub fn finish(format: Format, command: &str, results: &[HostResult], mut out: impl Write) -> i32 {
     let code = exit_code(results);
     match format {
-        Format::Text => {
+        Format::Text | Format::Csv => {
             let width = results.iter().map(|r| r.host.len()).max().unwrap_or(0);
             let _ = writeln!(out, "\nPLAY RECAP ({command})");
             for r in results {

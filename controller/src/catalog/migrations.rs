@@ -1,9 +1,10 @@
 //! Versioned catalog schema. Each migration runs once, in order, in a transaction.
 
 /// (version, SQL). Append only: never edit a released migration.
-pub const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    r#"
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE runs (
     id bigserial PRIMARY KEY,
     kind text NOT NULL,
@@ -49,7 +50,38 @@ CREATE TABLE host_results (
     PRIMARY KEY (run_id, host)
 );
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+CREATE TABLE ledger (
+    seq bigint PRIMARY KEY,
+    recorded_at timestamptz NOT NULL DEFAULT now(),
+    content text NOT NULL,
+    prev_hash text NOT NULL,
+    hash text NOT NULL
+);
+CREATE FUNCTION ledger_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'the audit ledger is append-only';
+END $$;
+CREATE TRIGGER ledger_append_only BEFORE UPDATE OR DELETE OR TRUNCATE ON ledger
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger_append_only();
+-- ferry appends as a role that may only read and insert; where the catalog's owner cannot create
+-- roles (a shared catalog), the trigger alone guards the table.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'ferry_ledger_writer') THEN
+        CREATE ROLE ferry_ledger_writer NOLOGIN;
+    END IF;
+    GRANT SELECT, INSERT ON ledger TO ferry_ledger_writer;
+    GRANT ferry_ledger_writer TO CURRENT_USER;
+EXCEPTION WHEN insufficient_privilege THEN
+    RAISE NOTICE 'ferry_ledger_writer not created: %', SQLERRM;
+END $$;
+"#,
+    ),
+];
 
 /// Applies every migration not yet applied; concurrent ferry processes serialise on an advisory lock.
 pub async fn apply(client: &mut tokio_postgres::Client) -> Result<(), tokio_postgres::Error> {

@@ -2,6 +2,7 @@
 //! ferry's private cluster in the state directory ([`embedded`]).
 
 pub mod embedded;
+pub mod ledger;
 mod migrations;
 
 use serde_json::Value;
@@ -37,15 +38,30 @@ impl Operator {
                 .map(|c| c.subject.clone())
                 .unwrap_or_else(|| "unknown".into()),
             fingerprint: cert.map(|c| c.fingerprint).unwrap_or_default(),
-            os_user: std::env::var("USER")
-                .or_else(|_| std::env::var("LOGNAME"))
-                .unwrap_or_else(|_| format!("uid {}", rustix::process::getuid().as_raw())),
+            os_user: os_user(),
             controller_host: rustix::system::uname()
                 .nodename()
                 .to_string_lossy()
                 .into_owned(),
         }
     }
+}
+
+/// The local user running ferry: `$USER`, else the passwd name of the uid, else the uid.
+fn os_user() -> String {
+    if let Ok(user) = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")) {
+        return user;
+    }
+    let uid = rustix::process::getuid().as_raw();
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|passwd| {
+            passwd.lines().find_map(|line| {
+                let fields: Vec<&str> = line.split(':').collect();
+                (fields.get(2) == Some(&uid.to_string().as_str())).then(|| fields[0].to_string())
+            })
+        })
+        .unwrap_or_else(|| format!("uid {uid}"))
 }
 
 /// One host's part of a run.
@@ -86,6 +102,7 @@ pub struct ArchiveRecord {
 /// A connected, migrated catalog.
 pub struct Catalog {
     client: Client,
+    ledger: tokio::sync::Mutex<Client>,
 }
 
 const ARCHIVE_COLUMNS: &str = "id, host, name, size, sha256, compression, flightctl_version, deployment_type, \
@@ -94,30 +111,11 @@ const ARCHIVE_COLUMNS: &str = "id, host, name, size, sha256, compression, flight
 impl Catalog {
     /// Connects to `config.catalog`, or to (starting if needed) the private cluster, and migrates.
     pub async fn connect(config: &Config) -> Result<Catalog, CatalogError> {
-        let mut client = match &config.catalog {
-            Some(url) => {
-                let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
-                tokio::spawn(conn);
-                client
-            }
-            None => {
-                let cluster = embedded::PrivateCluster::new(&config.state_dir);
-                let c = cluster.clone();
-                tokio::task::spawn_blocking(move || c.ensure_running())
-                    .await
-                    .map_err(|e| CatalogError::Embedded(e.to_string()))??;
-                let admin = socket_client(&cluster, "postgres").await?;
-                let exists = admin
-                    .query_opt("SELECT 1 FROM pg_database WHERE datname = 'ferry'", &[])
-                    .await?;
-                if exists.is_none() {
-                    admin.batch_execute("CREATE DATABASE ferry").await?;
-                }
-                socket_client(&cluster, "ferry").await?
-            }
-        };
+        let mut client = open(config).await?;
         migrations::apply(&mut client).await?;
-        Ok(Catalog { client })
+        // Ledger appends get their own connection: a transaction and a role of their own.
+        let ledger = tokio::sync::Mutex::new(open(config).await?);
+        Ok(Catalog { client, ledger })
     }
 
     /// The underlying connection, for queries the catalog does not wrap (tests, reports).
@@ -234,6 +232,32 @@ fn archive_from_row(r: &tokio_postgres::Row) -> ArchiveRecord {
         source_facts: r.get(13),
         run_id: r.get(14),
         pinned: r.get(15),
+    }
+}
+
+/// Connects to `config.catalog`, or to (starting if needed) the private cluster.
+async fn open(config: &Config) -> Result<Client, CatalogError> {
+    match &config.catalog {
+        Some(url) => {
+            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls).await?;
+            tokio::spawn(conn);
+            Ok(client)
+        }
+        None => {
+            let cluster = embedded::PrivateCluster::new(&config.state_dir);
+            let c = cluster.clone();
+            tokio::task::spawn_blocking(move || c.ensure_running())
+                .await
+                .map_err(|e| CatalogError::Embedded(e.to_string()))??;
+            let admin = socket_client(&cluster, "postgres").await?;
+            let exists = admin
+                .query_opt("SELECT 1 FROM pg_database WHERE datname = 'ferry'", &[])
+                .await?;
+            if exists.is_none() {
+                admin.batch_execute("CREATE DATABASE ferry").await?;
+            }
+            socket_client(&cluster, "ferry").await
+        }
     }
 }
 

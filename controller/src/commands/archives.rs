@@ -10,7 +10,8 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use super::backup::human_bytes;
-use crate::catalog::{ArchiveRecord, Catalog};
+use crate::catalog::ledger::Event;
+use crate::catalog::{ArchiveRecord, Catalog, Operator};
 use crate::cli::{ArchivesCommand, CatalogCommand};
 use crate::config::Config;
 use crate::report::{Format, exit};
@@ -36,8 +37,10 @@ pub async fn run(config: &Config, format: Format, command: ArchivesCommand) -> i
     let result = match command {
         ArchivesCommand::List { pattern } => list(&catalog, format, pattern.as_deref()).await,
         ArchivesCommand::Show { id } => show(&catalog, format, id).await,
-        ArchivesCommand::Verify { id, all } => verify(&store, &catalog, format, id, all).await,
-        ArchivesCommand::Export { id, dir } => export(&store, &catalog, id, &dir).await,
+        ArchivesCommand::Verify { id, all } => {
+            verify(&store, &catalog, config, format, id, all).await
+        }
+        ArchivesCommand::Export { id, dir } => export(&store, &catalog, config, id, &dir).await,
     };
     result.unwrap_or_else(|e| {
         eprintln!("ferry archives: {e}");
@@ -52,7 +55,7 @@ async fn list(catalog: &Catalog, format: Format, pattern: Option<&str>) -> Resul
             "{}",
             serde_json::to_string_pretty(&archives).unwrap_or_default()
         ),
-        Format::Text => {
+        Format::Text | Format::Csv => {
             println!(
                 "{:>5}  {:<12} {:<44} {:>10}  {:<8} {:<3}  SHA256",
                 "ID", "HOST", "ARCHIVE", "SIZE", "VERSION", "DB"
@@ -90,7 +93,7 @@ async fn show(catalog: &Catalog, format: Format, id: i64) -> Result<i32, String>
     let a = find(catalog, id).await?;
     match format {
         Format::Json => println!("{}", serde_json::to_string_pretty(&a).unwrap_or_default()),
-        Format::Text => {
+        Format::Text | Format::Csv => {
             println!("id:                {}", a.id);
             println!("host:              {}", a.host);
             println!("archive:           {}", a.name);
@@ -146,9 +149,42 @@ fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
     Ok((size, hex(&hasher.finalize())))
 }
 
+/// Writes one audit entry about an archive.
+async fn audit(
+    catalog: &Catalog,
+    config: &Config,
+    kind: &str,
+    a: &ArchiveRecord,
+    flags: serde_json::Value,
+    started: OffsetDateTime,
+    error: Option<String>,
+) {
+    let event = Event {
+        kind: kind.into(),
+        run_id: None,
+        operator: Operator::current(config),
+        target: a.host.clone(),
+        archive: json!({"id": a.id, "name": a.name, "sha256": a.sha256, "source_host": a.host}),
+        flags,
+        started,
+        finished: OffsetDateTime::now_utc(),
+        outcome: if error.is_none() {
+            "succeeded".into()
+        } else {
+            "failed".into()
+        },
+        error,
+        tasks: Vec::new(),
+    };
+    if let Err(e) = catalog.append(&event).await {
+        eprintln!("ferry archives: writing the audit ledger: {e}");
+    }
+}
+
 async fn verify(
     store: &Store,
     catalog: &Catalog,
+    config: &Config,
     format: Format,
     id: Option<i64>,
     all: bool,
@@ -161,6 +197,7 @@ async fn verify(
     let mut problems = 0;
     let mut report = Vec::new();
     for a in archives {
+        let started = OffsetDateTime::now_utc();
         let path = store.path(&a.host, &a.name);
         let sidecar = store
             .sidecar_digest(&a.host, &a.name)
@@ -198,6 +235,17 @@ async fn verify(
             }
         };
         let ok = issues.is_empty();
+        let error = (!ok).then(|| issues.join("; "));
+        audit(
+            catalog,
+            config,
+            "archive-verify",
+            &a,
+            json!({}),
+            started,
+            error,
+        )
+        .await;
         if !ok {
             problems += 1;
         }
@@ -235,14 +283,23 @@ async fn verify(
     })
 }
 
-async fn export(store: &Store, catalog: &Catalog, id: i64, dir: &Path) -> Result<i32, String> {
+async fn export(
+    store: &Store,
+    catalog: &Catalog,
+    config: &Config,
+    id: i64,
+    dir: &Path,
+) -> Result<i32, String> {
+    let started = OffsetDateTime::now_utc();
     let a = find(catalog, id).await?;
+    let record = a.clone();
+    let flags = json!({"dir": dir.display().to_string()});
     let source = store.path(&a.host, &a.name);
     let dest = dir.join(&a.name);
     let expected = a.sha256.clone();
     let name = a.name.clone();
     let dir = dir.to_path_buf();
-    tokio::task::spawn_blocking(move || -> Result<(), String> {
+    let copied = tokio::task::spawn_blocking(move || -> Result<(), String> {
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         if dest.exists() {
             return Err(format!("{} already exists", dest.display()));
@@ -282,7 +339,19 @@ async fn export(store: &Store, catalog: &Catalog, id: i64, dir: &Path) -> Result
         Ok(())
     })
     .await
-    .map_err(|e| e.to_string())??;
+    .map_err(|e| e.to_string())
+    .and_then(|r| r);
+    audit(
+        catalog,
+        config,
+        "archive-export",
+        &record,
+        flags,
+        started,
+        copied.as_ref().err().cloned(),
+    )
+    .await;
+    copied?;
     Ok(exit::OK)
 }
 

@@ -8,6 +8,7 @@ use ferry_proto::v1::{self as pb, BackupRequest, backup_event::Event};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
+use crate::catalog::ledger::{self, TaskRecord};
 use crate::catalog::{ArchiveRecord, Catalog, HostRecord, Operator};
 use crate::cli::{Compression, GlobalArgs};
 use crate::config::Config;
@@ -56,6 +57,8 @@ pub async fn run(
     let format = global.output;
     let progress = Arc::new(Progress::new(format));
     let ctx = Ctx {
+        operator: operator.clone(),
+        flags: flags.clone(),
         dialer: &fleet.dialer,
         store: &store,
         catalog: &catalog,
@@ -111,6 +114,8 @@ fn print_warnings(format: report::Format, results: &[HostResult]) {
 }
 
 struct Ctx<'a> {
+    operator: Operator,
+    flags: Value,
     dialer: &'a Dialer,
     store: &'a Store,
     catalog: &'a Catalog,
@@ -343,6 +348,50 @@ impl<'a> Ctx<'a> {
         };
         if let Err(e) = self.catalog.record_host(self.run_id, &record).await {
             eprintln!("ferry backup: [{}] recording the result: {e}", target.name);
+        }
+        let archive = match archive_id {
+            Some(id) => match self.catalog.archive(id).await {
+                Ok(Some(a)) => {
+                    json!({"id": a.id, "name": a.name, "sha256": a.sha256, "source_host": a.host})
+                }
+                _ => json!({"id": id}),
+            },
+            None => Value::Null,
+        };
+        let event = ledger::Event {
+            kind: "backup".into(),
+            run_id: Some(self.run_id),
+            operator: self.operator.clone(),
+            target: target.name.clone(),
+            archive,
+            flags: self.flags.clone(),
+            started,
+            finished: record.finished,
+            outcome: if outcome == "ok" {
+                "succeeded".into()
+            } else {
+                outcome.into()
+            },
+            error: error.map(|e| format!("{}: {e}", phase.unwrap_or(""))),
+            tasks: vec![TaskRecord {
+                name: format!("backup/{}", phase.unwrap_or("all")),
+                started,
+                finished: record.finished,
+                outcome: if outcome == "ok" {
+                    "ok".into()
+                } else {
+                    outcome.into()
+                },
+                detail: error
+                    .unwrap_or("archive streamed, verified and catalogued")
+                    .into(),
+            }],
+        };
+        if let Err(e) = self.catalog.append(&event).await {
+            eprintln!(
+                "ferry backup: [{}] writing the audit ledger: {e}",
+                target.name
+            );
         }
     }
 }

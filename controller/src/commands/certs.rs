@@ -2,13 +2,42 @@
 
 use ferry_certs::{Authority, LeafSpec, Role};
 
+use crate::catalog::ledger::Event;
+use crate::catalog::{Catalog, Operator};
 use crate::cli::CertsCommand;
 use crate::config::Config;
 use crate::report::exit;
 
-pub fn run(config: &Config, command: CertsCommand) -> i32 {
+pub async fn run(config: &Config, command: CertsCommand) -> i32 {
+    let started = time::OffsetDateTime::now_utc();
     match execute(config, command) {
-        Ok(()) => exit::OK,
+        Ok(Some((target, flags))) => {
+            // Every certificate issued is on the audit record.
+            let event = Event {
+                kind: "certificate-issue".into(),
+                run_id: None,
+                operator: Operator::current(config),
+                target,
+                archive: serde_json::Value::Null,
+                flags,
+                started,
+                finished: time::OffsetDateTime::now_utc(),
+                outcome: "succeeded".into(),
+                error: None,
+                tasks: Vec::new(),
+            };
+            let recorded = match Catalog::connect(config).await {
+                Ok(catalog) => catalog.append(&event).await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = recorded {
+                eprintln!(
+                    "ferry certs: WARNING: the certificate was issued but not recorded in the audit ledger: {e}"
+                );
+            }
+            exit::OK
+        }
+        Ok(None) => exit::OK,
         Err(e) => {
             eprintln!("ferry certs: {e}");
             exit::ERROR
@@ -16,7 +45,11 @@ pub fn run(config: &Config, command: CertsCommand) -> i32 {
     }
 }
 
-fn execute(config: &Config, command: CertsCommand) -> Result<(), ferry_certs::CertError> {
+/// Runs the command; for an issued certificate returns (its name, what to record about it).
+fn execute(
+    config: &Config,
+    command: CertsCommand,
+) -> Result<Option<(String, serde_json::Value)>, ferry_certs::CertError> {
     let pki = config.pki_dir();
     match command {
         CertsCommand::Init { days } => {
@@ -24,6 +57,11 @@ fn execute(config: &Config, command: CertsCommand) -> Result<(), ferry_certs::Ce
             ca.save(&pki)?;
             println!("created fleet CA {}", pki.join("ca.crt").display());
             println!("private key {} (mode 0600)", pki.join("ca.key").display());
+            return Ok(Some((
+                "fleet CA".into(),
+                serde_json::json!({"role": "ca", "days": days,
+                "fingerprint": fingerprint(ca.cert_pem())}),
+            )));
         }
         CertsCommand::IssueAgent {
             name,
@@ -32,7 +70,7 @@ fn execute(config: &Config, command: CertsCommand) -> Result<(), ferry_certs::Ce
             days,
         } => {
             let ca = Authority::load(&pki)?;
-            let issued = ca.issue(&LeafSpec::new(&name, Role::Agent, sans, days))?;
+            let issued = ca.issue(&LeafSpec::new(&name, Role::Agent, sans.clone(), days))?;
             let dir = out.unwrap_or_else(|| pki.join("agents").join(&name));
             issued.write(&dir, "agent")?;
             ferry_certs::write_file(&dir.join("ca.crt"), ca.cert_pem(), false)?;
@@ -40,6 +78,11 @@ fn execute(config: &Config, command: CertsCommand) -> Result<(), ferry_certs::Ce
                 "issued agent certificate for {name}: {} (hand agent.crt, agent.key and ca.crt to the host)",
                 dir.display()
             );
+            return Ok(Some((
+                name,
+                serde_json::json!({"role": "agent", "sans": sans, "days": days,
+                "fingerprint": fingerprint(&issued.cert_pem)}),
+            )));
         }
         CertsCommand::IssueOperator { name, out, days } => {
             let ca = Authority::load(&pki)?;
@@ -50,6 +93,11 @@ fn execute(config: &Config, command: CertsCommand) -> Result<(), ferry_certs::Ce
                 "issued operator certificate {}",
                 dir.join(format!("{name}.crt")).display()
             );
+            return Ok(Some((
+                name,
+                serde_json::json!({"role": "controller", "days": days,
+                "fingerprint": fingerprint(&issued.cert_pem)}),
+            )));
         }
         CertsCommand::Show { file } => {
             let info = ferry_certs::inspect_pem(&file)?;
@@ -67,5 +115,15 @@ fn execute(config: &Config, command: CertsCommand) -> Result<(), ferry_certs::Ce
             println!("sha256:      {}", info.fingerprint);
         }
     }
-    Ok(())
+    Ok(None)
+}
+
+fn fingerprint(pem: &str) -> String {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .ok()
+        .and_then(|der| ferry_certs::CertInfo::from_der(&der).ok())
+        .map(|info| info.fingerprint)
+        .unwrap_or_default()
 }

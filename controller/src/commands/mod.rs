@@ -1,6 +1,7 @@
 //! One module per command. Each returns the process exit code.
 
 mod archives;
+mod audit;
 mod backup;
 mod certs;
 mod facts;
@@ -41,8 +42,10 @@ pub async fn run(cli: Cli) -> i32 {
         Command::PrepareDevices { host } => {
             restore::prepare_devices(&config, &cli.global, &host).await
         }
+        Command::History(args) => audit::history(&config, cli.global.output, args).await,
+        Command::Audit(command) => audit::audit(&config, command).await,
         Command::Archives(command) => archives::run(&config, cli.global.output, command).await,
         Command::Catalog(command) => archives::run_catalog(&config, command).await,
-        Command::Certs(command) => certs::run(&config, command),
+        Command::Certs(command) => certs::run(&config, command).await,
     }
 }

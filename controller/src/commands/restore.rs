@@ -8,6 +8,7 @@ use ferry_proto::v1::{FactsRequest, PingRequest, RestoreStepRequest, StageChunk}
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
+use crate::catalog::ledger::{Event, TaskRecord};
 use crate::catalog::{ArchiveRecord, Catalog, HostRecord, Operator};
 use crate::cli::{GlobalArgs, RestoreArgs};
 use crate::config::Config;
@@ -71,6 +72,13 @@ struct Ctx<'a> {
     catalog: &'a Catalog,
     run_id: i64,
     started: OffsetDateTime,
+    /// For the audit ledger: what kind of operation, by whom, with which flags, on which archive, and
+    /// the tasks it ran.
+    kind: &'static str,
+    operator: Operator,
+    flags: Value,
+    archive: std::sync::Mutex<Value>,
+    tasks: std::sync::Mutex<Vec<TaskRecord>>,
 }
 
 pub async fn run(config: &Config, global: &GlobalArgs, host: &str, args: &RestoreArgs) -> i32 {
@@ -95,13 +103,15 @@ pub async fn run(config: &Config, global: &GlobalArgs, host: &str, args: &Restor
             return exit::ERROR;
         }
     };
-    let ctx = Ctx {
-        target: &target,
-        lease_seconds: args.lease_seconds,
-        catalog: &catalog,
+    let ctx = Ctx::new(
+        &target,
+        &catalog,
         run_id,
-        started: OffsetDateTime::now_utc(),
-    };
+        "restore",
+        operator,
+        flags,
+        args.lease_seconds,
+    );
     if args.resume {
         resume(&ctx, &conn).await
     } else {
@@ -138,13 +148,15 @@ pub async fn prepare_devices(config: &Config, global: &GlobalArgs, host: &str) -
             return exit::ERROR;
         }
     };
-    let ctx = Ctx {
-        target: &target,
-        lease_seconds: 0,
-        catalog: &catalog,
+    let ctx = Ctx::new(
+        &target,
+        &catalog,
         run_id,
-        started: OffsetDateTime::now_utc(),
-    };
+        "prepare-devices",
+        Operator::current(config),
+        json!({}),
+        0,
+    );
     let restore_id = format!("p{run_id}-{}", OffsetDateTime::now_utc().unix_timestamp());
     println!("PLAY [prepare devices on {host}]");
     let first = StageChunk {
@@ -188,13 +200,15 @@ pub async fn rollback(config: &Config, global: &GlobalArgs, host: &str) -> i32 {
             return exit::ERROR;
         }
     };
-    let ctx = Ctx {
-        target: &target,
-        lease_seconds: 0,
-        catalog: &catalog,
+    let ctx = Ctx::new(
+        &target,
+        &catalog,
         run_id,
-        started: OffsetDateTime::now_utc(),
-    };
+        "rollback",
+        Operator::current(config),
+        json!({}),
+        0,
+    );
     let operation = match conn.client.clone().ping(PingRequest {}).await {
         Ok(r) => r.into_inner().operation,
         Err(status) => return ctx.fail("rollback", status.message(), "unknown").await,
@@ -215,7 +229,9 @@ pub async fn rollback(config: &Config, global: &GlobalArgs, host: &str) -> i32 {
     };
     match conn.client.clone().restore_step(request).await {
         Ok(reply) => {
-            println!("TASK [rollback] ok: {}", reply.into_inner().summary);
+            let summary = reply.into_inner().summary;
+            ctx.task("rollback", ctx.started, "ok", &summary);
+            println!("TASK [rollback] ok: {summary}");
             ctx.record("ok", None, None).await;
             let _ = ctx.catalog.finish_run(run_id, "rolled back").await;
             println!(
@@ -262,6 +278,7 @@ async fn restore(ctx: &Ctx<'_>, config: &Config, conn: &AgentConn, args: &Restor
         Ok(a) => a,
         Err(e) => return ctx.refuse("preflight", &e).await,
     };
+    ctx.set_archive(&archive);
     println!(
         "PLAY [restore {host} from archive {} {} of {} (sha256 {}…)]",
         archive.id,
@@ -285,6 +302,12 @@ async fn restore(ctx: &Ctx<'_>, config: &Config, conn: &AgentConn, args: &Restor
     if !problems.is_empty() {
         return ctx.refuse("preflight", &problems.join("; ")).await;
     }
+    ctx.task(
+        "preflight",
+        ctx.started,
+        "ok",
+        "version, deployment type, units and staging space checked",
+    );
     println!(
         "TASK [preflight] ok: version {}, podman, units present, {} MiB free for staging",
         archive.flightctl_version,
@@ -325,9 +348,16 @@ async fn restore(ctx: &Ctx<'_>, config: &Config, conn: &AgentConn, args: &Restor
         Err(e) => return ctx.refuse("stage", &e.to_string()).await,
     };
     let clock = Instant::now();
+    let staged_at = OffsetDateTime::now_utc();
     if let Err(e) = stage(conn, &store, &archive, &restore_id, args).await {
         return ctx.refuse("stage", &e).await;
     }
+    ctx.task(
+        "stage",
+        staged_at,
+        "ok",
+        "archive streamed to the host, sha256 checked",
+    );
     println!(
         "TASK [stage] ok: {} streamed and its sha256 checked ({:.1}s)",
         archive.name,
@@ -363,6 +393,7 @@ async fn steps(ctx: &Ctx<'_>, conn: &AgentConn, restore_id: &str) -> i32 {
     let mut statuses = Value::Null;
     for step in ferry_proto::restore::STEPS {
         let clock = Instant::now();
+        let step_started = OffsetDateTime::now_utc();
         if step == "stop" {
             stopped_at = Some(Instant::now());
         }
@@ -377,6 +408,7 @@ async fn steps(ctx: &Ctx<'_>, conn: &AgentConn, restore_id: &str) -> i32 {
                 if reply.details_json.contains("\"skipped\":true") {
                     continue;
                 }
+                ctx.task(step, step_started, "ok", &reply.summary);
                 println!(
                     "TASK [{step}] ok: {} ({:.1}s)",
                     reply.summary,
@@ -409,6 +441,16 @@ async fn steps(ctx: &Ctx<'_>, conn: &AgentConn, restore_id: &str) -> i32 {
                     Some((c, s)) => (c.to_string(), s.trim_end_matches(')').to_string()),
                     None => (cause, "unknown".into()),
                 };
+                ctx.task(
+                    step,
+                    step_started,
+                    if step == "verify" {
+                        "refused"
+                    } else {
+                        "failed"
+                    },
+                    &cause,
+                );
                 if let Some(e) = conn.transport_error(&status) {
                     return ctx
                         .fail(
@@ -434,8 +476,91 @@ async fn steps(ctx: &Ctx<'_>, conn: &AgentConn, restore_id: &str) -> i32 {
     exit::OK
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    fn new(
+        target: &'a Target,
+        catalog: &'a Catalog,
+        run_id: i64,
+        kind: &'static str,
+        operator: Operator,
+        flags: Value,
+        lease_seconds: u32,
+    ) -> Self {
+        Ctx {
+            target,
+            lease_seconds,
+            catalog,
+            run_id,
+            started: OffsetDateTime::now_utc(),
+            kind,
+            operator,
+            flags,
+            archive: std::sync::Mutex::new(Value::Null),
+            tasks: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Adds a task to the operation's timeline.
+    fn task(&self, name: &str, started: OffsetDateTime, outcome: &str, detail: &str) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(TaskRecord {
+                name: name.into(),
+                started,
+                finished: OffsetDateTime::now_utc(),
+                outcome: outcome.into(),
+                detail: detail.into(),
+            });
+    }
+
+    fn set_archive(&self, archive: &ArchiveRecord) {
+        *self.archive.lock().unwrap_or_else(|p| p.into_inner()) = json!({
+            "id": archive.id, "name": archive.name, "sha256": archive.sha256, "source_host": archive.host,
+        });
+    }
+
     async fn record(&self, outcome: &str, phase: Option<&str>, error: Option<&str>) {
+        if let Some(task) = phase {
+            let known = self
+                .tasks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .any(|t| t.name == task);
+            if !known {
+                self.task(
+                    task,
+                    OffsetDateTime::now_utc(),
+                    outcome,
+                    error.unwrap_or_default(),
+                );
+            }
+        }
+        let event = Event {
+            kind: self.kind.into(),
+            run_id: Some(self.run_id),
+            operator: self.operator.clone(),
+            target: self.target.name.clone(),
+            archive: self
+                .archive
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            flags: self.flags.clone(),
+            started: self.started,
+            finished: OffsetDateTime::now_utc(),
+            outcome: match (outcome, self.kind) {
+                ("ok", "rollback") => "rolled back".into(),
+                ("ok", _) => "succeeded".into(),
+                (other, _) => other.into(),
+            },
+            error: error.map(|e| format!("{}: {e}", phase.unwrap_or(""))),
+            tasks: self.tasks.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+        };
+        if let Err(e) = self.catalog.append(&event).await {
+            eprintln!("ferry: writing the audit ledger: {e}");
+        }
         let record = HostRecord {
             host: self.target.name.clone(),
             outcome: outcome.into(),
