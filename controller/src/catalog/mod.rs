@@ -99,6 +99,44 @@ pub struct ArchiveRecord {
     pub pinned: bool,
 }
 
+impl ArchiveRecord {
+    /// The record of an archive as its `metadata.json` and manifest describe it (not yet catalogued:
+    /// no id, run or duration).
+    pub fn described(
+        host: &str,
+        name: &str,
+        size: u64,
+        sha256: &str,
+        compression: &str,
+        metadata: ferry_proto::archive::Metadata,
+        manifest: ferry_proto::archive::Manifest,
+    ) -> ArchiveRecord {
+        let created_at = OffsetDateTime::parse(
+            &metadata.timestamp,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap_or_else(|_| OffsetDateTime::now_utc());
+        ArchiveRecord {
+            id: 0,
+            host: host.into(),
+            name: name.into(),
+            size: size as i64,
+            sha256: sha256.into(),
+            compression: compression.into(),
+            flightctl_version: metadata.version,
+            deployment_type: metadata.deployment_type,
+            database_included: metadata.database_included,
+            created_at,
+            duration_ms: None,
+            row_counts: serde_json::to_value(&manifest.row_counts).unwrap_or_default(),
+            warnings: serde_json::json!(manifest.warnings),
+            source_facts: manifest.facts,
+            run_id: None,
+            pinned: false,
+        }
+    }
+}
+
 /// A connected, migrated catalog.
 pub struct Catalog {
     client: Client,

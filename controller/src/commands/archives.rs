@@ -406,30 +406,15 @@ async fn rebuild(store: &Store, catalog: &Catalog) -> Result<i32, String> {
             );
             continue;
         };
-        let manifest = verified.manifest.unwrap_or_default();
-        let created_at = OffsetDateTime::parse(
-            &metadata.timestamp,
-            &time::format_description::well_known::Rfc3339,
-        )
-        .unwrap_or_else(|_| OffsetDateTime::now_utc());
-        let record = ArchiveRecord {
-            id: 0,
-            host: object.host.clone(),
-            name: object.name.clone(),
-            size: verified.size as i64,
-            sha256: verified.sha256,
-            compression: verified.codec.name().into(),
-            flightctl_version: metadata.version,
-            deployment_type: metadata.deployment_type,
-            database_included: metadata.database_included,
-            created_at,
-            duration_ms: None,
-            row_counts: serde_json::to_value(&manifest.row_counts).unwrap_or_default(),
-            warnings: json!(manifest.warnings),
-            source_facts: manifest.facts,
-            run_id: None,
-            pinned: false,
-        };
+        let record = ArchiveRecord::described(
+            &object.host,
+            &object.name,
+            verified.size,
+            &verified.sha256,
+            verified.codec.name(),
+            metadata,
+            verified.manifest.unwrap_or_default(),
+        );
         match catalog
             .insert_archive(&record)
             .await

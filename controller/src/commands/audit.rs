@@ -11,9 +11,14 @@ use crate::cli::{AuditCommand, HistoryArgs, HistoryCommand};
 use crate::config::Config;
 use crate::report::{Format, exit};
 
-async fn catalog(config: &Config) -> Result<Catalog, i32> {
-    Catalog::connect(config).await.map_err(|e| {
-        eprintln!("ferry: {e}");
+/// Every ledger entry, or the exit code for why they cannot be read.
+async fn ledger_entries(config: &Config, what: &str) -> Result<Vec<Entry>, i32> {
+    let catalog = Catalog::connect(config).await.map_err(|e| {
+        eprintln!("ferry {what}: {e}");
+        exit::ERROR
+    })?;
+    catalog.ledger().await.map_err(|e| {
+        eprintln!("ferry {what}: {e}");
         exit::ERROR
     })
 }
@@ -30,16 +35,9 @@ fn field<'a>(content: &'a Value, key: &str) -> &'a str {
 }
 
 pub async fn history(config: &Config, format: Format, args: HistoryArgs) -> i32 {
-    let catalog = match catalog(config).await {
-        Ok(c) => c,
+    let entries = match ledger_entries(config, "history").await {
+        Ok(entries) => entries,
         Err(code) => return code,
-    };
-    let entries = match catalog.ledger().await {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("ferry history: {e}");
-            return exit::ERROR;
-        }
     };
     if let Some(HistoryCommand::Show { id }) = args.command {
         return show(&entries, id, format);
@@ -229,16 +227,9 @@ fn show(entries: &[Entry], id: i64, format: Format) -> i32 {
 }
 
 pub async fn audit(config: &Config, command: AuditCommand) -> i32 {
-    let catalog = match catalog(config).await {
-        Ok(c) => c,
+    let entries = match ledger_entries(config, "audit").await {
+        Ok(entries) => entries,
         Err(code) => return code,
-    };
-    let entries = match catalog.ledger().await {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("ferry audit: {e}");
-            return exit::ERROR;
-        }
     };
     match command {
         AuditCommand::Verify => match ledger::verify(&entries) {

@@ -136,16 +136,7 @@ impl<'a> Ctx<'a> {
         let conn = match self.dialer.connect(target).await {
             Ok(conn) => conn,
             Err(e) => {
-                self.record(
-                    target,
-                    "unreachable",
-                    Some("connect"),
-                    Some(&e.to_string()),
-                    None,
-                    started,
-                )
-                .await;
-                return Outcome::Unreachable(e);
+                return self.unreachable(target, e, started).await;
             }
         };
         let operation_id = format!("backup-{}-{}", self.run_id, sanitize(&target.name));
@@ -187,18 +178,7 @@ impl<'a> Ctx<'a> {
                 }
             }
             Err(Failure { phase, cause }) => match conn.refused() {
-                Some(e) => {
-                    self.record(
-                        target,
-                        "unreachable",
-                        Some("connect"),
-                        Some(&e.to_string()),
-                        None,
-                        started,
-                    )
-                    .await;
-                    Outcome::Unreachable(e)
-                }
+                Some(e) => self.unreachable(target, e, started).await,
                 None => self.failed(target, &phase, cause, started).await,
             },
         }
@@ -287,30 +267,37 @@ impl<'a> Ctx<'a> {
                 phase: "verify".into(),
                 cause: format!("ferry-manifest.json: {e}"),
             })?;
-        let created_at = OffsetDateTime::parse(
-            &metadata.timestamp,
-            &time::format_description::well_known::Rfc3339,
-        )
-        .unwrap_or_else(|_| OffsetDateTime::now_utc());
-        let record = ArchiveRecord {
-            id: 0,
-            host: target.name.clone(),
-            name: trailer.archive_name.clone(),
-            size: committed.size as i64,
-            sha256: committed.sha256.clone(),
-            compression: self.compression.name().into(),
-            flightctl_version: metadata.version,
-            deployment_type: metadata.deployment_type,
-            database_included: metadata.database_included,
-            created_at,
-            duration_ms: Some(clock.elapsed().as_millis() as i64),
-            row_counts: serde_json::to_value(&manifest.row_counts).unwrap_or_default(),
-            warnings: json!(trailer.warnings),
-            source_facts: manifest.facts,
-            run_id: Some(self.run_id),
-            pinned: false,
-        };
+        let mut record = ArchiveRecord::described(
+            &target.name,
+            &trailer.archive_name,
+            committed.size,
+            &committed.sha256,
+            self.compression.name(),
+            metadata,
+            manifest,
+        );
+        record.duration_ms = Some(clock.elapsed().as_millis() as i64);
+        record.run_id = Some(self.run_id);
+        record.warnings = json!(trailer.warnings);
         Ok((record, committed.path))
+    }
+
+    async fn unreachable(
+        &self,
+        target: &Target,
+        e: crate::dial::DialError,
+        started: OffsetDateTime,
+    ) -> Outcome {
+        self.record(
+            target,
+            "unreachable",
+            Some("connect"),
+            Some(&e.to_string()),
+            None,
+            started,
+        )
+        .await;
+        Outcome::Unreachable(e)
     }
 
     async fn failed(

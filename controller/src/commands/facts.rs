@@ -5,32 +5,18 @@ use serde_json::json;
 
 use crate::cli::GlobalArgs;
 use crate::config::Config;
-use crate::report::{self, Outcome};
+use crate::report::Outcome;
 
 pub async fn run(config: &Config, global: &GlobalArgs, pattern: &str) -> i32 {
-    let fleet = match super::fleet::prepare(config, global, pattern) {
-        Ok(fleet) => fleet,
-        Err(code) => return code,
-    };
-    let format = global.output;
-    let dialer = &fleet.dialer;
-    let results = crate::fanout::run(
-        fleet.targets,
-        fleet.options,
-        |target| async move {
-            super::fleet::call(
-                dialer,
-                &target,
-                "facts",
-                |mut client| async move { client.facts(FactsRequest {}).await },
-                outcome,
-            )
-            .await
-        },
-        |result| report::progress_line(format, result),
+    super::fleet::call_all(
+        config,
+        global,
+        pattern,
+        "facts",
+        |mut client| async move { client.facts(FactsRequest {}).await },
+        outcome,
     )
-    .await;
-    report::finish(format, "facts", &results, std::io::stdout())
+    .await
 }
 
 fn deployment_name(t: i32) -> &'static str {

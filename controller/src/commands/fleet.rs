@@ -84,3 +84,32 @@ where
         },
     }
 }
+
+/// Runs one call on every host `pattern` selects and ends with the recap; returns the exit code.
+pub async fn call_all<T, F, Fut>(
+    config: &Config,
+    global: &GlobalArgs,
+    pattern: &str,
+    task: &str,
+    request: F,
+    on_reply: fn(T) -> Outcome,
+) -> i32
+where
+    F: Fn(AgentClient<Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let fleet = match prepare(config, global, pattern) {
+        Ok(fleet) => fleet,
+        Err(code) => return code,
+    };
+    let format = global.output;
+    let (dialer, request) = (&fleet.dialer, &request);
+    let results = crate::fanout::run(
+        fleet.targets,
+        fleet.options,
+        |target| async move { call(dialer, &target, task, request, on_reply).await },
+        |result| crate::report::progress_line(format, result),
+    )
+    .await;
+    crate::report::finish(format, task, &results, std::io::stdout())
+}

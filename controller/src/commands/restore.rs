@@ -82,27 +82,13 @@ struct Ctx<'a> {
 }
 
 pub async fn run(config: &Config, global: &GlobalArgs, host: &str, args: &RestoreArgs) -> i32 {
-    let (target, conn) = match connect(config, global, host).await {
-        Ok(pair) => pair,
-        Err(code) => return code,
-    };
-    let catalog = match Catalog::connect(config).await {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("ferry restore: {e}");
-            return exit::ERROR;
-        }
-    };
-    let operator = Operator::current(config);
     let flags = json!({"archive": args.archive, "from": args.from, "keep_old_db": args.keep_old_db,
-                       "check": args.check, "resume": args.resume});
-    let run_id = match catalog.start_run("restore", host, &operator, &flags).await {
-        Ok(id) => id,
-        Err(e) => {
-            eprintln!("ferry restore: {e}");
-            return exit::ERROR;
-        }
-    };
+                       "check": args.check, "resume": args.resume, "only": args.only, "db_only": args.db_only});
+    let (target, conn, catalog, run_id, operator) =
+        match open(config, global, host, "restore", &flags).await {
+            Ok(opened) => opened,
+            Err(code) => return code,
+        };
     let ctx = Ctx::new(
         &target,
         &catalog,
@@ -122,39 +108,19 @@ pub async fn run(config: &Config, global: &GlobalArgs, host: &str, args: &Restor
 /// `ferry prepare-devices HOST`: device preparation alone, on the host's current database (after a
 /// DBA-led database restore, or to finish a partial one).
 pub async fn prepare_devices(config: &Config, global: &GlobalArgs, host: &str) -> i32 {
-    let (target, conn) = match connect(config, global, host).await {
-        Ok(pair) => pair,
-        Err(code) => return code,
-    };
-    let catalog = match Catalog::connect(config).await {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("ferry prepare-devices: {e}");
-            return exit::ERROR;
-        }
-    };
-    let run_id = match catalog
-        .start_run(
-            "prepare-devices",
-            host,
-            &Operator::current(config),
-            &json!({}),
-        )
-        .await
-    {
-        Ok(id) => id,
-        Err(e) => {
-            eprintln!("ferry prepare-devices: {e}");
-            return exit::ERROR;
-        }
-    };
+    let flags = json!({});
+    let (target, conn, catalog, run_id, operator) =
+        match open(config, global, host, "prepare-devices", &flags).await {
+            Ok(opened) => opened,
+            Err(code) => return code,
+        };
     let ctx = Ctx::new(
         &target,
         &catalog,
         run_id,
         "prepare-devices",
-        Operator::current(config),
-        json!({}),
+        operator,
+        flags,
         0,
     );
     let restore_id = format!("p{run_id}-{}", OffsetDateTime::now_utc().unix_timestamp());
@@ -179,36 +145,13 @@ pub async fn prepare_devices(config: &Config, global: &GlobalArgs, host: &str) -
 
 /// `ferry rollback HOST`.
 pub async fn rollback(config: &Config, global: &GlobalArgs, host: &str) -> i32 {
-    let (target, conn) = match connect(config, global, host).await {
-        Ok(pair) => pair,
-        Err(code) => return code,
-    };
-    let catalog = match Catalog::connect(config).await {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("ferry rollback: {e}");
-            return exit::ERROR;
-        }
-    };
-    let run_id = match catalog
-        .start_run("rollback", host, &Operator::current(config), &json!({}))
-        .await
-    {
-        Ok(id) => id,
-        Err(e) => {
-            eprintln!("ferry rollback: {e}");
-            return exit::ERROR;
-        }
-    };
-    let ctx = Ctx::new(
-        &target,
-        &catalog,
-        run_id,
-        "rollback",
-        Operator::current(config),
-        json!({}),
-        0,
-    );
+    let flags = json!({});
+    let (target, conn, catalog, run_id, operator) =
+        match open(config, global, host, "rollback", &flags).await {
+            Ok(opened) => opened,
+            Err(code) => return code,
+        };
+    let ctx = Ctx::new(&target, &catalog, run_id, "rollback", operator, flags, 0);
     let operation = match conn.client.clone().ping(PingRequest {}).await {
         Ok(r) => r.into_inner().operation,
         Err(status) => return ctx.fail("rollback", status.message(), "unknown").await,
@@ -248,6 +191,30 @@ pub async fn rollback(config: &Config, global: &GlobalArgs, host: &str) -> i32 {
             .await
         }
     }
+}
+
+/// What every single-host operation does first: dial the host, open the catalog, start the run.
+async fn open(
+    config: &Config,
+    global: &GlobalArgs,
+    host: &str,
+    kind: &str,
+    flags: &Value,
+) -> Result<(Target, AgentConn, Catalog, i64, Operator), i32> {
+    let (target, conn) = connect(config, global, host).await?;
+    let catalog = Catalog::connect(config).await.map_err(|e| {
+        eprintln!("ferry {kind}: {e}");
+        exit::ERROR
+    })?;
+    let operator = Operator::current(config);
+    let run_id = catalog
+        .start_run(kind, host, &operator, flags)
+        .await
+        .map_err(|e| {
+            eprintln!("ferry {kind}: {e}");
+            exit::ERROR
+        })?;
+    Ok((target, conn, catalog, run_id, operator))
 }
 
 async fn connect(
