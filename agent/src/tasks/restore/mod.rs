@@ -180,18 +180,7 @@ impl RestoreContext<'_> {
                     j.save(dir).map_err(|e| e.to_string())?;
                 }
                 let names: Vec<&str> = present.iter().map(String::as_str).collect();
-                host.systemd()
-                    .control("stop", &names)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let after = host
-                    .systemd()
-                    .states(&names)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if let Some(still) = after.iter().find(|s| s.active_state == "active") {
-                    return Err(format!("{} is still active after stop", still.name));
-                }
+                control_units(host, "stop", &names).await?;
                 Ok(summary(&format!(
                     "stopped {} application units (flightctl-db and flightctl-kv keep running)",
                     names.len()
@@ -305,21 +294,7 @@ impl RestoreContext<'_> {
             }
             "start" => {
                 let names: Vec<&str> = j.stopped_units.iter().map(String::as_str).collect();
-                host.systemd()
-                    .control("start", &names)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let after = host
-                    .systemd()
-                    .states(&names)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if let Some(down) = after.iter().find(|s| s.active_state != "active") {
-                    return Err(format!(
-                        "{} is {} after start",
-                        down.name, down.active_state
-                    ));
-                }
+                control_units(host, "start", &names).await?;
                 Ok(summary(&format!(
                     "started {} application units",
                     names.len()
@@ -569,6 +544,29 @@ impl RestoreContext<'_> {
             ),
             details: json!({"version": version, "kv_keys": keys, "devices_by_status": statuses}),
         })
+    }
+}
+
+/// `systemctl start|stop UNITS`, then confirms every unit is active (start) or not (stop).
+async fn control_units(host: &Host, verb: &str, names: &[&str]) -> Result<(), String> {
+    host.systemd()
+        .control(verb, names)
+        .await
+        .map_err(|e| e.to_string())?;
+    let after = host
+        .systemd()
+        .states(names)
+        .await
+        .map_err(|e| e.to_string())?;
+    let wrong = after
+        .iter()
+        .find(|s| (s.active_state == "active") != (verb == "start"));
+    match wrong {
+        Some(unit) => Err(format!(
+            "{} is {} after {verb}",
+            unit.name, unit.active_state
+        )),
+        None => Ok(()),
     }
 }
 
