@@ -140,9 +140,10 @@ async fn run(fleet: &SimFleet) -> anyhow::Result<()> {
     let scratch = fleet.dir.join("bench");
     std::fs::create_dir_all(&scratch)?;
 
-    // (a) pg_dump to /dev/null, inside the DB container: the ceiling.
-    let a = timed(|| {
-        run_ok(Command::new(&podman).args([
+    // pg_dump inside the DB container, as flightctl-backup runs it.
+    let pg_dump = || {
+        let mut cmd = Command::new(&podman);
+        cmd.args([
             "exec",
             "flightctl-db",
             "pg_dump",
@@ -152,31 +153,19 @@ async fn run(fleet: &SimFleet) -> anyhow::Result<()> {
             "postgres",
             "-d",
             "flightctl",
-            "-f",
-            "/dev/null",
-        ]))
-    })?;
+        ]);
+        cmd
+    };
+
+    // (a) pg_dump to /dev/null: the ceiling.
+    let a = timed(|| run_ok(pg_dump().args(["-f", "/dev/null"])))?;
 
     // (b) what flightctl-backup does: dump to a file, then tar + gzip at the default level, one thread.
     let staging = scratch.join("upstream");
     std::fs::create_dir_all(staging.join("db"))?;
     let b = timed(|| {
         let dump = std::fs::File::create(staging.join("db/dump.sql"))?;
-        run_ok(
-            Command::new(&podman)
-                .args([
-                    "exec",
-                    "flightctl-db",
-                    "pg_dump",
-                    "--clean",
-                    "--if-exists",
-                    "-U",
-                    "postgres",
-                    "-d",
-                    "flightctl",
-                ])
-                .stdout(dump),
-        )?;
+        run_ok(pg_dump().stdout(dump))?;
         run_ok(
             Command::new("cp")
                 .arg("-a")

@@ -157,18 +157,17 @@ impl SimFleet {
         cmd
     }
 
-    fn ferry_ok(&self, args: &[&str]) -> anyhow::Result<()> {
-        let mut cmd = Command::new(crate::bins::path("ferry"));
-        let out = cmd
-            .arg("--config")
-            .arg(self.config_path())
-            .args(args)
+    /// Runs `ferry ARGS…` (as [`SimFleet::ferry`]) and requires success.
+    pub fn ferry_ok(&self, args: &[&str]) -> anyhow::Result<()> {
+        let out = self
+            .ferry(args)
             .output()
             .context("running ferry (build the workspace first: cargo build --workspace)")?;
         if !out.status.success() {
             bail!(
-                "ferry {}: {}",
+                "ferry {}: {}{}",
                 args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr)
             );
         }

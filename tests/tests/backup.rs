@@ -414,6 +414,19 @@ fn store_files(fleet: &TempFleet) -> Vec<PathBuf> {
     files_under(&fleet.dir.join("controller/store"))
 }
 
+/// The interrupted backup failed in its transfer phase, and the store holds nothing of it.
+fn assert_failed_in_transfer_leaving_nothing(fleet: &TempFleet, backup: std::process::Child) {
+    let out = backup.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("FAILED: [cp01] task backup/transfer"),
+        "{}",
+        text(&out)
+    );
+    let left = store_files(fleet);
+    assert!(left.is_empty(), "nothing left in the store: {left:?}");
+}
+
 /// Holds an exclusive lock on `devices`, as a long migration would: pg_dump waits for it, so the
 /// backup stays mid-stream (its first entries already sent) until the lock is released.
 async fn hold_devices_lock(fleet: &TempFleet) -> tokio_postgres::Client {
@@ -472,18 +485,7 @@ async fn interrupted_transfers_leave_nothing_and_a_busy_host_refuses_a_second_ba
         "{refusal}"
     );
     proxy.cut();
-    let out = backup.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(
-        text(&out).contains("FAILED: [cp01] task backup/transfer"),
-        "{}",
-        text(&out)
-    );
-    assert!(
-        store_files(&fleet).is_empty(),
-        "nothing left in the store: {:?}",
-        store_files(&fleet)
-    );
+    assert_failed_in_transfer_leaving_nothing(&fleet, backup);
     lock.batch_execute("ROLLBACK").await.unwrap();
 
     // 3. The agent dies mid-stream.
@@ -491,18 +493,7 @@ async fn interrupted_transfers_leave_nothing_and_a_busy_host_refuses_a_second_ba
     let backup = spawn_backup(&fleet, &fleet.inventory_path());
     wait_for_partial_object(&fleet).await;
     simhost::fleet::kill_agent(host);
-    let out = backup.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(
-        text(&out).contains("FAILED: [cp01] task backup/transfer"),
-        "{}",
-        text(&out)
-    );
-    assert!(
-        store_files(&fleet).is_empty(),
-        "nothing left in the store: {:?}",
-        store_files(&fleet)
-    );
+    assert_failed_in_transfer_leaving_nothing(&fleet, backup);
     lock.batch_execute("ROLLBACK").await.unwrap();
 
     let results = host_results(&fleet).await;

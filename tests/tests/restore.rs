@@ -77,8 +77,7 @@ async fn restore_brings_back_the_backup_and_prepares_devices() {
     })
     .await;
     let host = fleet.host("cp01");
-    let out = fleet.ferry(&["backup", "cp01"]).output().unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    fleet.ferry_ok(&["backup", "cp01"]).unwrap();
     let db = host.db().await.unwrap();
     let before = snapshot(&db).await;
     let devices_identity = "t.org_id, t.name, t.owner, t.labels, t.spec, t.alias, t.generation, t.deleted_at, t.rendered_config";
@@ -492,14 +491,7 @@ async fn unsafe_or_mismatched_archives_are_refused_before_anything_changes() {
         ..Default::default()
     })
     .await;
-    assert!(
-        fleet
-            .ferry(&["backup", "cp01"])
-            .output()
-            .unwrap()
-            .status
-            .success()
-    );
+    fleet.ferry_ok(&["backup", "cp01"]).unwrap();
     let (good, good_name) = {
         let catalog = Catalog::connect(&Config::load(&fleet.config_path(), true).unwrap())
             .await
@@ -696,14 +688,7 @@ async fn failures_name_their_step_and_resume_or_rollback_recover() {
     })
     .await;
     let host = fleet.host("cp01");
-    assert!(
-        fleet
-            .ferry(&["backup", "cp01"])
-            .output()
-            .unwrap()
-            .status
-            .success()
-    );
+    fleet.ferry_ok(&["backup", "cp01"]).unwrap();
     let backup_fleets = table_digest(&host.db().await.unwrap(), "fleets", "t.*").await;
     let cases = [
         (
@@ -834,14 +819,7 @@ async fn a_lapsed_lease_leaves_nothing_published_and_is_reported() {
     })
     .await;
     let host = fleet.host("cp01");
-    assert!(
-        fleet
-            .ferry(&["backup", "cp01"])
-            .output()
-            .unwrap()
-            .status
-            .success()
-    );
+    fleet.ferry_ok(&["backup", "cp01"]).unwrap();
     damage(&fleet, 1).await;
     let dropin = host
         .layout
@@ -952,14 +930,7 @@ async fn partial_restores_device_preparation_alone_and_cross_host() {
     .await;
     let cp01 = fleet.host("cp01");
     let cp02 = fleet.host("cp02");
-    assert!(
-        fleet
-            .ferry(&["backup", "cp01"])
-            .output()
-            .unwrap()
-            .status
-            .success()
-    );
+    fleet.ferry_ok(&["backup", "cp01"]).unwrap();
     let pki = |h: &simhost::SimHost| tree(&h.layout.host_path("/etc/flightctl/pki"));
     let fleets_backup = table_digest(&cp01.db().await.unwrap(), "fleets", "t.*").await;
     let pki_backup = pki(cp01);

@@ -128,7 +128,7 @@ impl AgentService {
     ) -> Result<(u64, String), Status> {
         use tokio::io::AsyncWriteExt;
         let io = |e: std::io::Error| Status::internal(format!("staging: {e}"));
-        let free = self.gather_facts().await.staging_free;
+        let (free, _) = crate::tasks::facts::disk_space(&self.staging_dir);
         let needed = first
             .expected_size
             .saturating_mul(3)

@@ -231,7 +231,8 @@ fn read_os_release(path: &Path) -> OsRelease {
     os
 }
 
-fn disk_space(dir: &Path) -> (u64, u64) {
+/// (free, total) bytes of the filesystem holding `dir`; zeros if it cannot be read.
+pub fn disk_space(dir: &Path) -> (u64, u64) {
     match rustix::fs::statvfs(dir) {
         Ok(st) => (
             st.f_bavail.saturating_mul(st.f_frsize),

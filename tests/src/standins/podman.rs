@@ -395,8 +395,3 @@ fn port(
         (None, None) => Reply::default(),
     }
 }
-
-/// Kept for callers that want to know where a volume lives on the simulated host.
-pub fn volume_path(layout: &Layout, name: &str) -> std::path::PathBuf {
-    volume_dir(layout, name)
-}
