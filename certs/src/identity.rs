@@ -14,7 +14,8 @@ pub struct CertInfo {
     pub sans: Vec<String>,
     pub not_before: String,
     pub not_after: String,
-    /// Unix seconds, for expiry checks.
+    /// Unix seconds, for validity checks.
+    pub not_before_unix: i64,
     pub not_after_unix: i64,
     /// SHA-256 of the DER certificate, lowercase hex.
     pub fingerprint: String,
@@ -55,10 +56,21 @@ impl CertInfo {
             sans,
             not_before: validity.not_before.to_string(),
             not_after: validity.not_after.to_string(),
+            not_before_unix: validity.not_before.timestamp(),
             not_after_unix: validity.not_after.timestamp(),
             fingerprint: hex(&Sha256::digest(der)),
         })
     }
+}
+
+/// Every certificate in PEM text (unparsable blocks are left out).
+pub fn certificates_in_pem(pem: &[u8]) -> Vec<CertInfo> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    CertificateDer::pem_slice_iter(pem)
+        .filter_map(Result::ok)
+        .filter_map(|der| CertInfo::from_der(&der).ok())
+        .collect()
 }
 
 /// Parses the first certificate of a PEM file.

@@ -14,7 +14,7 @@ pub mod tls;
 
 pub use authority::{Authority, IssuedCert, LeafSpec};
 pub use error::CertError;
-pub use identity::{CertInfo, inspect_pem};
+pub use identity::{CertInfo, certificates_in_pem, inspect_pem};
 pub use role::Role;
 
 /// Writes `contents` to `path`, readable by the owner only when `secret`.

@@ -142,3 +142,88 @@ impl ClientCertVerifier for RoleVerifier {
         self.inner.supported_verify_schemes()
     }
 }
+
+/// How a PostgreSQL server's certificate is checked (libpq's `verify-ca` and `verify-full`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerCheck {
+    /// The chain to the CA only.
+    Chain,
+    /// The chain and the host name.
+    ChainAndName,
+}
+
+/// A client config for an external database: trusts `ca` only, presents `client` (cert, key) when
+/// given. There is no mode without verification.
+pub fn database_client_config(
+    ca: &Path,
+    client: Option<(&Path, &Path)>,
+    check: ServerCheck,
+) -> Result<ClientConfig, CertError> {
+    let roots = roots(ca)?;
+    let builder =
+        ClientConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+    let builder = match check {
+        ServerCheck::ChainAndName => builder.with_root_certificates(roots),
+        ServerCheck::Chain => {
+            let inner =
+                rustls::client::WebPkiServerVerifier::builder_with_provider(roots, provider())
+                    .build()?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(ChainOnly { inner }))
+        }
+    };
+    Ok(match client {
+        Some((cert, key)) => builder.with_client_auth_cert(read_certs(cert)?, read_key(key)?)?,
+        None => builder.with_no_client_auth(),
+    })
+}
+
+/// libpq's `verify-ca`: the full WebPKI chain check, with a name mismatch forgiven.
+#[derive(Debug)]
+struct ChainOnly {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+}
+
+impl rustls::client::danger::ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        match self
+            .inner
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}

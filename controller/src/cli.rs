@@ -25,10 +25,10 @@ pub struct GlobalArgs {
     #[arg(short = 'i', long, global = true, env = "FERRY_INVENTORY")]
     pub inventory: Option<PathBuf>,
     /// How many hosts to work on at once.
-    #[arg(short = 'f', long, global = true)]
-    pub forks: Option<usize>,
+    #[arg(short = 'f', long, global = true, value_parser = clap::value_parser!(u64).range(1..10000))]
+    pub forks: Option<u64>,
     /// Seconds each host may take.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: Option<u64>,
     /// Further limit the selected hosts with another pattern.
     #[arg(short = 'l', long, global = true)]
@@ -67,8 +67,13 @@ pub enum Command {
         #[command(flatten)]
         args: RestoreArgs,
     },
-    /// Device preparation alone, on the host's current database (after a DBA-led restore).
-    PrepareDevices { host: String },
+    /// Device preparation alone, on the host's current database (after a DBA-led restore); on an
+    /// external database, at the address the host's service-config.yaml names.
+    PrepareDevices {
+        host: String,
+        #[command(flatten)]
+        args: PrepareDevicesArgs,
+    },
     /// Return a host with an unfinished restore to exactly its pre-restore state.
     Rollback { host: String },
     /// Who did what to which host, when, from which archive, with what outcome.
@@ -87,9 +92,28 @@ pub enum Command {
     Certs(CertsCommand),
 }
 
+impl Command {
+    /// The command's name, for JSON documents.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Ping { .. } => "ping",
+            Command::Facts { .. } => "facts",
+            Command::Backup { .. } => "backup",
+            Command::Restore { .. } => "restore",
+            Command::PrepareDevices { .. } => "prepare-devices",
+            Command::Rollback { .. } => "rollback",
+            Command::History(_) => "history",
+            Command::Audit(_) => "audit",
+            Command::Archives(_) => "archives",
+            Command::Catalog(_) => "catalog",
+            Command::Certs(_) => "certs",
+        }
+    }
+}
+
 #[derive(Args, Debug, Clone, Default)]
 pub struct RestoreArgs {
-    /// Archive id from `ferry archives list`, or `latest` (the default).
+    /// Archive id from `ferry archives list` (a sha256 prefix), or `latest` (the default).
     #[arg(long)]
     pub archive: Option<String>,
     /// Restore another host's archive onto this one (disaster recovery onto a replacement host).
@@ -110,11 +134,27 @@ pub struct RestoreArgs {
     pub check: bool,
     /// How long the host may go without hearing from this controller once units are stopped or a
     /// port is published; when it lapses the agent makes the host safe on its own.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
     pub lease_seconds: u32,
     /// Continue the restore the host holds from its journal.
     #[arg(long, conflicts_with_all = ["archive", "from", "check"])]
     pub resume: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PrepareDevicesArgs {
+    /// The external database's host, instead of db.external.hostname in service-config.yaml.
+    #[arg(long)]
+    pub db_host: Option<String>,
+    /// The external database's port, instead of db.external.port.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub db_port: Option<u16>,
+    /// The external database's name, instead of db.external.name.
+    #[arg(long)]
+    pub db_name: Option<String>,
+    /// How long the host may go without hearing from this controller while units are stopped.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
+    pub lease_seconds: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -134,18 +174,19 @@ impl Compression {
 
 #[derive(Subcommand, Debug)]
 pub enum ArchivesCommand {
-    /// Archives in the catalog, newest first; PATTERN is a glob over host names.
+    /// Archives in the catalog, newest first; PATTERN is a host pattern over the inventory (hosts
+    /// only the catalog knows count as ungrouped).
     List { pattern: Option<String> },
-    /// One archive in full.
-    Show { id: i64 },
+    /// One archive in full. ID is a prefix of its sha256 (4+ hex digits) or its catalog number.
+    Show { id: String },
     /// Re-hash stored archives against the catalog and their .sha256 sidecars.
     Verify {
-        id: Option<i64>,
+        id: Option<String>,
         #[arg(long, conflicts_with = "id")]
         all: bool,
     },
-    /// Copy an archive and its sidecar out of the store (digest checked while copying).
-    Export { id: i64, dir: PathBuf },
+    /// Copy an archive and its sidecar out of the store into DIR/HOST/ (digest checked while copying).
+    Export { id: String, dir: PathBuf },
 }
 
 #[derive(Args, Debug)]
@@ -160,11 +201,11 @@ pub struct HistoryArgs {
     pub since: Option<String>,
     #[arg(long)]
     pub until: Option<String>,
-    /// succeeded, failed, refused, rolled back
-    #[arg(long)]
+    /// Only entries with this outcome.
+    #[arg(long, value_parser = ["succeeded", "failed", "refused", "rolled back", "checked", "unreachable", "interrupted"])]
     pub outcome: Option<String>,
-    /// backup, restore, rollback, prepare-devices, archive-verify, archive-export, certificate-issue
-    #[arg(long)]
+    /// Only operations of this kind.
+    #[arg(long, value_parser = ["backup", "restore", "restore-check", "rollback", "prepare-devices", "archive-verify", "archive-export", "archive-delete", "certificate-issue"])]
     pub kind: Option<String>,
 }
 
@@ -196,19 +237,19 @@ pub enum CertsCommand {
     /// Create the fleet CA in the state directory.
     Init {
         /// Validity of the CA in days.
-        #[arg(long, default_value_t = 3650)]
+        #[arg(long, default_value_t = 3650, value_parser = clap::value_parser!(i64).range(1..=36500))]
         days: i64,
     },
     /// Issue an agent's server certificate (files to hand to the host).
     IssueAgent {
         name: String,
-        /// DNS names or IP addresses the controller dials for this host.
-        #[arg(long = "san", required = true)]
+        /// DNS names or IP addresses the controller dials for this host (NAME is always included).
+        #[arg(long = "san")]
         sans: Vec<String>,
         /// Output directory; default <state>/pki/agents/NAME.
         #[arg(long)]
         out: Option<PathBuf>,
-        #[arg(long, default_value_t = 825)]
+        #[arg(long, default_value_t = 825, value_parser = clap::value_parser!(i64).range(1..=36500))]
         days: i64,
     },
     /// Issue an operator/controller client certificate.
@@ -217,7 +258,7 @@ pub enum CertsCommand {
         /// Output directory; default <state>/pki/operators.
         #[arg(long)]
         out: Option<PathBuf>,
-        #[arg(long, default_value_t = 365)]
+        #[arg(long, default_value_t = 365, value_parser = clap::value_parser!(i64).range(1..=36500))]
         days: i64,
     },
     /// Show a certificate's subject, SANs, role, validity and issuer.

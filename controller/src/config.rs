@@ -52,6 +52,8 @@ pub enum ConfigError {
         path: PathBuf,
         source: serde_norway::Error,
     },
+    #[error("{path}: {key} must be at least 1")]
+    Zero { path: PathBuf, key: &'static str },
 }
 
 impl Config {
@@ -70,6 +72,18 @@ impl Config {
                 });
             }
         };
+        for (key, value) in [
+            ("forks", raw.forks.map(|f| f as u64)),
+            ("timeout_seconds", raw.timeout_seconds),
+            ("connect_timeout_seconds", raw.connect_timeout_seconds),
+        ] {
+            if value == Some(0) {
+                return Err(ConfigError::Zero {
+                    path: path.to_path_buf(),
+                    key,
+                });
+            }
+        }
         let base = path.parent().unwrap_or(Path::new("/"));
         Ok(Self::from_raw(raw, base))
     }

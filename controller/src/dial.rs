@@ -28,6 +28,15 @@ pub enum DialError {
     /// The agent's certificate does not prove it is the host we dialled.
     #[error("agent at {addr} presented a certificate we do not accept: {cause}")]
     AgentCertificate { addr: String, cause: String },
+    /// A valid fleet agent answered, but it is another host than the inventory entry names.
+    #[error(
+        "the agent at {addr} is {presented:?}, not {expected:?}: the inventory's address for {expected:?} reaches another host; nothing was sent to it. Fix ansible_host/ferry_host for {expected:?} (or set ferry_agent_name if the host is enrolled under another name)"
+    )]
+    WrongHost {
+        addr: String,
+        expected: String,
+        presented: String,
+    },
 }
 
 impl DialError {
@@ -37,6 +46,7 @@ impl DialError {
             DialError::Unreachable { .. } => "unreachable",
             DialError::RefusedByAgent { .. } => "certificate_refused_by_agent",
             DialError::AgentCertificate { .. } => "agent_certificate_rejected",
+            DialError::WrongHost { .. } => "wrong_host",
         }
     }
 }
@@ -57,7 +67,7 @@ impl Dialer {
     }
 
     /// Connects to `target` and completes the TLS handshake; the agent's certificate must chain to the
-    /// fleet CA and name `target.address`.
+    /// fleet CA, name `target.address` in its SANs and `target.agent_name` as its CN.
     pub async fn connect(&self, target: &Target) -> Result<AgentConn, DialError> {
         let addr = format!("{}:{}", target.address, target.port);
         let server_name =
@@ -70,6 +80,7 @@ impl Dialer {
         let dial_addr = addr.clone();
         let tls_error: TlsErrorSlot = Arc::default();
         let slot = Arc::clone(&tls_error);
+        let expected = target.agent_name.clone();
         // The URI is only a label: the connector below decides where and how to connect.
         let endpoint = Endpoint::from_static("http://agent")
             .connect_timeout(timeout)
@@ -81,6 +92,7 @@ impl Dialer {
                 let server_name = server_name.clone();
                 let dial_addr = dial_addr.clone();
                 let slot = Arc::clone(&slot);
+                let expected = expected.clone();
                 async move {
                     let tcp =
                         tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&dial_addr))
@@ -97,6 +109,13 @@ impl Dialer {
                         .connect(server_name, tcp)
                         .await
                         .map_err(ConnectFailure::Tls)?;
+                    let presented = agent_name(tls.get_ref().1);
+                    if presented != expected {
+                        return Err(ConnectFailure::WrongHost {
+                            expected,
+                            presented,
+                        });
+                    }
                     Ok::<_, ConnectFailure>(TokioIo::new(Recorded { inner: tls, slot }))
                 }
             }))
@@ -193,6 +212,17 @@ enum ConnectFailure {
     Tcp(String),
     #[error("{0}")]
     Tls(std::io::Error),
+    #[error("the agent is {presented:?}, not {expected:?}")]
+    WrongHost { expected: String, presented: String },
+}
+
+/// The CN of the agent's certificate (empty if it cannot be read).
+fn agent_name(conn: &rustls::ClientConnection) -> String {
+    conn.peer_certificates()
+        .and_then(|certs| certs.first())
+        .and_then(|der| ferry_certs::CertInfo::from_der(der).ok())
+        .map(|info| info.common_name)
+        .unwrap_or_default()
 }
 
 /// Turns a transport failure (from connecting, or from the first RPC, where a TLS 1.3 server's refusal
@@ -203,6 +233,16 @@ pub fn classify(addr: &str, error: &(dyn std::error::Error + 'static)) -> DialEr
     while let Some(err) = source {
         if let Some(failure) = err.downcast_ref::<ConnectFailure>() {
             match failure {
+                ConnectFailure::WrongHost {
+                    expected,
+                    presented,
+                } => {
+                    return DialError::WrongHost {
+                        addr: addr.into(),
+                        expected: expected.clone(),
+                        presented: presented.clone(),
+                    };
+                }
                 ConnectFailure::Tcp(cause) => {
                     return DialError::Unreachable {
                         addr: addr.into(),

@@ -1,6 +1,9 @@
 //! `ferry`, the controller: inventory and host patterns, fan-out to agents over mTLS, runbooks, and
 //! the recap every fleet command ends with.
 
+#[macro_use]
+pub mod output;
+
 pub mod catalog;
 pub mod cli;
 pub mod commands;

@@ -12,19 +12,38 @@ fn main() {
                 0
             };
             let _ = e.print();
+            if code != 0 && json_requested() {
+                ferry::output::set_json(true);
+                ferry::errln!("{}", e.kind());
+                ferry::output::finish("ferry", code);
+            }
             std::process::exit(code);
         }
     };
+    ferry::output::set_json(cli.global.output == ferry::report::Format::Json);
+    let command = cli.command.name();
     init_logging(cli.global.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("ferry: cannot start the async runtime: {e}");
+            ferry::errln!("ferry: cannot start the async runtime: {e}");
+            ferry::output::finish(command, ferry::report::exit::ERROR);
             std::process::exit(ferry::report::exit::ERROR);
         }
     };
     let code = runtime.block_on(ferry::commands::run(cli));
+    ferry::output::finish(command, code);
     std::process::exit(code);
+}
+
+/// Whether the command line asked for `-o json` (read before clap could parse it).
+fn json_requested() -> bool {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().enumerate().any(|(i, a)| {
+        matches!(a.as_str(), "-ojson" | "--output=json")
+            || (matches!(a.as_str(), "-o" | "--output")
+                && args.get(i + 1).is_some_and(|v| v == "json"))
+    })
 }
 
 fn init_logging(format: ferry::cli::LogFormat) {
@@ -32,6 +51,7 @@ fn init_logging(format: ferry::cli::LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         ferry::cli::LogFormat::Text => builder.init(),

@@ -60,7 +60,7 @@ impl Progress {
             Mode::Bars(multi) => {
                 let _ = multi.println(line);
             }
-            _ => println!("{line}"),
+            _ => outln!("{line}"),
         }
     }
 }
@@ -83,7 +83,7 @@ impl HostProgress {
         let mut last = self.phase.lock().unwrap_or_else(|p| p.into_inner());
         if *last != phase {
             if self.lines {
-                println!(
+                outln!(
                     "[{}] {phase} ({:.1}s)",
                     self.host,
                     self.started.elapsed().as_secs_f64()

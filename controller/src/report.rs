@@ -58,7 +58,7 @@ pub enum Format {
 /// Prints one line as a host finishes (text mode only).
 pub fn progress_line(format: Format, result: &HostResult) {
     if format == Format::Text {
-        println!("{}", line(result));
+        outln!("{}", line(result));
     }
 }
 

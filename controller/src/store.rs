@@ -138,6 +138,18 @@ impl Store {
         Ok(objects)
     }
 
+    /// The second after `host`'s newest stored archive: the earliest timestamp a new archive of it
+    /// may carry without colliding (Unix seconds; 0 when it has none).
+    pub fn next_free_second(&self, host: &str) -> i64 {
+        let newest = std::fs::read_dir(self.root.join(host))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| ferry_proto::archive::archive_time(&e.file_name().to_string_lossy()))
+            .max();
+        newest.map_or(0, |t| t.unix_timestamp() + 1)
+    }
+
     /// The digest recorded in an archive's sidecar.
     pub fn sidecar_digest(&self, host: &str, name: &str) -> Result<Option<String>, StoreError> {
         let path = self.sidecar_path(host, name);

@@ -91,6 +91,7 @@ fn gnu_tar_lists_the_layout_and_the_reader_verifies_it() {
         &ReadOptions {
             extract_to: Some(&extract),
             expected_sha256: Some(&hex(&Sha256::digest(&bytes))),
+            keep: None,
         },
     )
     .unwrap();
@@ -127,6 +128,7 @@ fn truncated_flipped_and_mislabelled_archives_are_refused() {
         &bytes[..],
         &ReadOptions {
             expected_sha256: Some(&wrong),
+            keep: None,
             ..Default::default()
         },
     )

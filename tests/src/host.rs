@@ -23,7 +23,7 @@ pub struct SimHostSpec {
     pub payload_bytes: usize,
 }
 
-/// The podman secrets a quadlet host has (FLIGHTCTL.md §4).
+/// The podman secrets a quadlet host has (docs/upstream-contract.md §4.6).
 pub const SECRETS: [&str; 5] = [
     "flightctl-postgresql-password",
     "flightctl-postgresql-master-password",
@@ -101,6 +101,11 @@ impl SimHost {
             address: want.address.clone(),
             version: want.version.clone(),
             external_db: want.external_db,
+            db_address: if want.external_db {
+                external_db_address(&want.address)?
+            } else {
+                String::new()
+            },
             units,
             pg_bin: pg_bin(),
             pg_uid,
@@ -244,8 +249,8 @@ impl SimHost {
         )?;
         let db = if want.external_db {
             format!(
-                "db:\n  type: external\n  name: flightctl\n  external:\n    hostname: db.{}.example.com\n    port: 5432\n    name: flightctl\n    sslmode: verify-full\n",
-                want.name
+                "db:\n  type: external\n  name: flightctl\n  external:\n    hostname: {}\n    port: 5432\n    name: flightctl\n    sslmode: verify-full\n    useClientCertAuth: false\n",
+                self.spec.db_address
             )
         } else {
             "db:\n  type: builtin\n  name: flightctl\n".to_string()
@@ -331,7 +336,43 @@ impl SimHost {
             write(&pki.join(dir).join(format!("{stem}.crt")), &cert, 0o644)?;
             write(&pki.join(dir).join(format!("{stem}.key")), &key, 0o600)?;
         }
+        if want.external_db {
+            self.write_external_db_tls(&pki)?;
+        }
         chmod_dirs(&pki, 0o700)
+    }
+
+    /// The external database's own CA: its certificate goes to /etc/flightctl/pki/db/ca.crt (as
+    /// upstream documents), the server's certificate and key to the database.
+    fn write_external_db_tls(&self, pki: &Path) -> anyhow::Result<()> {
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "external-db-ca");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_key = KeyPair::generate()?;
+        let ca_cert = ca_params.self_signed(&ca_key)?;
+        write(&pki.join("db/ca.crt"), &ca_cert.pem(), 0o644)?;
+        let issuer = Issuer::new(ca_params, ca_key);
+        let mut params = CertificateParams::new(vec![self.spec.db_address.clone()])?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "external-db");
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &issuer)?;
+        let tls = self.layout.pg_tls_dir();
+        write(&tls.join("server.crt"), &cert.pem(), 0o644)?;
+        write(&tls.join("server.key"), &key.serialize_pem(), 0o600)?;
+        for path in [tls.clone(), tls.join("server.crt"), tls.join("server.key")] {
+            rustix::fs::chown(
+                &path,
+                Some(uid(self.spec.pg_uid)),
+                Some(gid(self.spec.pg_gid)),
+            )
+            .ok();
+        }
+        Ok(())
     }
 
     fn write_secrets(&self) -> anyhow::Result<()> {
@@ -400,6 +441,13 @@ impl SimHost {
         let out = initdb.output().context("running initdb")?;
         if !out.status.success() {
             bail!("initdb: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        if self.spec.external_db {
+            // A server elsewhere: TLS connections only, plus the admin's local socket.
+            std::fs::write(
+                l.pg_data().join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.0/8 scram-sha-256\n",
+            )?;
         }
         // Passwords come from the podman secrets, as db-users-init does on a real host.
         let app = self.secret("flightctl-postgresql-user-password")?;
@@ -478,6 +526,18 @@ fn random_password() -> anyhow::Result<String> {
         .map(|c| c.iter().collect::<String>())
         .collect::<Vec<_>>()
         .join("-"))
+}
+
+/// An external database's address: the host's own, plus 100 in the last octet.
+fn external_db_address(address: &str) -> anyhow::Result<String> {
+    let ip: std::net::Ipv4Addr = address
+        .parse()
+        .with_context(|| format!("{address} is not an IPv4 address"))?;
+    let [a, b, c, d] = ip.octets();
+    match d.checked_add(100).filter(|d| *d < 255) {
+        Some(d) => Ok(format!("{a}.{b}.{c}.{d}")),
+        None => bail!("no room for an external database next to {address}"),
+    }
 }
 
 fn pg_bin() -> String {

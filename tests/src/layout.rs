@@ -55,6 +55,10 @@ impl Layout {
     pub fn pg_socket_dir(&self) -> PathBuf {
         self.sim().join("pg/run")
     }
+    /// An external database's TLS certificate and key (the server's, not the host's).
+    pub fn pg_tls_dir(&self) -> PathBuf {
+        self.sim().join("pg/tls")
+    }
     pub fn kv_dir(&self) -> PathBuf {
         self.sim().join("kv")
     }

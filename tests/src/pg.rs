@@ -1,4 +1,5 @@
-//! The simulated host's database: Flight Control's tables (FLIGHTCTL.md §3) and realistic seed rows.
+//! The simulated host's database: Flight Control's tables (docs/upstream-contract.md §6.1) and
+//! realistic seed rows.
 
 /// Roles and the `flightctl` database, as the db-users-init job leaves them. `{app}`, `{migrator}` and
 /// `{admin}` are replaced with the passwords from the podman secrets.

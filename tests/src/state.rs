@@ -16,6 +16,9 @@ pub struct Spec {
     /// The Flight Control version the API reports.
     pub version: String,
     pub external_db: bool,
+    /// Where an external database listens (TLS only), as service-config.yaml names it.
+    #[serde(default)]
+    pub db_address: String,
     /// Units the host has (full names, e.g. `flightctl-db.service`).
     pub units: Vec<String>,
     /// PostgreSQL server binaries.

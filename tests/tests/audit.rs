@@ -81,7 +81,7 @@ async fn every_operation_is_on_a_verifiable_append_only_ledger() {
 
     // A backup, a succeeded restore, a refused restore (version mismatch), a failed restore and its rollback.
     fleet.ferry_ok(&["backup", "cp01"]).unwrap();
-    let archive = catalog.archives(None).await.unwrap().remove(0);
+    let archive = catalog.archives().await.unwrap().remove(0);
     assert!(
         fleet
             .ferry(&["restore", "cp01"])

@@ -90,7 +90,11 @@ async fn ping_and_facts_over_mtls_then_an_unreachable_agent() {
     );
     let cp03 = &facts["hosts"]["cp03"]["data"];
     assert_eq!(cp03["database"]["kind"], "external");
-    assert_eq!(cp03["database"]["external_host"], "db.cp03.example.com");
+    assert_eq!(
+        cp03["database"]["external_host"],
+        fleet.host("cp03").spec.db_address.as_str()
+    );
+    assert_eq!(cp03["database"]["sslmode"], "verify-full");
     assert!(
         unit(cp03, "flightctl-db.service").is_none(),
         "external-DB host has no flightctl-db unit"

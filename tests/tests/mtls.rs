@@ -46,6 +46,7 @@ fn target(fleet: &TempFleet) -> Target {
         name: "cp01".into(),
         address: host.spec.address.clone(),
         port: simhost::fleet::AGENT_PORT,
+        agent_name: "cp01".into(),
     }
 }
 

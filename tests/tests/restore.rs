@@ -496,7 +496,7 @@ async fn unsafe_or_mismatched_archives_are_refused_before_anything_changes() {
         let catalog = Catalog::connect(&Config::load(&fleet.config_path(), true).unwrap())
             .await
             .unwrap();
-        let archive = catalog.archives(None).await.unwrap().remove(0);
+        let archive = catalog.archives().await.unwrap().remove(0);
         (archive.id, archive.name)
     };
     let store = fleet.dir.join("controller/store/cp01");
@@ -634,7 +634,7 @@ async fn unsafe_or_mismatched_archives_are_refused_before_anything_changes() {
     before.check(&fleet, "insufficient disk").await;
 
     // --check runs every preflight and changes nothing.
-    let (code, output) = restore(&fleet, &["--check"]);
+    let (code, output) = restore(&fleet, &["--check", "--archive", &good.to_string()]);
     assert_eq!(code, 0, "{output}");
     assert!(
         output.contains("PLAN (--check: nothing was changed)") && output.contains("  swap-db: "),
@@ -1030,8 +1030,14 @@ async fn partial_restores_device_preparation_alone_and_cross_host() {
         let catalog = Catalog::connect(&Config::load(&fleet.config_path(), true).unwrap())
             .await
             .unwrap();
-        catalog.archives(Some("cp01")).await.unwrap()[0]
-            .id
+        catalog
+            .archives()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|a| a.host == "cp01")
+            .unwrap()
+            .short_id()
             .to_string()
     };
     let refused = fleet

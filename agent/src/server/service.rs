@@ -88,12 +88,22 @@ impl AgentService {
         first: &StageChunk,
     ) -> Result<(u64, String), Status> {
         let facts = self.gather_facts().await;
-        if facts.database.kind != crate::tasks::facts::DatabaseKind::Builtin {
-            return Err(wire::phase_status(
-                "stage",
-                "device preparation needs the built-in database; for an external one, run it against that server",
-            ));
-        }
+        let over = wire::database_override(first.database.as_ref());
+        let external = match facts.database.kind {
+            crate::tasks::facts::DatabaseKind::Builtin if over.is_empty() => false,
+            crate::tasks::facts::DatabaseKind::Builtin => {
+                return Err(wire::phase_status(
+                    "stage",
+                    "--db-host/--db-port/--db-name are for an external database; this host uses the built-in one (db.type: builtin)",
+                ));
+            }
+            _ => {
+                // Checked now, so a wrong address or missing TLS material changes nothing.
+                crate::tasks::database::Endpoint::external(&self.host, &facts.database, &over)
+                    .map_err(|e| wire::phase_status("stage", &format!("external database: {e}")))?;
+                true
+            }
+        };
         let version = facts.version.clone().ok_or_else(|| {
             wire::phase_status(
                 "stage",
@@ -107,9 +117,20 @@ impl AgentService {
         std::fs::create_dir_all(dir).map_err(|e| Status::internal(e.to_string()))?;
         let journal = restore::journal::Journal {
             restore_id: first.restore_id.clone(),
-            plan: restore::plan(&[], true),
+            plan: restore::plan(
+                &[],
+                true,
+                if external {
+                    restore::DatabaseAccess::External
+                } else {
+                    restore::DatabaseAccess::Builtin
+                },
+            ),
+            components: vec!["db".into()],
             version,
-            database_included: true,
+            database_included: !external,
+            external_database: external,
+            database_override: over,
             db_name: facts.database.name.clone(),
             ..Default::default()
         };
@@ -183,8 +204,8 @@ impl AgentService {
             archive_sha256: sha256.clone(),
             archive_size: size,
             keep_old_db: first.keep_old_db,
-            plan: restore::plan(&first.components, false),
-            components: first.components.clone(),
+            plan: restore::plan(&first.components, false, restore::DatabaseAccess::Builtin),
+            components: restore::chosen(&first.components),
             ..Default::default()
         };
         journal.save(dir).map_err(io)?;
@@ -282,6 +303,7 @@ impl Agent for AgentService {
                 Ok(Response::new(RestoreStepReply {
                     step: req.step,
                     summary: outcome.summary,
+                    skipped: outcome.skipped,
                     details_json: outcome.details.to_string(),
                 }))
             }
@@ -328,6 +350,8 @@ impl Agent for AgentService {
             operation_id: req.operation_id.clone(),
             codec,
             facts: self.gather_facts().await,
+            not_before: time::OffsetDateTime::from_unix_timestamp(req.not_before_unix)
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
         };
         let (events_tx, mut events) = tokio::sync::mpsc::channel::<Event>(16);
         let (out, out_rx) = tokio::sync::mpsc::channel(16);

@@ -56,6 +56,8 @@ pub(super) fn facts(f: Facts, staging_dir: &Path) -> pb::FactsReply {
             name: f.database.name,
             external_host: f.database.external_host,
             external_port: f.database.external_port.into(),
+            external_name: f.database.external_name,
+            sslmode: f.database.sslmode,
         }),
         containers: f
             .containers
@@ -69,6 +71,20 @@ pub(super) fn facts(f: Facts, staging_dir: &Path) -> pb::FactsReply {
         }),
         agent_version: crate::VERSION.into(),
         restore: crate::tasks::restore::status(staging_dir).unwrap_or_default(),
+        identity: Some(pb::Identity {
+            base_domain: f.identity.base_domain,
+            certificates: f
+                .identity
+                .certificates
+                .into_iter()
+                .map(|(path, subject, issuer, not_after)| pb::Certificate {
+                    path,
+                    subject,
+                    issuer,
+                    not_after,
+                })
+                .collect(),
+        }),
     }
 }
 
@@ -116,4 +132,17 @@ pub(super) fn backup_event(e: Event) -> pb::BackupEvent {
         }),
     };
     pb::BackupEvent { event: Some(event) }
+}
+
+/// The operator's overrides of the external database's address, from the wire.
+pub fn database_override(over: Option<&pb::DatabaseOverride>) -> crate::tasks::database::Override {
+    let text = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    match over {
+        None => Default::default(),
+        Some(o) => crate::tasks::database::Override {
+            host: text(&o.host),
+            port: u16::try_from(o.port).ok().filter(|p| *p != 0),
+            name: text(&o.name),
+        },
+    }
 }

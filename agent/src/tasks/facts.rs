@@ -5,7 +5,8 @@ use std::path::Path;
 use crate::host::Host;
 use crate::host::systemd::UnitState;
 
-/// How the deployment was detected (FLIGHTCTL.md §2, upstream's Detector, plus an installed quadlet).
+/// How the deployment was detected (docs/upstream-contract.md §5.4: upstream's Detector, plus an
+/// installed quadlet).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeploymentKind {
@@ -33,8 +34,12 @@ pub struct OsRelease {
 pub struct Database {
     pub kind: DatabaseKind,
     pub name: String,
+    /// `db.external.*` of service-config.yaml (external databases only).
     pub external_host: String,
     pub external_port: u16,
+    pub external_name: String,
+    pub sslmode: String,
+    pub client_cert_auth: bool,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -54,6 +59,15 @@ pub struct Facts {
     pub containers: Vec<(String, String)>,
     pub staging_free: u64,
     pub staging_total: u64,
+    pub identity: Identity,
+}
+
+/// What makes this control plane this one: its base domain and its certificates.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Identity {
+    pub base_domain: String,
+    /// (path under /etc/flightctl/pki, subject, issuer, not after)
+    pub certificates: Vec<(String, String, String, String)>,
 }
 
 /// Where facts are read from.
@@ -96,10 +110,43 @@ pub async fn gather(src: &FactsSources<'_>) -> Facts {
         deployment,
         deployment_reason,
         units,
-        database: read_database(&host.path("/etc/flightctl/service-config.yaml")),
+        database: database(host),
         containers,
         staging_free,
         staging_total,
+        identity: identity(host),
+    }
+}
+
+fn identity(host: &Host) -> Identity {
+    let config = std::fs::read_to_string(host.path("/etc/flightctl/service-config.yaml"))
+        .unwrap_or_default();
+    let pki = host.path("/etc/flightctl/pki");
+    let mut certificates = Vec::new();
+    let mut dirs = vec![pki.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "crt") {
+                let relative = path.strip_prefix(&pki).unwrap_or(&path);
+                let pem = std::fs::read(&path).unwrap_or_default();
+                if let Some(info) = ferry_certs::certificates_in_pem(&pem).into_iter().next() {
+                    certificates.push((
+                        relative.display().to_string(),
+                        info.subject,
+                        info.issuer,
+                        info.not_after,
+                    ));
+                }
+            }
+        }
+    }
+    certificates.sort();
+    Identity {
+        base_domain: ferry_proto::archive::base_domain(&config),
+        certificates,
     }
 }
 
@@ -176,12 +223,20 @@ async fn detect_deployment(host: &Host) -> (DeploymentKind, String) {
 }
 
 /// Reads `db.type`, `db.name` and `db.external.*` from service-config.yaml, as upstream's backup does.
+/// The database settings of the host's service-config.yaml, read as upstream's tools read them.
+pub fn database(host: &Host) -> Database {
+    read_database(&host.path("/etc/flightctl/service-config.yaml"))
+}
+
 fn read_database(path: &Path) -> Database {
     let unknown = Database {
         kind: DatabaseKind::Unknown,
         name: "flightctl".into(),
         external_host: String::new(),
         external_port: 0,
+        external_name: String::new(),
+        sslmode: String::new(),
+        client_cert_auth: false,
     };
     let Ok(text) = std::fs::read_to_string(path) else {
         return unknown;
@@ -199,17 +254,22 @@ fn read_database(path: &Path) -> Database {
         .filter(|n| !n.is_empty())
         .unwrap_or("flightctl")
         .to_string();
+    let external = &db["external"];
+    let text = |v: &serde_norway::Value| v.as_str().unwrap_or_default().trim().to_string();
     Database {
         kind,
-        name,
-        external_host: db["external"]["hostname"]
-            .as_str()
-            .unwrap_or_default()
-            .into(),
-        external_port: db["external"]["port"]
+        external_host: text(&external["hostname"]),
+        external_port: external["port"]
             .as_u64()
             .and_then(|p| u16::try_from(p).ok())
             .unwrap_or_default(),
+        external_name: match text(&external["name"]) {
+            n if n.is_empty() => name.clone(),
+            n => n,
+        },
+        sslmode: text(&external["sslmode"]).to_lowercase(),
+        client_cert_auth: external["useClientCertAuth"].as_bool().unwrap_or(false),
+        name,
     }
 }
 

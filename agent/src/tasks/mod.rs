@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod backup;
+pub mod database;
 pub mod facts;
 pub mod restore;
 pub mod units;

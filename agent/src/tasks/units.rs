@@ -3,7 +3,8 @@
 /// Data services: only ever restarted, never stopped.
 pub const DATA_SERVICES: &[&str] = &["flightctl-db.service", "flightctl-kv.service"];
 
-/// Application services, in upstream's stop order (FLIGHTCTL.md §1.2, plus the v1.0 units).
+/// Application services, in upstream's stop order (docs/upstream-contract.md §5.7), which includes the
+/// v1.0 documentation's list.
 pub const APPLICATION_SERVICES: &[&str] = &[
     "flightctl-api.service",
     "flightctl-worker.service",

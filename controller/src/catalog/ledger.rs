@@ -29,8 +29,8 @@ pub struct TaskRecord {
 /// What happened, to whom, by whom: the entry before it is numbered and chained.
 #[derive(Debug, Clone)]
 pub struct Event {
-    /// backup, restore, rollback, prepare-devices, archive-verify, archive-export, archive-delete,
-    /// certificate-issue
+    /// backup, restore, restore-check, rollback, prepare-devices, archive-verify, archive-export,
+    /// archive-delete, certificate-issue
     pub kind: String,
     pub run_id: Option<i64>,
     pub operator: Operator,
@@ -40,7 +40,7 @@ pub struct Event {
     pub flags: Value,
     pub started: OffsetDateTime,
     pub finished: OffsetDateTime,
-    /// succeeded, failed, refused, rolled back
+    /// succeeded, failed, refused, rolled back, checked, unreachable, interrupted
     pub outcome: String,
     pub error: Option<String>,
     pub tasks: Vec<TaskRecord>,

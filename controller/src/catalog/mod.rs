@@ -47,8 +47,17 @@ impl Operator {
     }
 }
 
-/// The local user running ferry: `$USER`, else the passwd name of the uid, else the uid.
+/// The local user running ferry: `$USER`, else the passwd name of the uid, else the uid; with the
+/// person behind `sudo -u ferry` when there is one.
 fn os_user() -> String {
+    let user = local_user();
+    match std::env::var("SUDO_USER") {
+        Ok(by) if !by.is_empty() && by != user => format!("{user} (sudo by {by})"),
+        _ => user,
+    }
+}
+
+fn local_user() -> String {
     if let Ok(user) = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")) {
         return user;
     }
@@ -100,6 +109,11 @@ pub struct ArchiveRecord {
 }
 
 impl ArchiveRecord {
+    /// The id operators use: the first 12 hex digits of the sha256. It survives `catalog rebuild`.
+    pub fn short_id(&self) -> &str {
+        self.sha256.get(..12).unwrap_or(&self.sha256)
+    }
+
     /// The record of an archive as its `metadata.json` and manifest describe it (not yet catalogued:
     /// no id, run or duration).
     pub fn described(
@@ -219,11 +233,8 @@ impl Catalog {
         Ok(row.map(|r| r.get(0)))
     }
 
-    /// Archives, newest first; `host_glob` filters by host name.
-    pub async fn archives(
-        &self,
-        host_glob: Option<&str>,
-    ) -> Result<Vec<ArchiveRecord>, CatalogError> {
+    /// Every archive, newest first.
+    pub async fn archives(&self) -> Result<Vec<ArchiveRecord>, CatalogError> {
         let rows = self
             .client
             .query(
@@ -233,11 +244,53 @@ impl Catalog {
                 &[],
             )
             .await?;
-        Ok(rows
-            .iter()
-            .map(archive_from_row)
-            .filter(|a| host_glob.is_none_or(|g| glob_match::glob_match(g, &a.host)))
-            .collect())
+        Ok(rows.iter().map(archive_from_row).collect())
+    }
+
+    /// The archive an operator means by `id`: a prefix of its sha256 (at least 4 hex digits, as
+    /// git), which never changes, or its catalog number, which `catalog rebuild` may change.
+    pub async fn resolve(&self, id: &str) -> Result<ArchiveRecord, String> {
+        let text = id.trim().to_ascii_lowercase();
+        let mut found: Vec<ArchiveRecord> = Vec::new();
+        if let Ok(n) = text.parse::<i64>()
+            && let Some(a) = self.archive(n).await.map_err(|e| e.to_string())?
+        {
+            found.push(a);
+        }
+        if text.len() >= 4 && text.len() <= 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            let rows = self
+                .client
+                .query(
+                    &format!(
+                        "SELECT {ARCHIVE_COLUMNS} FROM archives WHERE sha256 LIKE $1 || '%' ORDER BY id LIMIT 5"
+                    ),
+                    &[&text],
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+            for a in rows.iter().map(archive_from_row) {
+                if !found.iter().any(|f| f.id == a.id) {
+                    found.push(a);
+                }
+            }
+        }
+        match found.len() {
+            1 => Ok(found.remove(0)),
+            0 if text.len() < 4 && !text.bytes().all(|b| b.is_ascii_digit()) => Err(format!(
+                "{id:?} is not an archive id: give at least 4 hex digits of its sha256 (see `ferry archives list`)"
+            )),
+            0 => Err(format!(
+                "no archive with id {id:?} in the catalog (see `ferry archives list`)"
+            )),
+            _ => Err(format!(
+                "archive id {id:?} is ambiguous: it matches {}; give more digits of the sha256",
+                found
+                    .iter()
+                    .map(|a| format!("{} ({} {})", a.short_id(), a.host, a.name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
     }
 
     pub async fn archive(&self, id: i64) -> Result<Option<ArchiveRecord>, CatalogError> {

@@ -1,5 +1,6 @@
 //! `ferry archives list|show|verify|export` and `ferry catalog rebuild`.
 
+use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -12,110 +13,143 @@ use time::OffsetDateTime;
 use super::backup::human_bytes;
 use crate::catalog::ledger::Event;
 use crate::catalog::{ArchiveRecord, Catalog, Operator};
-use crate::cli::{ArchivesCommand, CatalogCommand};
+use crate::cli::{ArchivesCommand, CatalogCommand, GlobalArgs};
 use crate::config::Config;
+use crate::inventory::Inventory;
 use crate::report::{Format, exit};
 use crate::store::Store;
 
 async fn open(config: &Config) -> Result<(Store, Catalog), i32> {
     let store = Store::open(&config.store).map_err(|e| {
-        eprintln!("ferry: {e}");
+        errln!("ferry: {e}");
         exit::ERROR
     })?;
     let catalog = Catalog::connect(config).await.map_err(|e| {
-        eprintln!("ferry: {e}");
+        errln!("ferry: {e}");
         exit::ERROR
     })?;
     Ok((store, catalog))
 }
 
-pub async fn run(config: &Config, format: Format, command: ArchivesCommand) -> i32 {
+pub async fn run(config: &Config, global: &GlobalArgs, command: ArchivesCommand) -> i32 {
+    let format = global.output;
     let (store, catalog) = match open(config).await {
         Ok(pair) => pair,
         Err(code) => return code,
     };
     let result = match command {
-        ArchivesCommand::List { pattern } => list(&catalog, format, pattern.as_deref()).await,
-        ArchivesCommand::Show { id } => show(&catalog, format, id).await,
-        ArchivesCommand::Verify { id, all } => {
-            verify(&store, &catalog, config, format, id, all).await
+        ArchivesCommand::List { pattern } => {
+            list(&catalog, global, format, pattern.as_deref()).await
         }
-        ArchivesCommand::Export { id, dir } => export(&store, &catalog, config, id, &dir).await,
+        ArchivesCommand::Show { id } => show(&catalog, format, &id).await,
+        ArchivesCommand::Verify { id, all } => {
+            verify(&store, &catalog, config, format, id.as_deref(), all).await
+        }
+        ArchivesCommand::Export { id, dir } => export(&store, &catalog, config, &id, &dir).await,
     };
     result.unwrap_or_else(|e| {
-        eprintln!("ferry archives: {e}");
+        errln!("ferry archives: {e}");
         exit::ERROR
     })
 }
 
-async fn list(catalog: &Catalog, format: Format, pattern: Option<&str>) -> Result<i32, String> {
-    let archives = catalog.archives(pattern).await.map_err(|e| e.to_string())?;
+/// An archive as JSON: `id` is the stable digest prefix, `catalog_number` the row number.
+fn archive_json(a: &ArchiveRecord) -> serde_json::Value {
+    let mut doc = serde_json::to_value(a).unwrap_or_default();
+    doc["catalog_number"] = json!(a.id);
+    doc["id"] = json!(a.short_id());
+    doc
+}
+
+/// The hosts `pattern` names: an inventory pattern, where hosts only the catalog knows (retired
+/// ones) count as ungrouped.
+fn select_hosts(
+    global: &GlobalArgs,
+    pattern: &str,
+    catalogued: &BTreeSet<String>,
+) -> Result<BTreeSet<String>, String> {
+    let mut inventory = match global.inventory.as_ref() {
+        Some(path) => Inventory::load(path).map_err(|e| format!("inventory {e}"))?,
+        None => Inventory::default(),
+    };
+    inventory.add_ungrouped(catalogued.iter().cloned());
+    crate::pattern::select(&inventory, pattern, global.limit.as_deref())
+        .map(|hosts| hosts.into_iter().collect())
+        .map_err(|e| e.to_string())
+}
+
+async fn list(
+    catalog: &Catalog,
+    global: &GlobalArgs,
+    format: Format,
+    pattern: Option<&str>,
+) -> Result<i32, String> {
+    let mut archives = catalog.archives().await.map_err(|e| e.to_string())?;
+    if let Some(pattern) = pattern {
+        let catalogued: BTreeSet<String> = archives.iter().map(|a| a.host.clone()).collect();
+        let hosts = select_hosts(global, pattern, &catalogued)?;
+        archives.retain(|a| hosts.contains(&a.host));
+    }
     match format {
-        Format::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&archives).unwrap_or_default()
-        ),
+        Format::Json => crate::output::json(&json!(
+            archives.iter().map(archive_json).collect::<Vec<_>>()
+        )),
         Format::Text | Format::Csv => {
-            println!(
-                "{:>5}  {:<12} {:<44} {:>10}  {:<8} {:<3}  SHA256",
-                "ID", "HOST", "ARCHIVE", "SIZE", "VERSION", "DB"
+            outln!(
+                "{:<12}  {:<12} {:<44} {:>10}  {:<8} {:<3}",
+                "ID",
+                "HOST",
+                "ARCHIVE",
+                "SIZE",
+                "VERSION",
+                "DB"
             );
             for a in &archives {
-                println!(
-                    "{:>5}  {:<12} {:<44} {:>10}  {:<8} {:<3}  {}…{}",
-                    a.id,
+                outln!(
+                    "{:<12}  {:<12} {:<44} {:>10}  {:<8} {:<3}{}",
+                    a.short_id(),
                     a.host,
                     a.name,
                     human_bytes(a.size as u64),
                     a.flightctl_version,
                     if a.database_included { "yes" } else { "no" },
-                    &a.sha256[..12],
                     if a.pinned { " (pinned)" } else { "" }
                 );
             }
-            println!("{} archive(s)", archives.len());
+            outln!("{} archive(s)", archives.len());
         }
     }
     Ok(exit::OK)
 }
 
-async fn find(catalog: &Catalog, id: i64) -> Result<ArchiveRecord, String> {
-    catalog
-        .archive(id)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| {
-            format!("no archive with id {id} in the catalog (see `ferry archives list`)")
-        })
-}
-
-async fn show(catalog: &Catalog, format: Format, id: i64) -> Result<i32, String> {
-    let a = find(catalog, id).await?;
+async fn show(catalog: &Catalog, format: Format, id: &str) -> Result<i32, String> {
+    let a = catalog.resolve(id).await?;
     match format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&a).unwrap_or_default()),
+        Format::Json => crate::output::json(&archive_json(&a)),
         Format::Text | Format::Csv => {
-            println!("id:                {}", a.id);
-            println!("host:              {}", a.host);
-            println!("archive:           {}", a.name);
-            println!(
+            outln!("id:                {}", a.short_id());
+            outln!("catalog number:    {}", a.id);
+            outln!("host:              {}", a.host);
+            outln!("archive:           {}", a.name);
+            outln!(
                 "size:              {} ({} bytes)",
                 human_bytes(a.size as u64),
                 a.size
             );
-            println!("sha256:            {}", a.sha256);
-            println!("compression:       {}", a.compression);
-            println!("created:           {}", a.created_at);
-            println!("flightctl version: {}", a.flightctl_version);
-            println!("deployment type:   {}", a.deployment_type);
-            println!("database included: {}", a.database_included);
+            outln!("sha256:            {}", a.sha256);
+            outln!("compression:       {}", a.compression);
+            outln!("created:           {}", a.created_at);
+            outln!("flightctl version: {}", a.flightctl_version);
+            outln!("deployment type:   {}", a.deployment_type);
+            outln!("database included: {}", a.database_included);
             if let Some(ms) = a.duration_ms {
-                println!("duration:          {:.1}s", ms as f64 / 1000.0);
+                outln!("duration:          {:.1}s", ms as f64 / 1000.0);
             }
-            println!("pinned:            {}", a.pinned);
+            outln!("pinned:            {}", a.pinned);
             if let Some(counts) = a.row_counts.as_object() {
-                println!("row counts:");
+                outln!("row counts:");
                 for (table, n) in counts {
-                    println!("  {table:<30} {n}");
+                    outln!("  {table:<30} {n}");
                 }
             }
             for w in a
@@ -125,7 +159,7 @@ async fn show(catalog: &Catalog, format: Format, id: i64) -> Result<i32, String>
                 .flatten()
                 .filter_map(|w| w.as_str())
             {
-                println!("warning: {w}");
+                outln!("warning: {w}");
             }
         }
     }
@@ -164,7 +198,8 @@ async fn audit(
         run_id: None,
         operator: Operator::current(config),
         target: a.host.clone(),
-        archive: json!({"id": a.id, "name": a.name, "sha256": a.sha256, "source_host": a.host}),
+        archive: json!({"id": a.short_id(), "catalog_number": a.id, "name": a.name,
+                        "sha256": a.sha256, "source_host": a.host}),
         flags,
         started,
         finished: OffsetDateTime::now_utc(),
@@ -177,7 +212,7 @@ async fn audit(
         tasks: Vec::new(),
     };
     if let Err(e) = catalog.append(&event).await {
-        eprintln!("ferry archives: writing the audit ledger: {e}");
+        errln!("ferry archives: writing the audit ledger: {e}");
     }
 }
 
@@ -186,12 +221,12 @@ async fn verify(
     catalog: &Catalog,
     config: &Config,
     format: Format,
-    id: Option<i64>,
+    id: Option<&str>,
     all: bool,
 ) -> Result<i32, String> {
     let archives = match (id, all) {
-        (Some(id), _) => vec![find(catalog, id).await?],
-        (None, true) => catalog.archives(None).await.map_err(|e| e.to_string())?,
+        (Some(id), _) => vec![catalog.resolve(id).await?],
+        (None, true) => catalog.archives().await.map_err(|e| e.to_string())?,
         (None, false) => return Err("give an archive ID or --all".into()),
     };
     let mut problems = 0;
@@ -251,27 +286,24 @@ async fn verify(
         }
         if format == Format::Text {
             if ok {
-                println!("ok: [{}] archive {} {}", a.host, a.id, a.name);
+                outln!("ok: [{}] archive {} {}", a.host, a.short_id(), a.name);
             } else {
-                println!(
+                outln!(
                     "FAILED: [{}] archive {} {}: {}",
                     a.host,
-                    a.id,
+                    a.short_id(),
                     a.name,
                     issues.join("; ")
                 );
             }
         }
-        report.push(json!({"id": a.id, "host": a.host, "name": a.name, "ok": ok, "sha256": actual,
+        report.push(json!({"id": a.short_id(), "catalog_number": a.id, "host": a.host, "name": a.name, "ok": ok, "sha256": actual,
                            "catalog_sha256": a.sha256, "sidecar_sha256": sidecar, "issues": issues}));
     }
     if format == Format::Json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).unwrap_or_default()
-        );
+        crate::output::json(&serde_json::to_value(&report).unwrap_or_default());
     } else {
-        println!(
+        outln!(
             "{} archive(s) verified, {problems} with problems",
             report.len()
         );
@@ -287,19 +319,20 @@ async fn export(
     store: &Store,
     catalog: &Catalog,
     config: &Config,
-    id: i64,
+    id: &str,
     dir: &Path,
 ) -> Result<i32, String> {
     let started = OffsetDateTime::now_utc();
-    let a = find(catalog, id).await?;
+    let a = catalog.resolve(id).await?;
     let record = a.clone();
     let flags = json!({"dir": dir.display().to_string()});
     let source = store.path(&a.host, &a.name);
+    // Hosts' archives share names: each host gets its own directory, as in the store.
+    let dir = dir.join(&a.host);
     let dest = dir.join(&a.name);
     let expected = a.sha256.clone();
     let name = a.name.clone();
-    let dir = dir.to_path_buf();
-    let copied = tokio::task::spawn_blocking(move || -> Result<(), String> {
+    let copied = tokio::task::spawn_blocking(move || -> Result<(String, String), String> {
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         if dest.exists() {
             return Err(format!("{} already exists", dest.display()));
@@ -335,8 +368,7 @@ async fn export(
         std::fs::rename(&partial, &dest).map_err(|e| e.to_string())?;
         let sidecar = dir.join(format!("{name}.sha256"));
         std::fs::write(&sidecar, sidecar_line(&sha, &name)).map_err(|e| format!("{}: {e}", sidecar.display()))?;
-        println!("exported {} and {}", dest.display(), sidecar.display());
-        Ok(())
+        Ok((dest.display().to_string(), sidecar.display().to_string()))
     })
     .await
     .map_err(|e| e.to_string())
@@ -351,7 +383,14 @@ async fn export(
         copied.as_ref().err().cloned(),
     )
     .await;
-    copied?;
+    let (archive, sidecar) = copied?;
+    outln!("exported {archive} and {sidecar}");
+    if crate::output::is_json() {
+        crate::output::json(
+            &json!({"command": "archives export", "id": record.short_id(),
+                                    "host": record.host, "archive": archive, "sidecar": sidecar}),
+        );
+    }
     Ok(exit::OK)
 }
 
@@ -362,7 +401,7 @@ pub async fn run_catalog(config: &Config, command: CatalogCommand) -> i32 {
     };
     match command {
         CatalogCommand::Rebuild => rebuild(&store, &catalog).await.unwrap_or_else(|e| {
-            eprintln!("ferry catalog rebuild: {e}");
+            errln!("ferry catalog rebuild: {e}");
             exit::ERROR
         }),
     }
@@ -372,6 +411,7 @@ pub async fn run_catalog(config: &Config, command: CatalogCommand) -> i32 {
 async fn rebuild(store: &Store, catalog: &Catalog) -> Result<i32, String> {
     let objects = store.list().map_err(|e| e.to_string())?;
     let (mut added, mut known, mut bad) = (0, 0, 0);
+    let mut report = Vec::new();
     for object in objects {
         let path = object.path.clone();
         let read = tokio::task::spawn_blocking(move || {
@@ -385,7 +425,8 @@ async fn rebuild(store: &Store, catalog: &Catalog) -> Result<i32, String> {
             Ok(v) => v,
             Err(e) => {
                 bad += 1;
-                println!("FAILED: [{}] {}: {e}", object.host, object.name);
+                outln!("FAILED: [{}] {}: {e}", object.host, object.name);
+                report.push(json!({"host": object.host, "name": object.name, "outcome": "unreadable", "error": e}));
                 continue;
             }
         };
@@ -393,16 +434,19 @@ async fn rebuild(store: &Store, catalog: &Catalog) -> Result<i32, String> {
             .sidecar_digest(&object.host, &object.name)
             .map_err(|e| e.to_string())?;
         if sidecar.as_deref() != Some(verified.sha256.as_str()) {
-            println!(
+            outln!(
                 "[WARNING] [{}] {}: the .sha256 sidecar does not match the archive ({:?})",
-                object.host, object.name, sidecar
+                object.host,
+                object.name,
+                sidecar
             );
         }
         let Some(metadata) = verified.metadata else {
             bad += 1;
-            println!(
+            outln!(
                 "FAILED: [{}] {}: no metadata.json",
-                object.host, object.name
+                object.host,
+                object.name
             );
             continue;
         };
@@ -420,16 +464,32 @@ async fn rebuild(store: &Store, catalog: &Catalog) -> Result<i32, String> {
             .await
             .map_err(|e| e.to_string())?
         {
-            Some(id) => {
+            Some(_) => {
                 added += 1;
-                println!("added: [{}] archive {id} {}", object.host, object.name);
+                outln!(
+                    "added: [{}] archive {} {}",
+                    object.host,
+                    record.short_id(),
+                    object.name
+                );
+                report.push(json!({"host": object.host, "name": object.name, "id": record.short_id(), "outcome": "added"}));
             }
-            None => known += 1,
+            None => {
+                known += 1;
+                report.push(json!({"host": object.host, "name": object.name, "id": record.short_id(), "outcome": "known"}));
+            }
         }
     }
-    println!(
+    outln!(
         "catalog rebuilt from {}: {added} added, {known} already catalogued, {bad} unreadable",
         store.root().display()
     );
-    Ok(if bad == 0 { exit::OK } else { exit::FAILED })
+    let code = if bad == 0 { exit::OK } else { exit::FAILED };
+    if crate::output::is_json() {
+        crate::output::json(
+            &json!({"command": "catalog rebuild", "added": added, "known": known,
+                                    "unreadable": bad, "archives": report, "exit_code": code}),
+        );
+    }
+    Ok(code)
 }

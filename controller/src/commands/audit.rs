@@ -14,11 +14,11 @@ use crate::report::{Format, exit};
 /// Every ledger entry, or the exit code for why they cannot be read.
 async fn ledger_entries(config: &Config, what: &str) -> Result<Vec<Entry>, i32> {
     let catalog = Catalog::connect(config).await.map_err(|e| {
-        eprintln!("ferry {what}: {e}");
+        errln!("ferry {what}: {e}");
         exit::ERROR
     })?;
     catalog.ledger().await.map_err(|e| {
-        eprintln!("ferry {what}: {e}");
+        errln!("ferry {what}: {e}");
         exit::ERROR
     })
 }
@@ -48,7 +48,7 @@ pub async fn history(config: &Config, format: Format, args: HistoryArgs) -> i32 
     ) {
         (Ok(s), Ok(u)) => (s, u),
         (Err(e), _) | (_, Err(e)) => {
-            eprintln!("ferry history: {e}");
+            errln!("ferry history: {e}");
             return exit::ERROR;
         }
     };
@@ -75,13 +75,10 @@ pub async fn history(config: &Config, format: Format, args: HistoryArgs) -> i32 
     match format {
         Format::Json => {
             let docs: Vec<Value> = selected.iter().map(|(e, c)| entry_json(e, c)).collect();
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&docs).unwrap_or_default()
-            );
+            crate::output::json(&serde_json::to_value(&docs).unwrap_or_default());
         }
         Format::Csv => {
-            println!(
+            outln!(
                 "id,started,finished,kind,target,outcome,operator,fingerprint,os_user,controller_host,archive_sha256,source_host,error"
             );
             for (e, c) in &selected {
@@ -109,16 +106,21 @@ pub async fn history(config: &Config, format: Format, args: HistoryArgs) -> i32 
                         .into(),
                     field(c, "error").into(),
                 ];
-                println!(
+                outln!(
                     "{}",
                     row.iter().map(|f| csv(f)).collect::<Vec<_>>().join(",")
                 );
             }
         }
         Format::Text => {
-            println!(
+            outln!(
                 "{:>5}  {:<20} {:<18} {:<8} {:<11} {:<26} ARCHIVE",
-                "ID", "STARTED", "KIND", "TARGET", "OUTCOME", "OPERATOR"
+                "ID",
+                "STARTED",
+                "KIND",
+                "TARGET",
+                "OUTCOME",
+                "OPERATOR"
             );
             for (e, c) in &selected {
                 let archive = c["archive"]["sha256"]
@@ -127,7 +129,7 @@ pub async fn history(config: &Config, format: Format, args: HistoryArgs) -> i32 
                     .unwrap_or_default();
                 let operator = c["operator"]["subject"].as_str().unwrap_or_default();
                 let who = operator.rsplit("CN=").next().unwrap_or(operator);
-                println!(
+                outln!(
                     "{:>5}  {:<20} {:<18} {:<8} {:<11} {:<26} {archive}",
                     e.seq,
                     field(c, "started").get(..19).unwrap_or_default(),
@@ -140,7 +142,7 @@ pub async fn history(config: &Config, format: Format, args: HistoryArgs) -> i32 
                     ),
                 );
             }
-            println!(
+            outln!(
                 "{} entr{}",
                 selected.len(),
                 if selected.len() == 1 { "y" } else { "ies" }
@@ -168,25 +170,22 @@ fn entry_json(e: &Entry, content: &Value) -> Value {
 
 fn show(entries: &[Entry], id: i64, format: Format) -> i32 {
     let Some(entry) = entries.iter().find(|e| e.seq == id) else {
-        eprintln!("ferry history: no entry {id} (see `ferry history`)");
+        errln!("ferry history: no entry {id} (see `ferry history`)");
         return exit::ERROR;
     };
     let c = entry.content_json();
     if format == Format::Json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&entry_json(entry, &c)).unwrap_or_default()
-        );
+        crate::output::json(&entry_json(entry, &c));
         return exit::OK;
     }
-    println!("entry:      {} (hash {})", entry.seq, entry.hash);
-    println!(
+    outln!("entry:      {} (hash {})", entry.seq, entry.hash);
+    outln!(
         "operation:  {} of {} — {}",
         field(&c, "kind"),
         field(&c, "target"),
         field(&c, "outcome")
     );
-    println!(
+    outln!(
         "operator:   {} (sha256 {}), user {} on {}",
         c["operator"]["subject"].as_str().unwrap_or_default(),
         c["operator"]["fingerprint"].as_str().unwrap_or_default(),
@@ -196,7 +195,7 @@ fn show(entries: &[Entry], id: i64, format: Format) -> i32 {
             .unwrap_or_default()
     );
     if !c["archive"].is_null() {
-        println!(
+        outln!(
             "archive:    {} {} of {} (sha256 {})",
             c["archive"]["id"],
             c["archive"]["name"].as_str().unwrap_or_default(),
@@ -204,18 +203,18 @@ fn show(entries: &[Entry], id: i64, format: Format) -> i32 {
             c["archive"]["sha256"].as_str().unwrap_or_default()
         );
     }
-    println!("flags:      {}", c["flags"]);
-    println!(
+    outln!("flags:      {}", c["flags"]);
+    outln!(
         "time:       {} → {}",
         field(&c, "started"),
         field(&c, "finished")
     );
     if let Some(error) = c["error"].as_str() {
-        println!("error:      {error}");
+        outln!("error:      {error}");
     }
-    println!("tasks:");
+    outln!("tasks:");
     for t in c["tasks"].as_array().into_iter().flatten() {
-        println!(
+        outln!(
             "  {} {:<16} {:<8} {}",
             t["started"].as_str().unwrap_or_default(),
             t["name"].as_str().unwrap_or_default(),
@@ -232,36 +231,60 @@ pub async fn audit(config: &Config, command: AuditCommand) -> i32 {
         Err(code) => return code,
     };
     match command {
-        AuditCommand::Verify => match ledger::verify(&entries) {
-            Ok(n) => {
-                let head = entries
-                    .last()
-                    .map(|e| e.hash.as_str())
-                    .unwrap_or(ledger::GENESIS);
-                println!("ledger intact: {n} entries, head hash {head}");
-                exit::OK
+        AuditCommand::Verify => {
+            let head = entries
+                .last()
+                .map(|e| e.hash.as_str())
+                .unwrap_or(ledger::GENESIS);
+            let (code, doc) = match ledger::verify(&entries) {
+                Ok(n) => {
+                    outln!("ledger intact: {n} entries, head hash {head}");
+                    (
+                        exit::OK,
+                        serde_json::json!({"intact": true, "entries": n, "head": head}),
+                    )
+                }
+                Err(broken) => {
+                    outln!("LEDGER BROKEN: {broken}");
+                    (
+                        exit::FAILED,
+                        serde_json::json!({"intact": false, "entries": entries.len(),
+                                           "broken": broken.to_string()}),
+                    )
+                }
+            };
+            if crate::output::is_json() {
+                let mut doc = doc;
+                doc["command"] = "audit verify".into();
+                doc["exit_code"] = code.into();
+                crate::output::json(&doc);
             }
-            Err(broken) => {
-                println!("LEDGER BROKEN: {broken}");
-                exit::FAILED
-            }
-        },
+            code
+        }
         AuditCommand::Export { since } => {
             let since = match since.as_deref().map(parse_time).transpose() {
                 Ok(s) => s,
                 Err(e) => {
-                    eprintln!("ferry audit export: {e}");
+                    errln!("ferry audit export: {e}");
                     return exit::ERROR;
                 }
             };
             // The chain starts before `since`: each line keeps its prev_hash so it can be checked.
-            for e in entries
+            let lines: Vec<Value> = entries
                 .iter()
                 .filter(|e| since.is_none_or(|s| e.recorded_at >= s))
-            {
-                let line = serde_json::json!({"seq": e.seq, "recorded_at": e.recorded_at.format(&Rfc3339).unwrap_or_default(),
-                                              "content": e.content, "prev_hash": e.prev_hash, "hash": e.hash});
-                println!("{line}");
+                .map(|e| serde_json::json!({"seq": e.seq, "recorded_at": e.recorded_at.format(&Rfc3339).unwrap_or_default(),
+                                            "content": e.content, "prev_hash": e.prev_hash, "hash": e.hash}))
+                .collect();
+            // JSON lines (what the independent verifier reads), or one array under -o json.
+            if crate::output::is_json() {
+                crate::output::json(&Value::Array(lines));
+            } else {
+                use std::io::Write;
+                let mut out = std::io::BufWriter::new(crate::output::Stdout);
+                for line in &lines {
+                    let _ = writeln!(out, "{line}");
+                }
             }
             exit::OK
         }

@@ -31,14 +31,14 @@ pub async fn run(
     let store = match Store::open(&config.store) {
         Ok(store) => store,
         Err(e) => {
-            eprintln!("ferry backup: {e}");
+            errln!("ferry backup: {e}");
             return report::exit::ERROR;
         }
     };
     let catalog = match Catalog::connect(config).await {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("ferry backup: {e}");
+            errln!("ferry backup: {e}");
             return report::exit::ERROR;
         }
     };
@@ -50,7 +50,7 @@ pub async fn run(
     {
         Ok(id) => id,
         Err(e) => {
-            eprintln!("ferry backup: {e}");
+            errln!("ferry backup: {e}");
             return report::exit::ERROR;
         }
     };
@@ -92,10 +92,10 @@ pub async fn run(
         "failed"
     };
     if let Err(e) = catalog.finish_run(run_id, outcome).await {
-        eprintln!("ferry backup: recording the run: {e}");
+        errln!("ferry backup: recording the run: {e}");
     }
     print_warnings(format, &results);
-    report::finish(format, "backup", &results, std::io::stdout())
+    report::finish(format, "backup", &results, crate::output::Stdout)
 }
 
 fn print_warnings(format: report::Format, results: &[HostResult]) {
@@ -107,7 +107,7 @@ fn print_warnings(format: report::Format, results: &[HostResult]) {
             && let Some(warnings) = data["warnings"].as_array()
         {
             for w in warnings.iter().filter_map(Value::as_str) {
-                println!("[WARNING] [{}] {w}", r.host);
+                outln!("[WARNING] [{}] {w}", r.host);
             }
         }
     }
@@ -198,6 +198,7 @@ impl<'a> Ctx<'a> {
                 Compression::Gzip => pb::Compression::Gzip,
                 Compression::Zstd => pb::Compression::Zstd,
             } as i32,
+            not_before_unix: self.store.next_free_second(&target.name),
         };
         bar.update("preflight", 0);
         let mut stream = conn
@@ -334,7 +335,7 @@ impl<'a> Ctx<'a> {
             finished: OffsetDateTime::now_utc(),
         };
         if let Err(e) = self.catalog.record_host(self.run_id, &record).await {
-            eprintln!("ferry backup: [{}] recording the result: {e}", target.name);
+            errln!("ferry backup: [{}] recording the result: {e}", target.name);
         }
         let archive = match archive_id {
             Some(id) => match self.catalog.archive(id).await {
@@ -375,7 +376,7 @@ impl<'a> Ctx<'a> {
             }],
         };
         if let Err(e) = self.catalog.append(&event).await {
-            eprintln!(
+            errln!(
                 "ferry backup: [{}] writing the audit ledger: {e}",
                 target.name
             );

@@ -12,6 +12,12 @@ pub async fn run(config: &Config, command: CertsCommand) -> i32 {
     let started = time::OffsetDateTime::now_utc();
     match execute(config, command) {
         Ok(Some((target, flags))) => {
+            if crate::output::is_json() {
+                let mut doc = flags.clone();
+                doc["command"] = "certs".into();
+                doc["name"] = target.clone().into();
+                crate::output::json(&doc);
+            }
             // Every certificate issued is on the audit record.
             let event = Event {
                 kind: "certificate-issue".into(),
@@ -31,7 +37,7 @@ pub async fn run(config: &Config, command: CertsCommand) -> i32 {
                 Err(e) => Err(e),
             };
             if let Err(e) = recorded {
-                eprintln!(
+                errln!(
                     "ferry certs: WARNING: the certificate was issued but not recorded in the audit ledger: {e}"
                 );
             }
@@ -39,7 +45,7 @@ pub async fn run(config: &Config, command: CertsCommand) -> i32 {
         }
         Ok(None) => exit::OK,
         Err(e) => {
-            eprintln!("ferry certs: {e}");
+            errln!("ferry certs: {e}");
             exit::ERROR
         }
     }
@@ -55,8 +61,8 @@ fn execute(
         CertsCommand::Init { days } => {
             let ca = Authority::generate("ferry fleet CA", days)?;
             ca.save(&pki)?;
-            println!("created fleet CA {}", pki.join("ca.crt").display());
-            println!("private key {} (mode 0600)", pki.join("ca.key").display());
+            outln!("created fleet CA {}", pki.join("ca.crt").display());
+            outln!("private key {} (mode 0600)", pki.join("ca.key").display());
             return Ok(Some((
                 "fleet CA".into(),
                 serde_json::json!({"role": "ca", "days": days,
@@ -70,11 +76,16 @@ fn execute(
             days,
         } => {
             let ca = Authority::load(&pki)?;
+            // The controller binds an inventory host to the agent by this name; it is always a SAN.
+            let mut sans = sans;
+            if !sans.contains(&name) {
+                sans.insert(0, name.clone());
+            }
             let issued = ca.issue(&LeafSpec::new(&name, Role::Agent, sans.clone(), days))?;
             let dir = out.unwrap_or_else(|| pki.join("agents").join(&name));
             issued.write(&dir, "agent")?;
             ferry_certs::write_file(&dir.join("ca.crt"), ca.cert_pem(), false)?;
-            println!(
+            outln!(
                 "issued agent certificate for {name}: {} (hand agent.crt, agent.key and ca.crt to the host)",
                 dir.display()
             );
@@ -89,7 +100,7 @@ fn execute(
             let issued = ca.issue(&LeafSpec::new(&name, Role::Controller, Vec::new(), days))?;
             let dir = out.unwrap_or_else(|| pki.join("operators"));
             issued.write(&dir, &name)?;
-            println!(
+            outln!(
                 "issued operator certificate {}",
                 dir.join(format!("{name}.crt")).display()
             );
@@ -101,18 +112,28 @@ fn execute(
         }
         CertsCommand::Show { file } => {
             let info = ferry_certs::inspect_pem(&file)?;
-            println!("subject:     {}", info.subject);
-            println!(
+            if crate::output::is_json() {
+                crate::output::json(&serde_json::json!({
+                    "command": "certs show", "file": file.display().to_string(),
+                    "subject": info.subject, "common_name": info.common_name,
+                    "role": info.role.map(|r| r.to_string()), "sans": info.sans,
+                    "not_before": info.not_before, "not_after": info.not_after,
+                    "issuer": info.issuer, "sha256": info.fingerprint,
+                }));
+                return Ok(None);
+            }
+            outln!("subject:     {}", info.subject);
+            outln!(
                 "role:        {}",
                 info.role
                     .map(|r| r.to_string())
                     .unwrap_or_else(|| "none".into())
             );
-            println!("SANs:        {}", info.sans.join(", "));
-            println!("valid from:  {}", info.not_before);
-            println!("valid until: {}", info.not_after);
-            println!("issuer:      {}", info.issuer);
-            println!("sha256:      {}", info.fingerprint);
+            outln!("SANs:        {}", info.sans.join(", "));
+            outln!("valid from:  {}", info.not_before);
+            outln!("valid until: {}", info.not_after);
+            outln!("issuer:      {}", info.issuer);
+            outln!("sha256:      {}", info.fingerprint);
         }
     }
     Ok(None)

@@ -87,11 +87,17 @@ fn outcome(f: FactsReply) -> Outcome {
         "flightctl": {"version": version.version, "source": version.source, "detail": version.detail},
         "deployment": {"type": deployment_name(deployment.r#type), "reason": deployment.reason},
         "database": {"kind": database_name(database.kind), "name": database.name,
-                     "external_host": database.external_host, "external_port": database.external_port},
+                     "external_host": database.external_host, "external_port": database.external_port,
+                     "external_name": database.external_name, "sslmode": database.sslmode},
         "units": f.units.iter().map(|u| json!({"name": u.name, "load_state": u.load_state,
                                                 "active_state": u.active_state})).collect::<Vec<_>>(),
         "containers": f.containers.iter().map(|c| json!({"name": c.name, "state": c.state})).collect::<Vec<_>>(),
         "restore": f.restore,
+        "identity": f.identity.as_ref().map(|i| json!({
+            "base_domain": i.base_domain,
+            "certificates": i.certificates.iter().map(|c| json!({"path": c.path, "subject": c.subject,
+                "issuer": c.issuer, "not_after": c.not_after})).collect::<Vec<_>>(),
+        })),
         "staging": {"path": staging.path, "free_bytes": staging.free_bytes, "total_bytes": staging.total_bytes},
     });
     Outcome::Ok {

@@ -22,16 +22,16 @@ pub struct Fleet {
 /// Prepares a fleet command, or returns the exit code for why it cannot run.
 pub fn prepare(config: &Config, global: &GlobalArgs, pattern: &str) -> Result<Fleet, i32> {
     let Some(path) = global.inventory.as_ref() else {
-        eprintln!("ferry: no inventory: pass -i INVENTORY or set FERRY_INVENTORY");
+        errln!("ferry: no inventory: pass -i INVENTORY or set FERRY_INVENTORY");
         return Err(exit::ERROR);
     };
     let inventory = Inventory::load(path).map_err(|e| {
-        eprintln!("ferry: inventory {e}");
+        errln!("ferry: inventory {e}");
         exit::INVENTORY
     })?;
     let hosts =
         crate::pattern::select(&inventory, pattern, global.limit.as_deref()).map_err(|e| {
-            eprintln!("ferry: {e} ({})", path.display());
+            errln!("ferry: {e} ({})", path.display());
             exit::INVENTORY
         })?;
     let targets = hosts
@@ -39,11 +39,12 @@ pub fn prepare(config: &Config, global: &GlobalArgs, pattern: &str) -> Result<Fl
         .map(|h| inventory.target(h))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| {
-            eprintln!("ferry: inventory {}: {e}", path.display());
+            errln!("ferry: inventory {}: {e}", path.display());
             exit::INVENTORY
         })?;
+    operator_certificate_valid(config)?;
     let tls = ferry_certs::tls::client_config(&config.tls).map_err(|e| {
-        eprintln!(
+        errln!(
             "ferry: operator certificate: {e}\n  (create one with `ferry certs init` and `ferry certs issue-operator NAME`, or set tls: in the config)"
         );
         exit::ERROR
@@ -51,11 +52,40 @@ pub fn prepare(config: &Config, global: &GlobalArgs, pattern: &str) -> Result<Fl
     Ok(Fleet {
         targets,
         options: FanoutOptions {
-            forks: global.forks.unwrap_or(config.forks).max(1),
+            forks: global.forks.map_or(config.forks, |f| f as usize).max(1),
             timeout: Duration::from_secs(global.timeout.unwrap_or(config.timeout_seconds)),
         },
         dialer: Dialer::new(tls, Duration::from_secs(config.connect_timeout_seconds)),
     })
+}
+
+/// An expired or not-yet-valid operator certificate would make every agent refuse us; say so once,
+/// with its dates, instead of reporting every host unreachable.
+fn operator_certificate_valid(config: &Config) -> Result<(), i32> {
+    let Ok(info) = ferry_certs::inspect_pem(&config.tls.cert) else {
+        return Ok(()); // unreadable: client_config says why
+    };
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let problem = if now < info.not_before_unix {
+        Some("is not valid yet")
+    } else if now > info.not_after_unix {
+        Some("has expired")
+    } else {
+        None
+    };
+    match problem {
+        None => Ok(()),
+        Some(problem) => {
+            errln!(
+                "ferry: the operator certificate {} ({}) {problem}: valid from {} until {}; nothing was contacted.\n  next: issue a new one with `ferry certs issue-operator NAME` (and point tls: in the config at it), or check this machine's clock",
+                config.tls.cert.display(),
+                info.subject,
+                info.not_before,
+                info.not_after
+            );
+            Err(exit::ERROR)
+        }
+    }
 }
 
 /// Dials `target`, makes one call, and turns the reply (or why there is none) into an [`Outcome`].
@@ -111,5 +141,5 @@ where
         |result| crate::report::progress_line(format, result),
     )
     .await;
-    crate::report::finish(format, task, &results, std::io::stdout())
+    crate::report::finish(format, task, &results, crate::output::Stdout)
 }

@@ -26,7 +26,7 @@ pub async fn run(cli: Cli) -> i32 {
     let config = match Config::load(&path, explicit) {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("ferry: configuration: {e}");
+            errln!("ferry: configuration: {e}");
             return exit::ERROR;
         }
     };
@@ -39,12 +39,12 @@ pub async fn run(cli: Cli) -> i32 {
         } => backup::run(&config, &cli.global, &pattern, compression).await,
         Command::Restore { host, args } => restore::run(&config, &cli.global, &host, &args).await,
         Command::Rollback { host } => restore::rollback(&config, &cli.global, &host).await,
-        Command::PrepareDevices { host } => {
-            restore::prepare_devices(&config, &cli.global, &host).await
+        Command::PrepareDevices { host, args } => {
+            restore::prepare_devices(&config, &cli.global, &host, &args).await
         }
         Command::History(args) => audit::history(&config, cli.global.output, args).await,
         Command::Audit(command) => audit::audit(&config, command).await,
-        Command::Archives(command) => archives::run(&config, cli.global.output, command).await,
+        Command::Archives(command) => archives::run(&config, &cli.global, command).await,
         Command::Catalog(command) => archives::run_catalog(&config, command).await,
         Command::Certs(command) => certs::run(&config, command).await,
     }

@@ -49,6 +49,9 @@ pub struct Target {
     /// What is dialled, and the name the agent's certificate must carry.
     pub address: String,
     pub port: u16,
+    /// The name the agent's certificate must carry (its CN): `ferry_agent_name`, else the inventory
+    /// name. An agent that answers under another name is refused before any call.
+    pub agent_name: String,
 }
 
 impl Inventory {
@@ -141,6 +144,21 @@ impl Inventory {
         Ok(())
     }
 
+    /// Adds hosts known elsewhere (the catalog's retired hosts) to `ungrouped`, so patterns can
+    /// name them.
+    pub fn add_ungrouped(&mut self, names: impl IntoIterator<Item = String>) {
+        for name in names {
+            if !self.hosts.contains_key(&name) {
+                self.hosts.insert(name.clone(), Vars::new());
+                self.group_mut("ungrouped").hosts.push(name);
+            }
+        }
+        let all = self.group_mut("all");
+        if !all.children.iter().any(|c| c == "ungrouped") {
+            all.children.push("ungrouped".into());
+        }
+    }
+
     /// Host names in inventory order.
     pub fn host_names(&self) -> impl Iterator<Item = &str> {
         self.hosts.keys().map(String::as_str)
@@ -231,10 +249,20 @@ impl Inventory {
                 .map_err(|_| format!("host {host}: port {s:?} is not a TCP port"))?,
             Some(other) => return Err(format!("host {host}: port {other} is not a TCP port")),
         };
+        let agent_name = match vars.get("ferry_agent_name") {
+            Some(Value::String(s)) if !s.is_empty() => s.clone(),
+            None | Some(Value::Null) => host.to_string(),
+            Some(other) => {
+                return Err(format!(
+                    "host {host}: ferry_agent_name {other} is not a host name"
+                ));
+            }
+        };
         Ok(Target {
             name: host.to_string(),
             address,
             port,
+            agent_name,
         })
     }
 }

@@ -1,4 +1,5 @@
-//! The archive format: upstream `flightctl-backup`'s layout (FLIGHTCTL.md §2) plus ferry's manifest.
+//! The archive format: upstream `flightctl-backup`'s layout (docs/upstream-contract.md §3) plus ferry's
+//! manifest.
 //!
 //! An archive is a tar stream of relative entries — `metadata.json`, `config/`, `pki/`, `encryption/`,
 //! `volumes/`, `db/dump.sql` — and `ferry-manifest.json`, which upstream ignores. It is compressed as a
@@ -6,6 +7,7 @@
 //! database dump be compressed in parallel while it is produced and spliced in when its size is known.
 
 mod compress;
+mod config;
 mod manifest;
 mod metadata;
 mod names;
@@ -13,9 +15,10 @@ mod reader;
 mod writer;
 
 pub use compress::{Codec, CompressedSpool, ParallelCompressor};
+pub use config::base_domain;
 pub use manifest::{Entry, EntryKind, MANIFEST_NAME, Manifest};
 pub use metadata::{METADATA_NAME, Metadata};
-pub use names::{archive_name, parse_archive_timestamp, parse_sidecar, sidecar_line};
+pub use names::{archive_name, archive_time, parse_archive_timestamp, parse_sidecar, sidecar_line};
 pub use reader::{ArchiveError, ReadOptions, Verified, read_archive};
 pub use writer::ArchiveWriter;
 

@@ -28,6 +28,15 @@ pub fn parse_archive_timestamp(name: &str) -> Option<&str> {
     ok.then_some(stamp)
 }
 
+/// The time in an archive name.
+pub fn archive_time(name: &str) -> Option<time::OffsetDateTime> {
+    let stamp = parse_archive_timestamp(name)?;
+    let format = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
+    time::PrimitiveDateTime::parse(stamp, &format)
+        .ok()
+        .map(|t| t.assume_utc())
+}
+
 /// The sidecar's one line: hex digest, two spaces, base name (`sha256sum -c` accepts it).
 pub fn sidecar_line(sha256: &str, archive_name: &str) -> String {
     format!("{sha256}  {archive_name}\n")

@@ -37,6 +37,8 @@ pub struct ReadOptions<'a> {
     pub extract_to: Option<&'a Path>,
     /// Fail unless the compressed bytes hash to this.
     pub expected_sha256: Option<&'a str>,
+    /// Keep the contents of the small files this selects (by path) in [`Verified::kept`].
+    pub keep: Option<fn(&str) -> bool>,
 }
 
 /// An archive that was read to its end and found consistent.
@@ -49,6 +51,8 @@ pub struct Verified {
     pub manifest: Option<Manifest>,
     /// Entries as found in the tar (manifest excluded), with their content digests.
     pub entries: Vec<Entry>,
+    /// Contents of the files [`ReadOptions::keep`] selected, by path.
+    pub kept: BTreeMap<String, Vec<u8>>,
 }
 
 const SMALL_FILE_LIMIT: u64 = 16 << 20;
@@ -64,6 +68,7 @@ pub fn read_archive(input: impl Read, options: &ReadOptions<'_>) -> Result<Verif
     let mut entries = Vec::new();
     let mut metadata_bytes = None;
     let mut manifest_bytes = None;
+    let mut kept = BTreeMap::new();
     {
         let decoder = codec.decoder(&mut hashed).map_err(corrupt)?;
         let mut archive = tar::Archive::new(decoder);
@@ -95,7 +100,8 @@ pub fn read_archive(input: impl Read, options: &ReadOptions<'_>) -> Result<Verif
                 });
                 continue;
             }
-            let keep = clean == METADATA_NAME || clean == MANIFEST_NAME;
+            let wanted = options.keep.is_some_and(|keep| keep(&clean));
+            let keep = wanted || clean == METADATA_NAME || clean == MANIFEST_NAME;
             let mut small = Vec::new();
             let mut file = match options.extract_to {
                 Some(dest) if clean != MANIFEST_NAME => Some(create_file(&dest.join(&clean))?),
@@ -120,6 +126,9 @@ pub fn read_archive(input: impl Read, options: &ReadOptions<'_>) -> Result<Verif
             }
             if let Some(f) = file {
                 f.sync_all()?;
+            }
+            if wanted && size <= SMALL_FILE_LIMIT {
+                kept.insert(clean.clone(), small.clone());
             }
             match clean.as_str() {
                 METADATA_NAME => metadata_bytes = Some(small),
@@ -173,6 +182,7 @@ pub fn read_archive(input: impl Read, options: &ReadOptions<'_>) -> Result<Verif
         metadata,
         manifest,
         entries,
+        kept,
     })
 }
 

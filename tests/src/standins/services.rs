@@ -126,11 +126,24 @@ pub fn start_database(layout: &Layout, spec: &Spec, units: &Units) -> Result<(),
     let listen = published(units, spec, DB, 5432)
         .map(|(ip, _)| ip)
         .unwrap_or_default();
-    let options = format!(
-        "-c listen_addresses='{listen}' -c port={} -c unix_socket_directories='{}'",
+    let mut options = format!(
+        "-c listen_addresses='{}' -c port={} -c unix_socket_directories='{}'",
+        if spec.external_db {
+            &spec.db_address
+        } else {
+            &listen
+        },
         db_port(units, spec),
         layout.pg_socket_dir().display()
     );
+    if spec.external_db {
+        let tls = layout.pg_tls_dir();
+        options.push_str(&format!(
+            " -c ssl=on -c ssl_cert_file='{}' -c ssl_key_file='{}'",
+            tls.join("server.crt").display(),
+            tls.join("server.key").display()
+        ));
+    }
     let log = layout.logs().join("db.log");
     let status = pg_ctl(spec, layout)
         .args(["start", "-w", "-t", "60", "-l"])

@@ -58,6 +58,8 @@ pub struct BackupJob {
     pub operation_id: String,
     pub codec: Codec,
     pub facts: Facts,
+    /// The archive's timestamp is at least this (the controller's next free second).
+    pub not_before: time::OffsetDateTime,
 }
 
 impl BackupJob {
@@ -120,7 +122,7 @@ impl BackupJob {
                 None
             }
         };
-        let started = time::OffsetDateTime::now_utc();
+        let started = time::OffsetDateTime::now_utc().max(self.not_before);
         let metadata = Metadata {
             timestamp: Metadata::go_timestamp(started),
             version,

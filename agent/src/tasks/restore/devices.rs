@@ -1,4 +1,5 @@
-//! Device preparation after a restore (FLIGHTCTL.md §1.3), in one transaction over the published port:
+//! Device preparation after a restore (docs/upstream-contract.md §6), in one transaction as the
+//! application user:
 //! devices marked awaiting reconnect, unapproved enrollment requests annotated, a SystemRestored event,
 //! and the list of KV keys to seed.
 
@@ -51,24 +52,11 @@ pub fn awaiting_key(org: &str, device: &str) -> String {
     format!("v1/{org}/device/{device}/awaiting-reconnect")
 }
 
-/// Connects as the application user and prepares devices; writes the KV keys to `keys_file`.
+/// Prepares devices as the application user on `client`; writes the KV keys to `keys_file`.
 pub async fn prepare(
-    address: &str,
-    database: &str,
-    password: &str,
+    client: &mut tokio_postgres::Client,
     keys_file: &Path,
 ) -> Result<Prepared, String> {
-    let (mut client, conn) = tokio_postgres::Config::new()
-        .host(address)
-        .port(5432)
-        .user("flightctl_app")
-        .password(password)
-        .dbname(database)
-        .connect_timeout(std::time::Duration::from_secs(10))
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| format!("connecting to {address}:5432 as flightctl_app: {e}"))?;
-    tokio::spawn(conn);
     let tx = client.transaction().await.map_err(|e| e.to_string())?;
     let devices = tx
         .execute(DEVICES, &[])

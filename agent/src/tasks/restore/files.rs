@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 
 use super::journal::{Journal, Swapped};
 
-/// (entry in the archive, live path on the host), in swap order.
-pub const SWAPPED: [(&str, &str); 4] = [
-    ("pki", "/etc/flightctl/pki"),
-    ("encryption", "/etc/flightctl/encryption"),
-    ("config/conf.d", "/etc/flightctl/conf.d"),
+/// (component, entry in the archive, live path on the host), in swap order.
+pub const SWAPPED: [(&str, &str, &str); 4] = [
+    ("pki", "pki", "/etc/flightctl/pki"),
+    ("encryption", "encryption", "/etc/flightctl/encryption"),
+    ("config", "config/conf.d", "/etc/flightctl/conf.d"),
     (
+        "config",
         "config/service-config.yaml",
         "/etc/flightctl/service-config.yaml",
     ),
@@ -26,7 +27,8 @@ fn sibling(live: &Path, tag: &str, id: &str) -> PathBuf {
     live.with_file_name(format!(".{name}.ferry-{tag}-{id}"))
 }
 
-/// Swaps every item present in `extract`; records each in the journal as it goes.
+/// Swaps every item of the journal's components present in `extract`; records each in the journal
+/// before it is moved.
 pub fn swap(
     journal: &mut Journal,
     dir: &Path,
@@ -34,31 +36,34 @@ pub fn swap(
     host_path: impl Fn(&str) -> PathBuf,
     modes: &BTreeMap<String, u32>,
 ) -> Result<(), String> {
-    for (entry, live) in SWAPPED {
+    for (component, entry, live) in SWAPPED {
         let source = extract.join(entry);
-        if !source.exists() {
+        if !journal.components.iter().any(|c| c == component) || !source.exists() {
             continue;
         }
         let live = host_path(live);
-        if journal.swapped.iter().any(|s| s.live == live) {
-            continue; // done before a resume
-        }
         let new = sibling(&live, "new", &journal.restore_id);
         let old = sibling(&live, "old", &journal.restore_id);
-        let _ = remove(&new);
-        copy(&source, &new, entry, modes)
-            .map_err(|e| format!("preparing {}: {e}", live.display()))?;
-        if live.exists() {
-            std::fs::rename(&live, &old)
-                .map_err(|e| format!("moving {} aside: {e}", live.display()))?;
+        if !journal.swapped.iter().any(|s| s.live == live) {
+            let _ = remove(&new);
+            copy(&source, &new, entry, modes)
+                .map_err(|e| format!("preparing {}: {e}", live.display()))?;
+            journal.swapped.push(Swapped {
+                live: live.clone(),
+                old: old.clone(),
+                existed: Some(live.exists()),
+            });
+            journal.save(dir).map_err(|e| e.to_string())?;
         }
-        journal.swapped.push(Swapped {
-            live: live.clone(),
-            old,
-        });
-        journal.save(dir).map_err(|e| e.to_string())?;
-        std::fs::rename(&new, &live)
-            .map_err(|e| format!("putting {} in place: {e}", live.display()))?;
+        // From here each rename is idempotent, so a resume finishes what an interruption left.
+        if new.exists() {
+            if live.exists() && !old.exists() {
+                std::fs::rename(&live, &old)
+                    .map_err(|e| format!("moving {} aside: {e}", live.display()))?;
+            }
+            std::fs::rename(&new, &live)
+                .map_err(|e| format!("putting {} in place: {e}", live.display()))?;
+        }
     }
     Ok(())
 }
@@ -69,6 +74,9 @@ pub fn restore_old(journal: &Journal) -> Result<(), String> {
         if s.old.exists() {
             let _ = remove(&s.live);
             std::fs::rename(&s.old, &s.live).map_err(|e| format!("{}: {e}", s.live.display()))?;
+        } else if s.existed == Some(false) && s.live.exists() {
+            // The host had no such path before the restore.
+            remove(&s.live).map_err(|e| format!("{}: {e}", s.live.display()))?;
         }
     }
     Ok(())

@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 pub struct Swapped {
     pub live: PathBuf,
     pub old: PathBuf,
+    /// Whether the live path existed before the swap (rollback removes it if not).
+    #[serde(default)]
+    pub existed: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -20,7 +23,7 @@ pub struct Journal {
     pub keep_old_db: bool,
     /// The steps this restore runs (a subset of all steps, in order).
     pub plan: Vec<String>,
-    /// Components restored: db, pki, config, encryption, volumes.
+    /// Components restored, never empty: any of db, pki, config, encryption, volumes.
     pub components: Vec<String>,
     /// Steps done, in order.
     pub done: Vec<String>,
@@ -41,6 +44,12 @@ pub struct Journal {
     /// What the agent did on its own when the controller's lease lapsed.
     #[serde(default)]
     pub lapsed: Option<String>,
+    /// The operator's overrides of the external database's address.
+    #[serde(default)]
+    pub database_override: crate::tasks::database::Override,
+    /// Where device preparation connects (the external database, or the published built-in one).
+    #[serde(default)]
+    pub external_database: bool,
 }
 
 impl Journal {

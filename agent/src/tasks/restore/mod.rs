@@ -17,11 +17,12 @@ use ferry_proto::archive::{EntryKind, ReadOptions, read_archive};
 use serde_json::json;
 
 use crate::host::Host;
+use crate::tasks::database::Endpoint;
 use crate::tasks::facts::{DatabaseKind, DeploymentKind, Facts};
 use crate::tasks::units::APPLICATION_SERVICES;
 use journal::Journal;
 
-pub use ferry_proto::restore::{COMPONENTS, STEPS, plan};
+pub use ferry_proto::restore::{COMPONENTS, DatabaseAccess, STEPS, chosen, plan};
 
 /// The directory of one restore in the staging area.
 pub fn dir(staging: &Path, restore_id: &str) -> PathBuf {
@@ -43,6 +44,8 @@ pub fn status(staging: &Path) -> Option<String> {
 pub struct StepOutcome {
     pub summary: String,
     pub details: serde_json::Value,
+    /// Not part of this restore's plan: nothing was done.
+    pub skipped: bool,
 }
 
 /// A failed step: the cause and the host's state afterwards.
@@ -93,7 +96,8 @@ impl RestoreContext<'_> {
         if !journal.plan.iter().any(|s| s == step) {
             return Ok(StepOutcome {
                 summary: "skipped: not part of this restore".into(),
-                details: json!({"skipped": true}),
+                details: json!({}),
+                skipped: true,
             });
         }
         if let Some(missing) = journal
@@ -109,6 +113,7 @@ impl RestoreContext<'_> {
         }
         if journal.is_done(step) {
             return Ok(StepOutcome {
+                skipped: false,
                 summary: "already done".into(),
                 details: json!({}),
             });
@@ -147,11 +152,6 @@ impl RestoreContext<'_> {
         match step {
             "verify" => self.verify(dir, j, facts().await).await,
             "load" => {
-                if !j.database_included {
-                    return Ok(summary(
-                        "no database in the archive (external database): nothing to load",
-                    ));
-                }
                 let started = Instant::now();
                 database::load(host, &j.temp_db, &extract.join("db/dump.sql")).await?;
                 Ok(summary(&format!(
@@ -187,9 +187,6 @@ impl RestoreContext<'_> {
                 )))
             }
             "swap-db" => {
-                if !j.database_included {
-                    return Ok(summary("external database: nothing to swap"));
-                }
                 database::swap(host, &j.db_name, &j.temp_db, &j.old_db).await?;
                 Ok(summary(&format!(
                     "{} is the restored database; the previous one is kept as {}",
@@ -201,12 +198,16 @@ impl RestoreContext<'_> {
                 files::swap(j, dir, &extract, |p| host.path(p), &modes)?;
                 let mut warnings = Vec::new();
                 let pam = extract.join("volumes/pam-issuer-etc.tar");
-                if pam.is_file() {
+                if j.components.iter().any(|c| c == "volumes") && pam.is_file() {
+                    // Kept from the first attempt: a resumed step must not save the restored
+                    // volume as the pre-restore one.
                     let old = dir.join("pam-issuer-etc.old.tar");
-                    let _ = host
-                        .podman()
-                        .volume_export("flightctl-pam-issuer-etc", &old)
-                        .await;
+                    if !old.is_file() {
+                        let _ = host
+                            .podman()
+                            .volume_export("flightctl-pam-issuer-etc", &old)
+                            .await;
+                    }
                     if let Err(e) = host
                         .podman()
                         .volume_import("flightctl-pam-issuer-etc", &pam)
@@ -218,17 +219,21 @@ impl RestoreContext<'_> {
                     }
                 }
                 Ok(StepOutcome {
+                    skipped: false,
                     summary: format!(
-                        "{} paths swapped; pre-restore copies kept until commit",
+                        "{} swapped ({} paths); pre-restore copies kept until commit",
+                        j.components
+                            .iter()
+                            .filter(|c| *c != "db")
+                            .cloned()
+                            .collect::<Vec<_>>()
+                            .join(", "),
                         j.swapped.len()
                     ),
                     details: json!({"warnings": warnings}),
                 })
             }
             "publish" => {
-                if !j.database_included {
-                    return Ok(summary("external database: nothing to publish"));
-                }
                 let dropin = ports::publish(host, self.local_address).await?;
                 if !j.dropins.contains(&dropin) {
                     j.dropins.push(dropin);
@@ -239,30 +244,17 @@ impl RestoreContext<'_> {
                 )))
             }
             "prepare-devices" => {
-                if !j.database_included {
-                    return Ok(summary(
-                        "external database: once the DBA has restored it, run `ferry prepare-devices` against it",
-                    ));
-                }
-                let password = host
-                    .podman()
-                    .secret("flightctl-postgresql-user-password")
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let address = self.local_address.to_string();
-                let prepared = devices::prepare(
-                    &address,
-                    &j.db_name,
-                    password.expose(),
-                    &dir.join("kv-keys.txt"),
-                )
-                .await?;
+                let endpoint = self.endpoint(j)?;
+                let mut client = endpoint.connect(host).await?;
+                let prepared = devices::prepare(&mut client, &dir.join("kv-keys.txt")).await?;
                 j.kv_keys = prepared.keys;
                 Ok(StepOutcome {
+                    skipped: false,
                     summary: format!(
-                        "updated {} devices, {} enrollment requests; {} awaiting-reconnect keys across {} organizations; SystemRestored event written",
+                        "updated {} devices, {} enrollment requests on {}; {} awaiting-reconnect keys across {} organizations; SystemRestored event written",
                         prepared.devices,
                         prepared.enrollment_requests,
+                        endpoint.describe(),
                         prepared.keys,
                         prepared.organizations
                     ),
@@ -302,7 +294,7 @@ impl RestoreContext<'_> {
             }
             "health" => self.health(j).await,
             "commit" => {
-                if j.is_done("swap-db") && !j.old_db.is_empty() && !j.keep_old_db {
+                if j.is_done("swap-db") && !j.keep_old_db {
                     database::drop_database(host, &j.old_db).await?;
                 }
                 files::drop_old(j);
@@ -340,6 +332,7 @@ impl RestoreContext<'_> {
                 &ReadOptions {
                     extract_to: Some(&target),
                     expected_sha256: Some(&expected),
+                    keep: None,
                 },
             )
             .map_err(std::io::Error::other)
@@ -398,9 +391,24 @@ impl RestoreContext<'_> {
                 if dump { "present" } else { "absent" }
             ));
         }
-        if dump && facts.database.kind != DatabaseKind::Builtin {
+        let external = facts.database.kind == DatabaseKind::External;
+        let wants = |c: &str| j.components.iter().any(|x| x == c);
+        if dump && external && wants("db") {
             return refuse(
-                "it holds a database dump but this host uses an external database".into(),
+                "it holds a database dump but this host uses an external database (db.type: external); restore the other components with --only, and the database with your DBA's tooling"
+                    .into(),
+            );
+        }
+        if !dump && !external && (wants("db") || wants("config")) {
+            return refuse(
+                "it was made on an external-database host (no db/dump.sql) but this host uses the built-in database; restoring its config would point this host at that database"
+                    .into(),
+            );
+        }
+        if !dump && j.components == ["db"] {
+            return refuse(
+                "it holds no database (external database): --only db has nothing to restore; after your DBA restored the database, run `ferry prepare-devices HOST`"
+                    .into(),
             );
         }
         let modes: BTreeMap<String, u32> = verified
@@ -415,6 +423,22 @@ impl RestoreContext<'_> {
         .map_err(|e| e.to_string())?;
         j.version = metadata.version.clone();
         j.database_included = dump;
+        j.external_database = external;
+        if external {
+            // What the agent will reach for device preparation is checked now, before any change.
+            Endpoint::external(self.host, &facts.database, &j.database_override)
+                .map_err(|e| format!("external database: {e}"))?;
+        }
+        j.components.retain(|c| dump || c != "db");
+        j.plan = plan(
+            &j.components,
+            false,
+            if external {
+                DatabaseAccess::External
+            } else {
+                DatabaseAccess::Builtin
+            },
+        );
         j.db_name = facts.database.name.clone();
         // 8 hex of the restore id's digest, as upstream's 4 random bytes: unique per restore.
         let digest = <sha2::Sha256 as sha2::Digest>::digest(j.restore_id.as_bytes());
@@ -422,6 +446,7 @@ impl RestoreContext<'_> {
         j.temp_db = format!("{}_restore_{tag}", j.db_name);
         j.old_db = format!("{}_old_{tag}", j.db_name);
         Ok(StepOutcome {
+            skipped: false,
             summary: format!(
                 "{} entries safe, sha256 {}…, Flight Control {}, podman, database {}",
                 verified.entries.len(),
@@ -431,6 +456,18 @@ impl RestoreContext<'_> {
             ),
             details: json!({"entries": verified.entries.len(), "version": metadata.version}),
         })
+    }
+
+    /// Where device preparation connects: the external database of the host's config, or the
+    /// built-in one on the port `publish` opened.
+    fn endpoint(&self, j: &Journal) -> Result<Endpoint, String> {
+        if j.external_database {
+            let db = crate::tasks::facts::database(self.host);
+            Endpoint::external(self.host, &db, &j.database_override)
+                .map_err(|e| format!("external database: {e}"))
+        } else {
+            Ok(Endpoint::published(self.local_address, &j.db_name))
+        }
     }
 
     /// The controller's lease lapsed: nothing stays published and the data services are restarted.
@@ -539,6 +576,7 @@ impl RestoreContext<'_> {
             json!({})
         };
         Ok(StepOutcome {
+            skipped: false,
             summary: format!(
                 "API ready at {version}; {keys} awaiting-reconnect keys; devices by status {statuses}"
             ),
@@ -572,6 +610,7 @@ async fn control_units(host: &Host, verb: &str, names: &[&str]) -> Result<(), St
 
 fn summary(text: &str) -> StepOutcome {
     StepOutcome {
+        skipped: false,
         summary: text.into(),
         details: json!({}),
     }

@@ -1,0 +1,311 @@
+//! `ferry restore HOST --check`: every preflight check of a real restore, plus a full re-read of the
+//! stored archive on the controller (digest against the catalog and the sidecar, every entry, the
+//! metadata and the manifest), and what a restore would change in the host's identity. Nothing is
+//! staged and nothing on the host changes. The ledger records it as `restore-check`.
+
+use std::collections::BTreeMap;
+
+use ferry_proto::archive::{ReadOptions, Verified, read_archive};
+use ferry_proto::restore::DatabaseAccess;
+use ferry_proto::v1 as pb;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+use super::play::{Ending, Play};
+use super::{choose_archive, components, database_access, preflight};
+use crate::catalog::ArchiveRecord;
+use crate::cli::RestoreArgs;
+use crate::config::Config;
+use crate::dial::AgentConn;
+use crate::store::Store;
+
+/// What each of the agent's steps does.
+fn describe(step: &str, access: DatabaseAccess, keep_old_db: bool) -> &'static str {
+    match step {
+        "verify" => {
+            "check the staged archive: sha256, every tar entry, manifest, metadata, version and deployment type"
+        }
+        "load" => {
+            "load db/dump.sql into a temporary database while the control plane keeps running"
+        }
+        "stop" => {
+            "stop the application units the host has (never flightctl-db, flightctl-kv or flightctl.target)"
+        }
+        "swap-db" => "rename the live database aside and the restored one into place",
+        "swap-files" => "swap the chosen files by rename, keeping the pre-restore copies",
+        "publish" => {
+            "publish flightctl-db on the host's loopback address through a PublishPort drop-in"
+        }
+        "prepare-devices" if access == DatabaseAccess::External => {
+            "on the external database: mark devices awaiting reconnect, annotate enrollment requests, write the SystemRestored event"
+        }
+        "prepare-devices" => {
+            "mark devices awaiting reconnect, annotate enrollment requests, write the SystemRestored event"
+        }
+        "unpublish" => "remove the drop-in, restart flightctl-db and flightctl-kv",
+        "seed-kv" => "flush the KV and seed one awaiting-reconnect key per device",
+        "start" => "start the application units that were running",
+        "health" => "API ready at the archive's version, one KV key per device",
+        "commit" if keep_old_db => "remove the pre-restore copies; keep the previous database",
+        "commit" => "drop the previous database and the pre-restore copies",
+        _ => "",
+    }
+}
+
+/// Files whose contents tell the archive's identity.
+fn identity_file(path: &str) -> bool {
+    path == "config/service-config.yaml" || (path.starts_with("pki/") && path.ends_with(".crt"))
+}
+
+pub async fn run(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &RestoreArgs) -> i32 {
+    let host = play.host().to_string();
+    let archive = match choose_archive(play.catalog, &host, args).await {
+        Ok(a) => a,
+        Err(e) => {
+            return play
+                .refuse("check", &e, "pick an archive from `ferry archives list`")
+                .await;
+        }
+    };
+    play.set_archive(&archive);
+    play.header(&format!(
+        "check: restore {host} from archive {} {} of {}",
+        archive.short_id(),
+        archive.name,
+        archive.host
+    ));
+    let started = OffsetDateTime::now_utc();
+    let facts = match conn.client.clone().facts(pb::FactsRequest {}).await {
+        Ok(reply) => reply.into_inner(),
+        Err(status) => {
+            return play
+                .refuse(
+                    "check",
+                    &format!("facts: {}", status.message()),
+                    &format!("`ferry facts {host}`"),
+                )
+                .await;
+        }
+    };
+    let chosen = components(args);
+    let mut problems = preflight(&archive, &facts, &chosen);
+    let read = match Store::open(&config.store) {
+        Ok(store) => read_stored(&store, &archive).await,
+        Err(e) => Err(e.to_string()),
+    };
+    let verified = match read {
+        Ok(v) => Some(v),
+        Err(e) => {
+            problems.push(e);
+            None
+        }
+    };
+    if let Some(v) = &verified {
+        problems.extend(metadata_problems(&archive, v, &facts));
+    }
+    if !problems.is_empty() {
+        return play
+            .refuse(
+                "check",
+                &problems.join("; "),
+                &format!(
+                    "`ferry archives verify {}`, or pick another archive from `ferry archives list`",
+                    archive.short_id()
+                ),
+            )
+            .await;
+    }
+    play.task(
+        "check",
+        started,
+        "ok",
+        &format!(
+            "archive re-read on the controller: sha256 matches the catalog and the sidecar, {} entries safe, manifest agrees; version {}, podman, units present, staging space",
+            verified.as_ref().map(|v| v.entries.len()).unwrap_or(0),
+            archive.flightctl_version
+        ),
+    );
+    if let Some(v) = &verified {
+        identity_changes(play, &archive, v, &facts, &chosen);
+    }
+    let access = database_access(&facts);
+    let plan = ferry_proto::restore::plan(&chosen, false, access);
+    outln!("\nPLAN (--check: nothing was changed)");
+    outln!(
+        "  stage: stream {} ({} bytes) to the host, checking its sha256",
+        archive.name,
+        archive.size
+    );
+    for step in &plan {
+        outln!("  {step}: {}", describe(step, access, args.keep_old_db));
+    }
+    play.set("components", json!(chosen));
+    play.set("plan", json!(plan));
+    play.succeed(Ending::Checked, "unchanged").await
+}
+
+/// Reads the stored archive once: digest, every entry, metadata, manifest; and its sidecar.
+async fn read_stored(store: &Store, archive: &ArchiveRecord) -> Result<Verified, String> {
+    let path = store.path(&archive.host, &archive.name);
+    let file = std::fs::File::open(&path).map_err(|e| {
+        format!(
+            "archive {} is catalogued but cannot be read from the store ({}: {e})",
+            archive.short_id(),
+            path.display()
+        )
+    })?;
+    let expected = archive.sha256.clone();
+    let verified = tokio::task::spawn_blocking(move || {
+        read_archive(
+            std::io::BufReader::new(file),
+            &ReadOptions {
+                expected_sha256: Some(&expected),
+                keep: Some(identity_file),
+                ..Default::default()
+            },
+        )
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("the stored archive {}: {e}", path.display()))?;
+    if verified.size != archive.size as u64 {
+        return Err(format!(
+            "the stored archive is {} bytes, the catalog says {}",
+            verified.size, archive.size
+        ));
+    }
+    match store
+        .sidecar_digest(&archive.host, &archive.name)
+        .map_err(|e| e.to_string())?
+    {
+        Some(side) if side == verified.sha256 => Ok(verified),
+        Some(side) => Err(format!(
+            "the .sha256 sidecar says {side}, the archive hashes to {}",
+            verified.sha256
+        )),
+        None => Err(format!(
+            "the .sha256 sidecar of {} is missing",
+            path.display()
+        )),
+    }
+}
+
+/// The archive's own metadata against the catalog and the host.
+fn metadata_problems(archive: &ArchiveRecord, v: &Verified, facts: &pb::FactsReply) -> Vec<String> {
+    let mut problems = Vec::new();
+    let Some(metadata) = &v.metadata else {
+        return vec!["the archive has no metadata.json".into()];
+    };
+    if v.manifest.is_none() {
+        problems.push("the archive has no ferry-manifest.json".into());
+    }
+    let host_version = facts
+        .flightctl
+        .as_ref()
+        .map(|f| f.version.as_str())
+        .unwrap_or_default();
+    if metadata.version != host_version {
+        problems.push(format!(
+            "its metadata.json says Flight Control {}, the host runs {}",
+            metadata.version,
+            if host_version.is_empty() {
+                "an unknown version"
+            } else {
+                host_version
+            }
+        ));
+    }
+    if metadata.database_included != archive.database_included {
+        problems.push(format!(
+            "its metadata.json says databaseIncluded={}, the catalog says {}",
+            metadata.database_included, archive.database_included
+        ));
+    }
+    let has_dump = v.entries.iter().any(|e| e.path == "db/dump.sql");
+    if metadata.database_included != has_dump {
+        problems.push(format!(
+            "metadata.json says databaseIncluded={} but db/dump.sql is {}",
+            metadata.database_included,
+            if has_dump { "present" } else { "absent" }
+        ));
+    }
+    if !v.entries.iter().any(|e| e.path == "pki") {
+        problems.push("it has no pki/".into());
+    }
+    problems
+}
+
+/// What the restore changes in who the control plane is: shown, and kept in the document.
+fn identity_changes(
+    play: &Play<'_>,
+    archive: &ArchiveRecord,
+    v: &Verified,
+    facts: &pb::FactsReply,
+    chosen: &[String],
+) {
+    let host = play.host();
+    let current = facts.identity.clone().unwrap_or_default();
+    let base_domain = v
+        .kept
+        .get("config/service-config.yaml")
+        .map(|b| ferry_proto::archive::base_domain(&String::from_utf8_lossy(b)))
+        .unwrap_or_default();
+    let host_certs: BTreeMap<&str, &str> = current
+        .certificates
+        .iter()
+        .map(|c| (c.path.as_str(), c.subject.as_str()))
+        .collect();
+    let wants = |c: &str| chosen.iter().any(|x| x == c);
+    let mut certificates = Vec::new();
+    if wants("pki") {
+        for (path, pem) in &v.kept {
+            let Some(relative) = path.strip_prefix("pki/") else {
+                continue;
+            };
+            let Some(info) = ferry_certs::certificates_in_pem(pem).into_iter().next() else {
+                continue;
+            };
+            let now = host_certs.get(relative).copied();
+            if now != Some(info.subject.as_str()) {
+                certificates.push(json!({"path": relative, "archive": info.subject, "host": now}));
+            }
+        }
+    }
+    let domain_changes = wants("config") && base_domain != current.base_domain;
+    let cross = archive.host != host;
+    if cross || domain_changes || !certificates.is_empty() {
+        outln!("\nIDENTITY CHANGES");
+        if cross {
+            outln!(
+                "  source host: {} (the archive is {}'s, the target is {host})",
+                archive.host,
+                archive.host
+            );
+        }
+        if domain_changes {
+            outln!(
+                "  baseDomain: {host} has {:?}, the archive has {:?}",
+                current.base_domain,
+                base_domain
+            );
+        }
+        for c in &certificates {
+            outln!(
+                "  pki/{}: {} -> {}",
+                c["path"].as_str().unwrap_or_default(),
+                c["host"].as_str().unwrap_or("(absent)"),
+                c["archive"].as_str().unwrap_or_default()
+            );
+        }
+    }
+    play.set(
+        "identity_changes",
+        json!({
+            "source_host": archive.host,
+            "cross_host": cross,
+            "base_domain": {"host": current.base_domain, "archive": base_domain,
+                            "changes": domain_changes},
+            "certificates": Value::Array(certificates),
+        }),
+    );
+}

@@ -1,0 +1,505 @@
+//! `ferry restore HOST`: the documented runbook as a play of journaled agent steps, refusing anything
+//! unsafe before the host is touched. `ferry rollback HOST` undoes an unfinished restore.
+
+use std::io::Read;
+
+use ferry_proto::restore::DatabaseAccess;
+use ferry_proto::v1::{self as pb, FactsRequest, PingRequest, RestoreStepRequest, StageChunk};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+use crate::catalog::{ArchiveRecord, Catalog, Operator};
+use crate::cli::{GlobalArgs, RestoreArgs};
+use crate::config::Config;
+use crate::dial::{AgentConn, DialError, Dialer};
+use crate::inventory::Target;
+use crate::report::exit;
+use crate::store::Store;
+
+mod check;
+mod play;
+mod prepare;
+mod rollback;
+
+pub use prepare::prepare_devices;
+pub use rollback::rollback;
+
+use play::{Ending, Play};
+
+/// A selected host, the means to reach it, and the catalog.
+pub(crate) struct Opened {
+    target: Target,
+    dialer: Dialer,
+    catalog: Catalog,
+    operator: Operator,
+}
+
+/// What every single-host operation does first: select exactly one host and open the catalog.
+pub(crate) async fn open(config: &Config, global: &GlobalArgs, host: &str) -> Result<Opened, i32> {
+    let fleet = super::fleet::prepare(config, global, host)?;
+    let [target] = fleet.targets.as_slice() else {
+        errln!(
+            "ferry: {host:?} selects {} hosts; name exactly one host",
+            fleet.targets.len()
+        );
+        return Err(exit::INVENTORY);
+    };
+    let catalog = Catalog::connect(config).await.map_err(|e| {
+        errln!("ferry: {e}");
+        exit::ERROR
+    })?;
+    Ok(Opened {
+        target: target.clone(),
+        dialer: fleet.dialer,
+        catalog,
+        operator: Operator::current(config),
+    })
+}
+
+/// Starts the catalog run and dials the host, so even an unreachable host leaves a record.
+pub(crate) async fn begin<'a>(
+    opened: &'a Opened,
+    (kind, command): (&'static str, &'static str),
+    flags: Value,
+) -> Result<(Play<'a>, AgentConn), i32> {
+    let target = &opened.target;
+    let run_id = opened
+        .catalog
+        .start_run(kind, &target.name, &opened.operator, &flags)
+        .await
+        .map_err(|e| {
+            errln!("ferry {command}: {e}");
+            exit::ERROR
+        })?;
+    let play = Play::new(
+        target,
+        &opened.catalog,
+        run_id,
+        kind,
+        command,
+        opened.operator.clone(),
+        flags,
+    );
+    match opened.dialer.connect(target).await {
+        Ok(conn) => Ok((play, conn)),
+        Err(e) => {
+            let next = match e {
+                DialError::WrongHost { .. } => format!(
+                    "correct the inventory entry of {}, then run the command again",
+                    target.name
+                ),
+                _ => format!(
+                    "check that ferry-agent runs on {} and that {}:{} is reachable (`ferry ping {}`)",
+                    target.name, target.address, target.port, target.name
+                ),
+            };
+            Err(play.unreachable(&e.to_string(), &next).await)
+        }
+    }
+}
+
+pub async fn run(config: &Config, global: &GlobalArgs, host: &str, args: &RestoreArgs) -> i32 {
+    let flags = json!({"archive": args.archive, "from": args.from, "keep_old_db": args.keep_old_db,
+                       "check": args.check, "resume": args.resume, "only": components(args),
+                       "db_only": args.db_only, "lease_seconds": args.lease_seconds});
+    let opened = match open(config, global, host).await {
+        Ok(opened) => opened,
+        Err(code) => return code,
+    };
+    let kind = if args.check {
+        ("restore-check", "restore")
+    } else {
+        ("restore", "restore")
+    };
+    let (play, conn) = match begin(&opened, kind, flags).await {
+        Ok(begun) => begun,
+        Err(code) => return code,
+    };
+    if args.resume {
+        resume(&play, &conn, args.lease_seconds).await
+    } else if args.check {
+        check::run(&play, config, &conn, args).await
+    } else {
+        restore(&play, config, &conn, args).await
+    }
+}
+
+async fn restore(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &RestoreArgs) -> i32 {
+    let host = play.host();
+    let archive = match choose_archive(play.catalog, host, args).await {
+        Ok(a) => a,
+        Err(e) => {
+            return play
+                .refuse(
+                    "preflight",
+                    &e,
+                    "pick an archive from `ferry archives list`",
+                )
+                .await;
+        }
+    };
+    play.set_archive(&archive);
+    play.header(&format!(
+        "restore {host} from archive {} {} of {}",
+        archive.short_id(),
+        archive.name,
+        archive.host
+    ));
+    let started = OffsetDateTime::now_utc();
+    let facts = match conn.client.clone().facts(FactsRequest {}).await {
+        Ok(reply) => reply.into_inner(),
+        Err(status) => {
+            return play
+                .refuse(
+                    "preflight",
+                    &format!("facts: {}", status.message()),
+                    &format!("`ferry facts {host}`"),
+                )
+                .await;
+        }
+    };
+    let problems = preflight(&archive, &facts, &components(args));
+    if !problems.is_empty() {
+        return play.refuse("preflight", &problems.join("; "), "").await;
+    }
+    let store = match Store::open(&config.store) {
+        Ok(s) => s,
+        Err(e) => return play.refuse("preflight", &e.to_string(), "").await,
+    };
+    // The documented rule: never restore an archive whose .sha256 disagrees with it.
+    match store.sidecar_digest(&archive.host, &archive.name) {
+        Ok(Some(side)) if side == archive.sha256 => {}
+        Ok(other) => {
+            return play
+                .refuse(
+                    "preflight",
+                    &format!(
+                        "the .sha256 sidecar of {} says {}, the catalog says {}",
+                        archive.name,
+                        other.as_deref().unwrap_or("nothing (it is missing)"),
+                        archive.sha256
+                    ),
+                    &format!("`ferry archives verify {}`", archive.short_id()),
+                )
+                .await;
+        }
+        Err(e) => return play.refuse("preflight", &e.to_string(), "").await,
+    }
+    if archive.host != host {
+        play.warn(&format!(
+            "{host} takes {}'s identity: its PKI, config (baseDomain) and encryption keys; `ferry restore {host} --from {} --check` lists the changes",
+            archive.host, archive.host
+        ));
+    }
+    play.task(
+        "preflight",
+        started,
+        "ok",
+        &format!(
+            "version {}, podman, units present, sidecar agrees, {} MiB free for staging",
+            archive.flightctl_version,
+            facts
+                .staging
+                .as_ref()
+                .map(|s| s.free_bytes >> 20)
+                .unwrap_or(0)
+        ),
+    );
+    let restore_id = format!(
+        "r{}-{}",
+        play.run_id,
+        OffsetDateTime::now_utc().unix_timestamp()
+    );
+    let staged_at = OffsetDateTime::now_utc();
+    if let Err(e) = stage(conn, &store, &archive, &restore_id, args).await {
+        return play
+            .refuse(
+                "stage",
+                &e,
+                &format!("`ferry archives verify {}`", archive.short_id()),
+            )
+            .await;
+    }
+    play.task(
+        "stage",
+        staged_at,
+        "ok",
+        &format!(
+            "{} streamed to the host and its sha256 checked",
+            archive.name
+        ),
+    );
+    steps(play, conn, &restore_id, args.lease_seconds).await
+}
+
+/// Continues the restore the agent holds, from its journal.
+async fn resume(play: &Play<'_>, conn: &AgentConn, lease_seconds: u32) -> i32 {
+    let host = play.host();
+    let ping = match conn.client.clone().ping(PingRequest {}).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => return play.fail("resume", status.message(), "unknown").await,
+    };
+    match ping.operation {
+        Some(op) if op.kind == "restore" => {
+            play.header(&format!("resume restore {} on {host}", op.id));
+            steps(play, conn, &op.id, lease_seconds).await
+        }
+        _ => {
+            play.refuse(
+                "resume",
+                &format!("{host} has no unfinished restore"),
+                &format!("`ferry facts {host}`"),
+            )
+            .await
+        }
+    }
+}
+
+/// Runs the agent's steps of restore `restore_id` in order; each one the plan skips is passed over.
+pub(crate) async fn steps(
+    play: &Play<'_>,
+    conn: &AgentConn,
+    restore_id: &str,
+    lease_seconds: u32,
+) -> i32 {
+    let mut stopped_at = None;
+    for step in ferry_proto::restore::STEPS {
+        let step_started = OffsetDateTime::now_utc();
+        let request = RestoreStepRequest {
+            restore_id: restore_id.to_string(),
+            step: step.to_string(),
+            lease_seconds,
+        };
+        match conn.client.clone().restore_step(request).await {
+            Ok(reply) => {
+                let reply = reply.into_inner();
+                if reply.skipped {
+                    continue;
+                }
+                if step == "stop" {
+                    stopped_at = Some(step_started);
+                }
+                play.task(step, step_started, "ok", &reply.summary);
+                let details: Value = serde_json::from_str(&reply.details_json).unwrap_or_default();
+                for w in details["warnings"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                {
+                    play.warn(w);
+                }
+                if step == "start"
+                    && let Some(t) = stopped_at
+                {
+                    let downtime = (OffsetDateTime::now_utc() - t).as_seconds_f64();
+                    outln!("downtime (application units stopped → started): {downtime:.1}s");
+                    play.set("downtime_seconds", json!(downtime));
+                }
+                if step == "health" {
+                    outln!(
+                        "devices by status after the restore: {}",
+                        details["devices_by_status"]
+                    );
+                    play.set("devices_by_status", details["devices_by_status"].clone());
+                    play.set("kv_keys", details["kv_keys"].clone());
+                }
+            }
+            Err(status) => {
+                let cause = status.message().to_string();
+                let cause = cause
+                    .strip_prefix(&format!("{step}: "))
+                    .map(str::to_string)
+                    .unwrap_or(cause);
+                let (cause, state) = match cause.rsplit_once(" (host state: ") {
+                    Some((c, s)) => (c.to_string(), s.trim_end_matches(')').to_string()),
+                    None => (cause, "unknown".into()),
+                };
+                if let Some(e) = conn.transport_error(&status) {
+                    return play
+                        .fail(
+                            step,
+                            &e.to_string(),
+                            "unknown: the agent could not be reached",
+                        )
+                        .await;
+                }
+                if step == "verify" {
+                    return play
+                        .refuse(
+                            step,
+                            &cause,
+                            "restore another archive (`ferry archives list`)",
+                        )
+                        .await;
+                }
+                return play.fail(step, &cause, &state).await;
+            }
+        }
+    }
+    play.succeed(Ending::Succeeded, "restored and healthy")
+        .await
+}
+
+async fn choose_archive(
+    catalog: &Catalog,
+    host: &str,
+    args: &RestoreArgs,
+) -> Result<ArchiveRecord, String> {
+    let source = args.from.as_deref().unwrap_or(host);
+    let archive = match args.archive.as_deref() {
+        None | Some("latest") => catalog
+            .archives()
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .find(|a| a.host == source)
+            .ok_or_else(|| format!("the catalog has no archive of {source}"))?,
+        Some(id) => catalog.resolve(id).await?,
+    };
+    if archive.host != source {
+        return Err(format!(
+            "archive {} is of {}, not {source}; pass --from {} to restore it onto {host}",
+            archive.short_id(),
+            archive.host,
+            archive.host
+        ));
+    }
+    Ok(archive)
+}
+
+/// Everything that must hold before the host is touched.
+fn preflight(
+    archive: &ArchiveRecord,
+    facts: &pb::FactsReply,
+    components: &[String],
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    let version = facts
+        .flightctl
+        .as_ref()
+        .map(|v| v.version.as_str())
+        .unwrap_or_default();
+    if version != archive.flightctl_version {
+        problems.push(format!(
+            "the archive is of Flight Control {}, the host runs {}; restore only onto the same version",
+            archive.flightctl_version,
+            if version.is_empty() { "an unknown version" } else { version }
+        ));
+    }
+    let podman = facts
+        .deployment
+        .as_ref()
+        .is_some_and(|d| d.r#type == ferry_proto::v1::DeploymentType::Podman as i32);
+    if archive.deployment_type != "podman" || !podman {
+        problems.push(format!("deployment type {} in the archive and {} on the host: only podman to podman is supported",
+            archive.deployment_type, if podman { "podman" } else { "not podman" }));
+    }
+    let unit = |name: &str| facts.units.iter().any(|u| u.name == name);
+    if !unit("flightctl-api.service") {
+        problems.push("the host has no flightctl-api.service".into());
+    }
+    let access = database_access(facts);
+    let chosen = ferry_proto::restore::chosen(components);
+    let wants = |c: &str| chosen.iter().any(|x| x == c);
+    if archive.database_included
+        && wants("db")
+        && (access != DatabaseAccess::Builtin || !unit("flightctl-db.service"))
+    {
+        problems.push(
+            "the archive holds a database but the host has no built-in flightctl-db (db.type: external); restore the other components with --only pki,config,encryption,volumes".into(),
+        );
+    }
+    if !archive.database_included && chosen == ["db"] {
+        problems.push(
+            "the archive holds no database (it was made on an external-database host): --only db has nothing to restore; after the DBA restored it, run `ferry prepare-devices HOST`".into(),
+        );
+    }
+    let free = facts.staging.as_ref().map(|s| s.free_bytes).unwrap_or(0);
+    let needed = (archive.size as u64)
+        .saturating_mul(3)
+        .saturating_add(64 << 20);
+    if free < needed {
+        problems.push(format!(
+            "only {} MiB free for staging, {} MiB needed",
+            free >> 20,
+            needed >> 20
+        ));
+    }
+    problems
+}
+
+/// The components a restore puts back.
+fn components(args: &RestoreArgs) -> Vec<String> {
+    if args.db_only {
+        vec!["db".into()]
+    } else {
+        ferry_proto::restore::chosen(&args.only)
+    }
+}
+
+/// How the host reaches its database, from its facts.
+fn database_access(facts: &pb::FactsReply) -> DatabaseAccess {
+    match facts.database.as_ref().map(|d| d.kind) {
+        Some(k) if k == pb::DatabaseKind::External as i32 => DatabaseAccess::External,
+        _ => DatabaseAccess::Builtin,
+    }
+}
+
+async fn stage(
+    conn: &AgentConn,
+    store: &Store,
+    archive: &ArchiveRecord,
+    restore_id: &str,
+    args: &RestoreArgs,
+) -> Result<(), String> {
+    let path = store.path(&archive.host, &archive.name);
+    let mut file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<StageChunk>(8);
+    let first = StageChunk {
+        restore_id: restore_id.to_string(),
+        expected_sha256: archive.sha256.clone(),
+        expected_size: archive.size as u64,
+        keep_old_db: args.keep_old_db,
+        components: components(args),
+        ..Default::default()
+    };
+    let reader = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        if tx.blocking_send(first).is_err() {
+            return Ok(());
+        }
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            let chunk = StageChunk {
+                data: buf[..n].to_vec().into(),
+                ..Default::default()
+            };
+            if tx.blocking_send(chunk).is_err() {
+                return Ok(());
+            }
+        }
+    });
+    let reply = conn
+        .client
+        .clone()
+        .stage(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await;
+    reader
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let reply =
+        reply.map_err(|status| status.message().trim_start_matches("stage: ").to_string())?;
+    let reply = reply.into_inner();
+    if reply.sha256 != archive.sha256 {
+        return Err(format!(
+            "the host received sha256 {}, the catalog says {}",
+            reply.sha256, archive.sha256
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,291 @@
+//! One single-host operation (a restore, its check, a rollback, device preparation) as the operator
+//! and the record see it: the catalog run, the task timeline for the ledger, and the output, as
+//! lines or as one JSON document.
+
+use std::sync::Mutex;
+
+use serde_json::{Map, Value, json};
+use time::OffsetDateTime;
+
+use crate::catalog::ledger::{Event, TaskRecord};
+use crate::catalog::{ArchiveRecord, Catalog, HostRecord, Operator};
+use crate::inventory::Target;
+use crate::report::exit;
+
+/// How an operation ended, as the ledger and the catalog name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    Succeeded,
+    /// `--check` found nothing in the way.
+    Checked,
+    RolledBack,
+    /// Refused before anything on the host changed.
+    Refused,
+    Failed,
+    Unreachable,
+}
+
+impl Ending {
+    pub fn name(self) -> &'static str {
+        match self {
+            Ending::Succeeded => "succeeded",
+            Ending::Checked => "checked",
+            Ending::RolledBack => "rolled back",
+            Ending::Refused => "refused",
+            Ending::Failed => "failed",
+            Ending::Unreachable => "unreachable",
+        }
+    }
+
+    fn host_outcome(self) -> &'static str {
+        match self {
+            Ending::Succeeded | Ending::Checked | Ending::RolledBack => "ok",
+            Ending::Refused => "refused",
+            Ending::Failed => "failed",
+            Ending::Unreachable => "unreachable",
+        }
+    }
+
+    fn exit_code(self) -> i32 {
+        match self {
+            Ending::Succeeded | Ending::Checked | Ending::RolledBack => exit::OK,
+            Ending::Refused | Ending::Failed => exit::FAILED,
+            Ending::Unreachable => exit::UNREACHABLE,
+        }
+    }
+}
+
+/// A running operation on one host.
+pub struct Play<'a> {
+    pub target: &'a Target,
+    pub catalog: &'a Catalog,
+    pub run_id: i64,
+    /// The ledger's kind: restore, restore-check, rollback, prepare-devices.
+    pub kind: &'static str,
+    /// The command the operator typed (for the JSON document and the recap).
+    pub command: &'static str,
+    started: OffsetDateTime,
+    operator: Operator,
+    flags: Value,
+    archive: Mutex<Value>,
+    tasks: Mutex<Vec<TaskRecord>>,
+    /// Extra fields of the JSON document (plan, check results, devices by status, downtime).
+    fields: Mutex<Map<String, Value>>,
+}
+
+impl<'a> Play<'a> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        target: &'a Target,
+        catalog: &'a Catalog,
+        run_id: i64,
+        kind: &'static str,
+        command: &'static str,
+        operator: Operator,
+        flags: Value,
+    ) -> Self {
+        Play {
+            target,
+            catalog,
+            run_id,
+            kind,
+            command,
+            started: OffsetDateTime::now_utc(),
+            operator,
+            flags,
+            archive: Mutex::new(Value::Null),
+            tasks: Mutex::new(Vec::new()),
+            fields: Mutex::new(Map::new()),
+        }
+    }
+
+    pub fn host(&self) -> &str {
+        &self.target.name
+    }
+
+    /// Prints the play's header line.
+    pub fn header(&self, what: &str) {
+        outln!("PLAY [{what}]");
+    }
+
+    /// A finished task: shown, and added to the timeline the ledger records.
+    pub fn task(&self, name: &str, started: OffsetDateTime, outcome: &str, detail: &str) {
+        let seconds = (OffsetDateTime::now_utc() - started).as_seconds_f64();
+        if outcome == "ok" {
+            outln!("TASK [{name}] ok: {detail} ({seconds:.1}s)");
+        }
+        lock(&self.tasks).push(TaskRecord {
+            name: name.into(),
+            started,
+            finished: OffsetDateTime::now_utc(),
+            outcome: outcome.into(),
+            detail: detail.into(),
+        });
+    }
+
+    pub fn set_archive(&self, archive: &ArchiveRecord) {
+        *lock(&self.archive) = json!({
+            "id": archive.short_id(), "catalog_number": archive.id, "name": archive.name,
+            "sha256": archive.sha256, "source_host": archive.host,
+        });
+    }
+
+    /// Adds a field to the JSON document.
+    pub fn set(&self, key: &str, value: Value) {
+        lock(&self.fields).insert(key.into(), value);
+    }
+
+    /// A warning for the operator (kept in the document too).
+    pub fn warn(&self, text: &str) {
+        outln!("[WARNING] [{}] {text}", self.host());
+        let mut fields = lock(&self.fields);
+        let warnings = fields.entry("warnings").or_insert_with(|| json!([]));
+        if let Some(list) = warnings.as_array_mut() {
+            list.push(json!(text));
+        }
+    }
+
+    /// The operation succeeded (or, for `--check`, found nothing in the way).
+    pub async fn succeed(&self, ending: Ending, state: &str) -> i32 {
+        self.end(ending, None, state, None).await
+    }
+
+    /// Refused before anything on the host changed.
+    pub async fn refuse(&self, task: &str, cause: &str, next: &str) -> i32 {
+        let host = self.host();
+        outln!("REFUSED: [{host}] task {task}: {cause}");
+        outln!("host state: unchanged (nothing on {host} was touched)");
+        if !next.is_empty() {
+            outln!("next: {next}");
+        }
+        self.end(
+            Ending::Refused,
+            Some((task, cause)),
+            "unchanged",
+            Some(next),
+        )
+        .await
+    }
+
+    /// Failed after the host may have changed: `state` says how it was left.
+    pub async fn fail(&self, task: &str, cause: &str, state: &str) -> i32 {
+        let host = self.host();
+        let next = format!(
+            "fix the cause, then `ferry restore {host} --resume`; or `ferry rollback {host}` to return to the pre-restore state"
+        );
+        outln!("FAILED: [{host}] task {task}: {cause}");
+        outln!("host state: {state}");
+        outln!("next: {next}");
+        self.end(Ending::Failed, Some((task, cause)), state, Some(&next))
+            .await
+    }
+
+    /// The agent could not be reached, or is not the host the inventory names.
+    pub async fn unreachable(&self, cause: &str, next: &str) -> i32 {
+        outln!("UNREACHABLE: [{}] {cause}", self.host());
+        self.end(
+            Ending::Unreachable,
+            Some(("connect", cause)),
+            "unknown",
+            Some(next),
+        )
+        .await
+    }
+
+    async fn end(
+        &self,
+        ending: Ending,
+        error: Option<(&str, &str)>,
+        state: &str,
+        next: Option<&str>,
+    ) -> i32 {
+        let finished = OffsetDateTime::now_utc();
+        if let Some((task, cause)) = error
+            && !lock(&self.tasks).iter().any(|t| t.name == task)
+        {
+            self.task(task, finished, ending.host_outcome(), cause);
+        }
+        let tasks = lock(&self.tasks).clone();
+        let archive = lock(&self.archive).clone();
+        let error_text = error.map(|(task, cause)| format!("{task}: {cause}"));
+        let event = Event {
+            kind: self.kind.into(),
+            run_id: Some(self.run_id),
+            operator: self.operator.clone(),
+            target: self.host().into(),
+            archive: archive.clone(),
+            flags: self.flags.clone(),
+            started: self.started,
+            finished,
+            outcome: ending.name().into(),
+            error: error_text.clone(),
+            tasks: tasks.clone(),
+        };
+        if let Err(e) = self.catalog.append(&event).await {
+            errln!("ferry: writing the audit ledger: {e}");
+        }
+        let record = HostRecord {
+            host: self.host().into(),
+            outcome: ending.host_outcome().into(),
+            phase: error.map(|(task, _)| task.to_string()),
+            error: error.map(|(_, cause)| cause.to_string()),
+            archive_id: None,
+            started: self.started,
+            finished,
+        };
+        if let Err(e) = self.catalog.record_host(self.run_id, &record).await {
+            errln!("ferry: recording the result: {e}");
+        }
+        if let Err(e) = self.catalog.finish_run(self.run_id, ending.name()).await {
+            errln!("ferry: recording the run: {e}");
+        }
+        let code = ending.exit_code();
+        let changed = !matches!(
+            ending,
+            Ending::Checked | Ending::Refused | Ending::Unreachable
+        );
+        let [ok, failed, unreachable] = match ending.host_outcome() {
+            "ok" => [1, 0, 0],
+            "unreachable" => [0, 0, 1],
+            _ => [0, 1, 0],
+        };
+        outln!(
+            "\nPLAY RECAP ({})\n{} : ok={ok}   changed={}   unreachable={unreachable}   failed={failed}   skipped=0",
+            self.command,
+            self.host(),
+            u8::from(changed)
+        );
+        if crate::output::is_json() {
+            let steps: Vec<Value> = tasks
+                .iter()
+                .map(|t| {
+                    json!({"name": t.name, "outcome": t.outcome, "summary": t.detail,
+                           "seconds": (t.finished - t.started).as_seconds_f64()})
+                })
+                .collect();
+            let mut doc = json!({
+                "command": self.command,
+                "kind": self.kind,
+                "host": self.host(),
+                "address": format!("{}:{}", self.target.address, self.target.port),
+                "run_id": self.run_id,
+                "outcome": ending.name(),
+                "archive": archive,
+                "steps": steps,
+                "host_state": state,
+                "error": error_text,
+                "next": next.filter(|n| !n.is_empty()),
+                "exit_code": code,
+            });
+            if let Some(map) = doc.as_object_mut() {
+                map.extend(lock(&self.fields).clone());
+            }
+            crate::output::json(&doc);
+        }
+        code
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,60 @@
+//! `ferry prepare-devices HOST`: device preparation alone, on the host's current database (after a
+//! DBA-led database restore, or to finish a partial one); on an external database, at the address its
+//! service-config.yaml names unless `--db-host/--db-port/--db-name` say otherwise.
+
+use ferry_proto::v1::{DatabaseOverride, StageChunk};
+use serde_json::json;
+use time::OffsetDateTime;
+
+use crate::cli::{GlobalArgs, PrepareDevicesArgs};
+use crate::config::Config;
+
+pub async fn prepare_devices(
+    config: &Config,
+    global: &GlobalArgs,
+    host: &str,
+    args: &PrepareDevicesArgs,
+) -> i32 {
+    let flags = json!({"db_host": args.db_host, "db_port": args.db_port, "db_name": args.db_name,
+                       "lease_seconds": args.lease_seconds});
+    let opened = match super::open(config, global, host).await {
+        Ok(opened) => opened,
+        Err(code) => return code,
+    };
+    let (play, conn) =
+        match super::begin(&opened, ("prepare-devices", "prepare-devices"), flags).await {
+            Ok(begun) => begun,
+            Err(code) => return code,
+        };
+    let restore_id = format!(
+        "p{}-{}",
+        play.run_id,
+        OffsetDateTime::now_utc().unix_timestamp()
+    );
+    play.header(&format!("prepare devices on {host}"));
+    let first = StageChunk {
+        restore_id: restore_id.clone(),
+        prepare_only: true,
+        database: Some(DatabaseOverride {
+            host: args.db_host.clone().unwrap_or_default(),
+            port: args.db_port.map(u32::from).unwrap_or_default(),
+            name: args.db_name.clone().unwrap_or_default(),
+        }),
+        ..Default::default()
+    };
+    let begun = conn
+        .client
+        .clone()
+        .stage(tokio_stream::iter(vec![first]))
+        .await;
+    if let Err(status) = begun {
+        return play
+            .refuse(
+                "stage",
+                status.message().trim_start_matches("stage: "),
+                &format!("`ferry facts {host}` shows the host's database settings"),
+            )
+            .await;
+    }
+    super::steps(&play, &conn, &restore_id, args.lease_seconds).await
+}

@@ -1,0 +1,54 @@
+//! `ferry rollback HOST`: returns a host with an unfinished restore to exactly its pre-restore state.
+
+use ferry_proto::v1::{PingRequest, RestoreStepRequest};
+use serde_json::json;
+use time::OffsetDateTime;
+
+use super::play::Ending;
+use crate::cli::GlobalArgs;
+use crate::config::Config;
+
+pub async fn rollback(config: &Config, global: &GlobalArgs, host: &str) -> i32 {
+    let opened = match super::open(config, global, host).await {
+        Ok(opened) => opened,
+        Err(code) => return code,
+    };
+    let (play, conn) = match super::begin(&opened, ("rollback", "rollback"), json!({})).await {
+        Ok(begun) => begun,
+        Err(code) => return code,
+    };
+    let started = OffsetDateTime::now_utc();
+    let operation = match conn.client.clone().ping(PingRequest {}).await {
+        Ok(r) => r.into_inner().operation,
+        Err(status) => return play.fail("rollback", status.message(), "unknown").await,
+    };
+    let Some(op) = operation.filter(|op| op.kind == "restore") else {
+        return play
+            .refuse(
+                "rollback",
+                &format!("{host} has no unfinished restore to roll back"),
+                &format!("`ferry facts {host}` shows the host's state"),
+            )
+            .await;
+    };
+    play.header(&format!("roll back restore {} on {host}", op.id));
+    let request = RestoreStepRequest {
+        restore_id: op.id.clone(),
+        step: "rollback".into(),
+        lease_seconds: 0,
+    };
+    match conn.client.clone().restore_step(request).await {
+        Ok(reply) => {
+            play.task("rollback", started, "ok", &reply.into_inner().summary);
+            play.succeed(Ending::RolledBack, "pre-restore state").await
+        }
+        Err(status) => {
+            play.fail(
+                "rollback",
+                status.message(),
+                "partly rolled back; run `ferry rollback` again",
+            )
+            .await
+        }
+    }
+}
