@@ -43,14 +43,13 @@ pub enum DatabaseAccess {
 }
 
 /// The steps a restore of `components` runs (all of them when empty); device preparation alone when
-/// `prepare_only`. A restored database always gets device preparation; so does a full restore onto
-/// an external-database host, as upstream's restore does.
+/// `prepare_only`. A restored database always gets device preparation; on an external-database host,
+/// whose database its DBA restores, `db` means device preparation on it, as upstream's restore does.
 pub fn plan(components: &[String], prepare_only: bool, database: DatabaseAccess) -> Vec<String> {
     let chosen = chosen(components);
     let has = |c: &str| chosen.iter().any(|x| x == c);
-    let full = chosen.len() == COMPONENTS.len();
     let builtin = database == DatabaseAccess::Builtin;
-    let prepare = prepare_only || has("db") && (builtin || full);
+    let prepare = prepare_only || has("db");
     let files = !prepare_only && COMPONENTS[1..].iter().any(|c| has(c));
     STEPS
         .iter()

@@ -1,6 +1,9 @@
 //! Helpers for tests: fleets and hosts that clean up after themselves.
 
+use std::collections::BTreeMap;
 use std::ops::Deref;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 
 use crate::{SimFleet, SimFleetOptions, SimHost, SimHostSpec};
 
@@ -233,4 +236,55 @@ impl Drop for ScratchCluster {
         let _ = ferry::catalog::embedded::as_server_user(&mut stop);
         let _ = stop.output();
     }
+}
+
+/// A process's stdout then stderr, as text.
+pub fn text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// path → (sha256 of content, mode) for every file and directory under `dir`.
+pub fn tree(dir: &Path) -> BTreeMap<String, (String, u32)> {
+    fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, (String, u32)>) {
+        for entry in std::fs::read_dir(dir).expect("read_dir").flatten() {
+            let path = entry.path();
+            let rel = path
+                .strip_prefix(base)
+                .expect("below base")
+                .display()
+                .to_string();
+            let mode = std::fs::symlink_metadata(&path)
+                .expect("metadata")
+                .permissions()
+                .mode()
+                & 0o7777;
+            if path.is_dir() {
+                out.insert(rel, (String::new(), mode));
+                walk(base, &path, out);
+            } else {
+                let digest = ferry_proto::archive::hex(&<sha2::Sha256 as sha2::Digest>::digest(
+                    std::fs::read(&path).expect("read"),
+                ));
+                out.insert(rel, (digest, mode));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// How many awaiting-reconnect keys `host`'s KV holds.
+pub async fn awaiting_reconnect_keys(host: &SimHost) -> usize {
+    let mut kv = host.kv().await.expect("KV connection");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("v1/*/awaiting-reconnect")
+        .query_async(&mut kv)
+        .await
+        .expect("KEYS");
+    keys.len()
 }

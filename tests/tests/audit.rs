@@ -7,15 +7,7 @@ use ferry::catalog::Catalog;
 use ferry::config::Config;
 use serde_json::Value;
 use simhost::SimFleetOptions;
-use simhost::testing::TempFleet;
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use simhost::testing::{TempFleet, text};
 
 fn history(fleet: &TempFleet, args: &[&str]) -> Vec<Value> {
     let out = fleet

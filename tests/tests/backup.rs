@@ -8,15 +8,7 @@ use ferry::catalog::Catalog;
 use ferry::config::Config;
 use serde_json::Value;
 use simhost::SimFleetOptions;
-use simhost::testing::{Proxy, ScratchCluster, TempFleet};
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use simhost::testing::{Proxy, ScratchCluster, TempFleet, text};
 
 fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

@@ -1,49 +1,13 @@
 //! `ferry restore` against simulated hosts: the runbook end to end, and every refusal.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
 use ferry::catalog::Catalog;
 use ferry::config::Config;
 use simhost::SimFleetOptions;
-use simhost::testing::TempFleet;
-
-fn text(out: &std::process::Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
-/// path → (sha256 of content, mode) for every file and directory under `dir`.
-fn tree(dir: &Path) -> BTreeMap<String, (String, u32)> {
-    fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, (String, u32)>) {
-        for entry in std::fs::read_dir(dir).unwrap().flatten() {
-            let path = entry.path();
-            let rel = path.strip_prefix(base).unwrap().display().to_string();
-            let mode = std::fs::symlink_metadata(&path)
-                .unwrap()
-                .permissions()
-                .mode()
-                & 0o7777;
-            if path.is_dir() {
-                out.insert(rel, (String::new(), mode));
-                walk(base, &path, out);
-            } else {
-                let digest = ferry_proto::archive::hex(&<sha2::Sha256 as sha2::Digest>::digest(
-                    std::fs::read(&path).unwrap(),
-                ));
-                out.insert(rel, (digest, mode));
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out);
-    out
-}
+use simhost::testing::{TempFleet, awaiting_reconnect_keys, text, tree};
 
 /// A digest of every row of `table`, so two states of a table compare equal only if identical.
 async fn table_digest(db: &tokio_postgres::Client, table: &str, columns: &str) -> String {
@@ -911,16 +875,6 @@ async fn a_lapsed_lease_leaves_nothing_published_and_is_reported() {
     );
 }
 
-async fn kv_keys(host: &simhost::SimHost) -> usize {
-    let mut kv = host.kv().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg("v1/*/awaiting-reconnect")
-        .query_async(&mut kv)
-        .await
-        .unwrap();
-    keys.len()
-}
-
 #[tokio::test]
 async fn partial_restores_device_preparation_alone_and_cross_host() {
     let fleet = TempFleet::up(SimFleetOptions {
@@ -979,7 +933,7 @@ async fn partial_restores_device_preparation_alone_and_cross_host() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(kv_keys(cp01).await, devices as usize);
+    assert_eq!(awaiting_reconnect_keys(cp01).await, devices as usize);
 
     // prepare-devices alone, on a host that was never restored.
     let db2 = cp02.db().await.unwrap();
@@ -1022,7 +976,7 @@ async fn partial_restores_device_preparation_alone_and_cross_host() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(kv_keys(cp02).await, devices2 as usize);
+    assert_eq!(awaiting_reconnect_keys(cp02).await, devices2 as usize);
     assert_eq!(cp02.unit_state("flightctl-api.service"), "active");
 
     // Cross-host: cp01's archive onto cp02, only when asked for explicitly.

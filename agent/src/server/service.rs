@@ -98,9 +98,14 @@ impl AgentService {
                 ));
             }
             _ => {
-                // Checked now, so a wrong address or missing TLS material changes nothing.
+                // Checked now, so a wrong address, TLS or password changes nothing.
+                let refused =
+                    |e: String| wire::phase_status("stage", &format!("external database: {e}"));
                 crate::tasks::database::Endpoint::external(&self.host, &facts.database, &over)
-                    .map_err(|e| wire::phase_status("stage", &format!("external database: {e}")))?;
+                    .map_err(refused)?
+                    .connect(&self.host)
+                    .await
+                    .map_err(refused)?;
                 true
             }
         };

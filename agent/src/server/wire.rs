@@ -77,11 +77,12 @@ pub(super) fn facts(f: Facts, staging_dir: &Path) -> pb::FactsReply {
                 .identity
                 .certificates
                 .into_iter()
-                .map(|(path, subject, issuer, not_after)| pb::Certificate {
-                    path,
-                    subject,
-                    issuer,
-                    not_after,
+                .map(|c| pb::Certificate {
+                    path: c.path,
+                    subject: c.subject,
+                    issuer: c.issuer,
+                    not_after: c.not_after,
+                    sans: c.sans,
                 })
                 .collect(),
         }),

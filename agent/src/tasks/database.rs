@@ -137,7 +137,11 @@ impl Endpoint {
             .dbname(&self.dbname)
             .connect_timeout(Duration::from_secs(10));
         let failed = |e: tokio_postgres::Error| {
-            format!("connecting to {} as {APP_USER}: {e}", self.describe())
+            format!(
+                "connecting to {} as {APP_USER}: {}",
+                self.describe(),
+                error_text(&e)
+            )
         };
         match &self.transport {
             Transport::Plain => {
@@ -170,4 +174,18 @@ impl Endpoint {
             }
         }
     }
+}
+
+/// A PostgreSQL error with its cause: the server's message, or the I/O or TLS error beneath.
+pub fn error_text(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{}: {}", db.severity(), db.message());
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
 }

@@ -66,8 +66,18 @@ pub struct Facts {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Identity {
     pub base_domain: String,
-    /// (path under /etc/flightctl/pki, subject, issuer, not after)
-    pub certificates: Vec<(String, String, String, String)>,
+    pub certificates: Vec<Certificate>,
+}
+
+/// One certificate under /etc/flightctl/pki.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct Certificate {
+    /// Relative to /etc/flightctl/pki.
+    pub path: String,
+    pub subject: String,
+    pub issuer: String,
+    pub not_after: String,
+    pub sans: Vec<String>,
 }
 
 /// Where facts are read from.
@@ -133,12 +143,13 @@ fn identity(host: &Host) -> Identity {
                 let relative = path.strip_prefix(&pki).unwrap_or(&path);
                 let pem = std::fs::read(&path).unwrap_or_default();
                 if let Some(info) = ferry_certs::certificates_in_pem(&pem).into_iter().next() {
-                    certificates.push((
-                        relative.display().to_string(),
-                        info.subject,
-                        info.issuer,
-                        info.not_after,
-                    ));
+                    certificates.push(Certificate {
+                        path: relative.display().to_string(),
+                        subject: info.subject,
+                        issuer: info.issuer,
+                        not_after: info.not_after,
+                        sans: info.sans,
+                    });
                 }
             }
         }

@@ -96,7 +96,7 @@ fn outcome(f: FactsReply) -> Outcome {
         "identity": f.identity.as_ref().map(|i| json!({
             "base_domain": i.base_domain,
             "certificates": i.certificates.iter().map(|c| json!({"path": c.path, "subject": c.subject,
-                "issuer": c.issuer, "not_after": c.not_after})).collect::<Vec<_>>(),
+                "issuer": c.issuer, "not_after": c.not_after, "sans": c.sans})).collect::<Vec<_>>(),
         })),
         "staging": {"path": staging.path, "free_bytes": staging.free_bytes, "total_bytes": staging.total_bytes},
     });

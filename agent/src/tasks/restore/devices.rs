@@ -7,6 +7,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::tasks::database::error_text;
+
 /// What preparation changed.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Prepared {
@@ -57,25 +59,25 @@ pub async fn prepare(
     client: &mut tokio_postgres::Client,
     keys_file: &Path,
 ) -> Result<Prepared, String> {
-    let tx = client.transaction().await.map_err(|e| e.to_string())?;
+    let tx = client.transaction().await.map_err(|e| error_text(&e))?;
     let devices = tx
         .execute(DEVICES, &[])
         .await
-        .map_err(|e| format!("devices: {e}"))?;
+        .map_err(|e| format!("devices: {}", error_text(&e)))?;
     let enrollment_requests = tx
         .execute(ENROLLMENT_REQUESTS, &[])
         .await
-        .map_err(|e| format!("enrollment requests: {e}"))?;
+        .map_err(|e| format!("enrollment requests: {}", error_text(&e)))?;
     let rows = tx
         .query(KEYS, &[])
         .await
-        .map_err(|e| format!("listing devices: {e}"))?;
+        .map_err(|e| format!("listing devices: {}", error_text(&e)))?;
     let message = format!(
         "System restored successfully. Updated {devices} devices for post-restoration preparation."
     );
     tx.execute(EVENT, &[&message])
         .await
-        .map_err(|e| format!("SystemRestored event: {e}"))?;
+        .map_err(|e| format!("SystemRestored event: {}", error_text(&e)))?;
     let mut keys = String::new();
     let mut orgs = std::collections::BTreeSet::new();
     for row in &rows {
@@ -86,7 +88,9 @@ pub async fn prepare(
         orgs.insert(org);
     }
     std::fs::write(keys_file, keys).map_err(|e| format!("{}: {e}", keys_file.display()))?;
-    tx.commit().await.map_err(|e| format!("commit: {e}"))?;
+    tx.commit()
+        .await
+        .map_err(|e| format!("commit: {}", error_text(&e)))?;
     Ok(Prepared {
         devices,
         enrollment_requests,

@@ -425,11 +425,14 @@ impl RestoreContext<'_> {
         j.database_included = dump;
         j.external_database = external;
         if external {
-            // What the agent will reach for device preparation is checked now, before any change.
-            Endpoint::external(self.host, &facts.database, &j.database_override)
+            // What device preparation will reach is checked now, before any change.
+            let endpoint = Endpoint::external(self.host, &facts.database, &j.database_override)
+                .map_err(|e| format!("external database: {e}"))?;
+            endpoint
+                .connect(self.host)
+                .await
                 .map_err(|e| format!("external database: {e}"))?;
         }
-        j.components.retain(|c| dump || c != "db");
         j.plan = plan(
             &j.components,
             false,

@@ -235,7 +235,8 @@ fn metadata_problems(archive: &ArchiveRecord, v: &Verified, facts: &pb::FactsRep
     problems
 }
 
-/// What the restore changes in who the control plane is: shown, and kept in the document.
+/// What the restore changes in who the control plane is (base domain; certificates whose subject or
+/// names differ): shown, and kept in the document.
 fn identity_changes(
     play: &Play<'_>,
     archive: &ArchiveRecord,
@@ -250,10 +251,10 @@ fn identity_changes(
         .get("config/service-config.yaml")
         .map(|b| ferry_proto::archive::base_domain(&String::from_utf8_lossy(b)))
         .unwrap_or_default();
-    let host_certs: BTreeMap<&str, &str> = current
+    let host_certs: BTreeMap<&str, &pb::Certificate> = current
         .certificates
         .iter()
-        .map(|c| (c.path.as_str(), c.subject.as_str()))
+        .map(|c| (c.path.as_str(), c))
         .collect();
     let wants = |c: &str| chosen.iter().any(|x| x == c);
     let mut certificates = Vec::new();
@@ -265,9 +266,14 @@ fn identity_changes(
             let Some(info) = ferry_certs::certificates_in_pem(pem).into_iter().next() else {
                 continue;
             };
-            let now = host_certs.get(relative).copied();
-            if now != Some(info.subject.as_str()) {
-                certificates.push(json!({"path": relative, "archive": info.subject, "host": now}));
+            let now = host_certs.get(relative);
+            let same = now.is_some_and(|c| c.subject == info.subject && c.sans == info.sans);
+            if !same {
+                certificates.push(json!({
+                    "path": relative,
+                    "archive": {"subject": info.subject, "sans": info.sans},
+                    "host": now.map(|c| json!({"subject": c.subject, "sans": c.sans})),
+                }));
             }
         }
     }
@@ -289,12 +295,26 @@ fn identity_changes(
                 base_domain
             );
         }
+        let named = |c: &Value| match c.is_null() {
+            true => "(absent)".to_string(),
+            false => format!(
+                "{} [{}]",
+                c["subject"].as_str().unwrap_or_default(),
+                c["sans"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
         for c in &certificates {
             outln!(
                 "  pki/{}: {} -> {}",
                 c["path"].as_str().unwrap_or_default(),
-                c["host"].as_str().unwrap_or("(absent)"),
-                c["archive"].as_str().unwrap_or_default()
+                named(&c["host"]),
+                named(&c["archive"])
             );
         }
     }
