@@ -162,14 +162,15 @@ impl<'a> Ctx<'a> {
                 Outcome::Ok {
                     changed: true,
                     summary: format!(
-                        "archive {id} {} ({}, sha256 {}…) in {:.1}s",
+                        "archive {} {} ({}, sha256 {}…) in {:.1}s",
+                        record.short_id(),
                         record.name,
                         human_bytes(record.size as u64),
                         &record.sha256[..12],
                         clock.elapsed().as_secs_f64()
                     ),
                     data: json!({
-                        "archive_id": id, "name": record.name, "path": committed_path,
+                        "archive_id": record.short_id(), "catalog_number": id, "name": record.name, "path": committed_path,
                         "size": record.size, "sha256": record.sha256,
                         "flightctl_version": record.flightctl_version,
                         "database_included": record.database_included,

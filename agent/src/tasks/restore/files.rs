@@ -28,14 +28,15 @@ fn sibling(live: &Path, tag: &str, id: &str) -> PathBuf {
 }
 
 /// Swaps every item of the journal's components present in `extract`; records each in the journal
-/// before it is moved.
+/// before it is moved. Returns the components that had something to swap.
 pub fn swap(
     journal: &mut Journal,
     dir: &Path,
     extract: &Path,
     host_path: impl Fn(&str) -> PathBuf,
     modes: &BTreeMap<String, u32>,
-) -> Result<(), String> {
+) -> Result<Vec<&'static str>, String> {
+    let mut swapped = Vec::new();
     for (component, entry, live) in SWAPPED {
         let source = extract.join(entry);
         if !journal.components.iter().any(|c| c == component) || !source.exists() {
@@ -64,8 +65,11 @@ pub fn swap(
             std::fs::rename(&new, &live)
                 .map_err(|e| format!("putting {} in place: {e}", live.display()))?;
         }
+        if !swapped.contains(&component) {
+            swapped.push(component);
+        }
     }
-    Ok(())
+    Ok(swapped)
 }
 
 /// Puts every pre-restore copy back (rollback).

@@ -195,7 +195,7 @@ impl RestoreContext<'_> {
             }
             "swap-files" => {
                 let modes = manifest_modes(&dir.join("manifest.json"))?;
-                files::swap(j, dir, &extract, |p| host.path(p), &modes)?;
+                let mut swapped = files::swap(j, dir, &extract, |p| host.path(p), &modes)?;
                 let mut warnings = Vec::new();
                 let pam = extract.join("volumes/pam-issuer-etc.tar");
                 if j.components.iter().any(|c| c == "volumes") && pam.is_file() {
@@ -216,21 +216,23 @@ impl RestoreContext<'_> {
                         warnings.push(format!(
                             "PAM issuer volume not restored (as upstream, not fatal): {e}"
                         ));
+                    } else {
+                        swapped.push("volumes");
                     }
                 }
                 Ok(StepOutcome {
                     skipped: false,
                     summary: format!(
-                        "{} swapped ({} paths); pre-restore copies kept until commit",
-                        j.components
-                            .iter()
-                            .filter(|c| *c != "db")
-                            .cloned()
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        j.swapped.len()
+                        "{} swapped ({} paths{}); pre-restore copies kept until commit",
+                        swapped.join(", "),
+                        j.swapped.len(),
+                        if swapped.contains(&"volumes") {
+                            " and the PAM issuer volume"
+                        } else {
+                            ""
+                        }
                     ),
-                    details: json!({"warnings": warnings}),
+                    details: json!({"warnings": warnings, "components": swapped}),
                 })
             }
             "publish" => {
