@@ -106,7 +106,7 @@ fn default_podman() -> PathBuf {
     PathBuf::from("/usr/bin/podman")
 }
 fn default_staging() -> PathBuf {
-    PathBuf::from("/var/lib/ferry/staging")
+    PathBuf::from("/var/lib/ferry-agent/staging")
 }
 fn default_local_address() -> String {
     "127.0.0.1".to_string()

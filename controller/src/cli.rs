@@ -136,6 +136,10 @@ pub struct RestoreArgs {
     /// port is published; when it lapses the agent makes the host safe on its own.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
     pub lease_seconds: u32,
+    /// Restore an archive whose .sha256 sidecar disagrees with it (or that `catalog rebuild` marked
+    /// suspect), trusting the catalog's digest; recorded in the ledger.
+    #[arg(long)]
+    pub trust_archive_digest: bool,
     /// Continue the restore the host holds from its journal.
     #[arg(long, conflicts_with_all = ["archive", "from", "check"])]
     pub resume: bool,
@@ -184,6 +188,10 @@ pub enum ArchivesCommand {
         id: Option<String>,
         #[arg(long, conflicts_with = "id")]
         all: bool,
+        /// Accept an archive whose .sha256 sidecar disagrees, when it matches the catalog's digest
+        /// (recorded in the ledger).
+        #[arg(long)]
+        trust_archive_digest: bool,
     },
     /// Copy an archive and its sidecar out of the store into DIR/HOST/ (digest checked while copying).
     Export { id: String, dir: PathBuf },

@@ -322,7 +322,9 @@ fn from_rustls(addr: &str, error: &rustls::Error) -> DialError {
             };
             DialError::AgentCertificate {
                 addr: addr.into(),
-                cause,
+                cause: format!(
+                    "{cause}; if the address is right, reissue the agent's certificate with `ferry certs issue-agent NAME --san ADDRESS` and install it on the host"
+                ),
             }
         }
         other => DialError::Unreachable {

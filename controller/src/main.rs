@@ -14,7 +14,7 @@ fn main() {
             let _ = e.print();
             if code != 0 && json_requested() {
                 ferry::output::set_json(true);
-                ferry::errln!("{}", e.kind());
+                ferry::errln!("{}", e.render().to_string().trim());
                 ferry::output::finish("ferry", code);
             }
             std::process::exit(code);

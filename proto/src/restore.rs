@@ -1,36 +1,125 @@
-//! The restore runbook's steps, shared by the agent (which runs them) and the controller (which
-//! drives and plans them).
+//! The restore runbook, shared by the agent (which runs it) and the controller (which drives, plans
+//! and checks it): the steps in order, the components, the plan a restore runs, and the rules that
+//! decide whether an archive may be restored onto a host.
 
-/// Every step, in order. `stage` happens through its own call before these.
-pub const STEPS: [&str; 12] = [
-    "verify",
-    "load",
-    "stop",
-    "swap-db",
-    "swap-files",
-    "publish",
-    "prepare-devices",
-    "unpublish",
-    "seed-kv",
-    "start",
-    "health",
-    "commit",
+use crate::v1::{Component, HostState, Step};
+
+/// Every step of the runbook, in order. `stage` happens through its own call before these.
+pub const STEPS: [Step; 12] = [
+    Step::Verify,
+    Step::Load,
+    Step::Stop,
+    Step::SwapDb,
+    Step::SwapFiles,
+    Step::Publish,
+    Step::PrepareDevices,
+    Step::Unpublish,
+    Step::SeedKv,
+    Step::Start,
+    Step::Health,
+    Step::Commit,
 ];
 
-/// Components a partial restore may name.
-pub const COMPONENTS: [&str; 5] = ["db", "pki", "config", "encryption", "volumes"];
+/// Components a partial restore may name, in their order.
+pub const COMPONENTS: [Component; 5] = [
+    Component::Db,
+    Component::Pki,
+    Component::Config,
+    Component::Encryption,
+    Component::Volumes,
+];
 
-/// The components a restore puts back: `components`, or all of them when empty.
-pub fn chosen(components: &[String]) -> Vec<String> {
-    if components.is_empty() {
-        COMPONENTS.iter().map(|c| c.to_string()).collect()
-    } else {
-        COMPONENTS
-            .iter()
-            .filter(|c| components.iter().any(|x| x == *c))
-            .map(|c| c.to_string())
-            .collect()
+impl Step {
+    /// The operator's name: `swap-db`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Unspecified => "unspecified",
+            Step::Stage => "stage",
+            Step::Verify => "verify",
+            Step::Load => "load",
+            Step::Stop => "stop",
+            Step::SwapDb => "swap-db",
+            Step::SwapFiles => "swap-files",
+            Step::Publish => "publish",
+            Step::PrepareDevices => "prepare-devices",
+            Step::Unpublish => "unpublish",
+            Step::SeedKv => "seed-kv",
+            Step::Start => "start",
+            Step::Health => "health",
+            Step::Commit => "commit",
+            Step::Rollback => "rollback",
+        }
     }
+
+    /// Parses an operator's name (the runbook's steps, `stage` and `rollback`).
+    pub fn from_name(name: &str) -> Option<Step> {
+        STEPS
+            .into_iter()
+            .chain([Step::Stage, Step::Rollback])
+            .find(|s| s.name() == name)
+    }
+
+    /// A step from the wire; unknown values are `Unspecified`.
+    pub fn of(raw: i32) -> Step {
+        Step::try_from(raw).unwrap_or(Step::Unspecified)
+    }
+}
+
+impl Component {
+    /// The operator's name: `pki`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Component::Unspecified => "unspecified",
+            Component::Db => "db",
+            Component::Pki => "pki",
+            Component::Config => "config",
+            Component::Encryption => "encryption",
+            Component::Volumes => "volumes",
+        }
+    }
+
+    /// Parses an operator's name.
+    pub fn from_name(name: &str) -> Option<Component> {
+        COMPONENTS.into_iter().find(|c| c.name() == name)
+    }
+}
+
+impl HostState {
+    /// The state in words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            HostState::Unspecified => "unknown",
+            HostState::Unchanged => "unchanged: nothing on the host was touched and it is free",
+            HostState::Staged => {
+                "staged: the live control plane is untouched and running; the archive waits in staging"
+            }
+            HostState::Stopped => "application units stopped; live data untouched",
+            HostState::Swapped => {
+                "restored data in place, pre-restore copies kept; application units stopped"
+            }
+            HostState::Started => {
+                "application units running on the restored data; pre-restore copies kept until commit"
+            }
+            HostState::Committed => "restored and committed",
+            HostState::RolledBack => "rolled back to the pre-restore state",
+        }
+    }
+
+    /// Whether the live control plane was changed (so only `--resume` or `rollback` end it).
+    pub fn changed(self) -> bool {
+        matches!(
+            self,
+            HostState::Stopped | HostState::Swapped | HostState::Started
+        )
+    }
+}
+
+/// The components a restore puts back: `components`, or all of them when empty, in their order.
+pub fn chosen(components: &[Component]) -> Vec<Component> {
+    COMPONENTS
+        .into_iter()
+        .filter(|c| components.is_empty() || components.contains(c))
+        .collect()
 }
 
 /// How the host's database is reached, which decides the database steps.
@@ -45,85 +134,174 @@ pub enum DatabaseAccess {
 /// The steps a restore of `components` runs (all of them when empty); device preparation alone when
 /// `prepare_only`. A restored database always gets device preparation; on an external-database host,
 /// whose database its DBA restores, `db` means device preparation on it, as upstream's restore does.
-pub fn plan(components: &[String], prepare_only: bool, database: DatabaseAccess) -> Vec<String> {
+pub fn plan(components: &[Component], prepare_only: bool, database: DatabaseAccess) -> Vec<Step> {
     let chosen = chosen(components);
-    let has = |c: &str| chosen.iter().any(|x| x == c);
+    let has = |c: Component| chosen.contains(&c);
     let builtin = database == DatabaseAccess::Builtin;
-    let prepare = prepare_only || has("db");
-    let files = !prepare_only && COMPONENTS[1..].iter().any(|c| has(c));
+    let prepare = prepare_only || has(Component::Db);
+    let files = !prepare_only && chosen.iter().any(|c| *c != Component::Db);
     STEPS
-        .iter()
-        .filter(|s| match **s {
-            "verify" => !prepare_only,
-            "load" | "swap-db" => !prepare_only && builtin && has("db"),
-            "swap-files" => files,
-            "publish" | "unpublish" => prepare && builtin,
-            "prepare-devices" | "seed-kv" => prepare,
+        .into_iter()
+        .filter(|s| match s {
+            Step::Verify => !prepare_only,
+            Step::Load | Step::SwapDb => !prepare_only && builtin && has(Component::Db),
+            Step::SwapFiles => files,
+            Step::Publish | Step::Unpublish => prepare && builtin,
+            Step::PrepareDevices | Step::SeedKv => prepare,
             _ => true,
         })
-        .map(|s| s.to_string())
         .collect()
+}
+
+/// What the compatibility rules need to know of an archive.
+#[derive(Debug, Clone, Copy)]
+pub struct ArchiveSide<'a> {
+    pub version: &'a str,
+    pub deployment_type: &'a str,
+    pub database_included: bool,
+}
+
+/// What the compatibility rules need to know of a host.
+#[derive(Debug, Clone, Copy)]
+pub struct HostSide<'a> {
+    /// None when no source told the version.
+    pub version: Option<&'a str>,
+    pub podman: bool,
+    pub database: DatabaseAccess,
+}
+
+/// Why `archive` must not be restored onto `host` for `components` (empty: it may). Both sides apply
+/// these: the controller before it stages anything, the agent again before it changes anything.
+pub fn incompatibilities(
+    archive: ArchiveSide<'_>,
+    host: HostSide<'_>,
+    components: &[Component],
+) -> Vec<String> {
+    let mut problems = Vec::new();
+    if host.version != Some(archive.version) {
+        problems.push(format!(
+            "the archive is of Flight Control {}, the host runs {}; restore only onto the same version",
+            archive.version,
+            host.version.unwrap_or("an unknown version")
+        ));
+    }
+    if archive.deployment_type != "podman" || !host.podman {
+        problems.push(format!(
+            "deployment type {} in the archive and {} on the host: only podman to podman is supported",
+            archive.deployment_type,
+            if host.podman { "podman" } else { "not podman" }
+        ));
+    }
+    let chosen = chosen(components);
+    let wants = |c: Component| chosen.contains(&c);
+    let external = host.database == DatabaseAccess::External;
+    if archive.database_included && external && wants(Component::Db) {
+        problems.push(
+            "the archive holds a database but the host uses an external one (db.type: external); restore the other components with --only pki,config,encryption,volumes, and the database with your DBA's tooling"
+                .into(),
+        );
+    }
+    if !archive.database_included && !external && (wants(Component::Db) || wants(Component::Config))
+    {
+        problems.push(
+            "the archive was made on an external-database host (it holds no database) but this host uses the built-in one; its config would point this host at that database"
+                .into(),
+        );
+    }
+    if !archive.database_included && chosen == [Component::Db] {
+        problems.push(
+            "the archive holds no database (external database): --only db has nothing to restore; after the DBA restored it, run `ferry prepare-devices HOST`"
+                .into(),
+        );
+    }
+    problems
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn only(c: &[&str]) -> Vec<String> {
-        c.iter().map(|s| s.to_string()).collect()
-    }
-
     #[test]
     fn partial_plans_name_only_their_steps() {
         use DatabaseAccess::*;
+        use Step::*;
         assert_eq!(
-            plan(&only(&["pki"]), false, Builtin),
-            only(&["verify", "stop", "swap-files", "start", "health", "commit"])
+            plan(&[Component::Pki], false, Builtin),
+            [Verify, Stop, SwapFiles, Start, Health, Commit]
         );
-        assert_eq!(plan(&[], false, Builtin), only(&STEPS));
+        assert_eq!(plan(&[], false, Builtin), STEPS);
         assert_eq!(
             plan(&[], false, External),
-            only(&[
-                "verify",
-                "stop",
-                "swap-files",
-                "prepare-devices",
-                "seed-kv",
-                "start",
-                "health",
-                "commit"
-            ])
+            [
+                Verify,
+                Stop,
+                SwapFiles,
+                PrepareDevices,
+                SeedKv,
+                Start,
+                Health,
+                Commit
+            ]
         );
         assert_eq!(
             plan(&[], true, External),
-            only(&[
-                "stop",
-                "prepare-devices",
-                "seed-kv",
-                "start",
-                "health",
-                "commit"
-            ])
+            [Stop, PrepareDevices, SeedKv, Start, Health, Commit]
         );
         assert_eq!(
-            plan(&only(&["db"]), false, Builtin),
-            only(&[
-                "verify",
-                "load",
-                "stop",
-                "swap-db",
-                "publish",
-                "prepare-devices",
-                "unpublish",
-                "seed-kv",
-                "start",
-                "health",
-                "commit"
-            ])
+            plan(&[Component::Db], false, Builtin),
+            [
+                Verify,
+                Load,
+                Stop,
+                SwapDb,
+                Publish,
+                PrepareDevices,
+                Unpublish,
+                SeedKv,
+                Start,
+                Health,
+                Commit
+            ]
         );
         assert_eq!(
-            chosen(&only(&["volumes", "pki"])),
-            only(&["pki", "volumes"])
+            chosen(&[Component::Volumes, Component::Pki]),
+            [Component::Pki, Component::Volumes]
         );
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for c in COMPONENTS {
+            assert_eq!(Component::from_name(c.name()), Some(c));
+        }
+        assert_eq!(Component::from_name("pkI"), None);
+        assert_eq!(Step::SwapDb.name(), "swap-db");
+        assert_eq!(Step::of(99), Step::Unspecified);
+    }
+
+    #[test]
+    fn incompatible_archives_are_named() {
+        let archive = ArchiveSide {
+            version: "v1.2.0",
+            deployment_type: "podman",
+            database_included: true,
+        };
+        let host = HostSide {
+            version: Some("v1.2.0"),
+            podman: true,
+            database: DatabaseAccess::Builtin,
+        };
+        assert!(incompatibilities(archive, host, &[]).is_empty());
+        let newer = HostSide {
+            version: Some("v1.3.0"),
+            ..host
+        };
+        assert!(incompatibilities(archive, newer, &[])[0].contains("same version"));
+        let external = HostSide {
+            database: DatabaseAccess::External,
+            ..host
+        };
+        assert_eq!(incompatibilities(archive, external, &[]).len(), 1);
+        assert!(incompatibilities(archive, external, &[Component::Pki]).is_empty());
     }
 }

@@ -628,7 +628,7 @@ async fn closed_pipes_bad_values_and_typos_fail_cleanly() {
         "{all}"
     );
     let (code, output) = run(&fleet, &["archives", "list", "controlplane"]);
-    assert_ne!(code, 0, "{output}");
+    assert_eq!(code, 4, "{output}");
     assert!(output.contains("matches no host or group"), "{output}");
 
     // An expired operator certificate: exit 1 with its dates, nothing contacted.

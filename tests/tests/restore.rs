@@ -528,7 +528,7 @@ async fn unsafe_or_mismatched_archives_are_refused_before_anything_changes() {
         (
             "deployment type",
             vec!["--archive".into(), kube.to_string()],
-            "cross-deployment restore is not supported",
+            "only podman to podman is supported",
         ),
         (
             "missing pki/",
@@ -687,7 +687,8 @@ async fn failures_name_their_step_and_resume_or_rollback_recover() {
             "{step}: {output}"
         );
         assert!(
-            output.contains("host state: last completed step:")
+            output.contains("host state: restore ")
+                && output.contains("unfinished: last completed step:")
                 && output.contains("--resume")
                 && output.contains("ferry rollback cp01"),
             "{output}"
@@ -695,8 +696,9 @@ async fn failures_name_their_step_and_resume_or_rollback_recover() {
         host.clear_faults();
         let busy = fleet.ferry(&["backup", "cp01"]).output().unwrap();
         assert!(
-            text(&busy).contains("cp01 is busy: restore operation"),
-            "a host mid-restore refuses other work: {}",
+            text(&busy).contains("cp01 holds an abandoned restore")
+                && text(&busy).contains("`ferry restore cp01 --resume` or `ferry rollback cp01`"),
+            "a host mid-restore refuses other work and says what ends it: {}",
             text(&busy)
         );
         let rollback = fleet.ferry(&["rollback", "cp01"]).output().unwrap();
@@ -791,8 +793,9 @@ async fn a_lapsed_lease_leaves_nothing_published_and_is_reported() {
         .with_extension("container.d")
         .join("10-ferry-publish-port.conf");
 
-    // 1. The controller dies after the swap, with units stopped and the port published.
-    host.inject_fault("podman", "flightctl-postgresql-user-password", "sleep:30");
+    // 1. The controller dies after the swap, with units stopped and the port published. The step
+    // it was waiting for still runs to its end; then the lease lapses.
+    host.inject_fault("podman", "flightctl-postgresql-user-password", "sleep:6");
     let mut controller = spawn_restore(&fleet);
     wait_until("device preparation to start", async || {
         host.calls()
@@ -832,10 +835,13 @@ async fn a_lapsed_lease_leaves_nothing_published_and_is_reported() {
         .output()
         .unwrap();
     let facts: serde_json::Value = serde_json::from_slice(&facts.stdout).unwrap();
-    let state = facts["hosts"]["cp01"]["data"]["restore"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let restore_status = &facts["hosts"]["cp01"]["data"]["restore"];
+    assert_eq!(
+        restore_status["state"], "HOST_STATE_SWAPPED",
+        "{restore_status}"
+    );
+    assert_eq!(restore_status["published"], false, "{restore_status}");
+    let state = restore_status["summary"].as_str().unwrap().to_string();
     assert!(
         state.contains("unfinished")
             && state.contains("lease lapsed")
@@ -846,13 +852,16 @@ async fn a_lapsed_lease_leaves_nothing_published_and_is_reported() {
     assert_eq!(code, 0, "{output}");
     assert_eq!(host.unit_state("flightctl-api.service"), "active");
 
-    // 2. The controller dies before the swap: the agent reverts the restore on its own.
+    // 2. The controller dies before the swap (while the dump loads): the agent reverts the restore
+    // on its own.
     damage(&fleet, 2).await;
     let before = host_state(&fleet).await;
-    host.inject_fault("podman", "ALTER DATABASE", "sleep:30");
+    host.inject_fault("podman", "ON_ERROR_STOP=1 -q -f", "sleep:4");
     let mut controller = spawn_restore(&fleet);
-    wait_until("the swap to start", async || {
-        host.calls().iter().any(|c| c.contains("ALTER DATABASE"))
+    wait_until("the load to start", async || {
+        host.calls()
+            .iter()
+            .any(|c| c.contains("ON_ERROR_STOP=1 -q -f"))
     })
     .await;
     controller.kill().unwrap();
@@ -864,7 +873,7 @@ async fn a_lapsed_lease_leaves_nothing_published_and_is_reported() {
             .output()
             .unwrap();
         let facts: serde_json::Value = serde_json::from_slice(&facts.stdout).unwrap_or_default();
-        facts["hosts"]["cp01"]["data"]["restore"] == ""
+        facts["hosts"]["cp01"]["data"]["restore"].is_null()
             && host.unit_state("flightctl-api.service") == "active"
     })
     .await;

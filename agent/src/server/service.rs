@@ -6,19 +6,18 @@ use ferry_proto::v1::{
     self as pb, BackupRequest, FactsReply, FactsRequest, PingReply, PingRequest, RestoreStepReply,
     RestoreStepRequest, StageChunk, StageReply, agent_server::Agent,
 };
-use sha2::{Digest, Sha256};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 use tonic::{Request, Response, Status};
 
 use super::wire;
 use crate::host::Host;
-use crate::operation::{OperationGuard, OperationSlot};
+use crate::operation::OperationSlot;
 use crate::tasks::backup::{BackupJob, Event};
 use crate::tasks::facts::{self, Facts, FactsSources};
 use crate::tasks::restore;
 
-/// The `ferry.v1.Agent` service.
+/// The `ferry.v1.Agent` service: converts the wire to task calls and back, nothing more.
 pub struct AgentService {
     pub(super) host: Host,
     pub(super) host_name: String,
@@ -26,14 +25,8 @@ pub struct AgentService {
     pub(super) staging_dir: PathBuf,
     pub(super) operations: OperationSlot,
     pub(super) started: Instant,
-    pub(super) local_address: String,
-    /// The restore holding the host's slot across its steps: (restore id, guard).
-    pub(super) restore: RestoreSlot,
-    pub(super) lease: crate::lease::Lease,
+    pub(super) restores: restore::Restores,
 }
-
-/// The restore holding the host's slot across its steps, shared with the lease watchdog.
-pub type RestoreSlot = std::sync::Arc<std::sync::Mutex<Option<(String, OperationGuard)>>>;
 
 /// The subject of the controller certificate that made the request, for logs and records.
 fn caller<T>(request: &Request<T>) -> String {
@@ -54,167 +47,6 @@ impl AgentService {
             staging_dir: &self.staging_dir,
         })
         .await
-    }
-}
-
-impl AgentService {
-    /// Holds the host's slot for restore `id` (again, if it already does).
-    fn take_restore_slot(&self, id: &str, who: &str) -> Result<(), Status> {
-        let mut held = self.restore.lock().unwrap_or_else(|p| p.into_inner());
-        if held.as_ref().is_some_and(|(current, _)| current == id) {
-            return Ok(());
-        }
-        let guard = self
-            .operations
-            .try_begin("restore", id, who)
-            .map_err(|running| {
-                Status::failed_precondition(wire::busy(&self.host_name, &running))
-            })?;
-        *held = Some((id.to_string(), guard));
-        Ok(())
-    }
-
-    fn release_restore_slot(&self) {
-        self.restore
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-    }
-
-    /// Starts a device-preparation-only run on the host's current database.
-    async fn begin_prepare_only(
-        &self,
-        dir: &std::path::Path,
-        first: &StageChunk,
-    ) -> Result<(u64, String), Status> {
-        let facts = self.gather_facts().await;
-        let over = wire::database_override(first.database.as_ref());
-        let external = match facts.database.kind {
-            crate::tasks::facts::DatabaseKind::Builtin if over.is_empty() => false,
-            crate::tasks::facts::DatabaseKind::Builtin => {
-                return Err(wire::phase_status(
-                    "stage",
-                    "--db-host/--db-port/--db-name are for an external database; this host uses the built-in one (db.type: builtin)",
-                ));
-            }
-            _ => {
-                // Checked now, so a wrong address, TLS or password changes nothing.
-                let refused =
-                    |e: String| wire::phase_status("stage", &format!("external database: {e}"));
-                crate::tasks::database::Endpoint::external(&self.host, &facts.database, &over)
-                    .map_err(refused)?
-                    .connect(&self.host)
-                    .await
-                    .map_err(refused)?;
-                true
-            }
-        };
-        let version = facts.version.clone().ok_or_else(|| {
-            wire::phase_status(
-                "stage",
-                &format!(
-                    "the Flight Control version is unknown ({})",
-                    facts.version_detail
-                ),
-            )
-        })?;
-        let _ = std::fs::remove_dir_all(dir);
-        std::fs::create_dir_all(dir).map_err(|e| Status::internal(e.to_string()))?;
-        let journal = restore::journal::Journal {
-            restore_id: first.restore_id.clone(),
-            plan: restore::plan(
-                &[],
-                true,
-                if external {
-                    restore::DatabaseAccess::External
-                } else {
-                    restore::DatabaseAccess::Builtin
-                },
-            ),
-            components: vec!["db".into()],
-            version,
-            database_included: !external,
-            external_database: external,
-            database_override: over,
-            db_name: facts.database.name.clone(),
-            ..Default::default()
-        };
-        journal
-            .save(dir)
-            .map_err(|e| Status::internal(e.to_string()))?;
-        Ok((0, String::new()))
-    }
-
-    /// Writes the streamed archive into `dir/archive`, checking size and digest; creates the journal.
-    async fn receive_archive(
-        &self,
-        dir: &std::path::Path,
-        first: &StageChunk,
-        chunks: &mut Streaming<StageChunk>,
-    ) -> Result<(u64, String), Status> {
-        use tokio::io::AsyncWriteExt;
-        let io = |e: std::io::Error| Status::internal(format!("staging: {e}"));
-        let (free, _) = crate::tasks::facts::disk_space(&self.staging_dir);
-        let needed = first
-            .expected_size
-            .saturating_mul(3)
-            .saturating_add(64 << 20);
-        if free < needed {
-            return Err(wire::phase_status(
-                "stage",
-                &format!(
-                    "not enough space in {}: {} MiB free, {} MiB needed for the archive and its extraction; nothing was changed",
-                    self.staging_dir.display(),
-                    free >> 20,
-                    needed >> 20
-                ),
-            ));
-        }
-        let _ = std::fs::remove_dir_all(dir);
-        std::fs::create_dir_all(dir).map_err(io)?;
-        let part = dir.join("archive.part");
-        let mut file = tokio::io::BufWriter::with_capacity(
-            1 << 20,
-            tokio::fs::File::create(&part).await.map_err(io)?,
-        );
-        let mut hasher = Sha256::new();
-        let mut size = 0u64;
-        let mut chunk = Some(first.data.clone());
-        loop {
-            if let Some(data) = chunk.take() {
-                hasher.update(&data);
-                size += data.len() as u64;
-                file.write_all(&data).await.map_err(io)?;
-            }
-            match chunks.message().await? {
-                Some(next) => chunk = Some(next.data),
-                None => break,
-            }
-        }
-        file.flush().await.map_err(io)?;
-        file.into_inner().sync_all().await.map_err(io)?;
-        let sha256 = ferry_proto::archive::hex(&hasher.finalize());
-        if size != first.expected_size || sha256 != first.expected_sha256 {
-            return Err(wire::phase_status(
-                "stage",
-                &format!(
-                    "digest mismatch: received {size} bytes sha256 {sha256}, the catalog says {} bytes sha256 {}; nothing was changed",
-                    first.expected_size, first.expected_sha256
-                ),
-            ));
-        }
-        std::fs::rename(&part, dir.join("archive")).map_err(io)?;
-        let journal = restore::journal::Journal {
-            restore_id: first.restore_id.clone(),
-            archive_sha256: sha256.clone(),
-            archive_size: size,
-            keep_old_db: first.keep_old_db,
-            plan: restore::plan(&first.components, false, restore::DatabaseAccess::Builtin),
-            components: restore::chosen(&first.components),
-            ..Default::default()
-        };
-        journal.save(dir).map_err(io)?;
-        Ok((size, sha256))
     }
 }
 
@@ -241,37 +73,30 @@ impl Agent for AgentService {
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("empty stage stream"))?;
-        let id = first.restore_id.clone();
-        if !valid_operation_id(&id) {
+        if !valid_operation_id(&first.restore_id) {
             return Err(Status::invalid_argument(format!(
-                "restore id {id:?} must be 1-64 letters, digits, '-' or '_'"
+                "restore id {:?} must be 1-64 letters, digits, '-' or '_'",
+                first.restore_id
             )));
         }
-        if let Some(bad) = first
-            .components
-            .iter()
-            .find(|c| !restore::COMPONENTS.contains(&c.as_str()))
-        {
-            return Err(Status::invalid_argument(format!(
-                "unknown component {bad:?}; choose from {}",
-                restore::COMPONENTS.join(", ")
-            )));
-        }
-        self.take_restore_slot(&id, &who)?;
-        let dir = restore::dir(&self.staging_dir, &id);
-        let result = if first.prepare_only {
-            self.begin_prepare_only(&dir, &first).await
-        } else {
-            self.receive_archive(&dir, &first, &mut chunks).await
-        };
-        if result.is_err() {
-            // Nothing on the host changed: drop the staged bytes and free the host.
-            let _ = std::fs::remove_dir_all(&dir);
-            self.release_restore_slot();
-        }
-        let (size, sha256) = result?;
+        let req = wire::stage_request(&first);
+        let id = req.restore_id.clone();
+        let (size, sha256, status) = self
+            .restores
+            .stage(
+                req,
+                first.data.clone(),
+                tokio_stream::StreamExt::map(chunks, |c| c.map(|c| c.data)),
+                &who,
+            )
+            .await
+            .map_err(|f| wire::step_failure(&f))?;
         tracing::info!(caller = %who, restore = %id, size, "archive staged");
-        Ok(Response::new(StageReply { size, sha256 }))
+        Ok(Response::new(StageReply {
+            size,
+            sha256,
+            status: Some(wire::restore_status(&status)),
+        }))
     }
 
     async fn restore_step(
@@ -280,47 +105,23 @@ impl Agent for AgentService {
     ) -> Result<Response<RestoreStepReply>, Status> {
         let who = caller(&request);
         let req = request.into_inner();
-        self.take_restore_slot(&req.restore_id, &who)?;
-        tracing::info!(caller = %who, restore = %req.restore_id, step = %req.step, "restore step");
-        let ctx = restore::RestoreContext {
-            host: &self.host,
-            staging_dir: &self.staging_dir,
-            local_address: &self.local_address,
-            api: &self.api,
-        };
-        let lease = std::time::Duration::from_secs(match req.lease_seconds {
-            0 => 60,
-            n => n.into(),
-        });
-        let running = self.lease.step_begins(&req.restore_id, &req.step, lease);
-        let result = ctx
-            .run(&req.restore_id, &req.step, async || {
-                self.gather_facts().await
-            })
-            .await;
-        drop(running);
-        match result {
-            Ok(outcome) => {
-                if req.step == "commit" || req.step == "rollback" {
-                    self.lease.disarm();
-                    self.release_restore_slot();
-                }
-                Ok(Response::new(RestoreStepReply {
-                    step: req.step,
-                    summary: outcome.summary,
-                    skipped: outcome.skipped,
-                    details_json: outcome.details.to_string(),
-                }))
-            }
-            Err(e) => {
-                tracing::warn!(restore = %req.restore_id, step = %req.step, error = %e, "restore step failed");
-                if req.step == "verify" {
-                    // A refused archive changed nothing: clean up and free the host.
-                    let _ =
-                        std::fs::remove_dir_all(restore::dir(&self.staging_dir, &req.restore_id));
-                    self.release_restore_slot();
-                }
-                Err(wire::phase_status(&req.step, &e.to_string()))
+        let step = pb::Step::of(req.step);
+        tracing::info!(caller = %who, restore = %req.restore_id, step = step.name(), "restore step");
+        match self
+            .restores
+            .step(&req.restore_id, step, req.lease_seconds, &who)
+            .await
+        {
+            Ok((outcome, status)) => Ok(Response::new(RestoreStepReply {
+                step: step as i32,
+                summary: outcome.summary,
+                skipped: outcome.skipped,
+                details_json: outcome.details.to_string(),
+                status: status.as_ref().map(wire::restore_status),
+            })),
+            Err(failure) => {
+                tracing::warn!(restore = %req.restore_id, step = step.name(), error = %failure, "restore step failed");
+                Err(wire::step_failure(&failure))
             }
         }
     }
@@ -345,7 +146,8 @@ impl Agent for AgentService {
             .operations
             .try_begin("backup", &req.operation_id, &who)
             .map_err(|running| {
-                Status::failed_precondition(wire::busy(&self.host_name, &running))
+                let (cause, next) = self.restores.busy(&running);
+                Status::failed_precondition(wire::with_next(&cause, &next))
             })?;
         tracing::info!(caller = %who, operation = %req.operation_id, compression = codec.name(), "backup");
         let job = BackupJob {
@@ -400,6 +202,10 @@ impl Agent for AgentService {
     async fn facts(&self, request: Request<FactsRequest>) -> Result<Response<FactsReply>, Status> {
         tracing::info!(caller = %caller(&request), "facts");
         let facts = self.gather_facts().await;
-        Ok(Response::new(wire::facts(facts, &self.staging_dir)))
+        Ok(Response::new(wire::facts(
+            facts,
+            &self.staging_dir,
+            self.restores.status(),
+        )))
     }
 }

@@ -7,6 +7,7 @@ use ferry_proto::v1 as pb;
 use crate::operation::Running;
 use crate::tasks::backup::Event;
 use crate::tasks::facts::{DatabaseKind, DeploymentKind, Facts};
+use crate::tasks::restore;
 
 pub(super) fn running(r: Running) -> pb::RunningOperation {
     pb::RunningOperation {
@@ -17,7 +18,11 @@ pub(super) fn running(r: Running) -> pb::RunningOperation {
     }
 }
 
-pub(super) fn facts(f: Facts, staging_dir: &Path) -> pb::FactsReply {
+pub(super) fn facts(
+    f: Facts,
+    staging_dir: &Path,
+    restore: Option<restore::Status>,
+) -> pb::FactsReply {
     pb::FactsReply {
         host_name: f.host_name,
         os: Some(pb::OsRelease {
@@ -70,7 +75,7 @@ pub(super) fn facts(f: Facts, staging_dir: &Path) -> pb::FactsReply {
             total_bytes: f.staging_total,
         }),
         agent_version: crate::VERSION.into(),
-        restore: crate::tasks::restore::status(staging_dir).unwrap_or_default(),
+        restore: restore.as_ref().map(restore_status),
         identity: Some(pb::Identity {
             base_domain: f.identity.base_domain,
             certificates: f
@@ -89,19 +94,68 @@ pub(super) fn facts(f: Facts, staging_dir: &Path) -> pb::FactsReply {
     }
 }
 
-/// Why a host refuses a second operation: names the running one.
-pub(super) fn busy(host: &str, r: &Running) -> String {
-    let started = time::OffsetDateTime::from_unix_timestamp(r.started_unix)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| r.started_unix.to_string());
-    format!(
-        "{host} is busy: {} operation {} started by {} at {started}; wait for it to finish",
-        r.kind, r.id, r.started_by
+/// A refusal's text with the commands that end it.
+pub(super) fn with_next(cause: &str, next: &[String]) -> String {
+    if next.is_empty() {
+        return cause.to_string();
+    }
+    let commands: Vec<String> = next.iter().map(|n| format!("`{n}`")).collect();
+    format!("{cause}; end it with {}", commands.join(" or "))
+}
+
+pub(super) fn restore_status(s: &restore::Status) -> pb::RestoreStatus {
+    pb::RestoreStatus {
+        restore_id: s.restore_id.clone(),
+        state: s.state as i32,
+        last_done: s.last_done as i32,
+        plan: s.plan.iter().map(|p| *p as i32).collect(),
+        components: s.components.iter().map(|c| *c as i32).collect(),
+        published: s.published,
+        lapsed: s.lapsed.clone().unwrap_or_default(),
+        running: s.running.unwrap_or(pb::Step::Unspecified) as i32,
+        idle_seconds: s.idle.as_secs(),
+        summary: s.summary.clone(),
+    }
+}
+
+/// A failed stage or step as a status whose details carry the typed [`pb::StepFailure`].
+pub(super) fn step_failure(f: &restore::StepFailure) -> tonic::Status {
+    use prost::Message;
+    let failure = pb::StepFailure {
+        step: f.step as i32,
+        cause: f.cause.clone(),
+        status: f.status.as_deref().map(restore_status),
+        next: f.next.clone(),
+        refused: f.refused,
+    };
+    let code = if f.refused {
+        tonic::Code::FailedPrecondition
+    } else {
+        tonic::Code::Aborted
+    };
+    tonic::Status::with_details(
+        code,
+        format!("{}: {}", f.step.name(), with_next(&f.cause, &f.next)),
+        failure.encode_to_vec().into(),
     )
+}
+
+/// The first stage chunk as the task's request.
+pub(super) fn stage_request(first: &pb::StageChunk) -> restore::StageRequest {
+    restore::StageRequest {
+        restore_id: first.restore_id.clone(),
+        expected_sha256: first.expected_sha256.clone(),
+        expected_size: first.expected_size,
+        keep_old_db: first.keep_old_db,
+        components: first
+            .components
+            .iter()
+            .map(|c| pb::Component::try_from(*c).unwrap_or(pb::Component::Unspecified))
+            .collect(),
+        prepare_only: first.prepare_only,
+        database_override: database_override(first.database.as_ref()),
+        lease_seconds: first.lease_seconds,
+    }
 }
 
 /// A task failure as a status, with its phase in the metadata.

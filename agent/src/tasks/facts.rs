@@ -239,6 +239,11 @@ pub fn database(host: &Host) -> Database {
     read_database(&host.path("/etc/flightctl/service-config.yaml"))
 }
 
+/// The database settings of a service-config.yaml elsewhere (an archive's, before it is restored).
+pub fn database_at(path: &Path) -> Database {
+    read_database(path)
+}
+
 fn read_database(path: &Path) -> Database {
     let unknown = Database {
         kind: DatabaseKind::Unknown,

@@ -37,6 +37,14 @@ pub fn server_user() -> Result<(u32, u32), String> {
     Err("running as root and there is no `postgres` or `nobody` user to run PostgreSQL as".into())
 }
 
+/// (uid, gid) of a path's owner; `u32::MAX` when it cannot be read.
+fn owner_of(path: &Path) -> (u32, u32) {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path)
+        .map(|m| (m.uid(), m.gid()))
+        .unwrap_or((u32::MAX, u32::MAX))
+}
+
 /// Makes `cmd` run as [`server_user`].
 pub fn as_server_user(cmd: &mut Command) -> Result<(), String> {
     if rustix::process::geteuid().is_root() {
@@ -98,8 +106,8 @@ impl PrivateCluster {
             .map_err(|e| err("catalog lock", &e))?;
         rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
             .map_err(|e| err("catalog lock", &e))?;
-        let (uid, gid) = server_user().map_err(CatalogError::Embedded)?;
-        if rustix::process::geteuid().is_root() {
+        let (uid, gid) = self.owner(state).map_err(CatalogError::Embedded)?;
+        if rustix::process::geteuid().is_root() && uid != owner_of(state).0 {
             // The server user must be able to reach its own directory inside ours.
             let mode = std::fs::metadata(state)
                 .map_err(|e| err("state dir", &e))?
@@ -177,11 +185,30 @@ impl PrivateCluster {
         Ok(())
     }
 
+    /// Who runs the cluster. As root: whoever already owns it, or owns the state directory (the
+    /// service user), so running ferry once as root never takes the catalog from that user.
+    fn owner(&self, state: &Path) -> Result<(u32, u32), String> {
+        if !rustix::process::geteuid().is_root() {
+            return server_user();
+        }
+        for path in [self.data(), self.dir.clone(), state.to_path_buf()] {
+            let (uid, gid) = owner_of(&path);
+            if uid != 0 && uid != u32::MAX {
+                return Ok((uid, gid));
+            }
+        }
+        server_user()
+    }
+
     fn run(&self, tool: &str, args: impl FnOnce(&mut Command)) -> Result<(), CatalogError> {
         let mut cmd = Command::new(self.pg_bin.join(tool));
         args(&mut cmd);
         cmd.stdin(Stdio::null());
-        as_server_user(&mut cmd).map_err(CatalogError::Embedded)?;
+        if rustix::process::geteuid().is_root() {
+            let state = self.dir.parent().unwrap_or(Path::new("/"));
+            let (uid, gid) = self.owner(state).map_err(CatalogError::Embedded)?;
+            cmd.uid(uid).gid(gid);
+        }
         let out = cmd.output().map_err(|e| {
             CatalogError::Embedded(format!(
                 "{}: {e} (set FERRY_PG_BIN to PostgreSQL's server binaries)",

@@ -81,6 +81,13 @@ EXCEPTION WHEN insufficient_privilege THEN
 END $$;
 "#,
     ),
+    (
+        3,
+        r#"
+-- Why an archive cannot be trusted as it is (its sidecar disagrees with it), or NULL.
+ALTER TABLE archives ADD COLUMN suspect text;
+"#,
+    ),
 ];
 
 /// Applies every migration not yet applied; concurrent ferry processes serialise on an advisory lock.

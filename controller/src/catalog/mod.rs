@@ -106,6 +106,8 @@ pub struct ArchiveRecord {
     pub source_facts: Value,
     pub run_id: Option<i64>,
     pub pinned: bool,
+    /// Why the archive cannot be trusted as it is (its sidecar disagrees), if it cannot.
+    pub suspect: Option<String>,
 }
 
 impl ArchiveRecord {
@@ -147,6 +149,7 @@ impl ArchiveRecord {
             source_facts: manifest.facts,
             run_id: None,
             pinned: false,
+            suspect: None,
         }
     }
 }
@@ -158,7 +161,7 @@ pub struct Catalog {
 }
 
 const ARCHIVE_COLUMNS: &str = "id, host, name, size, sha256, compression, flightctl_version, deployment_type, \
-     database_included, created_at, duration_ms, row_counts, warnings, source_facts, run_id, pinned";
+     database_included, created_at, duration_ms, row_counts, warnings, source_facts, run_id, pinned, suspect";
 
 impl Catalog {
     /// Connects to `config.catalog`, or to (starting if needed) the private cluster, and migrates.
@@ -220,13 +223,13 @@ impl Catalog {
             .client
             .query_opt(
                 "INSERT INTO archives (host, name, size, sha256, compression, flightctl_version, deployment_type,
-                     database_included, created_at, duration_ms, row_counts, warnings, source_facts, run_id, pinned)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                     database_included, created_at, duration_ms, row_counts, warnings, source_facts, run_id, pinned, suspect)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
                  ON CONFLICT (host, name) DO NOTHING RETURNING id",
                 &[
                     &a.host, &a.name, &a.size, &a.sha256, &a.compression, &a.flightctl_version, &a.deployment_type,
                     &a.database_included, &a.created_at, &a.duration_ms, &a.row_counts, &a.warnings, &a.source_facts,
-                    &a.run_id, &a.pinned,
+                    &a.run_id, &a.pinned, &a.suspect,
                 ],
             )
             .await?;
@@ -252,7 +255,9 @@ impl Catalog {
     pub async fn resolve(&self, id: &str) -> Result<ArchiveRecord, String> {
         let text = id.trim().to_ascii_lowercase();
         let mut found: Vec<ArchiveRecord> = Vec::new();
+        // A catalog number is written plainly: `0003` and `+3` are digests or typos, not row 3.
         if let Ok(n) = text.parse::<i64>()
+            && n.to_string() == text
             && let Some(a) = self.archive(n).await.map_err(|e| e.to_string())?
         {
             found.push(a);
@@ -323,6 +328,7 @@ fn archive_from_row(r: &tokio_postgres::Row) -> ArchiveRecord {
         source_facts: r.get(13),
         run_id: r.get(14),
         pinned: r.get(15),
+        suspect: r.get(16),
     }
 }
 

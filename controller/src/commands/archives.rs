@@ -42,8 +42,21 @@ pub async fn run(config: &Config, global: &GlobalArgs, command: ArchivesCommand)
             list(&catalog, global, format, pattern.as_deref()).await
         }
         ArchivesCommand::Show { id } => show(&catalog, format, &id).await,
-        ArchivesCommand::Verify { id, all } => {
-            verify(&store, &catalog, config, format, id.as_deref(), all).await
+        ArchivesCommand::Verify {
+            id,
+            all,
+            trust_archive_digest,
+        } => {
+            verify(
+                &store,
+                &catalog,
+                config,
+                format,
+                id.as_deref(),
+                all,
+                trust_archive_digest,
+            )
+            .await
         }
         ArchivesCommand::Export { id, dir } => export(&store, &catalog, config, &id, &dir).await,
     };
@@ -87,7 +100,13 @@ async fn list(
     let mut archives = catalog.archives().await.map_err(|e| e.to_string())?;
     if let Some(pattern) = pattern {
         let catalogued: BTreeSet<String> = archives.iter().map(|a| a.host.clone()).collect();
-        let hosts = select_hosts(global, pattern, &catalogued)?;
+        let hosts = match select_hosts(global, pattern, &catalogued) {
+            Ok(hosts) => hosts,
+            Err(e) => {
+                errln!("ferry archives list: {e}");
+                return Ok(exit::INVENTORY);
+            }
+        };
         archives.retain(|a| hosts.contains(&a.host));
     }
     match format {
@@ -223,6 +242,7 @@ async fn verify(
     format: Format,
     id: Option<&str>,
     all: bool,
+    trust_archive_digest: bool,
 ) -> Result<i32, String> {
     let archives = match (id, all) {
         (Some(id), _) => vec![catalog.resolve(id).await?],
@@ -238,6 +258,7 @@ async fn verify(
             .sidecar_digest(&a.host, &a.name)
             .map_err(|e| e.to_string())?;
         let mut issues = Vec::new();
+        let mut trusted = Vec::new();
         let hashed = tokio::task::spawn_blocking({
             let path = path.clone();
             move || hash_file(&path)
@@ -255,12 +276,18 @@ async fn verify(
                         a.sha256
                     ));
                 }
-                match &sidecar {
-                    None => issues.push("the .sha256 sidecar is missing or unreadable".into()),
+                let sidecar_issue = match &sidecar {
+                    None => Some("the .sha256 sidecar is missing or unreadable".to_string()),
                     Some(side) if *side != sha => {
-                        issues.push(format!("sha256 {sha} differs from the sidecar's {side}"))
+                        Some(format!("sha256 {sha} differs from the sidecar's {side}"))
                     }
-                    Some(_) => {}
+                    Some(_) => None,
+                };
+                // Trusting the catalog's digest over the sidecar is the operator's call, on record.
+                match sidecar_issue {
+                    Some(issue) if trust_archive_digest && sha == a.sha256 => trusted.push(issue),
+                    Some(issue) => issues.push(issue),
+                    None => {}
                 }
                 Some(sha)
             }
@@ -276,11 +303,18 @@ async fn verify(
             config,
             "archive-verify",
             &a,
-            json!({}),
+            json!({"trust_archive_digest": trust_archive_digest, "trusted_over": trusted}),
             started,
             error,
         )
         .await;
+        for t in &trusted {
+            outln!(
+                "[WARNING] [{}] archive {}: {t} (accepted: --trust-archive-digest)",
+                a.host,
+                a.short_id()
+            );
+        }
         if !ok {
             problems += 1;
         }
@@ -433,12 +467,23 @@ async fn rebuild(store: &Store, catalog: &Catalog) -> Result<i32, String> {
         let sidecar = store
             .sidecar_digest(&object.host, &object.name)
             .map_err(|e| e.to_string())?;
-        if sidecar.as_deref() != Some(verified.sha256.as_str()) {
+        // Never restore an archive that fails `sha256sum -c`: catalogued, but marked suspect.
+        let suspect = match sidecar.as_deref() {
+            Some(side) if side == verified.sha256 => None,
+            Some(side) => Some(format!(
+                "its .sha256 sidecar says {side}, the archive hashes to {}",
+                verified.sha256
+            )),
+            None => Some(format!(
+                "it has no readable .sha256 sidecar; the archive hashes to {}",
+                verified.sha256
+            )),
+        };
+        if let Some(why) = &suspect {
             outln!(
-                "[WARNING] [{}] {}: the .sha256 sidecar does not match the archive ({:?})",
+                "[WARNING] [{}] {}: suspect: {why}",
                 object.host,
-                object.name,
-                sidecar
+                object.name
             );
         }
         let Some(metadata) = verified.metadata else {
@@ -450,7 +495,7 @@ async fn rebuild(store: &Store, catalog: &Catalog) -> Result<i32, String> {
             );
             continue;
         };
-        let record = ArchiveRecord::described(
+        let mut record = ArchiveRecord::described(
             &object.host,
             &object.name,
             verified.size,
@@ -459,6 +504,7 @@ async fn rebuild(store: &Store, catalog: &Catalog) -> Result<i32, String> {
             metadata,
             verified.manifest.unwrap_or_default(),
         );
+        record.suspect = suspect;
         match catalog
             .insert_archive(&record)
             .await
@@ -472,7 +518,10 @@ async fn rebuild(store: &Store, catalog: &Catalog) -> Result<i32, String> {
                     record.short_id(),
                     object.name
                 );
-                report.push(json!({"host": object.host, "name": object.name, "id": record.short_id(), "outcome": "added"}));
+                report.push(
+                    json!({"host": object.host, "name": object.name, "id": record.short_id(),
+                                   "outcome": "added", "suspect": record.suspect}),
+                );
             }
             None => {
                 known += 1;

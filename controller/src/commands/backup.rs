@@ -199,7 +199,7 @@ impl<'a> Ctx<'a> {
                 Compression::Gzip => pb::Compression::Gzip,
                 Compression::Zstd => pb::Compression::Zstd,
             } as i32,
-            not_before_unix: self.store.next_free_second(&target.name),
+            not_before_unix: self.store.next_free_second(&target.agent_name),
         };
         bar.update("preflight", 0);
         let mut stream = conn
@@ -238,7 +238,12 @@ impl<'a> Ctx<'a> {
                 Event::Data(chunk) => {
                     if incoming.is_none() {
                         // The name is only known from the trailer; receive under a provisional one.
-                        incoming = Some(self.store.begin(&target.name).map_err(store_failure)?);
+                        // Filed under the name the agent's certificate proved, not the inventory's.
+                        incoming = Some(
+                            self.store
+                                .begin(&target.agent_name)
+                                .map_err(store_failure)?,
+                        );
                     }
                     if let Some(object) = incoming.as_mut() {
                         object.write_chunk(&chunk).map_err(store_failure)?;
@@ -251,7 +256,10 @@ impl<'a> Ctx<'a> {
         bar.update("commit", trailer.size);
         let object = match incoming {
             Some(object) => object,
-            None => self.store.begin(&target.name).map_err(store_failure)?,
+            None => self
+                .store
+                .begin(&target.agent_name)
+                .map_err(store_failure)?,
         };
         let committed = object
             .commit(&trailer.archive_name, trailer.size, &trailer.sha256)
@@ -270,7 +278,7 @@ impl<'a> Ctx<'a> {
                 cause: format!("ferry-manifest.json: {e}"),
             })?;
         let mut record = ArchiveRecord::described(
-            &target.name,
+            &target.agent_name,
             &trailer.archive_name,
             committed.size,
             &committed.sha256,
@@ -341,9 +349,10 @@ impl<'a> Ctx<'a> {
         let archive = match archive_id {
             Some(id) => match self.catalog.archive(id).await {
                 Ok(Some(a)) => {
-                    json!({"id": a.id, "name": a.name, "sha256": a.sha256, "source_host": a.host})
+                    json!({"id": a.short_id(), "catalog_number": a.id, "name": a.name,
+                           "sha256": a.sha256, "source_host": a.host})
                 }
-                _ => json!({"id": id}),
+                _ => json!({"catalog_number": id}),
             },
             None => Value::Null,
         };

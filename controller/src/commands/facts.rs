@@ -72,8 +72,8 @@ fn outcome(f: FactsReply) -> Outcome {
     for c in &f.containers {
         summary.push_str(&format!("\n    container {:<30} {}", c.name, c.state));
     }
-    if !f.restore.is_empty() {
-        summary.push_str(&format!("\n    {}", f.restore));
+    if let Some(restore) = &f.restore {
+        summary.push_str(&format!("\n    {}", restore.summary));
     }
     summary.push_str(&format!(
         "\n    staging {} free {} MiB",
@@ -92,7 +92,7 @@ fn outcome(f: FactsReply) -> Outcome {
         "units": f.units.iter().map(|u| json!({"name": u.name, "load_state": u.load_state,
                                                 "active_state": u.active_state})).collect::<Vec<_>>(),
         "containers": f.containers.iter().map(|c| json!({"name": c.name, "state": c.state})).collect::<Vec<_>>(),
-        "restore": f.restore,
+        "restore": f.restore.as_ref().map(super::restore::status_json),
         "identity": f.identity.as_ref().map(|i| json!({
             "base_domain": i.base_domain,
             "certificates": i.certificates.iter().map(|c| json!({"path": c.path, "subject": c.subject,

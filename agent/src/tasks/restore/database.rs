@@ -177,9 +177,11 @@ pub async fn drop_database(host: &Host, name: &str) -> Result<(), String> {
     .map(|_| ())
 }
 
-/// Device counts by summary status in the live database.
+/// Device counts by summary status, as one JSON object.
+pub const DEVICE_STATUSES: &str = "SELECT COALESCE(json_object_agg(s, n), '{}')::jsonb FROM (SELECT COALESCE(status->'summary'->>'status', 'Unknown') s, count(*) n FROM devices WHERE deleted_at IS NULL GROUP BY 1) t";
+
+/// Device counts by summary status in the live built-in database.
 pub async fn device_statuses(host: &Host, db: &str) -> Result<serde_json::Value, String> {
-    let sql = "SELECT COALESCE(json_object_agg(s, n), '{}') FROM (SELECT COALESCE(status->'summary'->>'status', 'Unknown') s, count(*) n FROM devices WHERE deleted_at IS NULL GROUP BY 1) t";
-    let out = psql(host, db, sql).await?;
+    let out = psql(host, db, DEVICE_STATUSES).await?;
     serde_json::from_str(out.trim()).map_err(|e| format!("device statuses: {e}"))
 }

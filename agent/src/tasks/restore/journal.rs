@@ -1,8 +1,10 @@
-//! The restore journal: what has been done on the host, saved after every step, so a restore can be
-//! resumed or rolled back and the host's state can always be named.
+//! The restore journal: what has been done on the host, and what is about to be, saved before every
+//! change, so a restore can be resumed or rolled back and the host's state can always be named, also
+//! after the agent restarts.
 
 use std::path::{Path, PathBuf};
 
+use ferry_proto::v1::{Component, HostState, Step};
 use serde::{Deserialize, Serialize};
 
 /// A file or tree that was swapped: the live path and where its pre-restore copy is kept.
@@ -15,6 +17,7 @@ pub struct Swapped {
     pub existed: Option<bool>,
 }
 
+/// Steps and components are kept by name, so an operator can read the journal.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Journal {
     pub restore_id: String,
@@ -29,7 +32,11 @@ pub struct Journal {
     pub done: Vec<String>,
     /// From the archive's metadata, once verified.
     pub version: String,
-    pub database_included: bool,
+    /// This restore puts back the built-in database (loaded, swapped, dropped on rollback).
+    pub restores_database: bool,
+    /// The operator named the components (`--only`): each one must be in the archive.
+    #[serde(default)]
+    pub partial: bool,
     /// The live database's name and, during the swap, the temporary and old ones.
     pub db_name: String,
     pub temp_db: String,
@@ -37,7 +44,7 @@ pub struct Journal {
     pub swapped: Vec<Swapped>,
     /// Application units that were active before `stop` (and are started again).
     pub stopped_units: Vec<String>,
-    /// Drop-ins written by `publish`.
+    /// Drop-ins `publish` writes, recorded before each is written.
     pub dropins: Vec<PathBuf>,
     /// Awaiting-reconnect keys to seed, counted by `prepare-devices`.
     pub kv_keys: usize,
@@ -50,6 +57,9 @@ pub struct Journal {
     /// Where device preparation connects (the external database, or the published built-in one).
     #[serde(default)]
     pub external_database: bool,
+    /// The lease's length, to arm it again after the agent restarts.
+    #[serde(default)]
+    pub lease_seconds: u32,
 }
 
 impl Journal {
@@ -72,37 +82,85 @@ impl Journal {
         std::fs::rename(tmp, Self::path(dir))
     }
 
-    pub fn is_done(&self, step: &str) -> bool {
-        self.done.iter().any(|s| s == step)
+    pub fn is_done(&self, step: Step) -> bool {
+        self.done.iter().any(|s| s == step.name())
+    }
+
+    pub fn mark_done(&mut self, step: Step) {
+        if !self.is_done(step) {
+            self.done.push(step.name().into());
+        }
+    }
+
+    pub fn unmark(&mut self, step: Step) {
+        self.done.retain(|s| s != step.name());
+    }
+
+    pub fn plan(&self) -> Vec<Step> {
+        self.plan
+            .iter()
+            .filter_map(|s| Step::from_name(s))
+            .collect()
+    }
+
+    pub fn set_plan(&mut self, plan: &[Step]) {
+        self.plan = plan.iter().map(|s| s.name().to_string()).collect();
+    }
+
+    pub fn components(&self) -> Vec<Component> {
+        self.components
+            .iter()
+            .filter_map(|c| Component::from_name(c))
+            .collect()
+    }
+
+    pub fn wants(&self, component: Component) -> bool {
+        self.components.iter().any(|c| c == component.name())
+    }
+
+    /// The last step done; `Stage` right after staging.
+    pub fn last_done(&self) -> Step {
+        self.done
+            .last()
+            .and_then(|s| Step::from_name(s))
+            .unwrap_or(Step::Stage)
     }
 
     /// Whether the host's data was touched: a database renamed or a file swapped.
     pub fn swapped(&self) -> bool {
-        self.is_done("swap-db") || !self.swapped.is_empty()
+        self.is_done(Step::SwapDb) || !self.swapped.is_empty()
+    }
+
+    /// A port is published right now.
+    pub fn published(&self) -> bool {
+        self.dropins.iter().any(|d| d.exists())
+    }
+
+    /// Where the restore has left the host.
+    pub fn state(&self) -> HostState {
+        if self.is_done(Step::Start) {
+            HostState::Started
+        } else if self.swapped() {
+            HostState::Swapped
+        } else if self.is_done(Step::Stop) {
+            HostState::Stopped
+        } else {
+            HostState::Staged
+        }
     }
 
     /// The host's state in words, for reports and failures.
-    pub fn state(&self) -> String {
-        let last = self.done.last().map(String::as_str).unwrap_or("stage");
-        let swapped = self.swapped();
-        let units = if self.is_done("stop") && !self.is_done("start") {
-            "application units stopped"
-        } else {
-            "application units running"
-        };
+    pub fn describe(&self) -> String {
         let lapsed = self
             .lapsed
             .as_deref()
             .map(|l| format!("; {l}"))
             .unwrap_or_default();
         format!(
-            "last completed step: {last}; {}; {units}{}{lapsed}",
-            if swapped {
-                "restored data in place, pre-restore copies kept"
-            } else {
-                "live data untouched"
-            },
-            if self.dropins.iter().any(|d| d.exists()) {
+            "last completed step: {}; {}{}{lapsed}",
+            self.last_done().name(),
+            self.state().describe(),
+            if self.published() {
                 "; DB port published on loopback"
             } else {
                 ""

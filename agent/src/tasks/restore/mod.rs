@@ -1,42 +1,45 @@
-//! Restore: a play of small, idempotent steps driven by the controller, each recorded in a journal in
-//! the staging directory. Nothing on the host changes before `verify` has checked the archive's
-//! digest, every entry, its metadata, the Flight Control version and the deployment type.
+//! Restore: a play of small, idempotent steps driven by the controller, one module each, recorded in
+//! a journal in the staging directory before they change anything. Nothing on the host changes before
+//! `verify` has checked the archive's digest, every entry, its metadata and the shared compatibility
+//! rules. [`Restores`] is the host's one restore: it holds the operation slot and the lease from
+//! stage to commit, runs each step to its end even if the controller goes away, and recovers an
+//! unfinished restore when the agent starts.
 
 mod database;
 mod devices;
 mod files;
+mod health;
 pub mod journal;
 mod kv;
 mod ports;
+mod rollback;
+mod staging;
+mod verify;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use ferry_proto::archive::{EntryKind, ReadOptions, read_archive};
+use ferry_proto::v1::{Component, HostState, Step};
 use serde_json::json;
 
 use crate::host::Host;
+use crate::lease::Lease;
+use crate::operation::{OperationGuard, OperationSlot, Running};
 use crate::tasks::database::Endpoint;
-use crate::tasks::facts::{DatabaseKind, DeploymentKind, Facts};
+use crate::tasks::facts::Facts;
 use crate::tasks::units::APPLICATION_SERVICES;
 use journal::Journal;
 
 pub use ferry_proto::restore::{COMPONENTS, DatabaseAccess, STEPS, chosen, plan};
+pub use staging::StageRequest;
+
+/// The lease when the controller names none.
+const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 
 /// The directory of one restore in the staging area.
 pub fn dir(staging: &Path, restore_id: &str) -> PathBuf {
     staging.join(format!("restore-{restore_id}"))
-}
-
-/// An unfinished restore in `staging` and the host's state, for facts.
-pub fn status(staging: &Path) -> Option<String> {
-    std::fs::read_dir(staging).ok()?.flatten().find_map(|e| {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let id = name.strip_prefix("restore-")?.to_string();
-        let journal = Journal::load(&e.path()).ok()?;
-        Some(format!("restore {id} unfinished: {}", journal.state()))
-    })
 }
 
 /// What a step reports.
@@ -48,546 +51,706 @@ pub struct StepOutcome {
     pub skipped: bool,
 }
 
-/// A failed step: the cause and the host's state afterwards.
-#[derive(Debug, thiserror::Error)]
-#[error("{cause} (host state: {state})")]
-pub struct StepError {
+fn summary(text: &str) -> StepOutcome {
+    StepOutcome {
+        summary: text.into(),
+        ..Default::default()
+    }
+}
+
+/// A restore as its journal and its lease know it.
+#[derive(Debug, Clone)]
+pub struct Status {
+    pub restore_id: String,
+    pub state: HostState,
+    pub last_done: Step,
+    pub plan: Vec<Step>,
+    pub components: Vec<Component>,
+    pub published: bool,
+    pub lapsed: Option<String>,
+    pub running: Option<Step>,
+    pub idle: Duration,
+    pub summary: String,
+}
+
+/// A refused or failed stage or step: where, why, the restore afterwards, and what ends it.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{cause}")]
+pub struct StepFailure {
+    pub step: Step,
     pub cause: String,
-    pub state: String,
+    /// None when no restore exists (any more): the host is unchanged and free.
+    pub status: Option<Box<Status>>,
+    pub next: Vec<String>,
+    /// The call was refused and did nothing.
+    pub refused: bool,
 }
 
-/// What the steps work with.
-pub struct RestoreContext<'a> {
-    pub host: &'a Host,
-    pub staging_dir: &'a Path,
-    pub local_address: &'a str,
-    pub api: &'a crate::tasks::api::Api,
+/// What the steps work with. Owned, because each step runs on its own task.
+#[derive(Clone)]
+pub struct RestoreContext {
+    pub host: Host,
+    pub host_name: String,
+    pub staging_dir: PathBuf,
+    pub local_address: String,
+    pub api: crate::tasks::api::Api,
 }
 
-impl RestoreContext<'_> {
-    /// Runs `step` of restore `id` unless the journal says it is done.
-    pub async fn run(
+impl RestoreContext {
+    pub async fn facts(&self) -> Facts {
+        crate::tasks::facts::gather(&crate::tasks::facts::FactsSources {
+            host: &self.host,
+            host_name: &self.host_name,
+            api: &self.api,
+            staging_dir: &self.staging_dir,
+        })
+        .await
+    }
+}
+
+/// The host's restore: the one the operation slot holds, its journal and its lease.
+#[derive(Clone)]
+pub struct Restores {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    ctx: RestoreContext,
+    operations: OperationSlot,
+    held: Mutex<Option<(String, OperationGuard)>>,
+    lease: Lease,
+}
+
+impl Restores {
+    /// Takes over a restore the agent was in the middle of when it stopped: it keeps the host's slot,
+    /// and its lease is armed again so a controller that is gone too cannot leave the host unsafe.
+    pub fn new(ctx: RestoreContext, operations: OperationSlot) -> Restores {
+        let restores = Restores {
+            inner: Arc::new(Inner {
+                ctx,
+                operations,
+                held: Mutex::new(None),
+                lease: Lease::default(),
+            }),
+        };
+        if let Some((id, j)) = restores.unfinished() {
+            if let Ok(guard) = restores.inner.operations.try_begin(
+                "restore",
+                &id,
+                "(unfinished before the agent restarted)",
+            ) {
+                *restores.held() = Some((id.clone(), guard));
+            }
+            if j.lapsed.is_none() || j.published() {
+                tracing::warn!(restore = %id, state = %j.describe(), "an unfinished restore: its lease is armed again");
+                restores.inner.lease.arm(&id, lease_length(j.lease_seconds));
+            }
+        }
+        restores
+    }
+
+    fn ctx(&self) -> &RestoreContext {
+        &self.inner.ctx
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Option<(String, OperationGuard)>> {
+        self.inner.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The id and journal of the restore in the staging area, if any.
+    fn unfinished(&self) -> Option<(String, Journal)> {
+        std::fs::read_dir(&self.ctx().staging_dir)
+            .ok()?
+            .flatten()
+            .find_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let id = name.strip_prefix("restore-")?.to_string();
+                let journal = Journal::load(&e.path()).ok()?;
+                Some((id, journal))
+            })
+    }
+
+    /// The unfinished restore, if the host holds one.
+    pub fn status(&self) -> Option<Status> {
+        let (id, j) = self.unfinished()?;
+        Some(self.status_of(&id, &j))
+    }
+
+    fn status_of(&self, id: &str, j: &Journal) -> Status {
+        let activity = self.inner.lease.activity();
+        Status {
+            restore_id: id.to_string(),
+            state: j.state(),
+            last_done: j.last_done(),
+            plan: j.plan(),
+            components: j.components(),
+            published: j.published(),
+            lapsed: j.lapsed.clone(),
+            running: activity.running,
+            idle: activity.idle,
+            summary: format!("restore {id} unfinished: {}", j.describe()),
+        }
+    }
+
+    /// Why the host refuses another operation while `running` holds it. A restore nobody drives
+    /// any more (its controller is gone) is called abandoned, with the commands that end it.
+    pub fn busy(&self, running: &Running) -> (String, Vec<String>) {
+        let host = &self.ctx().host_name;
+        let started = time::OffsetDateTime::from_unix_timestamp(running.started_unix)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_else(|| running.started_unix.to_string());
+        let activity = self.inner.lease.activity();
+        if running.kind == "restore" && !activity.driven {
+            let state = self
+                .status()
+                .map(|s| s.summary)
+                .unwrap_or_else(|| format!("restore {}", running.id));
+            return (
+                format!(
+                    "{host} holds an abandoned restore {} started by {} at {started}: nothing has driven it for {}s ({state})",
+                    running.id,
+                    running.started_by,
+                    activity.idle.as_secs()
+                ),
+                vec![
+                    format!("ferry restore {host} --resume"),
+                    format!("ferry rollback {host}"),
+                ],
+            );
+        }
+        let step = activity
+            .running
+            .map(|s| format!(", step {} running", s.name()))
+            .unwrap_or_default();
+        (
+            format!(
+                "{host} is busy: {} operation {} started by {} at {started}{step}; wait for it to finish",
+                running.kind, running.id, running.started_by
+            ),
+            Vec::new(),
+        )
+    }
+
+    fn refusal(&self, step: Step, cause: String) -> StepFailure {
+        StepFailure {
+            step,
+            cause,
+            status: self.status().map(Box::new),
+            next: Vec::new(),
+            refused: true,
+        }
+    }
+
+    /// Holds the host's slot for restore `id` (again, if it already does).
+    fn take_slot(&self, id: &str, who: &str, step: Step) -> Result<(), StepFailure> {
+        let mut held = self.held();
+        if held.as_ref().is_some_and(|(current, _)| current == id) {
+            return Ok(());
+        }
+        let guard = self
+            .inner
+            .operations
+            .try_begin("restore", id, who)
+            .map_err(|running| {
+                let (cause, next) = self.busy(&running);
+                StepFailure {
+                    step,
+                    cause,
+                    status: None,
+                    next,
+                    refused: true,
+                }
+            })?;
+        *held = Some((id.to_string(), guard));
+        Ok(())
+    }
+
+    fn release(&self) {
+        self.inner.lease.disarm();
+        self.held().take();
+    }
+
+    /// `stage`: receives the archive (or, for device preparation alone, nothing) and creates the
+    /// journal. The lease is armed from here. On any failure nothing changed and the host is free.
+    pub async fn stage<E: std::fmt::Display>(
+        &self,
+        req: StageRequest,
+        first: bytes::Bytes,
+        rest: impl tokio_stream::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+        who: &str,
+    ) -> Result<(u64, String, Status), StepFailure> {
+        if req.components.contains(&Component::Unspecified) {
+            return Err(self.refusal(Step::Stage, "unknown component".into()));
+        }
+        self.take_slot(&req.restore_id, who, Step::Stage)?;
+        let lease = self.inner.lease.step_begins(
+            &req.restore_id,
+            Step::Stage,
+            Some(lease_length(req.lease_seconds)),
+        );
+        let ctx = self.ctx();
+        let dir = dir(&ctx.staging_dir, &req.restore_id);
+        let result = if req.prepare_only {
+            staging::prepare_only(ctx, &dir, &req)
+                .await
+                .map(|()| (0, String::new()))
+        } else {
+            staging::receive(ctx, &dir, &req, first, rest).await
+        };
+        match result {
+            Ok((size, sha256)) => {
+                lease.succeeded();
+                let journal =
+                    Journal::load(&dir).map_err(|e| self.refusal(Step::Stage, e.to_string()))?;
+                Ok((size, sha256, self.status_of(&req.restore_id, &journal)))
+            }
+            Err(cause) => {
+                drop(lease);
+                let _ = std::fs::remove_dir_all(&dir);
+                self.release();
+                Err(StepFailure {
+                    step: Step::Stage,
+                    cause,
+                    status: None,
+                    next: Vec::new(),
+                    refused: false,
+                })
+            }
+        }
+    }
+
+    /// Runs `step` of restore `id`. The step runs on its own task: if the controller goes away it
+    /// still runs to a recorded end, and the lease then decides.
+    pub async fn step(
         &self,
         id: &str,
-        step: &str,
-        facts: impl AsyncFnOnce() -> Facts,
-    ) -> Result<StepOutcome, StepError> {
-        let dir = dir(self.staging_dir, id);
-        let mut journal = Journal::load(&dir).map_err(|e| StepError {
-            cause: format!("no staged restore {id}: {e}; stage the archive first"),
-            state: "nothing changed".into(),
-        })?;
-        if step == "rollback" {
-            let result = self.rollback(&dir, &journal).await;
-            return match result {
-                Ok(outcome) => Ok(outcome),
-                Err(cause) => Err(StepError {
-                    cause,
-                    state: journal.state(),
-                }),
-            };
+        step: Step,
+        lease_seconds: u32,
+        who: &str,
+    ) -> Result<(StepOutcome, Option<Status>), StepFailure> {
+        if step == Step::Rollback {
+            return self.rollback(id, who).await;
         }
-        if !STEPS.contains(&step) {
-            return Err(StepError {
-                cause: format!("unknown step {step:?}"),
-                state: journal.state(),
-            });
-        }
-        if !journal.plan.iter().any(|s| s == step) {
-            return Ok(StepOutcome {
-                summary: "skipped: not part of this restore".into(),
-                details: json!({}),
-                skipped: true,
-            });
-        }
-        if let Some(missing) = journal
-            .plan
-            .iter()
-            .take_while(|s| *s != step)
-            .find(|s| !journal.is_done(s))
-        {
-            return Err(StepError {
-                cause: format!("step {step} needs {missing} first"),
-                state: journal.state(),
-            });
-        }
-        if journal.is_done(step) {
-            return Ok(StepOutcome {
-                skipped: false,
-                summary: "already done".into(),
-                details: json!({}),
-            });
-        }
-        let result = self.step(&dir, &mut journal, step, facts).await;
+        self.take_slot(id, who, step)?;
+        let length = (lease_seconds > 0).then(|| lease_length(lease_seconds));
+        let lease = self.inner.lease.step_begins(id, step, length);
+        let this = self.clone();
+        let owned_id = id.to_string();
+        let task = tokio::spawn(async move {
+            let result = this.run(&owned_id, step).await;
+            if result.is_ok() {
+                lease.succeeded();
+            } else {
+                drop(lease);
+            }
+            result
+        });
+        let result = task
+            .await
+            .map_err(|e| self.refusal(step, format!("step task: {e}")))?;
+        let dir = dir(&self.ctx().staging_dir, id);
         match result {
             Ok(outcome) => {
-                if step != "commit" {
-                    journal.done.push(step.to_string());
-                    journal.save(&dir).map_err(|e| StepError {
-                        cause: e.to_string(),
-                        state: journal.state(),
-                    })?;
+                if step == Step::Commit {
+                    self.release();
+                    return Ok((outcome, None));
+                }
+                let status = Journal::load(&dir).ok().map(|j| self.status_of(id, &j));
+                Ok((outcome, status))
+            }
+            Err(cause) => Err(self.failed(id, step, cause).await),
+        }
+    }
+
+    /// A step failed. If the live control plane was not changed yet, the restore is undone at once
+    /// and the host freed; otherwise it stays for `--resume` or `rollback`.
+    async fn failed(&self, id: &str, step: Step, cause: String) -> StepFailure {
+        let ctx = self.ctx();
+        let dir = dir(&ctx.staging_dir, id);
+        let Ok(j) = Journal::load(&dir) else {
+            self.release();
+            return StepFailure {
+                step,
+                cause,
+                status: None,
+                next: Vec::new(),
+                refused: false,
+            };
+        };
+        if !j.state().changed() && !j.published() {
+            match rollback::rollback(ctx, &dir, &j).await {
+                Ok(_) => {
+                    self.release();
+                    return StepFailure {
+                        step,
+                        cause,
+                        status: None,
+                        next: Vec::new(),
+                        refused: false,
+                    };
+                }
+                Err(e) => {
+                    tracing::error!(restore = %id, error = %e, "could not undo a restore that changed nothing")
+                }
+            }
+        }
+        let host = &ctx.host_name;
+        StepFailure {
+            step,
+            cause,
+            status: Some(Box::new(self.status_of(id, &j))),
+            next: vec![
+                format!("ferry restore {host} --resume"),
+                format!("ferry rollback {host}"),
+            ],
+            refused: false,
+        }
+    }
+
+    /// `rollback`: refused while the restore is being driven; otherwise the pre-restore state.
+    async fn rollback(
+        &self,
+        id: &str,
+        who: &str,
+    ) -> Result<(StepOutcome, Option<Status>), StepFailure> {
+        let ctx = self.ctx();
+        let dir = dir(&ctx.staging_dir, id);
+        let activity = self.inner.lease.activity();
+        if activity.driven {
+            let what = activity
+                .running
+                .map(|s| format!("its step {} is running now", s.name()))
+                .unwrap_or_else(|| "its controller is driving it".into());
+            return Err(StepFailure {
+                step: Step::Rollback,
+                cause: format!(
+                    "restore {id} on {} is still running ({what}); rolling it back now would pull its journal from under it. Wait for it to end; if it fails, run `ferry rollback {}` then",
+                    ctx.host_name, ctx.host_name
+                ),
+                status: self.status().map(Box::new),
+                next: Vec::new(),
+                refused: true,
+            });
+        }
+        self.take_slot(id, who, Step::Rollback)?;
+        let j = Journal::load(&dir).map_err(|e| {
+            self.refusal(Step::Rollback, format!("no unfinished restore {id}: {e}"))
+        })?;
+        let lease = self.inner.lease.step_begins(id, Step::Rollback, None);
+        let this = self.clone();
+        let task = tokio::spawn(async move {
+            let dir = dir.clone();
+            rollback::rollback(this.ctx(), &dir, &j).await
+        });
+        let result = task
+            .await
+            .map_err(|e| self.refusal(Step::Rollback, format!("rollback task: {e}")))?;
+        drop(lease);
+        match result {
+            Ok(outcome) => {
+                self.release();
+                Ok((outcome, None))
+            }
+            Err(cause) => Err(StepFailure {
+                step: Step::Rollback,
+                cause,
+                status: self.status().map(Box::new),
+                next: vec![format!("ferry rollback {}", ctx.host_name)],
+                refused: false,
+            }),
+        }
+    }
+
+    /// The watchdog's tick: if the lease lapsed, make the host safe.
+    pub async fn watch(&self) {
+        let Some(id) = self.inner.lease.take_lapsed() else {
+            return;
+        };
+        let ctx = self.ctx();
+        tracing::warn!(restore = %id, "the controller's lease lapsed; making the host safe");
+        match rollback::lapse(ctx, &dir(&ctx.staging_dir, &id)).await {
+            Ok(note) => {
+                tracing::warn!(restore = %id, "{note}");
+                if !dir(&ctx.staging_dir, &id).exists() {
+                    self.release();
+                }
+            }
+            Err(e) => {
+                tracing::error!(restore = %id, error = %e, "could not make the host safe after the lease lapsed");
+                // Try again at the next tick.
+                self.inner.lease.arm(&id, Duration::from_secs(1));
+            }
+        }
+    }
+
+    /// Runs `step` unless the journal says it is done, and records it done.
+    async fn run(&self, id: &str, step: Step) -> Result<StepOutcome, String> {
+        let ctx = self.ctx();
+        let dir = dir(&ctx.staging_dir, id);
+        let mut j = Journal::load(&dir)
+            .map_err(|e| format!("no staged restore {id}: {e}; stage the archive first"))?;
+        let plan = j.plan();
+        if !plan.contains(&step) {
+            return Ok(StepOutcome {
+                summary: "skipped: not part of this restore".into(),
+                skipped: true,
+                ..Default::default()
+            });
+        }
+        if let Some(missing) = plan
+            .iter()
+            .take_while(|s| **s != step)
+            .find(|s| !j.is_done(**s))
+        {
+            return Err(format!(
+                "step {} needs {} first",
+                step.name(),
+                missing.name()
+            ));
+        }
+        if j.is_done(step) {
+            return Ok(summary("already done"));
+        }
+        let result = execute(ctx, &dir, &mut j, step).await;
+        match result {
+            Ok(outcome) => {
+                if step != Step::Commit {
+                    j.mark_done(step);
+                    j.save(&dir).map_err(|e| e.to_string())?;
                 }
                 Ok(outcome)
             }
             Err(cause) => {
-                let _ = journal.save(&dir);
-                Err(StepError {
-                    cause,
-                    state: journal.state(),
-                })
+                let _ = j.save(&dir);
+                Err(cause)
             }
         }
     }
+}
 
-    async fn step(
-        &self,
-        dir: &Path,
-        j: &mut Journal,
-        step: &str,
-        facts: impl AsyncFnOnce() -> Facts,
-    ) -> Result<StepOutcome, String> {
-        let host = self.host;
-        let extract = dir.join("extract");
-        match step {
-            "verify" => self.verify(dir, j, facts().await).await,
-            "load" => {
-                let started = Instant::now();
-                database::load(host, &j.temp_db, &extract.join("db/dump.sql")).await?;
-                Ok(summary(&format!(
-                    "dump loaded into {} in {:.1}s while the control plane kept running",
-                    j.temp_db,
-                    started.elapsed().as_secs_f64()
-                )))
-            }
-            "stop" => {
-                let states = host
-                    .systemd()
-                    .states(APPLICATION_SERVICES)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let present: Vec<String> = states
+fn lease_length(seconds: u32) -> Duration {
+    match seconds {
+        0 => DEFAULT_LEASE,
+        n => Duration::from_secs(n.into()),
+    }
+}
+
+/// One step's body; each change is in the journal before it is made.
+async fn execute(
+    ctx: &RestoreContext,
+    dir: &Path,
+    j: &mut Journal,
+    step: Step,
+) -> Result<StepOutcome, String> {
+    let host = &ctx.host;
+    let extract = dir.join("extract");
+    match step {
+        Step::Verify => verify::run(ctx, dir, j).await,
+        Step::Load => {
+            let started = std::time::Instant::now();
+            database::load(host, &j.temp_db, &extract.join("db/dump.sql")).await?;
+            Ok(summary(&format!(
+                "dump loaded into {} in {:.1}s while the control plane kept running",
+                j.temp_db,
+                started.elapsed().as_secs_f64()
+            )))
+        }
+        Step::Stop => {
+            let states = host
+                .systemd()
+                .states(APPLICATION_SERVICES)
+                .await
+                .map_err(|e| e.to_string())?;
+            let present: Vec<&str> = states
+                .iter()
+                .filter(|s| s.is_present())
+                .map(|s| s.name.as_str())
+                .collect();
+            if j.stopped_units.is_empty() {
+                j.stopped_units = states
                     .iter()
-                    .filter(|s| s.is_present())
+                    .filter(|s| s.active_state == "active")
                     .map(|s| s.name.clone())
                     .collect();
-                if j.stopped_units.is_empty() {
-                    j.stopped_units = states
-                        .iter()
-                        .filter(|s| s.active_state == "active")
-                        .map(|s| s.name.clone())
-                        .collect();
-                    j.save(dir).map_err(|e| e.to_string())?;
-                }
-                let names: Vec<&str> = present.iter().map(String::as_str).collect();
-                control_units(host, "stop", &names).await?;
-                Ok(summary(&format!(
-                    "stopped {} application units (flightctl-db and flightctl-kv keep running)",
-                    names.len()
-                )))
             }
-            "swap-db" => {
-                database::swap(host, &j.db_name, &j.temp_db, &j.old_db).await?;
-                Ok(summary(&format!(
-                    "{} is the restored database; the previous one is kept as {}",
-                    j.db_name, j.old_db
-                )))
-            }
-            "swap-files" => {
-                let modes = manifest_modes(&dir.join("manifest.json"))?;
-                let mut swapped = files::swap(j, dir, &extract, |p| host.path(p), &modes)?;
-                let mut warnings = Vec::new();
-                let pam = extract.join("volumes/pam-issuer-etc.tar");
-                if j.components.iter().any(|c| c == "volumes") && pam.is_file() {
-                    // Kept from the first attempt: a resumed step must not save the restored
-                    // volume as the pre-restore one.
-                    let old = dir.join("pam-issuer-etc.old.tar");
-                    if !old.is_file() {
-                        let _ = host
-                            .podman()
-                            .volume_export("flightctl-pam-issuer-etc", &old)
-                            .await;
-                    }
-                    if let Err(e) = host
-                        .podman()
-                        .volume_import("flightctl-pam-issuer-etc", &pam)
-                        .await
-                    {
-                        warnings.push(format!(
-                            "PAM issuer volume not restored (as upstream, not fatal): {e}"
-                        ));
-                    } else {
-                        swapped.push("volumes");
-                    }
-                }
-                Ok(StepOutcome {
-                    skipped: false,
-                    summary: format!(
-                        "{} swapped ({} paths{}); pre-restore copies kept until commit",
-                        swapped.join(", "),
-                        j.swapped.len(),
-                        if swapped.contains(&"volumes") {
-                            " and the PAM issuer volume"
-                        } else {
-                            ""
-                        }
-                    ),
-                    details: json!({"warnings": warnings, "components": swapped}),
-                })
-            }
-            "publish" => {
-                let dropin = ports::publish(host, self.local_address).await?;
-                if !j.dropins.contains(&dropin) {
-                    j.dropins.push(dropin);
-                }
-                Ok(summary(&format!(
-                    "flightctl-db published on {}:5432 only",
-                    self.local_address
-                )))
-            }
-            "prepare-devices" => {
-                let endpoint = self.endpoint(j)?;
-                let mut client = endpoint.connect(host).await?;
-                let prepared = devices::prepare(&mut client, &dir.join("kv-keys.txt")).await?;
-                j.kv_keys = prepared.keys;
-                Ok(StepOutcome {
-                    skipped: false,
-                    summary: format!(
-                        "updated {} devices, {} enrollment requests on {}; {} awaiting-reconnect keys across {} organizations; SystemRestored event written",
-                        prepared.devices,
-                        prepared.enrollment_requests,
-                        endpoint.describe(),
-                        prepared.keys,
-                        prepared.organizations
-                    ),
-                    details: serde_json::to_value(&prepared).unwrap_or_default(),
-                })
-            }
-            "unpublish" => {
-                if j.dropins.is_empty() {
-                    return Ok(summary("nothing was published"));
-                }
-                ports::unpublish(host, &j.dropins).await?;
-                Ok(summary(
-                    "drop-ins removed; flightctl-db and flightctl-kv restarted; nothing published",
-                ))
-            }
-            "seed-kv" => {
-                if !dir.join("kv-keys.txt").is_file() {
-                    return Ok(summary("no devices were prepared: nothing to seed"));
-                }
-                let password = host
-                    .podman()
-                    .secret("flightctl-kv-password")
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let n = kv::seed(host, &password, &dir.join("kv-keys.txt")).await?;
-                Ok(summary(&format!(
-                    "{n} awaiting-reconnect keys seeded after the KV's last restart"
-                )))
-            }
-            "start" => {
-                let names: Vec<&str> = j.stopped_units.iter().map(String::as_str).collect();
-                control_units(host, "start", &names).await?;
-                Ok(summary(&format!(
-                    "started {} application units",
-                    names.len()
-                )))
-            }
-            "health" => self.health(j).await,
-            "commit" => {
-                if j.is_done("swap-db") && !j.keep_old_db {
-                    database::drop_database(host, &j.old_db).await?;
-                }
-                files::drop_old(j);
-                let kept = if j.keep_old_db {
-                    format!("; previous database kept as {}", j.old_db)
+            // The units to start again are on record before any stops.
+            j.save(dir).map_err(|e| e.to_string())?;
+            control_units(host, "stop", &present).await?;
+            Ok(summary(&format!(
+                "stopped {} application units ({} keep running)",
+                present.len(),
+                if j.external_database {
+                    "flightctl-kv and the external database"
                 } else {
-                    String::new()
+                    "flightctl-db and flightctl-kv"
+                }
+            )))
+        }
+        Step::SwapDb => {
+            database::swap(host, &j.db_name, &j.temp_db, &j.old_db).await?;
+            Ok(summary(&format!(
+                "{} is the restored database; the previous one is kept as {}",
+                j.db_name, j.old_db
+            )))
+        }
+        Step::SwapFiles => swap_files(ctx, dir, j).await,
+        Step::Publish => {
+            let dropin = ports::dropin_path(host).await?;
+            if !j.dropins.contains(&dropin) {
+                j.dropins.push(dropin.clone());
+                j.save(dir).map_err(|e| e.to_string())?;
+            }
+            if let Err(e) = ports::publish(host, &ctx.local_address, &dropin).await {
+                // Never leave a port (or a drop-in that would publish one) behind a failure.
+                return match ports::unpublish(host, &j.dropins).await {
+                    Ok(()) => {
+                        j.dropins.clear();
+                        Err(format!("{e}; the drop-in was removed again"))
+                    }
+                    Err(u) => Err(format!("{e}; removing the drop-in failed too: {u}")),
                 };
-                std::fs::remove_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-                Ok(summary(&format!(
-                    "restore committed; pre-restore copies removed{kept}"
-                )))
             }
-            other => Err(format!("unknown step {other}")),
+            Ok(summary(&format!(
+                "flightctl-db published on {}:5432 only",
+                ctx.local_address
+            )))
         }
-    }
-
-    /// Reads the staged archive once: digest, every entry, manifest, metadata; then checks it against
-    /// the host. Extracts into the restore's directory, never onto the host.
-    async fn verify(
-        &self,
-        dir: &Path,
-        j: &mut Journal,
-        facts: Facts,
-    ) -> Result<StepOutcome, String> {
-        let archive = dir.join("archive");
-        let extract = dir.join("extract");
-        let _ = std::fs::remove_dir_all(&extract);
-        let expected = j.archive_sha256.clone();
-        let target = extract.clone();
-        let verified = tokio::task::spawn_blocking(move || {
-            let file = std::fs::File::open(&archive)?;
-            read_archive(
-                std::io::BufReader::new(file),
-                &ReadOptions {
-                    extract_to: Some(&target),
-                    expected_sha256: Some(&expected),
-                    keep: None,
-                },
-            )
-            .map_err(std::io::Error::other)
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| {
-            let _ = std::fs::remove_dir_all(&extract);
-            format!("archive refused: {e}")
-        })?;
-        let refuse = |why: String| {
-            let _ = std::fs::remove_dir_all(&extract);
-            Err(format!("archive refused: {why}"))
-        };
-        let Some(metadata) = verified.metadata else {
-            return refuse("no metadata.json".into());
-        };
-        let host_version = facts.version.clone().unwrap_or_default();
-        if metadata.version != host_version {
-            return refuse(format!(
-                "it was made on Flight Control {}, this host runs {}; restore only onto the same version",
-                metadata.version,
-                if host_version.is_empty() {
-                    format!("an unknown version ({})", facts.version_detail)
-                } else {
-                    host_version
-                }
-            ));
+        Step::PrepareDevices => {
+            let endpoint = endpoint(ctx, j)?;
+            let mut client = endpoint.connect(host).await?;
+            let prepared = devices::prepare(&mut client, &dir.join("kv-keys.txt")).await?;
+            j.kv_keys = prepared.keys;
+            Ok(StepOutcome {
+                summary: format!(
+                    "updated {} devices, {} enrollment requests on {}; {} awaiting-reconnect keys across {} organizations; SystemRestored event written",
+                    prepared.devices,
+                    prepared.enrollment_requests,
+                    endpoint.describe(),
+                    prepared.keys,
+                    prepared.organizations
+                ),
+                details: serde_json::to_value(&prepared).unwrap_or_default(),
+                skipped: false,
+            })
         }
-        if metadata.deployment_type != "podman" || facts.deployment != DeploymentKind::Podman {
-            return refuse(format!(
-                "deployment type {} in the archive, {:?} on this host; cross-deployment restore is not supported",
-                metadata.deployment_type, facts.deployment
-            ));
-        }
-        let has = |path: &str, kind: EntryKind| {
-            verified
-                .entries
-                .iter()
-                .any(|e| e.path == path && e.kind == kind)
-        };
-        if !has("pki", EntryKind::Dir) {
-            return refuse(
-                "it has no pki/: restoring without the CA would force every device to re-enroll"
-                    .into(),
-            );
-        }
-        if !has("config/service-config.yaml", EntryKind::File) {
-            return refuse("it has no config/service-config.yaml".into());
-        }
-        let dump = has("db/dump.sql", EntryKind::File);
-        if metadata.database_included != dump {
-            return refuse(format!(
-                "metadata says databaseIncluded={} but db/dump.sql is {}",
-                metadata.database_included,
-                if dump { "present" } else { "absent" }
-            ));
-        }
-        let external = facts.database.kind == DatabaseKind::External;
-        let wants = |c: &str| j.components.iter().any(|x| x == c);
-        if dump && external && wants("db") {
-            return refuse(
-                "it holds a database dump but this host uses an external database (db.type: external); restore the other components with --only, and the database with your DBA's tooling"
-                    .into(),
-            );
-        }
-        if !dump && !external && (wants("db") || wants("config")) {
-            return refuse(
-                "it was made on an external-database host (no db/dump.sql) but this host uses the built-in database; restoring its config would point this host at that database"
-                    .into(),
-            );
-        }
-        if !dump && j.components == ["db"] {
-            return refuse(
-                "it holds no database (external database): --only db has nothing to restore; after your DBA restored the database, run `ferry prepare-devices HOST`"
-                    .into(),
-            );
-        }
-        let modes: BTreeMap<String, u32> = verified
-            .manifest
-            .as_ref()
-            .map(|m| m.entries.iter().map(|e| (e.path.clone(), e.mode)).collect())
-            .unwrap_or_default();
-        std::fs::write(
-            dir.join("manifest.json"),
-            serde_json::to_vec(&modes).unwrap_or_default(),
-        )
-        .map_err(|e| e.to_string())?;
-        j.version = metadata.version.clone();
-        j.database_included = dump;
-        j.external_database = external;
-        if external {
-            // What device preparation will reach is checked now, before any change.
-            let endpoint = Endpoint::external(self.host, &facts.database, &j.database_override)
-                .map_err(|e| format!("external database: {e}"))?;
-            endpoint
-                .connect(self.host)
-                .await
-                .map_err(|e| format!("external database: {e}"))?;
-        }
-        j.plan = plan(
-            &j.components,
-            false,
-            if external {
-                DatabaseAccess::External
-            } else {
-                DatabaseAccess::Builtin
-            },
-        );
-        j.db_name = facts.database.name.clone();
-        // 8 hex of the restore id's digest, as upstream's 4 random bytes: unique per restore.
-        let digest = <sha2::Sha256 as sha2::Digest>::digest(j.restore_id.as_bytes());
-        let tag = ferry_proto::archive::hex(&digest[..4]);
-        j.temp_db = format!("{}_restore_{tag}", j.db_name);
-        j.old_db = format!("{}_old_{tag}", j.db_name);
-        Ok(StepOutcome {
-            skipped: false,
-            summary: format!(
-                "{} entries safe, sha256 {}…, Flight Control {}, podman, database {}",
-                verified.entries.len(),
-                &verified.sha256[..12],
-                metadata.version,
-                if dump { "included" } else { "external" }
-            ),
-            details: json!({"entries": verified.entries.len(), "version": metadata.version}),
-        })
-    }
-
-    /// Where device preparation connects: the external database of the host's config, or the
-    /// built-in one on the port `publish` opened.
-    fn endpoint(&self, j: &Journal) -> Result<Endpoint, String> {
-        if j.external_database {
-            let db = crate::tasks::facts::database(self.host);
-            Endpoint::external(self.host, &db, &j.database_override)
-                .map_err(|e| format!("external database: {e}"))
-        } else {
-            Ok(Endpoint::published(self.local_address, &j.db_name))
-        }
-    }
-
-    /// The controller's lease lapsed: nothing stays published and the data services are restarted.
-    /// Before the swap the restore is reverted entirely; after it the application units stay stopped
-    /// (the documented state after a failed restore) until `--resume` or `ferry rollback`.
-    pub async fn lapse(&self, id: &str) -> Result<String, String> {
-        let dir = dir(self.staging_dir, id);
-        let mut j = Journal::load(&dir).map_err(|e| e.to_string())?;
-        if !j.swapped() {
-            self.rollback(&dir, &j).await?;
-            return Ok(
-                "lease lapsed before the swap: restore reverted, application units started".into(),
-            );
-        }
-        ports::unpublish(self.host, &j.dropins).await?;
-        // Record what the lapse did, so --resume republishes if devices were not prepared yet.
-        if j.is_done("publish") && !j.is_done("unpublish") {
-            if j.is_done("prepare-devices") {
-                j.done.push("unpublish".into());
-            } else {
-                j.done.retain(|s| s != "publish");
+        Step::Unpublish => {
+            if j.dropins.is_empty() {
+                return Ok(summary("nothing was published"));
             }
-        }
-        j.dropins.clear();
-        let when = time::OffsetDateTime::now_utc()
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
-        let note = format!(
-            "the controller's lease lapsed at {when}: drop-ins removed and flightctl-db/flightctl-kv restarted; application units kept stopped with the restored data in place; next: `ferry restore HOST --resume` or `ferry rollback HOST`"
-        );
-        j.lapsed = Some(note.clone());
-        j.save(&dir).map_err(|e| e.to_string())?;
-        Ok(note)
-    }
-
-    /// Returns the host to its pre-restore state: nothing published, the previous database and files
-    /// back in place, the application units that were running started again. Then forgets the restore.
-    async fn rollback(&self, dir: &Path, j: &Journal) -> Result<StepOutcome, String> {
-        let host = self.host;
-        let published = j.dropins.iter().any(|d| d.exists());
-        if published || (j.is_done("publish") && !j.is_done("unpublish")) {
             ports::unpublish(host, &j.dropins).await?;
+            j.dropins.clear();
+            Ok(summary(
+                "drop-ins removed; flightctl-db and flightctl-kv restarted; nothing published",
+            ))
         }
-        if j.database_included && !j.temp_db.is_empty() {
-            database::restore_previous(host, &j.db_name, &j.temp_db, &j.old_db).await?;
+        Step::SeedKv => {
+            if !dir.join("kv-keys.txt").is_file() {
+                return Ok(summary("no devices were prepared: nothing to seed"));
+            }
+            let password = host
+                .podman()
+                .secret("flightctl-kv-password")
+                .await
+                .map_err(|e| e.to_string())?;
+            let n = kv::seed(host, &password, &dir.join("kv-keys.txt")).await?;
+            Ok(summary(&format!(
+                "{n} awaiting-reconnect keys seeded after the KV's last restart"
+            )))
         }
-        files::restore_old(j)?;
-        let pam = dir.join("pam-issuer-etc.old.tar");
-        if pam.is_file() {
+        Step::Start => {
+            let names: Vec<&str> = j.stopped_units.iter().map(String::as_str).collect();
+            control_units(host, "start", &names).await?;
+            Ok(summary(&format!(
+                "started {} application units",
+                names.len()
+            )))
+        }
+        Step::Health => health::run(ctx, j).await,
+        Step::Commit => {
+            if j.is_done(Step::SwapDb) && !j.keep_old_db {
+                database::drop_database(host, &j.old_db).await?;
+            }
+            files::drop_old(j);
+            let kept = if j.keep_old_db {
+                format!("; previous database kept as {}", j.old_db)
+            } else {
+                String::new()
+            };
+            std::fs::remove_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            if !j.plan().contains(&Step::Verify) {
+                return Ok(summary("device preparation done; nothing else to commit"));
+            }
+            Ok(summary(&format!(
+                "restore committed; pre-restore copies removed{kept}"
+            )))
+        }
+        other => Err(format!("{} is not a step of the runbook", other.name())),
+    }
+}
+
+/// Where device preparation connects: the external database the host's (restored) config names, or
+/// the built-in one on the port `publish` opened.
+fn endpoint(ctx: &RestoreContext, j: &Journal) -> Result<Endpoint, String> {
+    if j.external_database {
+        let db = crate::tasks::facts::database(&ctx.host);
+        Endpoint::external(&ctx.host, &db, &j.database_override)
+            .map_err(|e| format!("external database: {e}"))
+    } else {
+        Ok(Endpoint::published(&ctx.local_address, &j.db_name))
+    }
+}
+
+/// `swap-files`: the chosen components' files by rename, and the PAM issuer volume.
+async fn swap_files(
+    ctx: &RestoreContext,
+    dir: &Path,
+    j: &mut Journal,
+) -> Result<StepOutcome, String> {
+    let host = &ctx.host;
+    let extract = dir.join("extract");
+    let modes = verify::manifest_modes(dir)?;
+    let mut swapped = files::swap(j, dir, &extract, |p| host.path(p), &modes)?;
+    let mut warnings = Vec::new();
+    let pam = extract.join("volumes/pam-issuer-etc.tar");
+    if j.wants(Component::Volumes) && pam.is_file() {
+        // Kept from the first attempt: a resumed step must not save the restored volume as the
+        // pre-restore one.
+        let old = dir.join("pam-issuer-etc.old.tar");
+        if !old.is_file() {
             let _ = host
                 .podman()
-                .volume_import("flightctl-pam-issuer-etc", &pam)
+                .volume_export("flightctl-pam-issuer-etc", &old)
                 .await;
         }
-        let names: Vec<&str> = j.stopped_units.iter().map(String::as_str).collect();
-        host.systemd()
-            .control("start", &names)
-            .await
-            .map_err(|e| e.to_string())?;
-        std::fs::remove_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        Ok(summary(&format!(
-            "rolled back from after {}: previous database and files in place, {} application units started",
-            j.done.last().map(String::as_str).unwrap_or("stage"),
-            names.len()
-        )))
-    }
-
-    /// The API is ready and reports the archive's version; the KV holds one key per device.
-    async fn health(&self, j: &Journal) -> Result<StepOutcome, String> {
-        let host = self.host;
-        let ca = host.path("/etc/flightctl/pki/ca.crt");
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            match crate::tasks::api::ready(self.api, &ca).await {
-                Ok(()) => break,
-                Err(e) if Instant::now() > deadline => {
-                    return Err(format!("the API is not ready: {e}"));
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
-            }
-        }
-        let version = crate::tasks::api::read_version(self.api, &ca)
-            .await
-            .map_err(|e| e.to_string())?;
-        if version != j.version {
-            return Err(format!(
-                "the API reports {version}, the archive is {}",
-                j.version
-            ));
-        }
-        let password = host
+        match host
             .podman()
-            .secret("flightctl-kv-password")
+            .volume_import("flightctl-pam-issuer-etc", &pam)
             .await
-            .map_err(|e| e.to_string())?;
-        let keys = kv::count(host, &password).await?;
-        if j.is_done("seed-kv") && keys != j.kv_keys {
-            return Err(format!(
-                "the KV holds {keys} awaiting-reconnect keys, expected {}",
-                j.kv_keys
-            ));
+        {
+            Ok(()) => swapped.push(Component::Volumes.name()),
+            Err(e) => warnings.push(format!(
+                "PAM issuer volume not restored (as upstream, not fatal): {e}"
+            )),
         }
-        let statuses = if j.database_included {
-            database::device_statuses(host, &j.db_name).await?
-        } else {
-            json!({})
-        };
-        Ok(StepOutcome {
-            skipped: false,
-            summary: format!(
-                "API ready at {version}; {keys} awaiting-reconnect keys; devices by status {statuses}"
-            ),
-            details: json!({"version": version, "kv_keys": keys, "devices_by_status": statuses}),
-        })
     }
+    Ok(StepOutcome {
+        summary: format!(
+            "{} swapped ({} paths{}); pre-restore copies kept until commit",
+            swapped.join(", "),
+            j.swapped.len(),
+            if swapped.contains(&Component::Volumes.name()) {
+                " and the PAM issuer volume"
+            } else {
+                ""
+            }
+        ),
+        details: json!({"warnings": warnings, "components": swapped}),
+        skipped: false,
+    })
 }
 
 /// `systemctl start|stop UNITS`, then confirms every unit is active (start) or not (stop).
@@ -611,17 +774,4 @@ async fn control_units(host: &Host, verb: &str, names: &[&str]) -> Result<(), St
         )),
         None => Ok(()),
     }
-}
-
-fn summary(text: &str) -> StepOutcome {
-    StepOutcome {
-        skipped: false,
-        summary: text.into(),
-        details: json!({}),
-    }
-}
-
-fn manifest_modes(path: &Path) -> Result<BTreeMap<String, u32>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| e.to_string())
 }

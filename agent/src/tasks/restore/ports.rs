@@ -1,15 +1,15 @@
 //! Publishing the DB port on the host's loopback address, through a `PublishPort=` drop-in next to the
 //! unit's quadlet, for the shortest time.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::host::Host;
 
 const DROPIN: &str = "10-ferry-publish-port.conf";
 
-/// Writes the drop-in, reloads and restarts flightctl-db, and waits until the port answers.
-pub async fn publish(host: &Host, local_address: &str) -> Result<PathBuf, String> {
+/// Where the drop-in goes: next to flightctl-db's quadlet. The journal records it before it exists.
+pub async fn dropin_path(host: &Host) -> Result<PathBuf, String> {
     let source = host
         .systemd()
         .source_path("flightctl-db.service")
@@ -18,10 +18,15 @@ pub async fn publish(host: &Host, local_address: &str) -> Result<PathBuf, String
     if source.is_empty() {
         return Err("flightctl-db.service has no SourcePath: not a quadlet unit".into());
     }
-    let dir = host.path(format!("{source}.d"));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let dropin = dir.join(DROPIN);
-    std::fs::write(&dropin, format!("# Written by ferry during a restore; removed when it ends.\n[Container]\nPublishPort={local_address}:5432:5432\n"))
+    Ok(host.path(format!("{source}.d")).join(DROPIN))
+}
+
+/// Writes the drop-in `dropin`, reloads and restarts flightctl-db, and waits until the port answers.
+pub async fn publish(host: &Host, local_address: &str, dropin: &Path) -> Result<(), String> {
+    if let Some(dir) = dropin.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    std::fs::write(dropin, format!("# Written by ferry during a restore; removed when it ends.\n[Container]\nPublishPort={local_address}:5432:5432\n"))
         .map_err(|e| format!("{}: {e}", dropin.display()))?;
     host.systemd()
         .daemon_reload()
@@ -43,7 +48,7 @@ pub async fn publish(host: &Host, local_address: &str) -> Result<PathBuf, String
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok(dropin)
+    Ok(())
 }
 
 /// Removes ferry's drop-ins, reloads, and restarts the data services so nothing stays published.

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use ferry_proto::archive::{ReadOptions, Verified, read_archive};
 use ferry_proto::restore::DatabaseAccess;
-use ferry_proto::v1 as pb;
+use ferry_proto::v1::{self as pb, Component, Step};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
@@ -20,34 +20,34 @@ use crate::dial::AgentConn;
 use crate::store::Store;
 
 /// What each of the agent's steps does.
-fn describe(step: &str, access: DatabaseAccess, keep_old_db: bool) -> &'static str {
+fn describe(step: Step, access: DatabaseAccess, keep_old_db: bool) -> &'static str {
     match step {
-        "verify" => {
+        Step::Verify => {
             "check the staged archive: sha256, every tar entry, manifest, metadata, version and deployment type"
         }
-        "load" => {
+        Step::Load => {
             "load db/dump.sql into a temporary database while the control plane keeps running"
         }
-        "stop" => {
+        Step::Stop => {
             "stop the application units the host has (never flightctl-db, flightctl-kv or flightctl.target)"
         }
-        "swap-db" => "rename the live database aside and the restored one into place",
-        "swap-files" => "swap the chosen files by rename, keeping the pre-restore copies",
-        "publish" => {
+        Step::SwapDb => "rename the live database aside and the restored one into place",
+        Step::SwapFiles => "swap the chosen files by rename, keeping the pre-restore copies",
+        Step::Publish => {
             "publish flightctl-db on the host's loopback address through a PublishPort drop-in"
         }
-        "prepare-devices" if access == DatabaseAccess::External => {
+        Step::PrepareDevices if access == DatabaseAccess::External => {
             "on the external database: mark devices awaiting reconnect, annotate enrollment requests, write the SystemRestored event"
         }
-        "prepare-devices" => {
+        Step::PrepareDevices => {
             "mark devices awaiting reconnect, annotate enrollment requests, write the SystemRestored event"
         }
-        "unpublish" => "remove the drop-in, restart flightctl-db and flightctl-kv",
-        "seed-kv" => "flush the KV and seed one awaiting-reconnect key per device",
-        "start" => "start the application units that were running",
-        "health" => "API ready at the archive's version, one KV key per device",
-        "commit" if keep_old_db => "remove the pre-restore copies; keep the previous database",
-        "commit" => "drop the previous database and the pre-restore copies",
+        Step::Unpublish => "remove the drop-in, restart flightctl-db and flightctl-kv",
+        Step::SeedKv => "flush the KV and seed one awaiting-reconnect key per device",
+        Step::Start => "start the application units that were running",
+        Step::Health => "API ready at the archive's version, one KV key per device",
+        Step::Commit if keep_old_db => "remove the pre-restore copies; keep the previous database",
+        Step::Commit => "drop the previous database and the pre-restore copies",
         _ => "",
     }
 }
@@ -59,7 +59,7 @@ fn identity_file(path: &str) -> bool {
 
 pub async fn run(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &RestoreArgs) -> i32 {
     let host = play.host().to_string();
-    let archive = match choose_archive(play.catalog, &host, args).await {
+    let archive = match choose_archive(play.catalog, play.identity(), args).await {
         Ok(a) => a,
         Err(e) => {
             return play
@@ -89,12 +89,28 @@ pub async fn run(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
     };
     let chosen = components(args);
     let mut problems = preflight(&archive, &facts, &chosen);
+    if let Some(unfinished) = &facts.restore {
+        problems.push(format!(
+            "{host} holds an unfinished restore ({}); end it first with `ferry restore {host} --resume` or `ferry rollback {host}`",
+            unfinished.summary
+        ));
+    }
     let read = match Store::open(&config.store) {
         Ok(store) => read_stored(&store, &archive).await,
         Err(e) => Err(e.to_string()),
     };
     let verified = match read {
-        Ok(v) => Some(v),
+        Ok((v, None)) => Some(v),
+        Ok((v, Some(distrust))) if args.trust_archive_digest => {
+            play.warn(&format!(
+                "{distrust}; a restore would go ahead: --trust-archive-digest"
+            ));
+            Some(v)
+        }
+        Ok((v, Some(distrust))) => {
+            problems.push(distrust);
+            Some(v)
+        }
         Err(e) => {
             problems.push(e);
             None
@@ -137,15 +153,29 @@ pub async fn run(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
         archive.size
     );
     for step in &plan {
-        outln!("  {step}: {}", describe(step, access, args.keep_old_db));
+        outln!(
+            "  {}: {}",
+            step.name(),
+            describe(*step, access, args.keep_old_db)
+        );
     }
-    play.set("components", json!(chosen));
-    play.set("plan", json!(plan));
+    play.set(
+        "components",
+        json!(chosen.iter().map(|c| c.name()).collect::<Vec<_>>()),
+    );
+    play.set(
+        "plan",
+        json!(plan.iter().map(|s| s.name()).collect::<Vec<_>>()),
+    );
     play.succeed(Ending::Checked, "unchanged").await
 }
 
-/// Reads the stored archive once: digest, every entry, metadata, manifest; and its sidecar.
-async fn read_stored(store: &Store, archive: &ArchiveRecord) -> Result<Verified, String> {
+/// Reads the stored archive once: digest, every entry, metadata, manifest; and its sidecar. Returns
+/// why the archive is not to be trusted as it is (its sidecar disagrees), if so.
+async fn read_stored(
+    store: &Store,
+    archive: &ArchiveRecord,
+) -> Result<(Verified, Option<String>), String> {
     let path = store.path(&archive.host, &archive.name);
     let file = std::fs::File::open(&path).map_err(|e| {
         format!(
@@ -178,15 +208,21 @@ async fn read_stored(store: &Store, archive: &ArchiveRecord) -> Result<Verified,
         .sidecar_digest(&archive.host, &archive.name)
         .map_err(|e| e.to_string())?
     {
-        Some(side) if side == verified.sha256 => Ok(verified),
-        Some(side) => Err(format!(
-            "the .sha256 sidecar says {side}, the archive hashes to {}",
-            verified.sha256
-        )),
-        None => Err(format!(
-            "the .sha256 sidecar of {} is missing",
-            path.display()
-        )),
+        Some(side) if side == verified.sha256 => {
+            let suspect = archive.suspect.clone();
+            Ok((verified, suspect))
+        }
+        Some(side) => {
+            let why = format!(
+                "the .sha256 sidecar says {side}, the archive hashes to {}",
+                verified.sha256
+            );
+            Ok((verified, Some(why)))
+        }
+        None => {
+            let why = format!("the .sha256 sidecar of {} is missing", path.display());
+            Ok((verified, Some(why)))
+        }
     }
 }
 
@@ -242,7 +278,7 @@ fn identity_changes(
     archive: &ArchiveRecord,
     v: &Verified,
     facts: &pb::FactsReply,
-    chosen: &[String],
+    chosen: &[Component],
 ) {
     let host = play.host();
     let current = facts.identity.clone().unwrap_or_default();
@@ -256,9 +292,9 @@ fn identity_changes(
         .iter()
         .map(|c| (c.path.as_str(), c))
         .collect();
-    let wants = |c: &str| chosen.iter().any(|x| x == c);
+    let wants = |c: Component| chosen.contains(&c);
     let mut certificates = Vec::new();
-    if wants("pki") {
+    if wants(Component::Pki) {
         for (path, pem) in &v.kept {
             let Some(relative) = path.strip_prefix("pki/") else {
                 continue;
@@ -277,8 +313,8 @@ fn identity_changes(
             }
         }
     }
-    let domain_changes = wants("config") && base_domain != current.base_domain;
-    let cross = archive.host != host;
+    let domain_changes = wants(Component::Config) && base_domain != current.base_domain;
+    let cross = archive.host != play.identity();
     if cross || domain_changes || !certificates.is_empty() {
         outln!("\nIDENTITY CHANGES");
         if cross {

@@ -3,8 +3,11 @@
 
 use std::io::Read;
 
-use ferry_proto::restore::DatabaseAccess;
-use ferry_proto::v1::{self as pb, FactsRequest, PingRequest, RestoreStepRequest, StageChunk};
+use ferry_proto::restore::{ArchiveSide, DatabaseAccess, HostSide, incompatibilities};
+use ferry_proto::v1::{
+    self as pb, Component, FactsRequest, HostState, PingRequest, RestoreStepRequest, StageChunk,
+    Step,
+};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
@@ -99,9 +102,13 @@ pub(crate) async fn begin<'a>(
 }
 
 pub async fn run(config: &Config, global: &GlobalArgs, host: &str, args: &RestoreArgs) -> i32 {
+    let partial = args.db_only || !args.only.is_empty();
+    let only: Option<Vec<&str>> =
+        partial.then(|| components(args).iter().map(|c| c.name()).collect());
     let flags = json!({"archive": args.archive, "from": args.from, "keep_old_db": args.keep_old_db,
-                       "check": args.check, "resume": args.resume, "only": components(args),
-                       "db_only": args.db_only, "lease_seconds": args.lease_seconds});
+                       "check": args.check, "resume": args.resume, "only": only,
+                       "db_only": args.db_only, "lease_seconds": args.lease_seconds,
+                       "trust_archive_digest": args.trust_archive_digest});
     let opened = match open(config, global, host).await {
         Ok(opened) => opened,
         Err(code) => return code,
@@ -126,7 +133,7 @@ pub async fn run(config: &Config, global: &GlobalArgs, host: &str, args: &Restor
 
 async fn restore(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &RestoreArgs) -> i32 {
     let host = play.host();
-    let archive = match choose_archive(play.catalog, host, args).await {
+    let archive = match choose_archive(play.catalog, play.identity(), args).await {
         Ok(a) => a,
         Err(e) => {
             return play
@@ -159,6 +166,15 @@ async fn restore(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
         }
     };
     let problems = preflight(&archive, &facts, &components(args));
+    if let Some(unfinished) = &facts.restore {
+        return play
+            .refuse(
+                "preflight",
+                &format!("{host} holds an unfinished restore: {}", unfinished.summary),
+                &format!("`ferry restore {host} --resume` or `ferry rollback {host}`"),
+            )
+            .await;
+    }
     if !problems.is_empty() {
         return play.refuse("preflight", &problems.join("; "), "").await;
     }
@@ -166,30 +182,79 @@ async fn restore(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
         Ok(s) => s,
         Err(e) => return play.refuse("preflight", &e.to_string(), "").await,
     };
-    // The documented rule: never restore an archive whose .sha256 disagrees with it.
-    match store.sidecar_digest(&archive.host, &archive.name) {
-        Ok(Some(side)) if side == archive.sha256 => {}
-        Ok(other) => {
+    let stored = store.path(&archive.host, &archive.name);
+    match std::fs::metadata(&stored) {
+        Ok(m) if m.len() == archive.size as u64 => {}
+        Ok(m) => {
             return play
                 .refuse(
                     "preflight",
                     &format!(
-                        "the .sha256 sidecar of {} says {}, the catalog says {}",
-                        archive.name,
-                        other.as_deref().unwrap_or("nothing (it is missing)"),
-                        archive.sha256
+                        "{} is {} bytes in the store, the catalog says {}",
+                        stored.display(),
+                        m.len(),
+                        archive.size
                     ),
                     &format!("`ferry archives verify {}`", archive.short_id()),
                 )
                 .await;
         }
-        Err(e) => return play.refuse("preflight", &e.to_string(), "").await,
+        Err(e) => {
+            return play
+                .refuse(
+                    "preflight",
+                    &format!("{}: {e}", stored.display()),
+                    "`ferry catalog rebuild`, or pick another archive from `ferry archives list`",
+                )
+                .await;
+        }
     }
-    if archive.host != host {
+    // The documented rule: never restore an archive whose .sha256 disagrees with it.
+    let distrust = match store.sidecar_digest(&archive.host, &archive.name) {
+        Ok(Some(side)) if side == archive.sha256 => archive.suspect.clone(),
+        Ok(other) => Some(format!(
+            "the .sha256 sidecar of {} says {}, the catalog says {}",
+            archive.name,
+            other.as_deref().unwrap_or("nothing (it is missing)"),
+            archive.sha256
+        )),
+        Err(e) => return play.refuse("preflight", &e.to_string(), "").await,
+    };
+    if let Some(why) = distrust {
+        if !args.trust_archive_digest {
+            return play
+                .refuse(
+                    "preflight",
+                    &why,
+                    &format!(
+                        "`ferry archives verify {}`; if the catalog's digest is the one to trust, pass --trust-archive-digest (recorded in the ledger)",
+                        archive.short_id()
+                    ),
+                )
+                .await;
+        }
         play.warn(&format!(
-            "{host} takes {}'s identity: its PKI, config (baseDomain) and encryption keys; `ferry restore {host} --from {} --check` lists the changes",
-            archive.host, archive.host
+            "{why}; restoring anyway: --trust-archive-digest (the archive is checked against the catalog's digest on the host)"
         ));
+    }
+    if archive.host != play.identity() {
+        let taken: Vec<&str> = components(args)
+            .into_iter()
+            .filter_map(|c| match c {
+                Component::Pki => Some("PKI"),
+                Component::Config => Some("config (baseDomain)"),
+                Component::Encryption => Some("encryption keys"),
+                _ => None,
+            })
+            .collect();
+        if !taken.is_empty() {
+            play.warn(&format!(
+                "{host} takes {}'s {}; `ferry restore {host} --from {} --check` lists the changes",
+                archive.host,
+                taken.join(", "),
+                archive.host
+            ));
+        }
     }
     play.task(
         "preflight",
@@ -237,7 +302,7 @@ async fn resume(play: &Play<'_>, conn: &AgentConn, lease_seconds: u32) -> i32 {
     let host = play.host();
     let ping = match conn.client.clone().ping(PingRequest {}).await {
         Ok(r) => r.into_inner(),
-        Err(status) => return play.fail("resume", status.message(), "unknown").await,
+        Err(status) => return play.fail("resume", status.message(), "unknown", &[]).await,
     };
     match ping.operation {
         Some(op) if op.kind == "restore" => {
@@ -255,6 +320,25 @@ async fn resume(play: &Play<'_>, conn: &AgentConn, lease_seconds: u32) -> i32 {
     }
 }
 
+/// The typed reason an agent gave for a failed Stage or RestoreStep, if it gave one.
+pub(crate) fn step_failure(status: &tonic::Status) -> Option<pb::StepFailure> {
+    use prost::Message;
+    (!status.details().is_empty())
+        .then(|| pb::StepFailure::decode(status.details()).ok())
+        .flatten()
+}
+
+/// How a failure left the host, in words, and the commands that end it.
+fn aftermath(failure: &pb::StepFailure) -> (String, Vec<String>) {
+    match &failure.status {
+        None => (
+            HostState::Unchanged.describe().to_string(),
+            failure.next.clone(),
+        ),
+        Some(status) => (status.summary.clone(), failure.next.clone()),
+    }
+}
+
 /// Runs the agent's steps of restore `restore_id` in order; each one the plan skips is passed over.
 pub(crate) async fn steps(
     play: &Play<'_>,
@@ -267,7 +351,7 @@ pub(crate) async fn steps(
         let step_started = OffsetDateTime::now_utc();
         let request = RestoreStepRequest {
             restore_id: restore_id.to_string(),
-            step: step.to_string(),
+            step: step as i32,
             lease_seconds,
         };
         match conn.client.clone().restore_step(request).await {
@@ -276,10 +360,13 @@ pub(crate) async fn steps(
                 if reply.skipped {
                     continue;
                 }
-                if step == "stop" {
+                if step == Step::Stop {
                     stopped_at = Some(step_started);
                 }
-                play.task(step, step_started, "ok", &reply.summary);
+                play.task(step.name(), step_started, "ok", &reply.summary);
+                if let Some(status) = &reply.status {
+                    play.set("host_status", status_json(status));
+                }
                 let details: Value = serde_json::from_str(&reply.details_json).unwrap_or_default();
                 for w in details["warnings"]
                     .as_array()
@@ -289,14 +376,14 @@ pub(crate) async fn steps(
                 {
                     play.warn(w);
                 }
-                if step == "start"
+                if step == Step::Start
                     && let Some(t) = stopped_at
                 {
                     let downtime = (OffsetDateTime::now_utc() - t).as_seconds_f64();
                     outln!("downtime (application units stopped → started): {downtime:.1}s");
                     play.set("downtime_seconds", json!(downtime));
                 }
-                if step == "health" {
+                if step == Step::Health {
                     outln!(
                         "devices by status after the restore: {}",
                         details["devices_by_status"]
@@ -306,39 +393,65 @@ pub(crate) async fn steps(
                 }
             }
             Err(status) => {
-                let cause = status.message().to_string();
-                let cause = cause
-                    .strip_prefix(&format!("{step}: "))
-                    .map(str::to_string)
-                    .unwrap_or(cause);
-                let (cause, state) = match cause.rsplit_once(" (host state: ") {
-                    Some((c, s)) => (c.to_string(), s.trim_end_matches(')').to_string()),
-                    None => (cause, "unknown".into()),
-                };
                 if let Some(e) = conn.transport_error(&status) {
                     return play
                         .fail(
-                            step,
+                            step.name(),
                             &e.to_string(),
-                            "unknown: the agent could not be reached",
+                            "unknown: the agent could not be reached; its lease makes the host safe if this controller does not come back",
+                            &[
+                                format!("ferry facts {}", play.host()),
+                                format!("ferry restore {} --resume", play.host()),
+                                format!("ferry rollback {}", play.host()),
+                            ],
                         )
                         .await;
                 }
-                if step == "verify" {
+                let Some(failure) = step_failure(&status) else {
                     return play
-                        .refuse(
-                            step,
-                            &cause,
-                            "restore another archive (`ferry archives list`)",
-                        )
+                        .fail(step.name(), status.message(), "unknown", &[])
+                        .await;
+                };
+                if let Some(status) = &failure.status {
+                    play.set("host_status", status_json(status));
+                }
+                let (state, next) = aftermath(&failure);
+                if failure.refused {
+                    return play
+                        .refuse(step.name(), &failure.cause, &next.join(" or "))
                         .await;
                 }
-                return play.fail(step, &cause, &state).await;
+                if failure.status.is_none() {
+                    // The agent undid what little the restore had done: nothing changed.
+                    let next = if step == Step::Verify {
+                        "restore another archive (`ferry archives list`)".to_string()
+                    } else {
+                        "fix the cause and run the restore again".to_string()
+                    };
+                    return play.refuse(step.name(), &failure.cause, &next).await;
+                }
+                return play.fail(step.name(), &failure.cause, &state, &next).await;
             }
         }
     }
     play.succeed(Ending::Succeeded, "restored and healthy")
         .await
+}
+
+/// A restore's status as JSON: every field typed, steps and components by name.
+pub(crate) fn status_json(s: &pb::RestoreStatus) -> Value {
+    json!({
+        "restore_id": s.restore_id,
+        "state": HostState::try_from(s.state).unwrap_or(HostState::Unspecified).as_str_name(),
+        "last_done": Step::of(s.last_done).name(),
+        "plan": s.plan.iter().map(|p| Step::of(*p).name()).collect::<Vec<_>>(),
+        "components": s.components.iter().map(|c| pb::Component::try_from(*c).unwrap_or(pb::Component::Unspecified).name()).collect::<Vec<_>>(),
+        "published": s.published,
+        "lapsed": (!s.lapsed.is_empty()).then_some(&s.lapsed),
+        "running": (s.running != 0).then(|| Step::of(s.running).name()),
+        "idle_seconds": s.idle_seconds,
+        "summary": s.summary,
+    })
 }
 
 async fn choose_archive(
@@ -368,52 +481,47 @@ async fn choose_archive(
     Ok(archive)
 }
 
-/// Everything that must hold before the host is touched.
+/// Everything that must hold before the host is touched: the shared compatibility rules, the units
+/// and the staging space.
 fn preflight(
     archive: &ArchiveRecord,
     facts: &pb::FactsReply,
-    components: &[String],
+    components: &[Component],
 ) -> Vec<String> {
-    let mut problems = Vec::new();
     let version = facts
         .flightctl
         .as_ref()
         .map(|v| v.version.as_str())
-        .unwrap_or_default();
-    if version != archive.flightctl_version {
-        problems.push(format!(
-            "the archive is of Flight Control {}, the host runs {}; restore only onto the same version",
-            archive.flightctl_version,
-            if version.is_empty() { "an unknown version" } else { version }
-        ));
-    }
+        .filter(|v| !v.is_empty());
     let podman = facts
         .deployment
         .as_ref()
-        .is_some_and(|d| d.r#type == ferry_proto::v1::DeploymentType::Podman as i32);
-    if archive.deployment_type != "podman" || !podman {
-        problems.push(format!("deployment type {} in the archive and {} on the host: only podman to podman is supported",
-            archive.deployment_type, if podman { "podman" } else { "not podman" }));
-    }
+        .is_some_and(|d| d.r#type == pb::DeploymentType::Podman as i32);
+    let mut problems = incompatibilities(
+        ArchiveSide {
+            version: &archive.flightctl_version,
+            deployment_type: &archive.deployment_type,
+            database_included: archive.database_included,
+        },
+        HostSide {
+            version,
+            podman,
+            database: database_access(facts),
+        },
+        components,
+    );
     let unit = |name: &str| facts.units.iter().any(|u| u.name == name);
     if !unit("flightctl-api.service") {
         problems.push("the host has no flightctl-api.service".into());
     }
-    let access = database_access(facts);
-    let chosen = ferry_proto::restore::chosen(components);
-    let wants = |c: &str| chosen.iter().any(|x| x == c);
+    let wants_db = ferry_proto::restore::chosen(components).contains(&Component::Db);
     if archive.database_included
-        && wants("db")
-        && (access != DatabaseAccess::Builtin || !unit("flightctl-db.service"))
+        && wants_db
+        && database_access(facts) == DatabaseAccess::Builtin
+        && !unit("flightctl-db.service")
     {
-        problems.push(
-            "the archive holds a database but the host has no built-in flightctl-db (db.type: external); restore the other components with --only pki,config,encryption,volumes".into(),
-        );
-    }
-    if !archive.database_included && chosen == ["db"] {
-        problems.push(
-            "the archive holds no database (it was made on an external-database host): --only db has nothing to restore; after the DBA restored it, run `ferry prepare-devices HOST`".into(),
-        );
+        problems
+            .push("the archive holds a database but the host has no flightctl-db.service".into());
     }
     let free = facts.staging.as_ref().map(|s| s.free_bytes).unwrap_or(0);
     let needed = (archive.size as u64)
@@ -430,12 +538,16 @@ fn preflight(
 }
 
 /// The components a restore puts back.
-fn components(args: &RestoreArgs) -> Vec<String> {
+fn components(args: &RestoreArgs) -> Vec<Component> {
     if args.db_only {
-        vec!["db".into()]
-    } else {
-        ferry_proto::restore::chosen(&args.only)
+        return vec![Component::Db];
     }
+    let named: Vec<Component> = args
+        .only
+        .iter()
+        .filter_map(|c| Component::from_name(c))
+        .collect();
+    ferry_proto::restore::chosen(&named)
 }
 
 /// How the host reaches its database, from its facts.
@@ -461,7 +573,13 @@ async fn stage(
         expected_sha256: archive.sha256.clone(),
         expected_size: archive.size as u64,
         keep_old_db: args.keep_old_db,
-        components: components(args),
+        // Only what the operator named: the agent holds a named component to be in the archive.
+        components: if args.db_only || !args.only.is_empty() {
+            components(args).into_iter().map(|c| c as i32).collect()
+        } else {
+            Vec::new()
+        },
+        lease_seconds: args.lease_seconds,
         ..Default::default()
     };
     let reader = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
@@ -492,8 +610,15 @@ async fn stage(
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let reply =
-        reply.map_err(|status| status.message().trim_start_matches("stage: ").to_string())?;
+    let reply = reply.map_err(|status| match step_failure(&status) {
+        Some(failure) if failure.next.is_empty() => failure.cause,
+        Some(failure) => format!(
+            "{}; end it with `{}`",
+            failure.cause,
+            failure.next.join("` or `")
+        ),
+        None => status.message().to_string(),
+    })?;
     let reply = reply.into_inner();
     if reply.sha256 != archive.sha256 {
         return Err(format!(

@@ -103,6 +103,11 @@ impl<'a> Play<'a> {
         &self.target.name
     }
 
+    /// The name the agent's certificate proved: archives are filed and found under it.
+    pub fn identity(&self) -> &str {
+        &self.target.agent_name
+    }
+
     /// Prints the play's header line.
     pub fn header(&self, what: &str) {
         outln!("PLAY [{what}]");
@@ -167,12 +172,23 @@ impl<'a> Play<'a> {
         .await
     }
 
-    /// Failed after the host may have changed: `state` says how it was left.
-    pub async fn fail(&self, task: &str, cause: &str, state: &str) -> i32 {
+    /// Failed after the host may have changed: `state` says how it was left, `next` what ends it
+    /// (by default `--resume` or `rollback`).
+    pub async fn fail(&self, task: &str, cause: &str, state: &str, next: &[String]) -> i32 {
         let host = self.host();
-        let next = format!(
-            "fix the cause, then `ferry restore {host} --resume`; or `ferry rollback {host}` to return to the pre-restore state"
-        );
+        let next = if next.is_empty() {
+            format!(
+                "fix the cause, then `ferry restore {host} --resume`; or `ferry rollback {host}` to return to the pre-restore state"
+            )
+        } else {
+            format!(
+                "fix the cause, then one of: {}",
+                next.iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
         outln!("FAILED: [{host}] task {task}: {cause}");
         outln!("host state: {state}");
         outln!("next: {next}");

@@ -1,6 +1,6 @@
 //! `ferry rollback HOST`: returns a host with an unfinished restore to exactly its pre-restore state.
 
-use ferry_proto::v1::{PingRequest, RestoreStepRequest};
+use ferry_proto::v1::{PingRequest, RestoreStepRequest, Step};
 use serde_json::json;
 use time::OffsetDateTime;
 
@@ -20,7 +20,11 @@ pub async fn rollback(config: &Config, global: &GlobalArgs, host: &str) -> i32 {
     let started = OffsetDateTime::now_utc();
     let operation = match conn.client.clone().ping(PingRequest {}).await {
         Ok(r) => r.into_inner().operation,
-        Err(status) => return play.fail("rollback", status.message(), "unknown").await,
+        Err(status) => {
+            return play
+                .fail("rollback", status.message(), "unknown", &[])
+                .await;
+        }
     };
     let Some(op) = operation.filter(|op| op.kind == "restore") else {
         return play
@@ -34,7 +38,7 @@ pub async fn rollback(config: &Config, global: &GlobalArgs, host: &str) -> i32 {
     play.header(&format!("roll back restore {} on {host}", op.id));
     let request = RestoreStepRequest {
         restore_id: op.id.clone(),
-        step: "rollback".into(),
+        step: Step::Rollback as i32,
         lease_seconds: 0,
     };
     match conn.client.clone().restore_step(request).await {
@@ -42,13 +46,25 @@ pub async fn rollback(config: &Config, global: &GlobalArgs, host: &str) -> i32 {
             play.task("rollback", started, "ok", &reply.into_inner().summary);
             play.succeed(Ending::RolledBack, "pre-restore state").await
         }
-        Err(status) => {
-            play.fail(
-                "rollback",
-                status.message(),
-                "partly rolled back; run `ferry rollback` again",
-            )
-            .await
-        }
+        Err(status) => match super::step_failure(&status) {
+            Some(failure) if failure.refused => play.refuse("rollback", &failure.cause, "").await,
+            Some(failure) => {
+                let state = failure
+                    .status
+                    .map(|s| s.summary)
+                    .unwrap_or_else(|| "unknown".into());
+                play.fail("rollback", &failure.cause, &state, &failure.next)
+                    .await
+            }
+            None => {
+                play.fail(
+                    "rollback",
+                    status.message(),
+                    "partly rolled back; run `ferry rollback` again",
+                    &[],
+                )
+                .await
+            }
+        },
     }
 }

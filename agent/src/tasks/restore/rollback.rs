@@ -1,0 +1,91 @@
+//! Ending a restore that will not finish: `rollback` returns the host to exactly its pre-restore
+//! state; a lapsed lease makes the host safe without the controller.
+
+use std::path::Path;
+
+use ferry_proto::v1::Step;
+
+use super::journal::Journal;
+use super::{RestoreContext, StepOutcome, database, files, ports};
+
+/// Returns the host to its pre-restore state: nothing published, the previous database and files
+/// back in place, the application units that were running started again. Then forgets the restore.
+pub async fn rollback(
+    ctx: &RestoreContext,
+    dir: &Path,
+    j: &Journal,
+) -> Result<StepOutcome, String> {
+    let host = &ctx.host;
+    if j.published() || (j.is_done(Step::Publish) && !j.is_done(Step::Unpublish)) {
+        ports::unpublish(host, &j.dropins).await?;
+    }
+    if j.restores_database && !j.temp_db.is_empty() {
+        database::restore_previous(host, &j.db_name, &j.temp_db, &j.old_db).await?;
+    }
+    files::restore_old(j)?;
+    let pam = dir.join("pam-issuer-etc.old.tar");
+    if pam.is_file() {
+        let _ = host
+            .podman()
+            .volume_import("flightctl-pam-issuer-etc", &pam)
+            .await;
+    }
+    let names: Vec<&str> = j.stopped_units.iter().map(String::as_str).collect();
+    host.systemd()
+        .control("start", &names)
+        .await
+        .map_err(|e| e.to_string())?;
+    std::fs::remove_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let database = if j.restores_database {
+        "previous database and files in place"
+    } else {
+        "previous files in place"
+    };
+    let prepared = if j.external_database && j.is_done(Step::PrepareDevices) {
+        "; device preparation on the external database is not undone (it belongs to its DBA): devices stay awaiting reconnect until they check in"
+    } else {
+        ""
+    };
+    Ok(StepOutcome {
+        summary: format!(
+            "rolled back from after {}: {database}, {} application units started{prepared}",
+            j.last_done().name(),
+            names.len()
+        ),
+        ..Default::default()
+    })
+}
+
+/// The controller's lease lapsed. Before the live data was swapped the restore is undone and the
+/// host freed; after it, nothing stays published, the data services are restarted, and the
+/// application units stay stopped (the documented state after a failed restore) until `--resume`
+/// or `ferry rollback`. Returns what was done.
+pub async fn lapse(ctx: &RestoreContext, dir: &Path) -> Result<String, String> {
+    let mut j = Journal::load(dir).map_err(|e| e.to_string())?;
+    if !j.swapped() {
+        rollback(ctx, dir, &j).await?;
+        return Ok(
+            "lease lapsed before the live data changed: temporary database dropped, staging cleared, application units running, host free"
+                .into(),
+        );
+    }
+    ports::unpublish(&ctx.host, &j.dropins).await?;
+    // Record what the lapse did, so --resume republishes if devices were not prepared yet.
+    if j.is_done(Step::Publish) && !j.is_done(Step::Unpublish) {
+        if j.is_done(Step::PrepareDevices) {
+            j.mark_done(Step::Unpublish);
+        } else {
+            j.unmark(Step::Publish);
+        }
+    }
+    j.dropins.clear();
+    let when = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let note = format!(
+        "the controller's lease lapsed at {when}: drop-ins removed and flightctl-db/flightctl-kv restarted; application units kept stopped with the restored data in place; next: `ferry restore HOST --resume` or `ferry rollback HOST`"
+    );
+    j.lapsed = Some(note.clone());
+    j.save(dir).map_err(|e| e.to_string())?;
+    Ok(note)
+}

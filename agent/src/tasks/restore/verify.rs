@@ -1,0 +1,170 @@
+//! `verify`: reads the staged archive once (digest, every entry, manifest, metadata), applies the
+//! shared compatibility rules against this host, and fixes the restore's plan. It extracts into the
+//! restore's own directory, never onto the host.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use ferry_proto::archive::{EntryKind, ReadOptions, read_archive};
+use ferry_proto::restore::{ArchiveSide, DatabaseAccess, HostSide, incompatibilities, plan};
+use ferry_proto::v1::{Component, Step};
+use serde_json::json;
+
+use super::journal::Journal;
+use super::{RestoreContext, StepOutcome};
+use crate::tasks::database::Endpoint;
+use crate::tasks::facts::{DatabaseKind, DeploymentKind};
+
+pub async fn run(ctx: &RestoreContext, dir: &Path, j: &mut Journal) -> Result<StepOutcome, String> {
+    let facts = ctx.facts().await;
+    let archive = dir.join("archive");
+    let extract = dir.join("extract");
+    let _ = std::fs::remove_dir_all(&extract);
+    let expected = j.archive_sha256.clone();
+    let target = extract.clone();
+    let verified = tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&archive)?;
+        read_archive(
+            std::io::BufReader::new(file),
+            &ReadOptions {
+                extract_to: Some(&target),
+                expected_sha256: Some(&expected),
+                keep: None,
+            },
+        )
+        .map_err(std::io::Error::other)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| {
+        let _ = std::fs::remove_dir_all(&extract);
+        format!("archive refused: {e}")
+    })?;
+    let refuse = |why: String| {
+        let _ = std::fs::remove_dir_all(&extract);
+        Err(format!("archive refused: {why}"))
+    };
+    let Some(metadata) = verified.metadata else {
+        return refuse("no metadata.json".into());
+    };
+    let has = |path: &str, kind: EntryKind| {
+        verified
+            .entries
+            .iter()
+            .any(|e| e.path == path && e.kind == kind)
+    };
+    if !has("pki", EntryKind::Dir) {
+        return refuse(
+            "it has no pki/: restoring without the CA would force every device to re-enroll".into(),
+        );
+    }
+    if !has("config/service-config.yaml", EntryKind::File) {
+        return refuse("it has no config/service-config.yaml".into());
+    }
+    let dump = has("db/dump.sql", EntryKind::File);
+    if metadata.database_included != dump {
+        return refuse(format!(
+            "metadata says databaseIncluded={} but db/dump.sql is {}",
+            metadata.database_included,
+            if dump { "present" } else { "absent" }
+        ));
+    }
+    let access = if facts.database.kind == DatabaseKind::External {
+        DatabaseAccess::External
+    } else {
+        DatabaseAccess::Builtin
+    };
+    let problems = incompatibilities(
+        ArchiveSide {
+            version: &metadata.version,
+            deployment_type: &metadata.deployment_type,
+            database_included: dump,
+        },
+        HostSide {
+            version: facts.version.as_deref(),
+            podman: facts.deployment == DeploymentKind::Podman,
+            database: access,
+        },
+        &j.components(),
+    );
+    if !problems.is_empty() {
+        return refuse(problems.join("; "));
+    }
+    if j.partial {
+        // A component the operator named must be there to restore, or the restore is downtime for
+        // nothing.
+        let present = |c: Component| match c {
+            Component::Db => dump,
+            Component::Pki => true,
+            Component::Config => has("config/service-config.yaml", EntryKind::File),
+            Component::Encryption => has("encryption", EntryKind::Dir),
+            Component::Volumes => has("volumes/pam-issuer-etc.tar", EntryKind::File),
+            Component::Unspecified => false,
+        };
+        let missing: Vec<&str> = j
+            .components()
+            .into_iter()
+            .filter(|c| !present(*c))
+            .map(|c| c.name())
+            .collect();
+        if !missing.is_empty() {
+            return refuse(format!(
+                "it has no {}: --only names nothing to restore there",
+                missing.join(", ")
+            ));
+        }
+    }
+    let plan = plan(&j.components(), false, access);
+    if access == DatabaseAccess::External && plan.contains(&Step::PrepareDevices) {
+        // What device preparation will reach is checked now, before any change: the database the
+        // restored config names when the config is restored, else the host's.
+        let settings = if j.wants(Component::Config) {
+            crate::tasks::facts::database_at(&extract.join("config/service-config.yaml"))
+        } else {
+            facts.database.clone()
+        };
+        Endpoint::external(&ctx.host, &settings, &j.database_override)
+            .map_err(|e| format!("external database: {e}"))?
+            .connect(&ctx.host)
+            .await
+            .map_err(|e| format!("external database: {e}"))?;
+    }
+    let modes: BTreeMap<String, u32> = verified
+        .manifest
+        .as_ref()
+        .map(|m| m.entries.iter().map(|e| (e.path.clone(), e.mode)).collect())
+        .unwrap_or_default();
+    std::fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_vec(&modes).unwrap_or_default(),
+    )
+    .map_err(|e| e.to_string())?;
+    j.version = metadata.version.clone();
+    j.restores_database = plan.contains(&Step::SwapDb);
+    j.external_database = access == DatabaseAccess::External;
+    j.set_plan(&plan);
+    j.db_name = facts.database.name.clone();
+    // 8 hex of the restore id's digest, as upstream's 4 random bytes: unique per restore.
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(j.restore_id.as_bytes());
+    let tag = ferry_proto::archive::hex(&digest[..4]);
+    j.temp_db = format!("{}_restore_{tag}", j.db_name);
+    j.old_db = format!("{}_old_{tag}", j.db_name);
+    Ok(StepOutcome {
+        summary: format!(
+            "{} entries safe, sha256 {}…, Flight Control {}, podman, database {}",
+            verified.entries.len(),
+            &verified.sha256[..12],
+            metadata.version,
+            if dump { "included" } else { "external" }
+        ),
+        details: json!({"entries": verified.entries.len(), "version": metadata.version}),
+        skipped: false,
+    })
+}
+
+/// The modes the manifest recorded, written by `verify` for `swap-files`.
+pub fn manifest_modes(dir: &Path) -> Result<BTreeMap<String, u32>, String> {
+    let path = dir.join("manifest.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| e.to_string())
+}
