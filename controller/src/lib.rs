@@ -14,4 +14,5 @@ pub mod inventory;
 pub mod pattern;
 pub mod progress;
 pub mod report;
+pub mod runs;
 pub mod store;

@@ -63,12 +63,44 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating, mode 0700) the store at `root`.
+    /// Opens (creating, mode 0700) the store at `root`, and removes the partial objects of
+    /// controllers that died mid-transfer.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
         make_dir(root)?;
-        Ok(Store {
+        let store = Store {
             root: root.to_path_buf(),
-        })
+        };
+        store.remove_stale();
+        Ok(store)
+    }
+
+    /// `.incoming-<pid>-<n>.part` objects whose process is gone.
+    fn remove_stale(&self) {
+        let hosts = std::fs::read_dir(&self.root)
+            .into_iter()
+            .flatten()
+            .flatten();
+        for host in hosts.filter(|h| h.path().is_dir()) {
+            for entry in std::fs::read_dir(host.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let pid = name
+                    .strip_prefix(".incoming-")
+                    .and_then(|rest| rest.split_once('-'))
+                    .map(|(pid, _)| pid)
+                    .or_else(|| name.rsplit_once(".sha256.part-").map(|(_, pid)| pid))
+                    .and_then(|pid| pid.parse::<u32>().ok());
+                if let Some(pid) = pid
+                    && !Path::new(&format!("/proc/{pid}")).exists()
+                {
+                    tracing::warn!(file = %entry.path().display(), "removing a partial object left by an interrupted transfer");
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
     }
 
     pub fn root(&self) -> &Path {

@@ -14,7 +14,7 @@ use super::{Catalog, CatalogError, Operator};
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// One task of an operation's timeline.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TaskRecord {
     pub name: String,
     #[serde(with = "time::serde::rfc3339")]
@@ -27,7 +27,7 @@ pub struct TaskRecord {
 }
 
 /// What happened, to whom, by whom: the entry before it is numbered and chained.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Event {
     /// backup, restore, restore-check, rollback, prepare-devices, archive-verify, archive-export,
     /// archive-delete, certificate-issue
@@ -38,7 +38,9 @@ pub struct Event {
     /// {id, name, sha256, source_host} when an archive is involved.
     pub archive: Value,
     pub flags: Value,
+    #[serde(with = "time::serde::rfc3339")]
     pub started: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
     pub finished: OffsetDateTime,
     /// succeeded, failed, refused, rolled back, checked, unreachable, interrupted
     pub outcome: String,
@@ -118,7 +120,15 @@ impl std::fmt::Display for Break {
 
 impl Catalog {
     /// Appends `event` as the next entry; returns its sequence number.
+    /// Appends `event`; if the catalog is unreachable, keeps it in the spool for later.
     pub async fn append(&self, event: &Event) -> Result<i64, CatalogError> {
+        match self.append_now(event).await {
+            Ok(seq) => Ok(seq),
+            Err(e) => Err(self.spool(super::spool::Spooled::Ledger(event.clone()), e)),
+        }
+    }
+
+    pub(super) async fn append_now(&self, event: &Event) -> Result<i64, CatalogError> {
         let mut client = self.ledger.lock().await;
         let tx = client.transaction().await?;
         tx.batch_execute("LOCK TABLE ledger IN EXCLUSIVE MODE")

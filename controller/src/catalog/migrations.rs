@@ -86,6 +86,8 @@ END $$;
         r#"
 -- Why an archive cannot be trusted as it is (its sidecar disagrees with it), or NULL.
 ALTER TABLE archives ADD COLUMN suspect text;
+-- The controller process that runs a run (pid:start time), to tell a killed one from a live one.
+ALTER TABLE runs ADD COLUMN controller_process text;
 "#,
     ),
 ];

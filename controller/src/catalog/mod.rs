@@ -4,6 +4,7 @@
 pub mod embedded;
 pub mod ledger;
 mod migrations;
+pub mod spool;
 
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -15,12 +16,43 @@ use crate::config::Config;
 pub enum CatalogError {
     #[error("catalog: private cluster: {0}")]
     Embedded(String),
-    #[error("catalog: {0}")]
+    #[error("catalog: {}", crate::catalog::pg_error(.0))]
     Db(#[from] tokio_postgres::Error),
+    /// The catalog could not take a record; it waits in the spool and is written at the next start.
+    #[error(
+        "the catalog did not take the {what} ({cause}); it is kept in {path} and written when the catalog is back (any ferry command does it)"
+    )]
+    Spooled {
+        what: &'static str,
+        path: std::path::PathBuf,
+        cause: String,
+    },
+    #[error(
+        "the catalog did not take the {what} ({cause}), and it could not be spooled either: {spool}"
+    )]
+    Lost {
+        what: &'static str,
+        cause: String,
+        spool: String,
+    },
+}
+
+/// A PostgreSQL error with the server's message or the cause beneath.
+pub fn pg_error(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{}: {}", db.severity(), db.message());
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
 }
 
 /// Who ran an operation.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Operator {
     pub subject: String,
     pub fingerprint: String,
@@ -74,7 +106,7 @@ fn local_user() -> String {
 }
 
 /// One host's part of a run.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct HostRecord {
     pub host: String,
     /// ok, failed, unreachable, skipped
@@ -82,12 +114,14 @@ pub struct HostRecord {
     pub phase: Option<String>,
     pub error: Option<String>,
     pub archive_id: Option<i64>,
+    #[serde(with = "time::serde::rfc3339")]
     pub started: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339")]
     pub finished: OffsetDateTime,
 }
 
 /// An archive as the catalog knows it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ArchiveRecord {
     pub id: i64,
     pub host: String,
@@ -158,6 +192,8 @@ impl ArchiveRecord {
 pub struct Catalog {
     client: Client,
     ledger: tokio::sync::Mutex<Client>,
+    /// Records the catalog could not take, written at the next connect.
+    spool_dir: std::path::PathBuf,
 }
 
 const ARCHIVE_COLUMNS: &str = "id, host, name, size, sha256, compression, flightctl_version, deployment_type, \
@@ -170,7 +206,14 @@ impl Catalog {
         migrations::apply(&mut client).await?;
         // Ledger appends get their own connection: a transaction and a role of their own.
         let ledger = tokio::sync::Mutex::new(open(config).await?);
-        Ok(Catalog { client, ledger })
+        let catalog = Catalog {
+            client,
+            ledger,
+            spool_dir: config.state_dir.join("spool"),
+        };
+        catalog.replay_spool().await;
+        catalog.interrupted_runs().await;
+        Ok(catalog)
     }
 
     /// The underlying connection, for queries the catalog does not wrap (tests, reports).
@@ -188,37 +231,83 @@ impl Catalog {
         let row = self
             .client
             .query_one(
-                "INSERT INTO runs (kind, pattern, operator, operator_fingerprint, os_user, controller_host, flags)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-                &[&kind, &pattern, &operator.subject, &operator.fingerprint, &operator.os_user, &operator.controller_host, flags],
+                "INSERT INTO runs (kind, pattern, operator, operator_fingerprint, os_user, controller_host, flags, controller_process)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+                &[&kind, &pattern, &operator.subject, &operator.fingerprint, &operator.os_user, &operator.controller_host, flags,
+                  &crate::runs::this_process()],
             )
             .await?;
-        Ok(row.get(0))
+        let run_id: i64 = row.get(0);
+        crate::runs::opened(crate::runs::OpenRun {
+            run_id,
+            kind: kind.into(),
+            pattern: pattern.into(),
+            operator: operator.clone(),
+            flags: flags.clone(),
+            started: OffsetDateTime::now_utc(),
+            hosts: Default::default(),
+        });
+        Ok(run_id)
     }
 
+    /// Ends a run; if the catalog is unreachable, the spool keeps it.
     pub async fn finish_run(&self, run_id: i64, outcome: &str) -> Result<(), CatalogError> {
+        crate::runs::closed(run_id);
+        self.finish_run_now(run_id, outcome).await.map_err(|e| {
+            self.spool(
+                spool::Spooled::FinishRun {
+                    run_id,
+                    outcome: outcome.into(),
+                },
+                e,
+            )
+        })
+    }
+
+    async fn finish_run_now(&self, run_id: i64, outcome: &str) -> Result<(), CatalogError> {
         self.client
             .execute(
-                "UPDATE runs SET finished_at = now(), outcome = $2 WHERE id = $1",
+                "UPDATE runs SET finished_at = now(), outcome = $2 WHERE id = $1 AND finished_at IS NULL",
                 &[&run_id, &outcome],
             )
             .await?;
         Ok(())
     }
 
+    /// Records one host's result; if the catalog is unreachable, the spool keeps it.
     pub async fn record_host(&self, run_id: i64, r: &HostRecord) -> Result<(), CatalogError> {
+        crate::runs::host_finished(run_id, &r.host);
+        self.record_host_now(run_id, r).await.map_err(|e| {
+            self.spool(
+                spool::Spooled::HostResult {
+                    run_id,
+                    record: r.clone(),
+                },
+                e,
+            )
+        })
+    }
+
+    async fn record_host_now(&self, run_id: i64, r: &HostRecord) -> Result<(), CatalogError> {
         self.client
             .execute(
                 "INSERT INTO host_results (run_id, host, outcome, phase, error, archive_id, started_at, finished_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (run_id, host) DO NOTHING",
                 &[&run_id, &r.host, &r.outcome, &r.phase, &r.error, &r.archive_id, &r.started, &r.finished],
             )
             .await?;
         Ok(())
     }
 
-    /// Records an archive; returns its id, or None if (host, name) is already catalogued.
+    /// Records an archive; returns its id, or None if (host, name) is already catalogued. If the
+    /// catalog is unreachable, the spool keeps it.
     pub async fn insert_archive(&self, a: &ArchiveRecord) -> Result<Option<i64>, CatalogError> {
+        self.insert_archive_now(a)
+            .await
+            .map_err(|e| self.spool(spool::Spooled::Archive(Box::new(a.clone())), e))
+    }
+
+    async fn insert_archive_now(&self, a: &ArchiveRecord) -> Result<Option<i64>, CatalogError> {
         let row = self
             .client
             .query_opt(

@@ -65,15 +65,34 @@ pub async fn run(
         run_id,
         compression,
     };
+    // Each host's --timeout is kept here, so a host that runs out of time is recorded like any
+    // other failure; the fan-out's own limit is only a backstop.
+    let per_host = fleet.options.timeout;
+    let options = crate::fanout::FanoutOptions {
+        timeout: per_host + std::time::Duration::from_secs(60),
+        ..fleet.options
+    };
     let results = crate::fanout::run(
         fleet.targets,
-        fleet.options,
+        options,
         |target| {
             let progress = Arc::clone(&progress);
             let ctx = &ctx;
             async move {
                 let bar = progress.host(&target.name);
-                let outcome = ctx.backup_one(&target, &bar).await;
+                let started = OffsetDateTime::now_utc();
+                let outcome =
+                    match tokio::time::timeout(per_host, ctx.backup_one(&target, &bar)).await {
+                        Ok(outcome) => outcome,
+                        Err(_) => {
+                            let cause = format!(
+                                "no result within {}s (--timeout) during {}; nothing was stored",
+                                per_host.as_secs(),
+                                bar.phase()
+                            );
+                            ctx.failed(&target, "timeout", cause, started).await
+                        }
+                    };
                 bar.finish();
                 outcome
             }
@@ -133,6 +152,7 @@ impl<'a> Ctx<'a> {
     async fn backup_one(&self, target: &Target, bar: &HostProgress) -> Outcome {
         let started = OffsetDateTime::now_utc();
         let clock = Instant::now();
+        crate::runs::host_phase(self.run_id, &target.name, "connect");
         let conn = match self.dialer.connect(target).await {
             Ok(conn) => conn,
             Err(e) => {
@@ -143,8 +163,14 @@ impl<'a> Ctx<'a> {
         let result = self.receive(target, &conn, &operation_id, bar, clock).await;
         match result {
             Ok((record, committed_path)) => {
+                let mut note = String::new();
                 let id = match self.catalog.insert_archive(&record).await {
-                    Ok(Some(id)) => id,
+                    Ok(Some(id)) => Some(id),
+                    // The archive is safe in the store; its record waits in the spool.
+                    Err(e @ crate::catalog::CatalogError::Spooled { .. }) => {
+                        note = format!("; {e}");
+                        None
+                    }
                     Ok(None) => {
                         return self
                             .failed(
@@ -157,12 +183,11 @@ impl<'a> Ctx<'a> {
                     }
                     Err(e) => return self.failed(target, "catalog", e.to_string(), started).await,
                 };
-                self.record(target, "ok", None, None, Some(id), started)
-                    .await;
+                self.record(target, "ok", None, None, id, started).await;
                 Outcome::Ok {
                     changed: true,
                     summary: format!(
-                        "archive {} {} ({}, sha256 {}…) in {:.1}s",
+                        "archive {} {} ({}, sha256 {}…) in {:.1}s{note}",
                         record.short_id(),
                         record.name,
                         human_bytes(record.size as u64),
@@ -234,7 +259,12 @@ impl<'a> Ctx<'a> {
                 });
             };
             match event {
-                Event::Progress(p) => bar.update(&p.phase, p.bytes),
+                Event::Progress(p) => {
+                    if p.phase != bar.phase() {
+                        crate::runs::host_phase(self.run_id, &target.name, &p.phase);
+                    }
+                    bar.update(&p.phase, p.bytes)
+                }
                 Event::Data(chunk) => {
                     if incoming.is_none() {
                         // The name is only known from the trailer; receive under a provisional one.

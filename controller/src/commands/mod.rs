@@ -30,6 +30,44 @@ pub async fn run(cli: Cli) -> i32 {
             return exit::ERROR;
         }
     };
+    tokio::select! {
+        code = command(&config, cli) => code,
+        (name, code) = signal() => interrupted(&config, name, code).await,
+    }
+}
+
+/// SIGINT or SIGTERM: its name and the exit code a shell expects.
+async fn signal() -> (&'static str, i32) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => ("SIGINT", 130),
+        _ = term.recv() => ("SIGTERM", 143),
+    }
+}
+
+/// The command was interrupted: whatever it had open is recorded as `interrupted`. A restore step
+/// already running on an agent still runs to its end there, under the restore's lease.
+async fn interrupted(config: &Config, name: &str, code: i32) -> i32 {
+    errln!(
+        "ferry: interrupted by {name}; recording the interrupted operation (an agent finishes the step it runs, and its lease makes the host safe if nobody resumes)"
+    );
+    match crate::catalog::Catalog::connect(config).await {
+        Ok(catalog) => {
+            crate::runs::interrupt_all(&catalog, &format!("interrupted by {name}")).await
+        }
+        Err(e) => errln!("ferry: recording the interruption: {e}"),
+    }
+    code
+}
+
+async fn command(config: &Config, cli: Cli) -> i32 {
+    let config = config.clone();
     match cli.command {
         Command::Ping { pattern } => ping::run(&config, &cli.global, &pattern).await,
         Command::Facts { pattern } => facts::run(&config, &cli.global, &pattern).await,

@@ -84,6 +84,7 @@ impl<'a> Play<'a> {
         operator: Operator,
         flags: Value,
     ) -> Self {
+        crate::runs::host_phase(run_id, &target.name, "connect");
         Play {
             target,
             catalog,
@@ -115,6 +116,7 @@ impl<'a> Play<'a> {
 
     /// A finished task: shown, and added to the timeline the ledger records.
     pub fn task(&self, name: &str, started: OffsetDateTime, outcome: &str, detail: &str) {
+        crate::runs::host_phase(self.run_id, self.host(), &format!("after {name}"));
         let seconds = (OffsetDateTime::now_utc() - started).as_seconds_f64();
         if outcome == "ok" {
             outln!("TASK [{name}] ok: {detail} ({seconds:.1}s)");

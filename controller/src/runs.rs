@@ -1,0 +1,212 @@
+//! The runs this process has open, so that an interruption still leaves their record: on SIGINT or
+//! SIGTERM every open run is closed as `interrupted`, with a host result and a ledger entry for each
+//! host still in flight; a process killed outright is found by the next ferry that connects to the
+//! catalog (its runs are open and their process is gone) and recorded the same way.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use serde_json::Value;
+use time::OffsetDateTime;
+
+use crate::catalog::ledger::{Event, TaskRecord};
+use crate::catalog::{Catalog, HostRecord, Operator};
+
+/// A run this process started and has not ended.
+#[derive(Debug, Clone)]
+pub struct OpenRun {
+    pub run_id: i64,
+    pub kind: String,
+    pub pattern: String,
+    pub operator: Operator,
+    pub flags: Value,
+    pub started: OffsetDateTime,
+    /// Hosts being worked on, with when they started and their current phase.
+    pub hosts: BTreeMap<String, (OffsetDateTime, String)>,
+}
+
+static OPEN: Mutex<Vec<OpenRun>> = Mutex::new(Vec::new());
+
+fn open_runs() -> std::sync::MutexGuard<'static, Vec<OpenRun>> {
+    OPEN.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+pub fn opened(run: OpenRun) {
+    open_runs().push(run);
+}
+
+pub fn closed(run_id: i64) {
+    open_runs().retain(|r| r.run_id != run_id);
+}
+
+/// `host` is being worked on in `run_id`, now in `phase`.
+pub fn host_phase(run_id: i64, host: &str, phase: &str) {
+    if let Some(run) = open_runs().iter_mut().find(|r| r.run_id == run_id) {
+        let started = run
+            .hosts
+            .get(host)
+            .map(|(t, _)| *t)
+            .unwrap_or_else(OffsetDateTime::now_utc);
+        run.hosts.insert(host.into(), (started, phase.into()));
+    }
+}
+
+pub fn host_finished(run_id: i64, host: &str) {
+    if let Some(run) = open_runs().iter_mut().find(|r| r.run_id == run_id) {
+        run.hosts.remove(host);
+    }
+}
+
+/// This process, as `pid:start time` (a pid alone may be reused).
+pub fn this_process() -> String {
+    process_id(std::process::id()).unwrap_or_default()
+}
+
+fn process_id(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22, counted after the command name (which may hold spaces and parentheses).
+    let start = stat.rsplit_once(')')?.1.split_whitespace().nth(19)?;
+    Some(format!("{pid}:{start}"))
+}
+
+/// Whether the process recorded as `pid:start time` still runs.
+fn alive(process: &str) -> bool {
+    let Some(pid) = process
+        .split_once(':')
+        .and_then(|(p, _)| p.parse::<u32>().ok())
+    else {
+        return false;
+    };
+    process_id(pid).as_deref() == Some(process)
+}
+
+/// Closes every open run of this process as `interrupted` (SIGINT, SIGTERM).
+pub async fn interrupt_all(catalog: &Catalog, why: &str) {
+    let runs: Vec<OpenRun> = open_runs().clone();
+    for run in runs {
+        let finished = OffsetDateTime::now_utc();
+        let hosts: Vec<(String, OffsetDateTime, String)> = if run.hosts.is_empty() {
+            vec![(run.pattern.clone(), run.started, "start".into())]
+        } else {
+            run.hosts
+                .iter()
+                .map(|(h, (t, p))| (h.clone(), *t, p.clone()))
+                .collect()
+        };
+        for (host, started, phase) in hosts {
+            let error = format!("{why} during {phase}");
+            let _ = catalog
+                .record_host(
+                    run.run_id,
+                    &HostRecord {
+                        host: host.clone(),
+                        outcome: "interrupted".into(),
+                        phase: Some(phase.clone()),
+                        error: Some(error.clone()),
+                        archive_id: None,
+                        started,
+                        finished,
+                    },
+                )
+                .await;
+            let _ = catalog
+                .append(&Event {
+                    kind: run.kind.clone(),
+                    run_id: Some(run.run_id),
+                    operator: run.operator.clone(),
+                    target: host,
+                    archive: Value::Null,
+                    flags: run.flags.clone(),
+                    started,
+                    finished,
+                    outcome: "interrupted".into(),
+                    error: Some(format!("{phase}: {error}")),
+                    tasks: vec![TaskRecord {
+                        name: phase,
+                        started,
+                        finished,
+                        outcome: "interrupted".into(),
+                        detail: error,
+                    }],
+                })
+                .await;
+        }
+        let _ = catalog.finish_run(run.run_id, "interrupted").await;
+    }
+}
+
+impl Catalog {
+    /// Records as `interrupted` the open runs of this machine whose controller process is gone.
+    pub(crate) async fn interrupted_runs(&self) {
+        let host = rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned();
+        let Ok(rows) = self
+            .client()
+            .query(
+                "SELECT id, kind, pattern, operator, operator_fingerprint, os_user, flags, started_at, COALESCE(controller_process, '')
+                 FROM runs WHERE finished_at IS NULL AND controller_host = $1",
+                &[&host],
+            )
+            .await
+        else {
+            return;
+        };
+        for row in rows {
+            let process: String = row.get(8);
+            if alive(&process) {
+                continue;
+            }
+            let run_id: i64 = row.get(0);
+            let started: OffsetDateTime = row.get(7);
+            let now = OffsetDateTime::now_utc();
+            let error = format!(
+                "the controller process ({}) ended before the run did; found at {}",
+                if process.is_empty() {
+                    "unknown"
+                } else {
+                    &process
+                },
+                now.format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default()
+            );
+            let finished = self
+                .client()
+                .execute(
+                    "UPDATE runs SET finished_at = now(), outcome = 'interrupted' WHERE id = $1 AND finished_at IS NULL",
+                    &[&run_id],
+                )
+                .await;
+            if !matches!(finished, Ok(1)) {
+                continue; // another ferry got there first
+            }
+            let _ = self
+                .append(&Event {
+                    kind: row.get(1),
+                    run_id: Some(run_id),
+                    operator: Operator {
+                        subject: row.get(3),
+                        fingerprint: row.get(4),
+                        os_user: row.get(5),
+                        controller_host: host.clone(),
+                    },
+                    target: row.get(2),
+                    archive: Value::Null,
+                    flags: row.get::<_, Value>(6),
+                    started,
+                    finished: now,
+                    outcome: "interrupted".into(),
+                    error: Some(error.clone()),
+                    tasks: vec![TaskRecord {
+                        name: "run".into(),
+                        started,
+                        finished: now,
+                        outcome: "interrupted".into(),
+                        detail: error.clone(),
+                    }],
+                })
+                .await;
+        }
+    }
+}
