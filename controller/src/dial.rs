@@ -82,8 +82,12 @@ impl Dialer {
         let slot = Arc::clone(&tls_error);
         let expected = target.agent_name.clone();
         // The URI is only a label: the connector below decides where and how to connect.
+        // HTTP/2 keepalive: an agent that dies behind a proxy or a NAT is noticed, not waited on.
         let endpoint = Endpoint::from_static("http://agent")
             .connect_timeout(timeout)
+            .http2_keep_alive_interval(std::time::Duration::from_secs(5))
+            .keep_alive_timeout(std::time::Duration::from_secs(10))
+            .keep_alive_while_idle(true)
             .initial_stream_window_size(Some(8 << 20))
             .initial_connection_window_size(Some(8 << 20));
         let channel = endpoint

@@ -95,14 +95,20 @@ impl HostLock {
 }
 
 /// An injected fault for this call: the message of the first `TOOL|SUBSTRING|MESSAGE` line whose tool
-/// matches and whose substring occurs in the call's arguments.
+/// matches and whose substring occurs in the call's arguments (`=CALL`: whose arguments are exactly
+/// CALL).
 pub fn fault(layout: &Layout, tool: &str, args: &[String]) -> Option<String> {
     let faults = std::fs::read_to_string(layout.faults()).ok()?;
     let call = args.join(" ");
     faults.lines().find_map(|line| {
         let mut parts = line.splitn(3, '|');
         let (t, needle, message) = (parts.next()?, parts.next()?, parts.next()?);
-        (t == tool && call.contains(needle)).then(|| message.to_string())
+        // `=CALL` matches that call exactly; anything else, any call containing it.
+        let matches = match needle.strip_prefix('=') {
+            Some(exact) => call == exact,
+            None => call.contains(needle),
+        };
+        (t == tool && matches).then(|| message.to_string())
     })
 }
 

@@ -96,7 +96,7 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    /// Listens on `listen` and forwards to `upstream`, agent→client at most `bytes_per_sec`.
+    /// Listens on `listen` and forwards to `upstream`, each way at most `bytes_per_sec`.
     pub async fn start(listen: &str, upstream: std::net::SocketAddr, bytes_per_sec: u64) -> Proxy {
         use std::sync::atomic::Ordering;
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -117,13 +117,25 @@ impl Proxy {
                 tokio::spawn(async move {
                     let (mut client_read, mut client_write) = client.into_split();
                     let (mut server_read, mut server_write) = server.into_split();
+                    let tick = std::time::Duration::from_millis(10);
+                    let per_tick = (bytes_per_sec / 100).max(1) as usize;
+                    // Both directions at the same rate: a restore streams to the agent.
                     let up = async {
-                        let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+                        let mut buf = vec![0u8; 16 << 10];
+                        loop {
+                            let want = per_tick.min(buf.len());
+                            let n = match client_read.read(&mut buf[..want]).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if server_write.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                            tokio::time::sleep(tick).await;
+                        }
                     };
                     let down = async {
                         let mut buf = vec![0u8; 16 << 10];
-                        let tick = std::time::Duration::from_millis(10);
-                        let per_tick = (bytes_per_sec / 100).max(1) as usize;
                         loop {
                             let want = per_tick.min(buf.len());
                             let n = match server_read.read(&mut buf[..want]).await {
@@ -137,8 +149,10 @@ impl Proxy {
                             tokio::time::sleep(tick).await;
                         }
                     };
+                    // Either side going away closes the other, as for a real connection.
                     tokio::select! {
-                        _ = async { tokio::join!(up, down) } => {}
+                        _ = up => {}
+                        _ = down => {}
                         _ = cut_rx.wait_for(|cut| *cut) => {}
                     }
                 });

@@ -177,7 +177,9 @@ fn create_staging_dir(path: &std::path::Path) -> Result<(), ServeError> {
         .map_err(err)?;
     for entry in std::fs::read_dir(path).map_err(err)?.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with("backup-") {
+        // A restore directory without a journal never got past staging: nothing changed.
+        let unstaged = name.starts_with("restore-") && !entry.path().join("journal.json").is_file();
+        if name.starts_with("backup-") || unstaged {
             tracing::warn!(dir = %entry.path().display(), "removing scratch left by an interrupted operation");
             let _ = std::fs::remove_dir_all(entry.path());
         }

@@ -54,27 +54,29 @@ pub async fn load(host: &Host, temp: &str, dump: &std::path::Path) -> Result<(),
     )
     .await?;
     let file = std::fs::File::open(dump).map_err(|e| format!("{}: {e}", dump.display()))?;
-    let output = host
-        .podman()
-        .exec_command(
-            "flightctl-db",
-            &[
-                "psql",
-                "-U",
-                "postgres",
-                "-d",
-                temp,
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-q",
-                "-f",
-                "-",
-            ],
-        )
+    let mut command = host.podman().exec_command(
+        "flightctl-db",
+        &[
+            "psql",
+            "-U",
+            "postgres",
+            "-d",
+            temp,
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-q",
+            "-f",
+            "-",
+        ],
+    );
+    command
         .stdin(file)
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .output()
+        .stderr(std::process::Stdio::piped());
+    // The load takes as long as the database is big: off the async workers, which keep serving.
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .map_err(|e| format!("loading the dump: {e}"))?
         .map_err(|e| format!("loading the dump: {e}"))?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);

@@ -57,6 +57,9 @@ pub struct Journal {
     /// Where device preparation connects (the external database, or the published built-in one).
     #[serde(default)]
     pub external_database: bool,
+    /// `commit` began dropping the pre-restore copies: from here the restore can only be finished.
+    #[serde(default)]
+    pub committing: bool,
     /// The lease's length, to arm it again after the agent restarts.
     #[serde(default)]
     pub lease_seconds: u32,

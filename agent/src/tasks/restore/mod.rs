@@ -671,6 +671,9 @@ async fn execute(
         }
         Step::Health => health::run(ctx, j).await,
         Step::Commit => {
+            // The point of no return is on record before the first copy goes.
+            j.committing = true;
+            j.save(dir).map_err(|e| e.to_string())?;
             if j.is_done(Step::SwapDb) && !j.keep_old_db {
                 database::drop_database(host, &j.old_db).await?;
             }

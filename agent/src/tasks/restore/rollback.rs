@@ -16,6 +16,12 @@ pub async fn rollback(
     j: &Journal,
 ) -> Result<StepOutcome, String> {
     let host = &ctx.host;
+    if j.committing {
+        return Err(format!(
+            "the restore was committing (its pre-restore copies are being dropped): it can only be finished; run `ferry restore {} --resume`",
+            ctx.host_name
+        ));
+    }
     if j.published() || (j.is_done(Step::Publish) && !j.is_done(Step::Unpublish)) {
         ports::unpublish(host, &j.dropins).await?;
     }
@@ -62,6 +68,12 @@ pub async fn rollback(
 /// or `ferry rollback`. Returns what was done.
 pub async fn lapse(ctx: &RestoreContext, dir: &Path) -> Result<String, String> {
     let mut j = Journal::load(dir).map_err(|e| e.to_string())?;
+    if j.committing {
+        let note = "the controller's lease lapsed while the restore was committing: the restored control plane runs; `ferry restore HOST --resume` finishes the commit".to_string();
+        j.lapsed = Some(note.clone());
+        j.save(dir).map_err(|e| e.to_string())?;
+        return Ok(note);
+    }
     if !j.swapped() {
         rollback(ctx, dir, &j).await?;
         return Ok(
@@ -69,7 +81,11 @@ pub async fn lapse(ctx: &RestoreContext, dir: &Path) -> Result<String, String> {
                 .into(),
         );
     }
-    ports::unpublish(&ctx.host, &j.dropins).await?;
+    // Restarting the data services is only needed to take a published port away; otherwise it would
+    // only lose the KV's awaiting-reconnect keys.
+    if j.published() || (j.is_done(Step::Publish) && !j.is_done(Step::Unpublish)) {
+        ports::unpublish(&ctx.host, &j.dropins).await?;
+    }
     // Record what the lapse did, so --resume republishes if devices were not prepared yet.
     if j.is_done(Step::Publish) && !j.is_done(Step::Unpublish) {
         if j.is_done(Step::PrepareDevices) {
@@ -82,8 +98,13 @@ pub async fn lapse(ctx: &RestoreContext, dir: &Path) -> Result<String, String> {
     let when = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
+    let units = if j.is_done(Step::Start) {
+        "application units running on the restored data"
+    } else {
+        "application units kept stopped with the restored data in place"
+    };
     let note = format!(
-        "the controller's lease lapsed at {when}: drop-ins removed and flightctl-db/flightctl-kv restarted; application units kept stopped with the restored data in place; next: `ferry restore HOST --resume` or `ferry rollback HOST`"
+        "the controller's lease lapsed at {when}: nothing published, flightctl-db and flightctl-kv running; {units}; next: `ferry restore HOST --resume` or `ferry rollback HOST`"
     );
     j.lapsed = Some(note.clone());
     j.save(dir).map_err(|e| e.to_string())?;

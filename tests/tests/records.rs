@@ -1,0 +1,439 @@
+//! Every operation leaves a record, whatever ends it: a timeout, an unreachable host, SIGINT, a
+//! catalog that goes down mid-run, a controller killed outright. And the safety refusals that go with
+//! them: a rollback while the restore runs, a publish whose restart fails, a disagreeing sidecar.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use simhost::SimFleetOptions;
+use simhost::testing::{TempFleet, text};
+
+fn json(fleet: &TempFleet, args: &[&str]) -> Value {
+    let out = fleet.ferry(args).args(["-o", "json"]).output().unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {}", text(&out)))
+}
+
+/// The newest ledger entry of `kind` for `target`.
+fn last_entry(fleet: &TempFleet, kind: &str, target: &str) -> Value {
+    let entries = json(fleet, &["history", "--kind", kind]);
+    entries
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|e| e["target"] == target)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {kind} entry for {target}: {entries}"))
+}
+
+async fn host_results(fleet: &TempFleet, kind: &str) -> Vec<(String, String, Option<String>)> {
+    let config = ferry::config::Config::load(&fleet.config_path(), true).unwrap();
+    let catalog = ferry::catalog::Catalog::connect(&config).await.unwrap();
+    catalog
+        .client()
+        .query(
+            "SELECT h.host, h.outcome, h.phase FROM host_results h JOIN runs r ON r.id = h.run_id WHERE r.kind = $1 ORDER BY r.id, h.host",
+            &[&kind],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
+fn store_leftovers(fleet: &TempFleet) -> Vec<String> {
+    let mut left = Vec::new();
+    let store = fleet.dir.join("controller/store");
+    for host in std::fs::read_dir(&store).into_iter().flatten().flatten() {
+        for f in std::fs::read_dir(host.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = f.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                left.push(name);
+            }
+        }
+    }
+    left
+}
+
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_unreachable_hosts_and_sigint_are_on_record() {
+    let fleet = TempFleet::up(SimFleetOptions {
+        hosts: 2,
+        devices: 20,
+        ..Default::default()
+    })
+    .await;
+    let (cp01, cp02) = (fleet.host("cp01"), fleet.host("cp02"));
+
+    // A backup that runs out of --timeout.
+    cp01.inject_fault("podman", "ferry-dump", "sleep:8");
+    let out = fleet
+        .ferry(&["backup", "cp01", "--timeout", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("--timeout"), "{}", text(&out));
+    cp01.clear_faults();
+    let entry = last_entry(&fleet, "backup", "cp01");
+    assert_eq!(entry["outcome"], "failed");
+    assert!(
+        entry["error"].as_str().unwrap().starts_with("timeout:"),
+        "{entry}"
+    );
+    assert!(host_results(&fleet, "backup").await.contains(&(
+        "cp01".into(),
+        "failed".into(),
+        Some("timeout".into())
+    )));
+    assert!(
+        store_leftovers(&fleet).is_empty(),
+        "{:?}",
+        store_leftovers(&fleet)
+    );
+    // The agent ends its side when it next tries to send, and frees the host.
+    let cp01_staging = cp01.layout.agent_dir().join("staging");
+    wait_until("the agent to end the abandoned backup", || {
+        std::fs::read_dir(&cp01_staging).unwrap().count() == 0
+    })
+    .await;
+
+    // A restore aimed at a host whose agent is down.
+    fleet.ferry_ok(&["backup", "all"]).unwrap();
+    simhost::fleet::stop_agent(cp02);
+    let out = fleet.ferry(&["restore", "cp02"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let entry = last_entry(&fleet, "restore", "cp02");
+    assert_eq!(entry["outcome"], "unreachable", "{entry}");
+    assert!(
+        host_results(&fleet, "restore")
+            .await
+            .iter()
+            .any(|(h, o, _)| h == "cp02" && o == "unreachable")
+    );
+    simhost::fleet::start_agent(cp02).unwrap();
+
+    // SIGINT while the dump loads: recorded as interrupted; the agent finishes the load, then its
+    // lease undoes the restore, which changed nothing live.
+    cp01.inject_fault("podman", "ON_ERROR_STOP=1 -q -f", "sleep:3");
+    let mut restore = fleet
+        .ferry(&["restore", "cp01", "--lease-seconds", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("the load", || {
+        cp01.calls()
+            .iter()
+            .any(|c| c.contains("ON_ERROR_STOP=1 -q -f"))
+    })
+    .await;
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(restore.id() as i32).unwrap(),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    let status = restore.wait().unwrap();
+    cp01.clear_faults();
+    assert_eq!(status.code(), Some(130));
+    let entry = last_entry(&fleet, "restore", "cp01");
+    assert_eq!(entry["outcome"], "interrupted", "{entry}");
+    assert!(
+        entry["error"].as_str().unwrap().contains("SIGINT"),
+        "{entry}"
+    );
+    assert!(
+        host_results(&fleet, "restore")
+            .await
+            .iter()
+            .any(|(h, o, _)| h == "cp01" && o == "interrupted")
+    );
+    let staging = cp01.layout.agent_dir().join("staging");
+    wait_until("the lease to free the host", || {
+        std::fs::read_dir(&staging).unwrap().count() == 0
+            && cp01.unit_state("flightctl-api.service") == "active"
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_that_goes_down_and_a_killed_controller_lose_no_record() {
+    let fleet = TempFleet::up(SimFleetOptions {
+        hosts: 2,
+        devices: 20,
+        ..Default::default()
+    })
+    .await;
+    fleet.ferry_ok(&["ping", "all"]).unwrap();
+    let controller = fleet.dir.join("controller");
+
+    // The catalog stops while both hosts dump: the archives land, their records wait in the spool.
+    for h in ["cp01", "cp02"] {
+        fleet
+            .host(h)
+            .inject_fault("podman", "ferry-dump", "sleep:3");
+    }
+    let backup = fleet
+        .ferry(&["backup", "all"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until("both dumps", || {
+        ["cp01", "cp02"].iter().all(|h| {
+            fleet
+                .host(h)
+                .calls()
+                .iter()
+                .any(|c| c.contains("ferry-dump"))
+        })
+    })
+    .await;
+    ferry::catalog::embedded::PrivateCluster::new(&controller)
+        .stop()
+        .unwrap();
+    let out = backup.wait_with_output().unwrap();
+    for h in ["cp01", "cp02"] {
+        fleet.host(h).clear_faults();
+    }
+    assert!(
+        text(&out).contains("written when the catalog is back"),
+        "{}",
+        text(&out)
+    );
+    let spooled = std::fs::read_dir(controller.join("spool")).unwrap().count();
+    assert!(
+        spooled >= 4,
+        "archive, host result and ledger entry per host: {spooled}"
+    );
+    // The next command starts the catalog again and writes them.
+    let archives = json(&fleet, &["archives", "list"]);
+    assert_eq!(archives.as_array().unwrap().len(), 2, "{archives}");
+    for h in ["cp01", "cp02"] {
+        assert_eq!(last_entry(&fleet, "backup", h)["outcome"], "succeeded");
+    }
+    assert_eq!(
+        std::fs::read_dir(controller.join("spool")).unwrap().count(),
+        0
+    );
+    let results = host_results(&fleet, "backup").await;
+    assert_eq!(
+        results.iter().filter(|(_, o, _)| o == "ok").count(),
+        2,
+        "{results:?}"
+    );
+    let verified = Command::new(simhost::bins::path("ferry"))
+        .arg("--config")
+        .arg(fleet.config_path())
+        .args(["audit", "verify"])
+        .output()
+        .unwrap();
+    assert!(verified.status.success(), "{}", text(&verified));
+
+    // A controller killed outright mid-backup: the next ferry marks its run interrupted, and its
+    // partial object is gone.
+    fleet
+        .host("cp01")
+        .inject_fault("podman", "ferry-dump", "sleep:4");
+    let mut backup = fleet
+        .ferry(&["backup", "cp01"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the dump", || {
+        fleet
+            .host("cp01")
+            .calls()
+            .iter()
+            .filter(|c| c.contains("ferry-dump"))
+            .count()
+            >= 2
+    })
+    .await;
+    backup.kill().unwrap();
+    let _ = backup.wait();
+    fleet.host("cp01").clear_faults();
+    let entry = last_entry(&fleet, "backup", "cp01");
+    assert_eq!(entry["outcome"], "interrupted", "{entry}");
+    assert!(
+        entry["error"]
+            .as_str()
+            .unwrap()
+            .contains("ended before the run did"),
+        "{entry}"
+    );
+    // The next command that opens the store removes the dead controller's partial object.
+    json(&fleet, &["archives", "list"]);
+    assert!(
+        store_leftovers(&fleet).is_empty(),
+        "{:?}",
+        store_leftovers(&fleet)
+    );
+    let staging = fleet.host("cp01").layout.agent_dir().join("staging");
+    wait_until("the agent to drop its scratch", || {
+        std::fs::read_dir(&staging).unwrap().count() == 0
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollback_waits_for_a_running_restore_and_a_failed_publish_leaves_no_dropin() {
+    let fleet = TempFleet::up(SimFleetOptions {
+        hosts: 1,
+        devices: 20,
+        ..Default::default()
+    })
+    .await;
+    let host = fleet.host("cp01");
+    fleet.ferry_ok(&["backup", "cp01"]).unwrap();
+
+    // A rollback while the restore runs is refused, naming it; the restore completes.
+    host.inject_fault("podman", "ON_ERROR_STOP=1 -q -f", "sleep:8");
+    let restore = fleet
+        .ferry(&["restore", "cp01", "-o", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the load", || {
+        host.calls()
+            .iter()
+            .any(|c| c.contains("ON_ERROR_STOP=1 -q -f"))
+    })
+    .await;
+    let rollback = fleet.ferry(&["rollback", "cp01"]).output().unwrap();
+    assert_eq!(rollback.status.code(), Some(2), "{}", text(&rollback));
+    assert!(
+        text(&rollback).contains("is still running (its step load is running now)")
+            || text(&rollback).contains("is still running (its step stop is running now)"),
+        "{}",
+        text(&rollback)
+    );
+    let out = restore.wait_with_output().unwrap();
+    host.clear_faults();
+    assert!(out.status.success());
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["outcome"], "succeeded");
+    // Typed steps and host state in the document.
+    let names: Vec<&str> = doc["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names[..3], ["preflight", "stage", "verify"]);
+    assert_eq!(doc["host_status"]["state"], "HOST_STATE_STARTED", "{doc}");
+
+    // A publish whose restart fails removes its drop-in at once; rollback then restores the rest.
+    let dropin = host
+        .layout
+        .quadlet("flightctl-db.service")
+        .with_extension("container.d")
+        .join("10-ferry-publish-port.conf");
+    host.inject_fault(
+        "systemctl",
+        "=restart flightctl-db.service",
+        "Job for flightctl-db.service failed.",
+    );
+    let doc: Value = serde_json::from_slice(
+        &fleet
+            .ferry(&["restore", "cp01", "-o", "json"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    host.clear_faults();
+    assert_eq!(doc["outcome"], "failed", "{doc}");
+    assert!(
+        doc["error"]
+            .as_str()
+            .unwrap()
+            .contains("the drop-in was removed again"),
+        "{doc}"
+    );
+    assert_eq!(doc["host_status"]["state"], "HOST_STATE_SWAPPED", "{doc}");
+    assert_eq!(doc["host_status"]["published"], false, "{doc}");
+    assert!(!dropin.exists());
+    fleet.ferry_ok(&["rollback", "cp01"]).unwrap();
+    assert!(!dropin.exists());
+    assert_eq!(host.unit_state("flightctl-api.service"), "active");
+
+    // An archive whose sidecar disagrees: refused by restore and verify, unless trusted, on record.
+    let list = json(&fleet, &["archives", "list"]);
+    let archive = &list[0];
+    let id = archive["id"].as_str().unwrap();
+    let sidecar = fleet
+        .dir
+        .join("controller/store/cp01")
+        .join(format!("{}.sha256", archive["name"].as_str().unwrap()));
+    std::fs::write(&sidecar, format!("{}  x\n", "1".repeat(64))).unwrap();
+    let out = fleet.ferry(&["archives", "verify", id]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains(&"1".repeat(64))
+            && text(&out).contains(archive["sha256"].as_str().unwrap())
+    );
+    let out = fleet
+        .ferry(&["restore", "cp01", "--archive", id])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("--trust-archive-digest"),
+        "{}",
+        text(&out)
+    );
+    let out = fleet
+        .ferry(&["restore", "cp01", "--archive", id, "--trust-archive-digest"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let entry = last_entry(&fleet, "restore", "cp01");
+    assert_eq!(entry["outcome"], "succeeded");
+    assert_eq!(entry["flags"]["trust_archive_digest"], true, "{entry}");
+    // A rebuilt catalog marks it suspect.
+    let rebuilt = fleet.dir.join("rebuilt.yaml");
+    std::fs::write(
+        &rebuilt,
+        format!(
+            "state_dir: {}\nstore: {}\n",
+            fleet.dir.join("rebuilt").display(),
+            fleet.dir.join("controller/store").display()
+        ),
+    )
+    .unwrap();
+    let out = Command::new(simhost::bins::path("ferry"))
+        .args([
+            "--config",
+            rebuilt.to_str().unwrap(),
+            "catalog",
+            "rebuild",
+            "-o",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        doc["archives"][0]["suspect"]
+            .as_str()
+            .unwrap()
+            .contains("sidecar says"),
+        "{doc}"
+    );
+}
