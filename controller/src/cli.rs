@@ -148,13 +148,13 @@ pub struct RestoreArgs {
 #[derive(Args, Debug, Clone)]
 pub struct PrepareDevicesArgs {
     /// The external database's host, instead of db.external.hostname in service-config.yaml.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub db_host: Option<String>,
     /// The external database's port, instead of db.external.port.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub db_port: Option<u16>,
     /// The external database's name, instead of db.external.name.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub db_name: Option<String>,
     /// How long the host may go without hearing from this controller while units are stopped.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
