@@ -135,6 +135,19 @@ impl SimFleet {
         self.dir.join("ferry.yaml")
     }
 
+    /// A controller config with its own, empty state directory `DIR/NAME` over this fleet's store:
+    /// for rebuilding a catalog from the store alone.
+    pub fn fresh_catalog_config(&self, name: &str) -> PathBuf {
+        let path = self.dir.join(format!("{name}.yaml"));
+        let text = format!(
+            "state_dir: {}\nstore: {}\n",
+            self.dir.join(name).display(),
+            self.dir.join("controller/store").display()
+        );
+        std::fs::write(&path, text).expect("writing a controller config");
+        path
+    }
+
     pub fn inventory_path(&self) -> PathBuf {
         self.dir.join("inventory.ini")
     }

@@ -491,16 +491,7 @@ async fn archive_ids_survive_a_catalog_rebuild_and_exports_do_not_collide() {
     }
 
     // A fresh catalog rebuilt from the same store gives the same ids.
-    let rebuilt = fleet.dir.join("rebuilt.yaml");
-    std::fs::write(
-        &rebuilt,
-        format!(
-            "state_dir: {}\nstore: {}\n",
-            fleet.dir.join("rebuilt").display(),
-            fleet.dir.join("controller/store").display()
-        ),
-    )
-    .unwrap();
+    let rebuilt = fleet.fresh_catalog_config("rebuilt");
     let with = |args: &[&str]| {
         let out = Command::new(simhost::bins::path("ferry"))
             .arg("--config")

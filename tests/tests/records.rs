@@ -407,16 +407,7 @@ async fn rollback_waits_for_a_running_restore_and_a_failed_publish_leaves_no_dro
     assert_eq!(entry["outcome"], "succeeded");
     assert_eq!(entry["flags"]["trust_archive_digest"], true, "{entry}");
     // A rebuilt catalog marks it suspect.
-    let rebuilt = fleet.dir.join("rebuilt.yaml");
-    std::fs::write(
-        &rebuilt,
-        format!(
-            "state_dir: {}\nstore: {}\n",
-            fleet.dir.join("rebuilt").display(),
-            fleet.dir.join("controller/store").display()
-        ),
-    )
-    .unwrap();
+    let rebuilt = fleet.fresh_catalog_config("rebuilt");
     let out = Command::new(simhost::bins::path("ferry"))
         .args([
             "--config",
