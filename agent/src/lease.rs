@@ -72,8 +72,18 @@ impl Lease {
     }
 
     /// Marks `step` of restore `id` as running and renews the lease (with a new length if given).
-    pub fn step_begins(&self, id: &str, step: Step, length: Option<Duration>) -> StepGuard {
+    /// Refused with the running step while another runs: one step at a time, even for a resume
+    /// sent while the previous attempt still works.
+    pub fn step_begins(
+        &self,
+        id: &str,
+        step: Step,
+        length: Option<Duration>,
+    ) -> Result<StepGuard, Step> {
         let mut inner = self.lock();
+        if let Some(running) = inner.running {
+            return Err(running);
+        }
         if inner.restore_id.as_deref() != Some(id) {
             inner.restore_id = Some(id.to_string());
         }
@@ -83,10 +93,10 @@ impl Lease {
         inner.expires = Some(Instant::now() + inner.length);
         inner.running = Some(step);
         inner.last_seen = Instant::now();
-        StepGuard {
+        Ok(StepGuard {
             lease: self.clone(),
             ok: false,
-        }
+        })
     }
 
     /// The restore ended (committed or rolled back): nothing left to watch.
@@ -148,8 +158,13 @@ mod tests {
         let lease = Lease::default();
         assert_eq!(lease.take_lapsed(), None, "nothing armed");
         lease.arm("r1", Duration::from_secs(1));
-        let running = lease.step_begins("r1", Step::Load, None);
+        let running = lease.step_begins("r1", Step::Load, None).unwrap();
         assert!(lease.activity().driven);
+        assert_eq!(
+            lease.step_begins("r1", Step::Load, None).err(),
+            Some(Step::Load),
+            "one step at a time"
+        );
         std::thread::sleep(Duration::from_millis(1100));
         assert_eq!(lease.take_lapsed(), None, "a running step holds it");
         running.succeeded();
@@ -164,7 +179,7 @@ mod tests {
     fn a_failed_step_means_nobody_drives() {
         let lease = Lease::default();
         lease.arm("r1", Duration::from_secs(60));
-        drop(lease.step_begins("r1", Step::Stop, None));
+        drop(lease.step_begins("r1", Step::Stop, None).unwrap());
         let activity = lease.activity();
         assert!(!activity.driven && activity.armed && activity.running.is_none());
     }

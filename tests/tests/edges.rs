@@ -2,6 +2,7 @@
 //! behind an address, `--check`, archive ids, and the small traps (closed pipes, bad values, typos,
 //! `-o json`).
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -192,6 +193,33 @@ async fn external_db_host_backs_up_restores_and_prepares_devices_on_its_own_serv
     assert_eq!(code, 2, "{output}");
     assert!(output.contains("no encryption"), "{output}");
     std::fs::write(&config, tls_config).unwrap();
+    // --only pki keeps the host's own pki/db: its CA pairs with the database the host's config (not
+    // restored) names, so a CA the DBA added after the backup stays.
+    let added = pki.join("db/next-ca.crt");
+    std::fs::write(&added, "the DBA's next CA\n").unwrap();
+    std::fs::set_permissions(&added, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let ca_before = read(&pki.join("db/ca.crt"));
+    let (code, doc) = json_run(&fleet, &["restore", "cp01", "--only", "pki"]);
+    assert_eq!(code, 0, "{doc}");
+    let swapped = doc["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "swap-files")
+        .unwrap();
+    assert!(
+        swapped["summary"]
+            .as_str()
+            .unwrap()
+            .contains("the host's own pki/db"),
+        "{swapped}"
+    );
+    assert_eq!(read(&added), b"the DBA's next CA\n");
+    assert_eq!(
+        std::fs::metadata(&added).unwrap().permissions().mode() & 0o777,
+        0o640
+    );
+    assert_eq!(read(&pki.join("db/ca.crt")), ca_before);
     // A database-only restore has nothing to restore here, and says what to run instead.
     let (code, output) = run(&fleet, &["restore", "cp01", "--only", "db"]);
     assert_eq!(code, 2, "{output}");

@@ -22,6 +22,9 @@ use simhost::testing::{Proxy, TempFleet, text, tree};
 /// The stall is shorter than the lease: a call the agent started ends before the agent acts alone.
 const LEASE: &str = "4";
 const STALL: u64 = 2;
+/// A killed agent's stalled database rename, held past the lease: it must die with the agent, not
+/// complete behind the back of the restarted agent's recovery.
+const ORPHAN_STALL: u64 = 8;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Fault {
@@ -229,8 +232,14 @@ async fn scenario(fleet: &TempFleet, name: &str, step: &str, fault: Fault, round
     .unwrap();
     host.clear_calls();
     let trig = trigger(step);
+    let stall = if matches!(fault, Fault::AgentKilled) && step == "swap-db" {
+        ORPHAN_STALL
+    } else {
+        STALL
+    };
+    let stalled_from = Instant::now();
     if let Trigger::Call(tool, needle) = trig {
-        host.inject_fault(tool, needle, &format!("sleep:{STALL}"));
+        host.inject_fault(tool, needle, &format!("sleep:{stall}"));
     }
     let mut controller = Controller::spawn(ferry(
         fleet,
@@ -307,6 +316,8 @@ async fn scenario(fleet: &TempFleet, name: &str, step: &str, fault: Fault, round
         },
     )
     .await;
+    // Whatever the killed agent left running would have finished by now.
+    tokio::time::sleep(Duration::from_secs(stall + 1).saturating_sub(stalled_from.elapsed())).await;
     assert!(
         std::net::TcpStream::connect((host.spec.address.as_str(), 5432)).is_err(),
         "{what}: nothing published"

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use simhost::SimFleetOptions;
-use simhost::testing::{TempFleet, text};
+use simhost::testing::{TempFleet, awaiting_reconnect_keys, text};
 
 fn json(fleet: &TempFleet, args: &[&str]) -> Value {
     let out = fleet.ferry(args).args(["-o", "json"]).output().unwrap();
@@ -323,6 +323,18 @@ async fn rollback_waits_for_a_running_restore_and_a_failed_publish_leaves_no_dro
         "{}",
         text(&rollback)
     );
+    // So is a second driver of the same restore (a --resume sent while the step still runs).
+    let resume = fleet
+        .ferry(&["restore", "cp01", "--resume"])
+        .output()
+        .unwrap();
+    assert_eq!(resume.status.code(), Some(2), "{}", text(&resume));
+    assert!(
+        text(&resume).contains("is running its step load now")
+            || text(&resume).contains("is running its step stop now"),
+        "{}",
+        text(&resume)
+    );
     let out = restore.wait_with_output().unwrap();
     host.clear_faults();
     assert!(out.status.success());
@@ -372,6 +384,37 @@ async fn rollback_waits_for_a_running_restore_and_a_failed_publish_leaves_no_dro
     fleet.ferry_ok(&["rollback", "cp01"]).unwrap();
     assert!(!dropin.exists());
     assert_eq!(host.unit_state("flightctl-api.service"), "active");
+
+    // A rollback after `start` stops the units running on the restored data before it undoes it,
+    // and takes back the awaiting-reconnect keys the restore seeded.
+    let mut kv = host.kv().await.unwrap();
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut kv).await.unwrap();
+    host.inject_fault("podman", "json_object_agg", "health check refused");
+    let out = fleet.ferry(&["restore", "cp01"]).output().unwrap();
+    host.clear_faults();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("task health"), "{}", text(&out));
+    assert_eq!(host.unit_state("flightctl-api.service"), "active");
+    assert!(awaiting_reconnect_keys(host).await > 0);
+    host.clear_calls();
+    let out = fleet.ferry(&["rollback", "cp01"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("awaiting-reconnect keys the restore seeded removed"),
+        "{}",
+        text(&out)
+    );
+    let calls = host.calls();
+    let stop = calls
+        .iter()
+        .position(|c| c.starts_with("systemctl stop") && c.contains("flightctl-api.service"));
+    let rename = calls.iter().position(|c| c.contains("RENAME TO"));
+    assert!(
+        matches!((stop, rename), (Some(s), Some(r)) if s < r),
+        "units stop before the database is renamed back: {calls:#?}"
+    );
+    assert_eq!(host.unit_state("flightctl-api.service"), "active");
+    assert_eq!(awaiting_reconnect_keys(host).await, 0);
 
     // An archive whose sidecar disagrees: refused by restore and verify, unless trusted, on record.
     let list = json(&fleet, &["archives", "list"]);

@@ -17,9 +17,25 @@ pub enum CommandError {
     },
 }
 
+/// A host tool that dies with the agent, as systemd's control-group kill makes it under the real
+/// unit. A step cut short by the agent's death must not finish later behind the back of the agent
+/// that restarted and recovered the restore from its journal (an orphaned `ALTER DATABASE … RENAME`
+/// would undo a rollback).
+pub(crate) fn tool(program: &Path) -> tokio::process::Command {
+    let mut command = std::process::Command::new(program);
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+                .map_err(std::io::Error::from)
+        });
+    }
+    tokio::process::Command::from(command)
+}
+
 /// Runs `program args…` to completion. Arguments never pass through a shell.
 pub(crate) async fn run(program: &Path, args: &[&str]) -> Result<Output, CommandError> {
-    tokio::process::Command::new(program)
+    tool(program)
         .args(args)
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)

@@ -74,9 +74,11 @@ impl<'a> Podman<'a> {
         }
     }
 
-    /// A `podman exec -i CONTAINER ARGS…` command to spawn with piped I/O (for streams such as a dump).
+    /// A `podman exec -i CONTAINER ARGS…` command to spawn with piped I/O (for streams such as a
+    /// dump). It dies with the agent (see [`super::command::tool`]) but only with the thread that
+    /// spawns it too: spawn it from a thread that waits for it.
     pub fn exec_command(&self, container: &str, args: &[&str]) -> std::process::Command {
-        let mut cmd = std::process::Command::new(self.podman);
+        let mut cmd = super::command::tool(self.podman).into_std();
         cmd.args(["exec", "-i", container]).args(args);
         cmd
     }
@@ -91,7 +93,7 @@ impl<'a> Podman<'a> {
         use tokio::io::AsyncWriteExt;
         let mut full = vec!["exec", "-i", container];
         full.extend_from_slice(args);
-        let mut child = tokio::process::Command::new(self.podman)
+        let mut child = super::command::tool(self.podman)
             .args(&full)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())

@@ -47,8 +47,17 @@ pub fn swap(
         let old = sibling(&live, "old", &journal.restore_id);
         if !journal.swapped.iter().any(|s| s.live == live) {
             let _ = remove(&new);
-            copy(&source, &new, entry, modes)
-                .map_err(|e| format!("preparing {}: {e}", live.display()))?;
+            copy(&source, &new, entry, &|entry, meta| {
+                modes
+                    .get(entry)
+                    .copied()
+                    .unwrap_or(if meta.is_dir() { 0o700 } else { 0o600 })
+            })
+            .map_err(|e| format!("preparing {}: {e}", live.display()))?;
+            if component == "pki" {
+                keep_host_only(journal, &source, &live, &new)
+                    .map_err(|e| format!("preparing {}: {e}", live.display()))?;
+            }
             journal.swapped.push(Swapped {
                 live: live.clone(),
                 old: old.clone(),
@@ -70,6 +79,34 @@ pub fn swap(
         }
     }
     Ok(swapped)
+}
+
+/// The host's own part of the PKI tree: `db/` holds the external database's CA, which pairs with
+/// the host's database settings in its config.
+pub const HOST_ONLY_PKI: &str = "db";
+
+/// Carries the host's `pki/db` into the new tree when the restore keeps the host's config (the CA
+/// must match the database the config names) or the archive has none, rather than deleting it.
+fn keep_host_only(
+    journal: &mut Journal,
+    source: &Path,
+    live: &Path,
+    new: &Path,
+) -> std::io::Result<()> {
+    let host_db = live.join(HOST_ONLY_PKI);
+    let keeps_config = !journal.components.iter().any(|c| c == "config");
+    if !host_db.is_dir() || !(keeps_config || !source.join(HOST_ONLY_PKI).exists()) {
+        return Ok(());
+    }
+    let target = new.join(HOST_ONLY_PKI);
+    if target.exists() {
+        remove(&target)?;
+    }
+    copy(&host_db, &target, HOST_ONLY_PKI, &|_, meta| {
+        meta.permissions().mode() & 0o7777
+    })?;
+    journal.kept_host_pki = true;
+    Ok(())
 }
 
 /// Puts every pre-restore copy back (rollback).
@@ -101,12 +138,12 @@ fn remove(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Copies `source` to `dest` with the host modes the manifest recorded for `entry` and below.
+/// Copies `source` to `dest`, each path with the mode `mode_of` gives for its entry name.
 fn copy(
     source: &Path,
     dest: &Path,
     entry: &str,
-    modes: &BTreeMap<String, u32>,
+    mode_of: &dyn Fn(&str, &std::fs::Metadata) -> u32,
 ) -> std::io::Result<()> {
     let meta = std::fs::symlink_metadata(source)?;
     if meta.is_dir() {
@@ -119,15 +156,12 @@ fn copy(
                 &child.path(),
                 &dest.join(&name),
                 &format!("{entry}/{name}"),
-                modes,
+                mode_of,
             )?;
         }
     } else {
         std::fs::copy(source, dest)?;
     }
-    let mode = modes
-        .get(entry)
-        .copied()
-        .unwrap_or(if meta.is_dir() { 0o700 } else { 0o600 });
+    let mode = mode_of(entry, &meta);
     std::fs::set_permissions(dest, std::fs::Permissions::from_mode(mode))
 }

@@ -60,6 +60,9 @@ pub struct Journal {
     /// `commit` began dropping the pre-restore copies: from here the restore can only be finished.
     #[serde(default)]
     pub committing: bool,
+    /// `swap-files` kept the host's own `pki/db` (the external database's CA) in the new PKI tree.
+    #[serde(default)]
+    pub kept_host_pki: bool,
     /// The lease's length, to arm it again after the agent restarts.
     #[serde(default)]
     pub lease_seconds: u32,

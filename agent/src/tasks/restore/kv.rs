@@ -37,6 +37,28 @@ pub async fn seed(host: &Host, password: &Secret, keys_file: &Path) -> Result<us
     Ok(count)
 }
 
+/// Deletes the keys `seed` set (rollback): the previous database's devices are not awaiting a
+/// reconnect. Returns how many keys were deleted.
+pub async fn unseed(host: &Host, password: &Secret, keys_file: &Path) -> Result<usize, String> {
+    let keys =
+        std::fs::read_to_string(keys_file).map_err(|e| format!("{}: {e}", keys_file.display()))?;
+    let mut input = packed(&["AUTH", password.expose()]);
+    let mut count = 0;
+    for key in keys.lines().filter(|k| !k.is_empty()) {
+        input.extend(packed(&["DEL", key]));
+        count += 1;
+    }
+    let out = host
+        .podman()
+        .exec("flightctl-kv", &["redis-cli", "--pipe"], &input)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !out.contains("errors: 0,") {
+        return Err(format!("redis-cli --pipe reported errors: {}", out.trim()));
+    }
+    Ok(count)
+}
+
 /// How many awaiting-reconnect keys the KV holds.
 pub async fn count(host: &Host, password: &Secret) -> Result<usize, String> {
     let script = format!(

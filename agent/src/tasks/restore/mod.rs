@@ -245,6 +245,20 @@ impl Restores {
         }
     }
 
+    /// `step` was asked for while `running` still runs (a resume sent too early, or a second
+    /// controller): refused, and the running one goes on.
+    fn step_running(&self, id: &str, step: Step, running: Step) -> StepFailure {
+        let host = &self.ctx().host_name;
+        self.refusal(
+            step,
+            format!(
+                "restore {id} on {host} is running its step {} now; {} must wait for it to end. Run `ferry facts {host}` to see when it has, then `ferry restore {host} --resume`",
+                running.name(),
+                step.name()
+            ),
+        )
+    }
+
     /// Holds the host's slot for restore `id` (again, if it already does).
     fn take_slot(&self, id: &str, who: &str, step: Step) -> Result<(), StepFailure> {
         let mut held = self.held();
@@ -287,11 +301,15 @@ impl Restores {
             return Err(self.refusal(Step::Stage, "unknown component".into()));
         }
         self.take_slot(&req.restore_id, who, Step::Stage)?;
-        let lease = self.inner.lease.step_begins(
-            &req.restore_id,
-            Step::Stage,
-            Some(lease_length(req.lease_seconds)),
-        );
+        let lease = self
+            .inner
+            .lease
+            .step_begins(
+                &req.restore_id,
+                Step::Stage,
+                Some(lease_length(req.lease_seconds)),
+            )
+            .map_err(|running| self.step_running(&req.restore_id, Step::Stage, running))?;
         let ctx = self.ctx();
         let dir = dir(&ctx.staging_dir, &req.restore_id);
         let result = if req.prepare_only {
@@ -337,7 +355,11 @@ impl Restores {
         }
         self.take_slot(id, who, step)?;
         let length = (lease_seconds > 0).then(|| lease_length(lease_seconds));
-        let lease = self.inner.lease.step_begins(id, step, length);
+        let lease = self
+            .inner
+            .lease
+            .step_begins(id, step, length)
+            .map_err(|running| self.step_running(id, step, running))?;
         let this = self.clone();
         let owned_id = id.to_string();
         let task = tokio::spawn(async move {
@@ -440,7 +462,11 @@ impl Restores {
         let j = Journal::load(&dir).map_err(|e| {
             self.refusal(Step::Rollback, format!("no unfinished restore {id}: {e}"))
         })?;
-        let lease = self.inner.lease.step_begins(id, Step::Rollback, None);
+        let lease = self
+            .inner
+            .lease
+            .step_begins(id, Step::Rollback, None)
+            .map_err(|running| self.step_running(id, Step::Rollback, running))?;
         let this = self.clone();
         let task = tokio::spawn(async move {
             let dir = dir.clone();
@@ -740,13 +766,21 @@ async fn swap_files(
             )),
         }
     }
+    let paths = match j.swapped.len() {
+        1 => "1 path".to_string(),
+        n => format!("{n} paths"),
+    };
     Ok(StepOutcome {
         summary: format!(
-            "{} swapped ({} paths{}); pre-restore copies kept until commit",
+            "{} swapped ({paths}{}{}); pre-restore copies kept until commit",
             swapped.join(", "),
-            j.swapped.len(),
             if swapped.contains(&Component::Volumes.name()) {
                 " and the PAM issuer volume"
+            } else {
+                ""
+            },
+            if j.kept_host_pki {
+                "; the host's own pki/db (its external database's CA) kept"
             } else {
                 ""
             }

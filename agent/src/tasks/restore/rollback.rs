@@ -6,7 +6,8 @@ use std::path::Path;
 use ferry_proto::v1::Step;
 
 use super::journal::Journal;
-use super::{RestoreContext, StepOutcome, database, files, ports};
+use super::{RestoreContext, StepOutcome, database, files, kv, ports};
+use crate::tasks::units::APPLICATION_SERVICES;
 
 /// Returns the host to its pre-restore state: nothing published, the previous database and files
 /// back in place, the application units that were running started again. Then forgets the restore.
@@ -22,9 +23,37 @@ pub async fn rollback(
             ctx.host_name
         ));
     }
+    if j.is_done(Step::Stop) || !j.stopped_units.is_empty() {
+        // Units that `start` brought up run on the restored data: stopped before it is undone.
+        let states = host
+            .systemd()
+            .states(APPLICATION_SERVICES)
+            .await
+            .map_err(|e| e.to_string())?;
+        let present: Vec<&str> = states
+            .iter()
+            .filter(|s| s.is_present())
+            .map(|s| s.name.as_str())
+            .collect();
+        host.systemd()
+            .control("stop", &present)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
     if j.published() || (j.is_done(Step::Publish) && !j.is_done(Step::Unpublish)) {
         ports::unpublish(host, &j.dropins).await?;
     }
+    let keys = dir.join("kv-keys.txt");
+    let unseeded = if j.is_done(Step::SeedKv) && keys.is_file() {
+        let password = host
+            .podman()
+            .secret("flightctl-kv-password")
+            .await
+            .map_err(|e| e.to_string())?;
+        kv::unseed(host, &password, &keys).await?
+    } else {
+        0
+    };
     if j.restores_database && !j.temp_db.is_empty() {
         database::restore_previous(host, &j.db_name, &j.temp_db, &j.old_db).await?;
     }
@@ -52,9 +81,14 @@ pub async fn rollback(
     } else {
         ""
     };
+    let unseeded = if unseeded > 0 {
+        format!(", {unseeded} awaiting-reconnect keys the restore seeded removed")
+    } else {
+        String::new()
+    };
     Ok(StepOutcome {
         summary: format!(
-            "rolled back from after {}: {database}, {} application units started{prepared}",
+            "rolled back from after {}: {database}, {} application units started{unseeded}{prepared}",
             j.last_done().name(),
             names.len()
         ),
