@@ -94,8 +94,9 @@ fn keep_host_only(
     new: &Path,
 ) -> std::io::Result<()> {
     let host_db = live.join(HOST_ONLY_PKI);
-    let keeps_config = !journal.components.iter().any(|c| c == "config");
-    if !host_db.is_dir() || !(keeps_config || !source.join(HOST_ONLY_PKI).exists()) {
+    let restores_config = journal.components.iter().any(|c| c == "config");
+    let archive_has_one = source.join(HOST_ONLY_PKI).exists();
+    if !host_db.is_dir() || (restores_config && archive_has_one) {
         return Ok(());
     }
     let target = new.join(HOST_ONLY_PKI);
