@@ -21,8 +21,29 @@ pub struct OpenRun {
     pub operator: Operator,
     pub flags: Value,
     pub started: OffsetDateTime,
-    /// Hosts being worked on, with when they started and their current phase.
-    pub hosts: BTreeMap<String, (OffsetDateTime, String)>,
+    /// Hosts being worked on.
+    pub hosts: BTreeMap<String, HostRun>,
+}
+
+/// One host in flight: what an interruption's record says about it.
+#[derive(Debug, Clone)]
+pub struct HostRun {
+    pub started: OffsetDateTime,
+    pub phase: String,
+    pub archive: Value,
+    /// The tasks that ended before the interruption.
+    pub tasks: Vec<TaskRecord>,
+}
+
+impl HostRun {
+    fn new() -> Self {
+        HostRun {
+            started: OffsetDateTime::now_utc(),
+            phase: "start".into(),
+            archive: Value::Null,
+            tasks: Vec::new(),
+        }
+    }
 }
 
 static OPEN: Mutex<Vec<OpenRun>> = Mutex::new(Vec::new());
@@ -39,22 +60,56 @@ pub fn closed(run_id: i64) {
     open_runs().retain(|r| r.run_id != run_id);
 }
 
+fn with_host(run_id: i64, host: &str, change: impl FnOnce(&mut HostRun)) {
+    if let Some(run) = open_runs().iter_mut().find(|r| r.run_id == run_id) {
+        change(run.hosts.entry(host.into()).or_insert_with(HostRun::new));
+    }
+}
+
 /// `host` is being worked on in `run_id`, now in `phase`.
 pub fn host_phase(run_id: i64, host: &str, phase: &str) {
-    if let Some(run) = open_runs().iter_mut().find(|r| r.run_id == run_id) {
-        let started = run
-            .hosts
-            .get(host)
-            .map(|(t, _)| *t)
-            .unwrap_or_else(OffsetDateTime::now_utc);
-        run.hosts.insert(host.into(), (started, phase.into()));
-    }
+    with_host(run_id, host, |h| h.phase = phase.into());
+}
+
+/// The archive `host` works with in `run_id`.
+pub fn host_archive(run_id: i64, host: &str, archive: &Value) {
+    with_host(run_id, host, |h| h.archive = archive.clone());
+}
+
+/// A task of `host` in `run_id` ended.
+pub fn host_task(run_id: i64, host: &str, task: &TaskRecord) {
+    with_host(run_id, host, |h| h.tasks.push(task.clone()));
 }
 
 pub fn host_finished(run_id: i64, host: &str) {
     if let Some(run) = open_runs().iter_mut().find(|r| r.run_id == run_id) {
         run.hosts.remove(host);
     }
+}
+
+/// What the operator runs after this process's open runs were interrupted.
+pub fn next_after_interruption() -> Vec<String> {
+    let runs = open_runs();
+    let mut next = Vec::new();
+    for run in runs.iter() {
+        match run.kind.as_str() {
+            "backup" => {
+                next.push(format!(
+                    "`ferry backup {}` again (archives already stored are kept)",
+                    run.pattern
+                ));
+                continue;
+            }
+            "restore-check" => continue,
+            _ => {}
+        }
+        for host in run.hosts.keys() {
+            next.push(format!(
+                "`ferry facts {host}` shows where it stopped; then `ferry restore {host} --resume` or `ferry rollback {host}`"
+            ));
+        }
+    }
+    next
 }
 
 /// This process, as `pid:start time` (a pid alone may be reused).
@@ -85,16 +140,28 @@ pub async fn interrupt_all(catalog: &Catalog, why: &str) {
     let runs: Vec<OpenRun> = open_runs().clone();
     for run in runs {
         let finished = OffsetDateTime::now_utc();
-        let hosts: Vec<(String, OffsetDateTime, String)> = if run.hosts.is_empty() {
-            vec![(run.pattern.clone(), run.started, "start".into())]
+        let hosts: Vec<(String, HostRun)> = if run.hosts.is_empty() {
+            let mut whole = HostRun::new();
+            whole.started = run.started;
+            vec![(run.pattern.clone(), whole)]
         } else {
-            run.hosts
-                .iter()
-                .map(|(h, (t, p))| (h.clone(), *t, p.clone()))
-                .collect()
+            run.hosts.into_iter().collect()
         };
-        for (host, started, phase) in hosts {
+        for (host, host_run) in hosts {
+            let HostRun {
+                started,
+                phase,
+                archive,
+                mut tasks,
+            } = host_run;
             let error = format!("{why} during {phase}");
+            tasks.push(TaskRecord {
+                name: phase.clone(),
+                started: tasks.last().map_or(started, |t| t.finished),
+                finished,
+                outcome: "interrupted".into(),
+                detail: error.clone(),
+            });
             let _ = catalog
                 .record_host(
                     run.run_id,
@@ -115,19 +182,13 @@ pub async fn interrupt_all(catalog: &Catalog, why: &str) {
                     run_id: Some(run.run_id),
                     operator: run.operator.clone(),
                     target: host,
-                    archive: Value::Null,
+                    archive,
                     flags: run.flags.clone(),
                     started,
                     finished,
                     outcome: "interrupted".into(),
                     error: Some(format!("{phase}: {error}")),
-                    tasks: vec![TaskRecord {
-                        name: phase,
-                        started,
-                        finished,
-                        outcome: "interrupted".into(),
-                        detail: error,
-                    }],
+                    tasks,
                 })
                 .await;
         }

@@ -283,7 +283,7 @@ async fn only_pki_leaves_config_encryption_volumes_and_database_untouched() {
         swap["summary"]
             .as_str()
             .unwrap()
-            .starts_with("pki swapped (1 paths)"),
+            .starts_with("pki swapped (1 path)"),
         "{swap}"
     );
     assert_eq!(tree(&etc.join("pki")), pki_at_backup);

@@ -129,7 +129,7 @@ async fn timeouts_unreachable_hosts_and_sigint_are_on_record() {
     // SIGINT while the dump loads: recorded as interrupted; the agent finishes the load, then its
     // lease undoes the restore, which changed nothing live.
     cp01.inject_fault("podman", "ON_ERROR_STOP=1 -q -f", "sleep:3");
-    let mut restore = fleet
+    let restore = fleet
         .ferry(&["restore", "cp01", "--lease-seconds", "2"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -146,13 +146,43 @@ async fn timeouts_unreachable_hosts_and_sigint_are_on_record() {
         rustix::process::Signal::INT,
     )
     .unwrap();
-    let status = restore.wait().unwrap();
+    let out = restore.wait_with_output().unwrap();
     cp01.clear_faults();
-    assert_eq!(status.code(), Some(130));
+    assert_eq!(out.status.code(), Some(130));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "next: `ferry facts cp01` shows where it stopped; then `ferry restore cp01 --resume` or `ferry rollback cp01`"
+        ),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let entry = last_entry(&fleet, "restore", "cp01");
     assert_eq!(entry["outcome"], "interrupted", "{entry}");
     assert!(
         entry["error"].as_str().unwrap().contains("SIGINT"),
+        "{entry}"
+    );
+    // The record names the archive and keeps the timeline up to the interruption.
+    assert_eq!(entry["archive"]["source_host"], "cp01", "{entry}");
+    assert_eq!(
+        entry["archive"]["sha256"].as_str().unwrap().len(),
+        64,
+        "{entry}"
+    );
+    let tasks: Vec<(&str, &str)> = entry["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["name"].as_str().unwrap(), t["outcome"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        tasks,
+        [
+            ("preflight", "ok"),
+            ("stage", "ok"),
+            ("verify", "ok"),
+            ("after verify", "interrupted")
+        ],
         "{entry}"
     );
     assert!(
@@ -223,7 +253,16 @@ async fn a_catalog_that_goes_down_and_a_killed_controller_lose_no_record() {
     let archives = json(&fleet, &["archives", "list"]);
     assert_eq!(archives.as_array().unwrap().len(), 2, "{archives}");
     for h in ["cp01", "cp02"] {
-        assert_eq!(last_entry(&fleet, "backup", h)["outcome"], "succeeded");
+        let entry = last_entry(&fleet, "backup", h);
+        assert_eq!(entry["outcome"], "succeeded");
+        // Spooled entries name their archive as the catalog later holds it.
+        let archive = archives
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["host"] == h)
+            .unwrap();
+        assert_eq!(entry["archive"]["sha256"], archive["sha256"], "{entry}");
     }
     assert_eq!(
         std::fs::read_dir(controller.join("spool")).unwrap().count(),
@@ -415,6 +454,17 @@ async fn rollback_waits_for_a_running_restore_and_a_failed_publish_leaves_no_dro
     );
     assert_eq!(host.unit_state("flightctl-api.service"), "active");
     assert_eq!(awaiting_reconnect_keys(host).await, 0);
+    // Its record names the archive and the restore it found.
+    let entry = last_entry(&fleet, "rollback", "cp01");
+    assert_eq!(entry["archive"]["source_host"], "cp01", "{entry}");
+    assert_eq!(entry["tasks"][0]["name"], "found", "{entry}");
+    assert!(
+        entry["tasks"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("last completed step: start"),
+        "{entry}"
+    );
 
     // An archive whose sidecar disagrees: refused by restore and verify, unless trusted, on record.
     let list = json(&fleet, &["archives", "list"]);
@@ -470,4 +520,28 @@ async fn rollback_waits_for_a_running_restore_and_a_failed_publish_leaves_no_dro
             .contains("sidecar says"),
         "{doc}"
     );
+    let on_rebuilt = |args: &[&str]| {
+        Command::new(simhost::bins::path("ferry"))
+            .args(["--config", rebuilt.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let listed = text(&on_rebuilt(&["archives", "list"]));
+    assert!(listed.contains("SUSPECT"), "{listed}");
+    // Once the sidecar is put right, verify finds them agreeing and lifts the mark, on record.
+    std::fs::write(
+        &sidecar,
+        format!(
+            "{}  {}\n",
+            archive["sha256"].as_str().unwrap(),
+            archive["name"].as_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let out = on_rebuilt(&["archives", "verify", id]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("the suspect mark"), "{}", text(&out));
+    let listed = text(&on_rebuilt(&["archives", "list"]));
+    assert!(!listed.contains("SUSPECT"), "{listed}");
 }

@@ -196,6 +196,7 @@ impl Agent for AgentService {
             host_name: self.host_name.clone(),
             uptime_seconds: self.started.elapsed().as_secs(),
             operation: self.operations.current().map(wire::running),
+            restore: self.restores.status().as_ref().map(wire::restore_status),
         }))
     }
 

@@ -115,6 +115,7 @@ pub(super) fn restore_status(s: &restore::Status) -> pb::RestoreStatus {
         running: s.running.unwrap_or(pb::Step::Unspecified) as i32,
         idle_seconds: s.idle.as_secs(),
         summary: s.summary.clone(),
+        archive_sha256: s.archive_sha256.clone(),
     }
 }
 

@@ -150,6 +150,14 @@ impl ArchiveRecord {
         self.sha256.get(..12).unwrap_or(&self.sha256)
     }
 
+    /// The archive as a ledger entry names it (the catalog number is null until it is catalogued).
+    pub fn ledger_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "id": self.short_id(), "catalog_number": (self.id > 0).then_some(self.id),
+            "name": self.name, "sha256": self.sha256, "source_host": self.host,
+        })
+    }
+
     /// The record of an archive as its `metadata.json` and manifest describe it (not yet catalogued:
     /// no id, run or duration).
     pub fn described(
@@ -373,9 +381,17 @@ impl Catalog {
             0 if text.len() < 4 && !text.bytes().all(|b| b.is_ascii_digit()) => Err(format!(
                 "{id:?} is not an archive id: give at least 4 hex digits of its sha256 (see `ferry archives list`)"
             )),
-            0 => Err(format!(
-                "no archive with id {id:?} in the catalog (see `ferry archives list`)"
-            )),
+            0 => {
+                let plain = text
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|n| n.to_string() != text && *n > 0)
+                    .map(|n| format!("; a catalog number is written plainly: did you mean {n}?"))
+                    .unwrap_or_default();
+                Err(format!(
+                    "no archive with id {id:?} in the catalog{plain} (see `ferry archives list`)"
+                ))
+            }
             _ => Err(format!(
                 "archive id {id:?} is ambiguous: it matches {}; give more digits of the sha256",
                 found
@@ -385,6 +401,15 @@ impl Catalog {
                     .join(", ")
             )),
         }
+    }
+
+    /// Lifts the suspect mark once `archives verify` found the archive, its sidecar and the catalog
+    /// in agreement.
+    pub async fn clear_suspect(&self, id: i64) -> Result<(), CatalogError> {
+        self.client
+            .execute("UPDATE archives SET suspect = NULL WHERE id = $1", &[&id])
+            .await?;
+        Ok(())
     }
 
     pub async fn archive(&self, id: i64) -> Result<Option<ArchiveRecord>, CatalogError> {

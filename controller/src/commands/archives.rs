@@ -132,7 +132,12 @@ async fn list(
                     human_bytes(a.size as u64),
                     a.flightctl_version,
                     if a.database_included { "yes" } else { "no" },
-                    if a.pinned { " (pinned)" } else { "" }
+                    match (a.pinned, a.suspect.is_some()) {
+                        (true, true) => " (pinned) SUSPECT: its sidecar disagreed",
+                        (false, true) => " SUSPECT: its sidecar disagreed",
+                        (true, false) => " (pinned)",
+                        (false, false) => "",
+                    }
                 );
             }
             outln!("{} archive(s)", archives.len());
@@ -156,6 +161,12 @@ async fn show(catalog: &Catalog, format: Format, id: &str) -> Result<i32, String
                 a.size
             );
             outln!("sha256:            {}", a.sha256);
+            if let Some(why) = &a.suspect {
+                outln!(
+                    "SUSPECT:           {why}; restore and verify refuse it until `ferry archives verify {}` finds its sidecar agreeing",
+                    a.short_id()
+                );
+            }
             outln!("compression:       {}", a.compression);
             outln!("created:           {}", a.created_at);
             outln!("flightctl version: {}", a.flightctl_version);
@@ -217,8 +228,7 @@ async fn audit(
         run_id: None,
         operator: Operator::current(config),
         target: a.host.clone(),
-        archive: json!({"id": a.short_id(), "catalog_number": a.id, "name": a.name,
-                        "sha256": a.sha256, "source_host": a.host}),
+        archive: a.ledger_json(),
         flags,
         started,
         finished: OffsetDateTime::now_utc(),
@@ -297,13 +307,22 @@ async fn verify(
             }
         };
         let ok = issues.is_empty();
+        // Cleared only when the sidecar itself agrees now, not when it is trusted over.
+        let cleared = ok && trusted.is_empty() && a.suspect.is_some();
+        if cleared {
+            catalog
+                .clear_suspect(a.id)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         let error = (!ok).then(|| issues.join("; "));
         audit(
             catalog,
             config,
             "archive-verify",
             &a,
-            json!({"trust_archive_digest": trust_archive_digest, "trusted_over": trusted}),
+            json!({"trust_archive_digest": trust_archive_digest, "trusted_over": trusted,
+                   "suspect_cleared": cleared.then_some(&a.suspect)}),
             started,
             error,
         )
@@ -321,6 +340,12 @@ async fn verify(
         if format == Format::Text {
             if ok {
                 outln!("ok: [{}] archive {} {}", a.host, a.short_id(), a.name);
+                if cleared {
+                    outln!(
+                        "  its sidecar agrees now: the suspect mark ({}) is lifted",
+                        a.suspect.as_deref().unwrap_or_default()
+                    );
+                }
             } else {
                 outln!(
                     "FAILED: [{}] archive {} {}: {}",

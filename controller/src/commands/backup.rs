@@ -162,7 +162,7 @@ impl<'a> Ctx<'a> {
         let operation_id = format!("backup-{}-{}", self.run_id, sanitize(&target.name));
         let result = self.receive(target, &conn, &operation_id, bar, clock).await;
         match result {
-            Ok((record, committed_path)) => {
+            Ok((mut record, committed_path)) => {
                 let mut note = String::new();
                 let id = match self.catalog.insert_archive(&record).await {
                     Ok(Some(id)) => Some(id),
@@ -183,7 +183,9 @@ impl<'a> Ctx<'a> {
                     }
                     Err(e) => return self.failed(target, "catalog", e.to_string(), started).await,
                 };
-                self.record(target, "ok", None, None, id, started).await;
+                record.id = id.unwrap_or(0);
+                self.record(target, "ok", None, None, Some(&record), started)
+                    .await;
                 Outcome::Ok {
                     changed: true,
                     summary: format!(
@@ -361,9 +363,10 @@ impl<'a> Ctx<'a> {
         outcome: &str,
         phase: Option<&str>,
         error: Option<&str>,
-        archive_id: Option<i64>,
+        archive: Option<&ArchiveRecord>,
         started: OffsetDateTime,
     ) {
+        let archive_id = archive.map(|a| a.id).filter(|id| *id > 0);
         let record = HostRecord {
             host: target.name.clone(),
             outcome: outcome.into(),
@@ -376,16 +379,8 @@ impl<'a> Ctx<'a> {
         if let Err(e) = self.catalog.record_host(self.run_id, &record).await {
             errln!("ferry backup: [{}] recording the result: {e}", target.name);
         }
-        let archive = match archive_id {
-            Some(id) => match self.catalog.archive(id).await {
-                Ok(Some(a)) => {
-                    json!({"id": a.short_id(), "catalog_number": a.id, "name": a.name,
-                           "sha256": a.sha256, "source_host": a.host})
-                }
-                _ => json!({"catalog_number": id}),
-            },
-            None => Value::Null,
-        };
+        // Named from the record itself: it holds even when the catalog took it only into the spool.
+        let archive = archive.map_or(Value::Null, ArchiveRecord::ledger_json);
         let event = ledger::Event {
             kind: "backup".into(),
             run_id: Some(self.run_id),

@@ -57,11 +57,16 @@ async fn interrupted(config: &Config, name: &str, code: i32) -> i32 {
     errln!(
         "ferry: interrupted by {name}; recording the interrupted operation (an agent finishes the step it runs, and its lease makes the host safe if nobody resumes)"
     );
+    // Taken before the runs are closed.
+    let next = crate::runs::next_after_interruption();
     match crate::catalog::Catalog::connect(config).await {
         Ok(catalog) => {
             crate::runs::interrupt_all(&catalog, &format!("interrupted by {name}")).await
         }
         Err(e) => errln!("ferry: recording the interruption: {e}"),
+    }
+    for next in next {
+        errln!("next: {next}");
     }
     code
 }

@@ -71,6 +71,7 @@ pub struct Status {
     pub running: Option<Step>,
     pub idle: Duration,
     pub summary: String,
+    pub archive_sha256: String,
 }
 
 /// A refused or failed stage or step: where, why, the restore afterwards, and what ends it.
@@ -189,6 +190,7 @@ impl Restores {
             running: activity.running,
             idle: activity.idle,
             summary: format!("restore {id} unfinished: {}", j.describe()),
+            archive_sha256: j.archive_sha256.clone(),
         }
     }
 

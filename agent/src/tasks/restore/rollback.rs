@@ -103,7 +103,10 @@ pub async fn rollback(
 pub async fn lapse(ctx: &RestoreContext, dir: &Path) -> Result<String, String> {
     let mut j = Journal::load(dir).map_err(|e| e.to_string())?;
     if j.committing {
-        let note = "the controller's lease lapsed while the restore was committing: the restored control plane runs; `ferry restore HOST --resume` finishes the commit".to_string();
+        let note = format!(
+            "the controller's lease lapsed while the restore was committing: the restored control plane runs; `ferry restore {} --resume` finishes the commit",
+            ctx.host_name
+        );
         j.lapsed = Some(note.clone());
         j.save(dir).map_err(|e| e.to_string())?;
         return Ok(note);
@@ -138,7 +141,8 @@ pub async fn lapse(ctx: &RestoreContext, dir: &Path) -> Result<String, String> {
         "application units kept stopped with the restored data in place"
     };
     let note = format!(
-        "the controller's lease lapsed at {when}: nothing published, flightctl-db and flightctl-kv running; {units}; next: `ferry restore HOST --resume` or `ferry rollback HOST`"
+        "the controller's lease lapsed at {when}: nothing published, flightctl-db and flightctl-kv running; {units}; next: `ferry restore {host} --resume` or `ferry rollback {host}`",
+        host = ctx.host_name
     );
     j.lapsed = Some(note.clone());
     j.save(dir).map_err(|e| e.to_string())?;

@@ -93,20 +93,11 @@ pub async fn run(ctx: &RestoreContext, dir: &Path, j: &mut Journal) -> Result<St
     if j.partial {
         // A component the operator named must be there to restore, or the restore is downtime for
         // nothing.
-        let present = |c: Component| match c {
-            Component::Db => dump,
-            Component::Pki => true,
-            Component::Config => has("config/service-config.yaml", EntryKind::File),
-            Component::Encryption => has("encryption", EntryKind::Dir),
-            Component::Volumes => has("volumes/pam-issuer-etc.tar", EntryKind::File),
-            Component::Unspecified => false,
-        };
-        let missing: Vec<&str> = j
-            .components()
-            .into_iter()
-            .filter(|c| !present(*c))
-            .map(|c| c.name())
-            .collect();
+        let missing: Vec<&str> =
+            ferry_proto::restore::absent_components(&j.components(), &verified.entries)
+                .into_iter()
+                .map(|c| c.name())
+                .collect();
         if !missing.is_empty() {
             return refuse(format!(
                 "it has no {}: --only names nothing to restore there",

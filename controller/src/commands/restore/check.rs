@@ -99,12 +99,14 @@ pub async fn run(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
         Ok(store) => read_stored(&store, &archive).await,
         Err(e) => Err(e.to_string()),
     };
+    let mut digest = "sha256 matches the catalog and the sidecar";
     let verified = match read {
         Ok((v, None)) => Some(v),
         Ok((v, Some(distrust))) if args.trust_archive_digest => {
             play.warn(&format!(
                 "{distrust}; a restore would go ahead: --trust-archive-digest"
             ));
+            digest = "sha256 matches the catalog (the sidecar does not: trusted by --trust-archive-digest)";
             Some(v)
         }
         Ok((v, Some(distrust))) => {
@@ -118,6 +120,18 @@ pub async fn run(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
     };
     if let Some(v) = &verified {
         problems.extend(metadata_problems(&archive, v, &facts));
+        let partial = args.db_only || !args.only.is_empty();
+        let absent = ferry_proto::restore::absent_components(&chosen, &v.entries);
+        if partial && !absent.is_empty() {
+            problems.push(format!(
+                "the archive has no {}: --only names nothing to restore there",
+                absent
+                    .iter()
+                    .map(|c| c.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
     }
     if !problems.is_empty() {
         return play
@@ -136,7 +150,7 @@ pub async fn run(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
         started,
         "ok",
         &format!(
-            "archive re-read on the controller: sha256 matches the catalog and the sidecar, {} entries safe, manifest agrees; version {}, podman, units present, staging space",
+            "archive re-read on the controller: {digest}, {} entries safe, manifest agrees; version {}, podman, units present, staging space",
             verified.as_ref().map(|v| v.entries.len()).unwrap_or(0),
             archive.flightctl_version
         ),

@@ -307,6 +307,7 @@ async fn resume(play: &Play<'_>, conn: &AgentConn, lease_seconds: u32) -> i32 {
     match ping.operation {
         Some(op) if op.kind == "restore" => {
             play.header(&format!("resume restore {} on {host}", op.id));
+            found(play, ping.restore.as_ref()).await;
             steps(play, conn, &op.id, lease_seconds).await
         }
         _ => {
@@ -318,6 +319,27 @@ async fn resume(play: &Play<'_>, conn: &AgentConn, lease_seconds: u32) -> i32 {
             .await
         }
     }
+}
+
+/// Puts on record what resume or rollback found before acting: the restore and its state, its
+/// archive, and what the agent did alone when the lease lapsed (the agent keeps no ledger).
+pub(crate) async fn found(play: &Play<'_>, restore: Option<&pb::RestoreStatus>) {
+    let Some(s) = restore else {
+        return;
+    };
+    if !s.archive_sha256.is_empty() {
+        match play.catalog.resolve(&s.archive_sha256).await {
+            Ok(archive) => play.set_archive(&archive),
+            Err(_) => play.set_archive_json(json!({ "sha256": s.archive_sha256 })),
+        }
+    }
+    play.set("host_status_found", status_json(s));
+    let mut detail = s.summary.clone();
+    if !s.lapsed.is_empty() {
+        outln!("[{}] found: {}", play.host(), s.lapsed);
+        detail = format!("{detail}; {}", s.lapsed);
+    }
+    play.task("found", OffsetDateTime::now_utc(), "found", &detail);
 }
 
 /// The typed reason an agent gave for a failed Stage or RestoreStep, if it gave one.
@@ -398,7 +420,7 @@ pub(crate) async fn steps(
                         .fail(
                             step.name(),
                             &e.to_string(),
-                            "unknown: the agent could not be reached; its lease makes the host safe if this controller does not come back",
+                            "unknown: the agent could not be reached; if this controller does not come back, the agent's lease makes the host safe (once the agent runs again, if it is down too)",
                             &[
                                 format!("ferry facts {}", play.host()),
                                 format!("ferry restore {} --resume", play.host()),
@@ -418,7 +440,7 @@ pub(crate) async fn steps(
                 let (state, next) = aftermath(&failure);
                 if failure.refused {
                     return play
-                        .refuse(step.name(), &failure.cause, &next.join(" or "))
+                        .refuse_in(step.name(), &failure.cause, &state, &next.join(" or "))
                         .await;
                 }
                 if failure.status.is_none() {

@@ -121,20 +121,25 @@ impl<'a> Play<'a> {
         if outcome == "ok" {
             outln!("TASK [{name}] ok: {detail} ({seconds:.1}s)");
         }
-        lock(&self.tasks).push(TaskRecord {
+        let record = TaskRecord {
             name: name.into(),
             started,
             finished: OffsetDateTime::now_utc(),
             outcome: outcome.into(),
             detail: detail.into(),
-        });
+        };
+        crate::runs::host_task(self.run_id, self.host(), &record);
+        lock(&self.tasks).push(record);
     }
 
     pub fn set_archive(&self, archive: &ArchiveRecord) {
-        *lock(&self.archive) = json!({
-            "id": archive.short_id(), "catalog_number": archive.id, "name": archive.name,
-            "sha256": archive.sha256, "source_host": archive.host,
-        });
+        self.set_archive_json(archive.ledger_json());
+    }
+
+    /// The archive as far as it is known (a digest the catalog no longer holds).
+    pub fn set_archive_json(&self, archive: Value) {
+        crate::runs::host_archive(self.run_id, self.host(), &archive);
+        *lock(&self.archive) = archive;
     }
 
     /// Adds a field to the JSON document.
@@ -159,19 +164,20 @@ impl<'a> Play<'a> {
 
     /// Refused before anything on the host changed.
     pub async fn refuse(&self, task: &str, cause: &str, next: &str) -> i32 {
+        let unchanged = format!("unchanged (nothing on {} was touched)", self.host());
+        self.refuse_in(task, cause, &unchanged, next).await
+    }
+
+    /// Refused, doing nothing, on a host that `state` describes (it may hold an unfinished restore).
+    pub async fn refuse_in(&self, task: &str, cause: &str, state: &str, next: &str) -> i32 {
         let host = self.host();
         outln!("REFUSED: [{host}] task {task}: {cause}");
-        outln!("host state: unchanged (nothing on {host} was touched)");
+        outln!("host state: {state}");
         if !next.is_empty() {
             outln!("next: {next}");
         }
-        self.end(
-            Ending::Refused,
-            Some((task, cause)),
-            "unchanged",
-            Some(next),
-        )
-        .await
+        self.end(Ending::Refused, Some((task, cause)), state, Some(next))
+            .await
     }
 
     /// Failed after the host may have changed: `state` says how it was left, `next` what ends it

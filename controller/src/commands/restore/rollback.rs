@@ -18,8 +18,11 @@ pub async fn rollback(config: &Config, global: &GlobalArgs, host: &str) -> i32 {
         Err(code) => return code,
     };
     let started = OffsetDateTime::now_utc();
-    let operation = match conn.client.clone().ping(PingRequest {}).await {
-        Ok(r) => r.into_inner().operation,
+    let (operation, restore) = match conn.client.clone().ping(PingRequest {}).await {
+        Ok(r) => {
+            let r = r.into_inner();
+            (r.operation, r.restore)
+        }
         Err(status) => {
             return play
                 .fail("rollback", status.message(), "unknown", &[])
@@ -36,6 +39,7 @@ pub async fn rollback(config: &Config, global: &GlobalArgs, host: &str) -> i32 {
             .await;
     };
     play.header(&format!("roll back restore {} on {host}", op.id));
+    super::found(&play, restore.as_ref()).await;
     let request = RestoreStepRequest {
         restore_id: op.id.clone(),
         step: Step::Rollback as i32,
@@ -47,7 +51,13 @@ pub async fn rollback(config: &Config, global: &GlobalArgs, host: &str) -> i32 {
             play.succeed(Ending::RolledBack, "pre-restore state").await
         }
         Err(status) => match super::step_failure(&status) {
-            Some(failure) if failure.refused => play.refuse("rollback", &failure.cause, "").await,
+            Some(failure) if failure.refused => {
+                let state = failure
+                    .status
+                    .map(|s| s.summary)
+                    .unwrap_or_else(|| "unknown".into());
+                play.refuse_in("rollback", &failure.cause, &state, "").await
+            }
             Some(failure) => {
                 let state = failure
                     .status
