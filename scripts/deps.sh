@@ -1,6 +1,26 @@
 # Sourced by scripts/test and scripts/demo: installs what ferry's simulated hosts need on a fresh
 # Debian machine. PostgreSQL 15 server binaries are expected at /usr/lib/postgresql/15/bin
 # (override with FERRY_PG_BIN).
+
+# The ansible-core the inventory tests compare ferry with, in a venv under target/.
+ANSIBLE_CORE_VERSION=2.19.14
+ANSIBLE_VENV="${FERRY_ANSIBLE_VENV:-target/ansible-venv}"
+
+ensure_ansible() {
+  if [ -x "$ANSIBLE_VENV/bin/ansible-inventory" ] &&
+    "$ANSIBLE_VENV/bin/python" -c "import ansible.release as r; assert r.__version__ == '$ANSIBLE_CORE_VERSION'" 2>/dev/null; then
+    return 0
+  fi
+  echo "installing ansible-core $ANSIBLE_CORE_VERSION into $ANSIBLE_VENV" >&2
+  if ! python3 -m venv "$ANSIBLE_VENV" >/dev/null 2>&1; then
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv "$ANSIBLE_VENV"
+  fi
+  "$ANSIBLE_VENV/bin/pip" install -q "ansible-core==$ANSIBLE_CORE_VERSION"
+}
 ensure_deps() {
   local missing=()
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)

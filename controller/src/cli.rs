@@ -21,9 +21,13 @@ pub struct GlobalArgs {
     /// Controller configuration.
     #[arg(long, global = true, env = "FERRY_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Inventory file (Ansible INI or YAML).
+    /// Inventory source: an Ansible INI or YAML file, or a directory of them, with its group_vars/
+    /// and host_vars/. Repeat for several; default: `inventory:` in the config.
     #[arg(short = 'i', long, global = true, env = "FERRY_INVENTORY")]
-    pub inventory: Option<PathBuf>,
+    pub inventory: Vec<PathBuf>,
+    /// Print the hosts the pattern selects and contact none.
+    #[arg(long, global = true)]
+    pub list_hosts: bool,
     /// How many hosts to work on at once.
     #[arg(short = 'f', long, global = true, value_parser = clap::value_parser!(u64).range(1..10000))]
     pub forks: Option<u64>,
@@ -90,6 +94,22 @@ pub enum Command {
     /// Manage the fleet PKI.
     #[command(subcommand)]
     Certs(CertsCommand),
+    /// The inventory as ferry reads it, printed as `ansible-inventory` prints it; contacts nothing.
+    Inventory(InventoryArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+#[group(required = true, multiple = false)]
+pub struct InventoryArgs {
+    /// Every group and host, with each host's effective vars, as JSON.
+    #[arg(long)]
+    pub list: bool,
+    /// The group tree from GROUP (default all).
+    #[arg(long, value_name = "GROUP", num_args = 0..=1, default_missing_value = "all")]
+    pub graph: Option<String>,
+    /// One host's effective vars, as JSON.
+    #[arg(long, value_name = "HOST")]
+    pub host: Option<String>,
 }
 
 impl Command {
@@ -107,6 +127,7 @@ impl Command {
             Command::Archives(_) => "archives",
             Command::Catalog(_) => "catalog",
             Command::Certs(_) => "certs",
+            Command::Inventory(_) => "inventory",
         }
     }
 }

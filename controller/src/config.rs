@@ -17,6 +17,15 @@ struct RawConfig {
     forks: Option<usize>,
     timeout_seconds: Option<u64>,
     connect_timeout_seconds: Option<u64>,
+    inventory: Option<OneOrMany>,
+}
+
+/// `inventory: PATH` or `inventory: [PATH, …]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(PathBuf),
+    Many(Vec<PathBuf>),
 }
 
 #[derive(Debug, Clone, Deserialize, Default)]
@@ -38,6 +47,8 @@ pub struct Config {
     pub forks: usize,
     pub timeout_seconds: u64,
     pub connect_timeout_seconds: u64,
+    /// Inventory sources used when the command line names none.
+    pub inventory: Vec<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +126,11 @@ impl Config {
             forks: raw.forks.unwrap_or(5),
             timeout_seconds: raw.timeout_seconds.unwrap_or(300),
             connect_timeout_seconds: raw.connect_timeout_seconds.unwrap_or(5),
+            inventory: match raw.inventory {
+                None => Vec::new(),
+                Some(OneOrMany::One(p)) => vec![abs(p)],
+                Some(OneOrMany::Many(ps)) => ps.into_iter().map(abs).collect(),
+            },
             state_dir,
         }
     }

@@ -1,7 +1,16 @@
-//! Ansible host patterns: `all`, `*`, names, globs, `~regex`, `a:b`, `a,b`, `a:&b`, `a:!b`, and
-//! subscripts `group[0]`, `group[-1]`, `group[1:3]`, `group[2:]`.
+//! Ansible host patterns with Ansible's semantics: `all`, `*`, names, globs (fnmatch), `~regex`,
+//! `a:b`, `a,b`, `a:&b`, `a:!b`, and subscripts `g[0]`, `g[-1]`, `g[0:2]` (inclusive), `g[2:]`.
+//!
+//! Terms are evaluated as Ansible does: plain terms first (a union, in pattern order), then
+//! intersections, then exclusions; a pattern of only intersections and exclusions starts from `all`.
+//! The result keeps that order. A plain term that matches nothing is an error (a typo must not
+//! select less than meant); an intersection or exclusion that matches nothing is a warning, as in
+//! Ansible.
 
 use std::collections::BTreeSet;
+use std::sync::LazyLock;
+
+use regex::Regex;
 
 use crate::inventory::Inventory;
 
@@ -14,25 +23,35 @@ pub enum PatternError {
     Invalid { pattern: String, message: String },
 }
 
-/// Resolves `pattern` (and `limit`, if any, as an intersection) to host names in inventory order.
+/// The hosts a pattern selects, in Ansible's order, and what the operator should be told.
+#[derive(Debug, Default)]
+pub struct Selection {
+    pub hosts: Vec<String>,
+    pub warnings: Vec<String>,
+}
+
+/// Resolves `pattern` (and `limit`, if any, as a filter) to host names.
 pub fn select(
     inventory: &Inventory,
     pattern: &str,
     limit: Option<&str>,
-) -> Result<Vec<String>, PatternError> {
-    let mut selected = resolve(inventory, pattern)?;
+) -> Result<Selection, PatternError> {
+    let mut warnings = Vec::new();
+    let mut hosts = evaluate(inventory, pattern, &mut warnings)?;
     if let Some(limit) = limit {
-        let allowed = resolve(inventory, limit)?;
-        selected.retain(|h| allowed.contains(h));
+        let allowed: BTreeSet<String> = evaluate(inventory, limit, &mut warnings)?
+            .into_iter()
+            .collect();
+        hosts.retain(|h| allowed.contains(h));
     }
-    Ok(inventory
-        .host_names()
-        .filter(|h| selected.contains(*h))
-        .map(str::to_string)
-        .collect())
+    Ok(Selection { hosts, warnings })
 }
 
-fn resolve(inventory: &Inventory, pattern: &str) -> Result<BTreeSet<String>, PatternError> {
+fn evaluate(
+    inventory: &Inventory,
+    pattern: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<String>, PatternError> {
     let terms = split(pattern);
     if terms.is_empty() {
         return Err(PatternError::Invalid {
@@ -40,46 +59,78 @@ fn resolve(inventory: &Inventory, pattern: &str) -> Result<BTreeSet<String>, Pat
             message: "empty pattern".into(),
         });
     }
-    let mut union = BTreeSet::new();
-    let mut intersections = Vec::new();
-    let mut exclusions = BTreeSet::new();
-    for term in &terms {
+    let plain: Vec<&str> = terms
+        .iter()
+        .map(String::as_str)
+        .filter(|t| !t.starts_with(['&', '!']))
+        .collect();
+    let mut ordered: Vec<&str> = if plain.is_empty() { vec!["all"] } else { plain };
+    ordered.extend(
+        terms
+            .iter()
+            .map(String::as_str)
+            .filter(|t| t.starts_with('&')),
+    );
+    ordered.extend(
+        terms
+            .iter()
+            .map(String::as_str)
+            .filter(|t| t.starts_with('!')),
+    );
+    let mut hosts: Vec<String> = Vec::new();
+    for term in ordered {
         let (kind, body) = match term.as_bytes().first() {
             Some(b'&') => ('&', &term[1..]),
             Some(b'!') => ('!', &term[1..]),
-            _ => ('+', term.as_str()),
+            _ => ('+', term),
         };
-        let hosts = term_hosts(inventory, body).map_err(|message| PatternError::Invalid {
-            pattern: pattern.into(),
-            message,
-        })?;
-        if hosts.is_empty() && kind != '!' {
-            return Err(PatternError::NoMatch {
+        let matched =
+            match_one(inventory, body, warnings).map_err(|message| PatternError::Invalid {
                 pattern: pattern.into(),
-                term: body.into(),
-            });
-        }
+                message,
+            })?;
+        let Some(matched) = matched else {
+            if kind == '+' {
+                return Err(PatternError::NoMatch {
+                    pattern: pattern.into(),
+                    term: body.into(),
+                });
+            }
+            warnings.push(format!(
+                "host pattern {pattern:?}: {body:?} in {term:?} matches no host or group in the inventory{}",
+                if kind == '!' {
+                    "; it excludes nothing (a typo?)"
+                } else {
+                    "; the intersection with it is empty"
+                }
+            ));
+            if kind == '&' {
+                hosts.clear();
+            }
+            continue;
+        };
         match kind {
-            '&' => intersections.push(hosts),
-            '!' => exclusions.extend(hosts),
-            _ => union.extend(hosts),
+            '!' => {
+                let out: BTreeSet<&String> = matched.iter().collect();
+                hosts.retain(|h| !out.contains(h));
+            }
+            '&' => {
+                let keep: BTreeSet<&String> = matched.iter().collect();
+                hosts.retain(|h| keep.contains(h));
+            }
+            _ => {
+                for h in matched {
+                    if !hosts.contains(&h) {
+                        hosts.push(h);
+                    }
+                }
+            }
         }
     }
-    // Like Ansible: a pattern made only of exclusions/intersections starts from all hosts.
-    if terms
-        .iter()
-        .all(|t| t.starts_with('&') || t.starts_with('!'))
-    {
-        union = inventory.host_names().map(str::to_string).collect();
-    }
-    for set in intersections {
-        union.retain(|h| set.contains(h));
-    }
-    union.retain(|h| !exclusions.contains(h));
-    Ok(union)
+    Ok(hosts)
 }
 
-/// Splits on `,` or `:` outside brackets (so ranges and subscripts keep their colons).
+/// Splits on `,` if there is one, else on `:`; brackets keep their colons.
 fn split(pattern: &str) -> Vec<String> {
     let mut terms = Vec::new();
     let mut current = String::new();
@@ -108,87 +159,159 @@ fn split(pattern: &str) -> Vec<String> {
         .collect()
 }
 
-fn term_hosts(inventory: &Inventory, term: &str) -> Result<Vec<String>, String> {
-    if term == "all" || term == "*" {
-        return Ok(inventory.host_names().map(str::to_string).collect());
-    }
-    if let Some(regex) = term.strip_prefix('~') {
-        let re = regex::Regex::new(regex).map_err(|e| format!("bad regex {regex:?}: {e}"))?;
-        return Ok(matching(inventory, |name| re.is_match(name)));
-    }
-    if let Some((base, sub)) = subscript(term)
-        && (inventory.has_group(base) || inventory.has_host(base))
-    {
-        let hosts = exact(inventory, base);
-        return slice(&hosts, sub).map_err(|e| format!("{term}: {e}"));
-    }
-    if inventory.has_group(term) || inventory.has_host(term) {
-        return Ok(exact(inventory, term));
-    }
-    if term.contains(['*', '?', '[']) {
-        return Ok(matching(inventory, |name| {
-            glob_match::glob_match(term, name)
-        }));
-    }
-    Ok(Vec::new())
-}
+/// Ansible's `PATTERN_WITH_SUBSCRIPT`: an expression, then `[i]`, `[-i]`, `[a:b]` or `[a:]`.
+static SUBSCRIPT: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^(.+)\[(?:(-?[0-9]+)|([0-9]+)([:-])([0-9]*))\]$").expect("a valid regex")
+});
 
-fn exact(inventory: &Inventory, name: &str) -> Vec<String> {
-    if inventory.has_group(name) {
-        inventory.hosts_of_group(name)
-    } else {
-        vec![name.to_string()]
+/// The hosts one term selects, or None when it names nothing in the inventory.
+fn match_one(
+    inventory: &Inventory,
+    term: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Option<Vec<String>>, String> {
+    if inventory.has_host(term) {
+        return Ok(Some(vec![term.to_string()]));
     }
-}
-
-/// Hosts whose name matches, plus the hosts of every group whose name matches.
-fn matching(inventory: &Inventory, pred: impl Fn(&str) -> bool) -> Vec<String> {
-    let mut hosts: BTreeSet<String> = inventory
-        .host_names()
-        .filter(|h| pred(h))
-        .map(str::to_string)
-        .collect();
-    for group in inventory.group_names().filter(|g| pred(g)) {
-        hosts.extend(inventory.hosts_of_group(group));
-    }
-    hosts.into_iter().collect()
-}
-
-fn subscript(term: &str) -> Option<(&str, &str)> {
-    let open = term.rfind('[')?;
-    let inner = term[open + 1..].strip_suffix(']')?;
-    if inner
-        .chars()
-        .all(|c| c.is_ascii_digit() || c == '-' || c == ':')
-        && !inner.is_empty()
-    {
-        Some((&term[..open], inner))
-    } else {
-        None
-    }
-}
-
-/// Python-style indexing of the group's hosts in inventory order: `[i]`, `[-1]`, `[a:b]`, `[a:]`, `[:b]`.
-fn slice(hosts: &[String], sub: &str) -> Result<Vec<String>, String> {
-    let len = hosts.len() as i64;
-    let index = |text: &str, default: i64| -> Result<i64, String> {
-        if text.is_empty() {
-            return Ok(default);
-        }
-        let i: i64 = text.parse().map_err(|_| format!("bad index {text:?}"))?;
-        Ok(if i < 0 { (len + i).max(0) } else { i.min(len) })
+    let captures = (!term.starts_with('~'))
+        .then(|| SUBSCRIPT.captures(term))
+        .flatten();
+    let Some(c) = captures else {
+        return enumerate(inventory, term);
     };
-    match sub.split_once(':') {
-        None => {
-            let i = index(sub, 0)?;
-            Ok(hosts.get(i as usize).cloned().into_iter().collect())
-        }
-        Some((a, b)) => {
-            let (start, end) = (index(a, 0)?, index(b, len)?);
-            Ok(hosts
-                .get(start as usize..end.max(start) as usize)
-                .unwrap_or_default()
-                .to_vec())
+    let number = |i: usize| -> Result<Option<i64>, String> {
+        c.get(i)
+            .filter(|m| !m.as_str().is_empty())
+            .map(|m| {
+                m.as_str()
+                    .parse::<i64>()
+                    .map_err(|e| format!("{term}: {e}"))
+            })
+            .transpose()
+    };
+    let Some(hosts) = enumerate(inventory, &c[1])? else {
+        return Ok(None);
+    };
+    if c.get(4).is_some_and(|m| m.as_str() == "-") {
+        warnings.push(format!(
+            "{term}: use [x:y] inclusive subscripts instead of [x-y], which Ansible has removed"
+        ));
+    }
+    let len = hosts.len() as i64;
+    let picked = match (number(2)?, number(3)?, number(5)?) {
+        (Some(i), _, _) => single(&hosts, i),
+        (None, Some(start), end) => match end {
+            // `[a:0]` is `[a]`, as in Ansible.
+            Some(0) => single(&hosts, start),
+            end => {
+                let end = end.unwrap_or(len - 1);
+                let (from, to) = (start.min(len), (end + 1).clamp(0, len));
+                hosts
+                    .get(from as usize..to.max(from) as usize)
+                    .unwrap_or_default()
+                    .to_vec()
+            }
+        },
+        _ => hosts,
+    };
+    Ok(Some(picked))
+}
+
+/// Python indexing: negative from the end, out of range selects nothing.
+fn single(hosts: &[String], i: i64) -> Vec<String> {
+    let len = hosts.len() as i64;
+    let index = if i < 0 { len + i } else { i };
+    if (0..len).contains(&index) {
+        vec![hosts[index as usize].clone()]
+    } else {
+        Vec::new()
+    }
+}
+
+/// Ansible's `_enumerate_matches`: the hosts of every matching group (in the order groups were
+/// first seen), then, for a regex, a glob or when no group matched, the matching hosts.
+fn enumerate(inventory: &Inventory, expr: &str) -> Result<Option<Vec<String>>, String> {
+    let matcher = Matcher::new(expr)?;
+    let groups: Vec<&str> = inventory
+        .group_names()
+        .filter(|g| matcher.matches(g))
+        .collect();
+    let mut hosts: Vec<String> = groups
+        .iter()
+        .flat_map(|g| inventory.hosts_of_group(g))
+        .collect();
+    let special = expr.starts_with('~') || expr.contains(['.', '?', '*', '[']);
+    let mut named_host = false;
+    if groups.is_empty() || special {
+        for h in inventory.host_names().filter(|h| matcher.matches(h)) {
+            named_host = true;
+            hosts.push(h.to_string());
         }
     }
+    Ok((!groups.is_empty() || named_host).then_some(hosts))
+}
+
+/// A glob (Python's fnmatch: whole name, case-sensitive) or a `~regex` (matched at the start).
+struct Matcher(Regex);
+
+impl Matcher {
+    fn new(expr: &str) -> Result<Self, String> {
+        let source = match expr.strip_prefix('~') {
+            Some(re) => format!("^(?:{re})"),
+            None => format!("^(?s:{})$", fnmatch(expr)),
+        };
+        Regex::new(&source)
+            .map(Matcher)
+            .map_err(|e| format!("bad pattern {expr:?}: {e}"))
+    }
+
+    fn matches(&self, name: &str) -> bool {
+        self.0.is_match(name)
+    }
+}
+
+/// Translates a shell glob as Python's `fnmatch.translate` does.
+fn fnmatch(glob: &str) -> String {
+    let chars: Vec<char> = glob.chars().collect();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < chars.len() {
+        match chars[i] {
+            '*' => out.push_str(".*"),
+            '?' => out.push('.'),
+            '[' => {
+                // A class runs to the next `]` (a `]` right after `[` or `[!` belongs to it).
+                let mut j = i + 1;
+                if j < chars.len() && chars[j] == '!' {
+                    j += 1;
+                }
+                if j < chars.len() && chars[j] == ']' {
+                    j += 1;
+                }
+                while j < chars.len() && chars[j] != ']' {
+                    j += 1;
+                }
+                if j >= chars.len() {
+                    out.push_str("\\[");
+                } else {
+                    let inner: String = chars[i + 1..j].iter().collect();
+                    let (negate, body) = match inner.strip_prefix('!') {
+                        Some(rest) => (true, rest.to_string()),
+                        None => (false, inner),
+                    };
+                    let body = body.replace('\\', "\\\\").replace('[', "\\[");
+                    out.push('[');
+                    if negate {
+                        out.push('^');
+                    }
+                    out.push_str(&body);
+                    out.push(']');
+                    i = j;
+                }
+            }
+            c => out.push_str(&regex::escape(&c.to_string())),
+        }
+        i += 1;
+    }
+    out
 }

@@ -39,7 +39,7 @@ pub async fn run(config: &Config, global: &GlobalArgs, command: ArchivesCommand)
     };
     let result = match command {
         ArchivesCommand::List { pattern } => {
-            list(&catalog, global, format, pattern.as_deref()).await
+            list(&catalog, config, global, format, pattern.as_deref()).await
         }
         ArchivesCommand::Show { id } => show(&catalog, format, &id).await,
         ArchivesCommand::Verify {
@@ -77,22 +77,29 @@ fn archive_json(a: &ArchiveRecord) -> serde_json::Value {
 /// The hosts `pattern` names: an inventory pattern, where hosts only the catalog knows (retired
 /// ones) count as ungrouped.
 fn select_hosts(
+    config: &Config,
     global: &GlobalArgs,
     pattern: &str,
     catalogued: &BTreeSet<String>,
 ) -> Result<BTreeSet<String>, String> {
-    let mut inventory = match global.inventory.as_ref() {
-        Some(path) => Inventory::load(path).map_err(|e| format!("inventory {e}"))?,
-        None => Inventory::default(),
+    let sources = super::fleet::inventory_sources(config, global);
+    let mut inventory = if sources.is_empty() {
+        Inventory::default()
+    } else {
+        Inventory::load_all(sources).map_err(|e| format!("inventory {e}"))?
     };
     inventory.add_ungrouped(catalogued.iter().cloned());
-    crate::pattern::select(&inventory, pattern, global.limit.as_deref())
-        .map(|hosts| hosts.into_iter().collect())
-        .map_err(|e| e.to_string())
+    let selection = crate::pattern::select(&inventory, pattern, global.limit.as_deref())
+        .map_err(|e| e.to_string())?;
+    for warning in &selection.warnings {
+        errln!("[WARNING]: {warning}");
+    }
+    Ok(selection.hosts.into_iter().collect())
 }
 
 async fn list(
     catalog: &Catalog,
+    config: &Config,
     global: &GlobalArgs,
     format: Format,
     pattern: Option<&str>,
@@ -100,7 +107,7 @@ async fn list(
     let mut archives = catalog.archives().await.map_err(|e| e.to_string())?;
     if let Some(pattern) = pattern {
         let catalogued: BTreeSet<String> = archives.iter().map(|a| a.host.clone()).collect();
-        let hosts = match select_hosts(global, pattern, &catalogued) {
+        let hosts = match select_hosts(config, global, pattern, &catalogued) {
             Ok(hosts) => hosts,
             Err(e) => {
                 errln!("ferry archives list: {e}");

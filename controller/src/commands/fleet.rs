@@ -1,5 +1,6 @@
 //! What every fleet command does first: read the inventory, select hosts, load the TLS identity.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cli::GlobalArgs;
@@ -19,27 +20,144 @@ pub struct Fleet {
     pub dialer: Dialer,
 }
 
-/// Prepares a fleet command, or returns the exit code for why it cannot run.
-pub fn prepare(config: &Config, global: &GlobalArgs, pattern: &str) -> Result<Fleet, i32> {
-    let Some(path) = global.inventory.as_ref() else {
-        errln!("ferry: no inventory: pass -i INVENTORY or set FERRY_INVENTORY");
+/// The inventory sources of this command: every `-i`, else `inventory:` in the config.
+pub fn inventory_sources<'a>(config: &'a Config, global: &'a GlobalArgs) -> &'a [PathBuf] {
+    if global.inventory.is_empty() {
+        &config.inventory
+    } else {
+        &global.inventory
+    }
+}
+
+fn describe_sources(sources: &[PathBuf]) -> String {
+    sources
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Reads the command's inventory, or prints why not and returns the exit code.
+pub fn load_inventory(config: &Config, global: &GlobalArgs) -> Result<Inventory, i32> {
+    let sources = inventory_sources(config, global);
+    if sources.is_empty() {
+        errln!(
+            "ferry: no inventory: pass -i INVENTORY (a file or a directory; repeat for several), set FERRY_INVENTORY, or set inventory: in the config"
+        );
         return Err(exit::ERROR);
-    };
-    let inventory = Inventory::load(path).map_err(|e| {
+    }
+    Inventory::load_all(sources).map_err(|e| {
         errln!("ferry: inventory {e}");
         exit::INVENTORY
-    })?;
-    let hosts =
-        crate::pattern::select(&inventory, pattern, global.limit.as_deref()).map_err(|e| {
-            errln!("ferry: {e} ({})", path.display());
+    })
+}
+
+/// The hosts `pattern` (and `--limit`) selects, with the pattern's warnings printed.
+pub fn select(
+    config: &Config,
+    global: &GlobalArgs,
+    inventory: &Inventory,
+    pattern: &str,
+) -> Result<Vec<String>, i32> {
+    let sources = describe_sources(inventory_sources(config, global));
+    let selection =
+        crate::pattern::select(inventory, pattern, global.limit.as_deref()).map_err(|e| {
+            errln!("ferry: {e} ({sources})");
             exit::INVENTORY
         })?;
+    for warning in &selection.warnings {
+        errln!("[WARNING]: {warning}");
+    }
+    Ok(selection.hosts)
+}
+
+/// `ferry inventory --list | --graph [GROUP] | --host NAME`.
+pub fn show_inventory(
+    config: &Config,
+    global: &GlobalArgs,
+    args: &crate::cli::InventoryArgs,
+) -> i32 {
+    let inventory = match load_inventory(config, global) {
+        Ok(inventory) => inventory,
+        Err(code) => return code,
+    };
+    if let Some(group) = &args.graph {
+        return match crate::inventory::graph(&inventory, group) {
+            Some(tree) => {
+                outln!("{tree}");
+                exit::OK
+            }
+            None => {
+                errln!(
+                    "ferry inventory --graph: no group {group:?} in the inventory (`ferry inventory --list` shows them)"
+                );
+                exit::INVENTORY
+            }
+        };
+    }
+    let doc = match &args.host {
+        Some(host) => match crate::inventory::host_vars_json(&inventory, host) {
+            Some(vars) => vars,
+            None => {
+                errln!(
+                    "ferry inventory --host: no host {host:?} in the inventory (`ferry ping all --list-hosts` lists them)"
+                );
+                return exit::INVENTORY;
+            }
+        },
+        None => crate::inventory::list_json(&inventory),
+    };
+    match serde_json::to_string_pretty(&doc) {
+        Ok(text) => outln!("{text}"),
+        Err(e) => {
+            errln!("ferry inventory: {e}");
+            return exit::ERROR;
+        }
+    }
+    exit::OK
+}
+
+/// `--list-hosts`: prints the selection as `ansible --list-hosts` does (or as JSON).
+fn list_hosts(global: &GlobalArgs, hosts: &[String]) {
+    if global.output == crate::report::Format::Json {
+        crate::output::json(&serde_json::json!({ "hosts": hosts }));
+        return;
+    }
+    outln!("  hosts ({}):", hosts.len());
+    for host in hosts {
+        outln!("    {host}");
+    }
+}
+
+/// Prepares a fleet command, or returns the exit code for why it cannot (or need not) run:
+/// `--list-hosts` prints the selection and ends the command with 0.
+pub fn prepare(config: &Config, global: &GlobalArgs, pattern: &str) -> Result<Fleet, i32> {
+    let inventory = load_inventory(config, global)?;
+    let hosts = select(config, global, &inventory, pattern)?;
+    if global.list_hosts {
+        list_hosts(global, &hosts);
+        return Err(exit::OK);
+    }
+    if hosts.is_empty() {
+        errln!(
+            "ferry: host pattern {pattern:?}{} selects no host; nothing was contacted (`--list-hosts` shows a selection)",
+            global
+                .limit
+                .as_deref()
+                .map(|l| format!(" with --limit {l:?}"))
+                .unwrap_or_default()
+        );
+        return Err(exit::INVENTORY);
+    }
     let targets = hosts
         .iter()
         .map(|h| inventory.target(h))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| {
-            errln!("ferry: inventory {}: {e}", path.display());
+            errln!(
+                "ferry: inventory {}: {e}",
+                describe_sources(inventory_sources(config, global))
+            );
             exit::INVENTORY
         })?;
     operator_certificate_valid(config)?;

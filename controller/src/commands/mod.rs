@@ -90,5 +90,6 @@ async fn command(config: &Config, cli: Cli) -> i32 {
         Command::Archives(command) => archives::run(&config, &cli.global, command).await,
         Command::Catalog(command) => archives::run_catalog(&config, command).await,
         Command::Certs(command) => certs::run(&config, command).await,
+        Command::Inventory(args) => fleet::show_inventory(&config, &cli.global, &args),
     }
 }

@@ -8,8 +8,7 @@ enum Section {
     Children(String),
 }
 
-pub(super) fn parse(file: &str, text: &str) -> Result<Inventory, InventoryError> {
-    let mut inv = Inventory::default();
+pub(super) fn parse(inv: &mut Inventory, file: &str, text: &str) -> Result<(), InventoryError> {
     let mut section = Section::Hosts("ungrouped".into());
     for (index, raw) in text.lines().enumerate() {
         let line_no = index + 1;
@@ -68,13 +67,7 @@ pub(super) fn parse(file: &str, text: &str) -> Result<Inventory, InventoryError>
                 }
                 let names = range::expand(pattern).map_err(&err)?;
                 for name in names {
-                    inv.add_host(&name, vars.clone());
-                    if group != "ungrouped" {
-                        let g = inv.group_mut(group);
-                        if !g.hosts.contains(&name) {
-                            g.hosts.push(name);
-                        }
-                    }
+                    inv.add_host(&name, Some(group), vars.clone());
                 }
             }
             Section::Vars(group) => {
@@ -93,15 +86,11 @@ pub(super) fn parse(file: &str, text: &str) -> Result<Inventory, InventoryError>
                         "child group {line:?} must be a single group name"
                     )));
                 }
-                inv.group_mut(line);
-                let g = inv.group_mut(group);
-                if !g.children.iter().any(|c| c == line) {
-                    g.children.push(line.to_string());
-                }
+                inv.add_child(group, line);
             }
         }
     }
-    Ok(inv)
+    Ok(())
 }
 
 /// `host:port` shorthand, leaving IPv6 addresses and ranges alone.

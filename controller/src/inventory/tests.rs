@@ -75,9 +75,10 @@ fn targets_use_host_and_port_vars() {
     let t = inv.target("db-b.example.com").unwrap();
     assert_eq!(
         (t.address.as_str(), t.port),
-        ("10.2.0.1", 7600),
-        "host:port shorthand and ansible_host"
+        ("10.2.0.1", 7482),
+        "ansible_host is dialled; host:port sets ansible_port, which is SSH's and ignored"
     );
+    assert_eq!(inv.vars("db-b.example.com")["ansible_port"], json!(7600));
     let t = inv.target("cp02.a.example.com").unwrap();
     assert_eq!(
         (t.address.as_str(), t.port),
@@ -150,11 +151,16 @@ fn malformed_inventories_name_file_and_line() {
         );
         assert!(message.contains(needle), "{message}");
     }
+    let err = Inventory::parse("bad.yaml", "all:\n  hosts: [cp01\n", true).unwrap_err();
+    assert!(err.line.is_some(), "{err}");
     let err = Inventory::parse("bad.yaml", "all:\n  hosts:\n    - cp01\n", true).unwrap_err();
-    assert_eq!(err.line, Some(3), "{err}");
-    assert!(err.to_string().starts_with("bad.yaml:3: "), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("bad.yaml: all.hosts must be a mapping"),
+        "{err}"
+    );
     let err = Inventory::parse("bad.yaml", "all:\n  hostz: {}\n", true).unwrap_err();
-    assert!(err.to_string().contains("unknown field `hostz`"), "{err}");
+    assert!(err.to_string().contains("unknown key \"hostz\""), "{err}");
     let err =
         Inventory::parse("cycle.ini", "[a:children]\nb\n[b:children]\na\n", false).unwrap_err();
     assert!(err.to_string().contains("cycle"), "{err}");
@@ -179,7 +185,9 @@ fn ranges_keep_padding_steps_and_letters() {
 }
 
 fn names(inv: &Inventory, pattern: &str) -> Vec<String> {
-    select(inv, pattern, None).unwrap_or_else(|e| panic!("{pattern}: {e}"))
+    select(inv, pattern, None)
+        .unwrap_or_else(|e| panic!("{pattern}: {e}"))
+        .hosts
 }
 
 #[test]
@@ -224,9 +232,12 @@ fn every_pattern_form() {
     assert_eq!(names(&inv, "site_a[0]"), ["cp01.a.example.com"]);
     assert_eq!(names(&inv, "site_a[-1]"), ["cp03.a.example.com"]);
     assert_eq!(
-        names(&inv, "site_a[0:2]"),
-        ["cp01.a.example.com", "cp02.a.example.com"]
+        names(&inv, "site_a[0:1]"),
+        ["cp01.a.example.com", "cp02.a.example.com"],
+        "subscripts are inclusive, as in Ansible"
     );
+    assert_eq!(names(&inv, "site_a[0:2]").len(), 3);
+    assert_eq!(names(&inv, "site_a[7]"), Vec::<String>::new());
     assert_eq!(
         names(&inv, "site_a[1:]"),
         ["cp02.a.example.com", "cp03.a.example.com"]
@@ -237,11 +248,21 @@ fn every_pattern_form() {
 #[test]
 fn limit_intersects_and_unknown_terms_are_errors() {
     let inv = ini();
-    let limited = select(&inv, "prod", Some("site_b:lonely")).unwrap();
+    let limited = select(&inv, "prod", Some("site_b:lonely")).unwrap().hosts;
     assert_eq!(
         limited,
         ["cpa.b.example.com", "cpb.b.example.com", "db-b.example.com"]
     );
+    // An exclusion or intersection that matches nothing is a warning that names it.
+    let typo = select(&inv, "all:!site_bb", None).unwrap();
+    assert_eq!(typo.hosts.len(), 7);
+    assert!(
+        typo.warnings[0].contains("\"site_bb\""),
+        "{:?}",
+        typo.warnings
+    );
+    let typo = select(&inv, "prod:&sitea", None).unwrap();
+    assert!(typo.hosts.is_empty() && typo.warnings[0].contains("\"sitea\""));
     match select(&inv, "prod:typo", None) {
         Err(PatternError::NoMatch { term, .. }) => assert_eq!(term, "typo"),
         other => panic!("expected NoMatch, got {other:?}"),

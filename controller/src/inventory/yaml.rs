@@ -1,66 +1,117 @@
-//! Ansible's YAML inventory format: top-level groups with `hosts`, `vars` and `children`.
+//! Ansible's YAML inventory format: top-level groups with `hosts`, `vars` and `children`, read in
+//! document order (it decides the order hosts and groups are first seen).
 
-use indexmap::IndexMap;
-use serde::Deserialize;
+use serde_norway::{Mapping, Value};
 
 use super::{Inventory, InventoryError, Vars, range};
 
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct YamlGroup {
-    #[serde(default)]
-    hosts: Option<IndexMap<String, Option<Vars>>>,
-    #[serde(default)]
-    vars: Option<Vars>,
-    #[serde(default)]
-    children: Option<IndexMap<String, Option<YamlGroup>>>,
+pub(super) fn parse(inv: &mut Inventory, file: &str, text: &str) -> Result<(), InventoryError> {
+    let top: Value = serde_norway::from_str(text).map_err(|e| InventoryError {
+        file: file.to_string(),
+        line: e.location().map(|l| l.line()),
+        message: e.to_string(),
+    })?;
+    let Some(top) = mapping(file, "the inventory", &top)? else {
+        return Ok(());
+    };
+    for (name, group) in top {
+        add_group(file, inv, &key(file, name)?, group)?;
+    }
+    Ok(())
 }
 
-pub(super) fn parse(file: &str, text: &str) -> Result<Inventory, InventoryError> {
-    let top: Option<IndexMap<String, Option<YamlGroup>>> =
-        serde_norway::from_str(text).map_err(|e| InventoryError {
-            file: file.to_string(),
-            line: e.location().map(|l| l.line()),
-            message: e.to_string(),
-        })?;
-    let mut inv = Inventory::default();
-    for (name, group) in top.unwrap_or_default() {
-        add_group(file, &mut inv, &name, group.unwrap_or_default())?;
+/// A mapping key as text (YAML allows numbers and booleans as keys).
+fn key(file: &str, key: &Value) -> Result<String, InventoryError> {
+    match key {
+        Value::String(s) => Ok(s.clone()),
+        Value::Number(n) => Ok(n.to_string()),
+        Value::Bool(b) => Ok(b.to_string()),
+        other => Err(invalid(file, format!("{other:?} is not a name"))),
     }
-    Ok(inv)
+}
+
+fn vars(file: &str, what: &str, value: &Value) -> Result<Vars, InventoryError> {
+    let mut vars = Vars::new();
+    for (k, v) in mapping(file, what, value)?.into_iter().flatten() {
+        let v = serde_json::to_value(v).map_err(|e| invalid(file, format!("{what}: {e}")))?;
+        vars.insert(key(file, k)?, v);
+    }
+    Ok(vars)
+}
+
+fn invalid(file: &str, message: String) -> InventoryError {
+    InventoryError {
+        file: file.to_string(),
+        line: None,
+        message,
+    }
+}
+
+/// A mapping, or nothing for `null`.
+fn mapping<'a>(
+    file: &str,
+    what: &str,
+    value: &'a Value,
+) -> Result<Option<&'a Mapping>, InventoryError> {
+    match value {
+        Value::Null => Ok(None),
+        Value::Mapping(map) => Ok(Some(map)),
+        other => Err(invalid(
+            file,
+            format!("{what} must be a mapping, not {other:?}"),
+        )),
+    }
 }
 
 fn add_group(
     file: &str,
     inv: &mut Inventory,
     name: &str,
-    group: YamlGroup,
+    body: &Value,
 ) -> Result<(), InventoryError> {
-    inv.group_mut(name)
-        .vars
-        .extend(group.vars.unwrap_or_default());
-    for (pattern, vars) in group.hosts.unwrap_or_default() {
-        let names = range::expand(&pattern).map_err(|message| InventoryError {
-            file: file.to_string(),
-            line: None,
-            message: format!("group {name}: {message}"),
-        })?;
-        for host in names {
-            inv.add_host(&host, vars.clone().unwrap_or_default());
-            if name != "all" && name != "ungrouped" {
-                let g = inv.group_mut(name);
-                if !g.hosts.contains(&host) {
-                    g.hosts.push(host);
+    inv.group_mut(name);
+    let Some(body) = mapping(file, &format!("group {name}"), body)? else {
+        return Ok(());
+    };
+    for (k, value) in body {
+        match key(file, k)?.as_str() {
+            "vars" => {
+                let vars = vars(file, &format!("{name}.vars"), value)?;
+                inv.group_mut(name).vars.extend(vars);
+            }
+            "hosts" => {
+                let Some(hosts) = mapping(file, &format!("{name}.hosts"), value)? else {
+                    continue;
+                };
+                for (pattern, host_vars) in hosts {
+                    let pattern = key(file, pattern)?;
+                    let host_vars = vars(file, &format!("host {pattern}"), host_vars)?;
+                    let names = range::expand(&pattern)
+                        .map_err(|message| invalid(file, format!("group {name}: {message}")))?;
+                    for host in names {
+                        inv.add_host(&host, Some(name), host_vars.clone());
+                    }
                 }
             }
+            "children" => {
+                let Some(children) = mapping(file, &format!("{name}.children"), value)? else {
+                    continue;
+                };
+                for (child, child_body) in children {
+                    let child = key(file, child)?;
+                    add_group(file, inv, &child, child_body)?;
+                    inv.add_child(name, &child);
+                }
+            }
+            other => {
+                return Err(invalid(
+                    file,
+                    format!(
+                        "group {name}: unknown key {other:?} (a group has hosts, vars and children)"
+                    ),
+                ));
+            }
         }
-    }
-    for (child, body) in group.children.unwrap_or_default() {
-        let g = inv.group_mut(name);
-        if !g.children.contains(&child) {
-            g.children.push(child.clone());
-        }
-        add_group(file, inv, &child, body.unwrap_or_default())?;
     }
     Ok(())
 }
