@@ -136,8 +136,7 @@ fn inventories_and_patterns_read_as_ansible_reads_them() {
         let what = format!("-i {sources:?}");
         let mut theirs = json(
             &run(
-                &mut with_sources(Command::new(ansible("ansible-inventory")), sources)
-                    .arg("--list"),
+                with_sources(Command::new(ansible("ansible-inventory")), sources).arg("--list"),
                 scratch,
             ),
             &what,
