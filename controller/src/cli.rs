@@ -25,6 +25,14 @@ pub struct GlobalArgs {
     /// and host_vars/. Repeat for several; default: `inventory:` in the config.
     #[arg(short = 'i', long, global = true, env = "FERRY_INVENTORY")]
     pub inventory: Vec<PathBuf>,
+    /// Rolling batches, as Ansible's serial: N hosts, P% of them, or a list (1,5,20%) whose last
+    /// size repeats. Each batch ends before the next begins.
+    #[arg(long, global = true, value_name = "N|P%|LIST")]
+    pub serial: Option<crate::fanout::Serial>,
+    /// Stop before the next batch when more than P% of a batch failed (0: any failure stops).
+    /// Without it, only a batch where every host failed stops the play.
+    #[arg(long, global = true, value_name = "P", value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub max_fail_percentage: Option<u8>,
     /// Print the hosts the pattern selects and contact none.
     #[arg(long, global = true)]
     pub list_hosts: bool,

@@ -109,11 +109,48 @@ fn counts(outcome: &Outcome) -> [u32; 5] {
 }
 
 /// Prints the recap (text) or the whole JSON document, and returns the exit code.
-pub fn finish(format: Format, command: &str, results: &[HostResult], mut out: impl Write) -> i32 {
+pub fn finish(
+    format: Format,
+    command: &str,
+    play: &crate::fanout::PlayResults,
+    mut out: impl Write,
+) -> i32 {
+    let results = &play.results;
     let code = exit_code(results);
+    let batches = &play.batches;
+    let stopped = batches.iter().enumerate().find_map(|(i, b)| {
+        b.stopped.as_ref().map(|why| {
+            format!(
+                "the play stopped after batch {}/{}: {why}",
+                i + 1,
+                play.planned
+            )
+        })
+    });
     match format {
         Format::Text | Format::Csv => {
             let width = results.iter().map(|r| r.host.len()).max().unwrap_or(0);
+            if play.planned > 1 {
+                let _ = writeln!(out, "\nBATCHES ({command})");
+                for (i, b) in batches.iter().enumerate() {
+                    let _ = writeln!(
+                        out,
+                        "batch {}/{}: {} — {} failed",
+                        i + 1,
+                        play.planned,
+                        b.hosts.join(", "),
+                        b.failed
+                    );
+                }
+                if let Some(stopped) = &stopped {
+                    let skipped: Vec<&str> = results
+                        .iter()
+                        .filter(|r| matches!(r.outcome, Outcome::Skipped { .. }))
+                        .map(|r| r.host.as_str())
+                        .collect();
+                    let _ = writeln!(out, "STOPPED: {stopped}; not run: {}", skipped.join(", "));
+                }
+            }
             let _ = writeln!(out, "\nPLAY RECAP ({command})");
             for r in results {
                 let [ok, changed, unreachable, failed, skipped] = counts(&r.outcome);
@@ -140,8 +177,12 @@ pub fn finish(format: Format, command: &str, results: &[HostResult], mut out: im
                     )
                 })
                 .collect();
-            let doc =
-                json!({"command": command, "hosts": hosts, "recap": recap, "exit_code": code});
+            let batches: Vec<Value> = batches
+                .iter()
+                .map(|b| json!({"hosts": b.hosts, "failed": b.failed, "stopped": b.stopped}))
+                .collect();
+            let doc = json!({"command": command, "hosts": hosts, "recap": recap,
+                             "batches": batches, "stopped": stopped, "exit_code": code});
             let _ = writeln!(
                 out,
                 "{}",
@@ -227,7 +268,12 @@ mod tests {
             result("cp02", failed()),
             result("cp03", unreachable()),
         ];
-        let code = finish(Format::Json, "ping", &results, &mut out);
+        let play = crate::fanout::PlayResults {
+            results: results.to_vec(),
+            batches: Vec::new(),
+            planned: 1,
+        };
+        let code = finish(Format::Json, "ping", &play, &mut out);
         assert_eq!(code, exit::FAILED);
         let doc: Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(doc["recap"]["cp01"]["ok"], 1);

@@ -595,3 +595,74 @@ async fn a_full_store_fails_cleanly_and_keeps_nothing() {
     let ping: Value = serde_json::from_slice(&ping.stdout).unwrap();
     assert!(ping["hosts"]["cp01"]["data"]["operation"].is_null());
 }
+
+#[tokio::test]
+async fn serial_batches_stop_when_a_batch_crosses_the_failure_budget() {
+    let fleet = TempFleet::up(SimFleetOptions {
+        hosts: 3,
+        devices: 5,
+        ..Default::default()
+    })
+    .await;
+    fleet.host("cp02").inject_fault(
+        "podman",
+        "ferry-dump",
+        "pg_dump: error: connection to server lost",
+    );
+    let out = fleet
+        .ferry(&[
+            "backup",
+            "all",
+            "--serial",
+            "2",
+            "--max-fail-percentage",
+            "0",
+        ])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(2), "{printed}");
+    assert!(
+        printed.contains("batch 1/2: cp01, cp02 — 1 failed"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains(
+            "STOPPED: the play stopped after batch 1/2: 1 of 2 hosts failed (50%), more than --max-fail-percentage 0; not run: cp03"
+        ),
+        "{printed}"
+    );
+    // cp01 ran and stored its archive; cp03 was never contacted.
+    let stored = |h: &str| {
+        std::fs::read_dir(fleet.dir.join("controller/store").join(h))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert!(stored("cp01") > 0);
+    assert_eq!(stored("cp03"), 0);
+    assert!(
+        !fleet
+            .host("cp03")
+            .calls()
+            .iter()
+            .any(|c| c.contains("ferry-dump")),
+        "cp03 was not backed up"
+    );
+    // The same budget in JSON; a bad --serial is refused before anything runs.
+    fleet.host("cp02").clear_faults();
+    let out = fleet
+        .ferry(&["backup", "all", "--serial", "0", "--list-hosts"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains("is not a batch size"), "{}", text(&out));
+    let out = fleet
+        .ferry(&["backup", "all", "--serial", "1,50%", "-o", "json"])
+        .output()
+        .unwrap();
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["batches"].as_array().unwrap().len(), 3, "{doc}");
+    assert_eq!(doc["batches"][0]["hosts"], serde_json::json!(["cp01"]));
+    assert_eq!(doc["stopped"], Value::Null);
+    assert_eq!(doc["exit_code"], 0, "{doc}");
+}

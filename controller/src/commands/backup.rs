@@ -72,7 +72,7 @@ pub async fn run(
         timeout: per_host + std::time::Duration::from_secs(60),
         ..fleet.options
     };
-    let results = crate::fanout::run(
+    let play = crate::fanout::run(
         fleet.targets,
         options,
         |target| {
@@ -104,7 +104,8 @@ pub async fn run(
         },
     )
     .await;
-    let code = report::exit_code(&results);
+    let results = &play.results;
+    let code = report::exit_code(results);
     let outcome = if code == report::exit::OK {
         "succeeded"
     } else {
@@ -113,8 +114,8 @@ pub async fn run(
     if let Err(e) = catalog.finish_run(run_id, outcome).await {
         errln!("ferry backup: recording the run: {e}");
     }
-    print_warnings(format, &results);
-    report::finish(format, "backup", &results, crate::output::Stdout)
+    print_warnings(format, results);
+    report::finish(format, "backup", &play, crate::output::Stdout)
 }
 
 fn print_warnings(format: report::Format, results: &[HostResult]) {

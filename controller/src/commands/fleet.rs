@@ -172,6 +172,8 @@ pub fn prepare(config: &Config, global: &GlobalArgs, pattern: &str) -> Result<Fl
         options: FanoutOptions {
             forks: global.forks.map_or(config.forks, |f| f as usize).max(1),
             timeout: Duration::from_secs(global.timeout.unwrap_or(config.timeout_seconds)),
+            serial: global.serial.clone(),
+            max_fail_percentage: global.max_fail_percentage,
         },
         dialer: Dialer::new(tls, Duration::from_secs(config.connect_timeout_seconds)),
     })
