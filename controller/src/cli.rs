@@ -161,8 +161,8 @@ pub struct RestoreArgs {
     /// Run every preflight check and print the plan; change nothing.
     #[arg(long)]
     pub check: bool,
-    /// How long the host may go without hearing from this controller once units are stopped or a
-    /// port is published; when it lapses the agent makes the host safe on its own.
+    /// How long the host may go without hearing from this controller, from staging to commit; when
+    /// it lapses the agent makes the host safe on its own.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
     pub lease_seconds: u32,
     /// Restore an archive whose .sha256 sidecar disagrees with it (or that `catalog rebuild` marked
@@ -170,7 +170,7 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub trust_archive_digest: bool,
     /// Continue the restore the host holds from its journal.
-    #[arg(long, conflicts_with_all = ["archive", "from", "check"])]
+    #[arg(long, conflicts_with_all = ["archive", "from", "check", "only", "db_only", "keep_old_db"])]
     pub resume: bool,
 }
 
@@ -185,7 +185,7 @@ pub struct PrepareDevicesArgs {
     /// The external database's name, instead of db.external.name.
     #[arg(long, value_parser = clap::builder::NonEmptyStringValueParser::new())]
     pub db_name: Option<String>,
-    /// How long the host may go without hearing from this controller while units are stopped.
+    /// How long the host may go without hearing from this controller, from staging to commit.
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
     pub lease_seconds: u32,
 }

@@ -268,10 +268,17 @@ pub fn classify(addr: &str, error: &(dyn std::error::Error + 'static)) -> DialEr
         if let Some(tls) = err.downcast_ref::<rustls::Error>() {
             return from_rustls(addr, tls);
         }
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && let Some(tls) = io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>())
-        {
-            return from_rustls(addr, tls);
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if let Some(tls) = io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+                return from_rustls(addr, tls);
+            }
+            if io.kind() == std::io::ErrorKind::UnexpectedEof {
+                // rustls' "peer closed connection without sending TLS close_notify".
+                return DialError::Unreachable {
+                    addr: addr.into(),
+                    cause: "the agent closed the connection mid-call (it stopped or restarted, or the link broke)".into(),
+                };
+            }
         }
         last = err.to_string();
         source = err.source();

@@ -242,6 +242,25 @@ impl Catalog {
             if !matches!(finished, Ok(1)) {
                 continue; // another ferry got there first
             }
+            let kind: String = row.get(1);
+            let pattern: String = row.get(2);
+            if kind != "backup" {
+                // A single-host operation: its pattern is the host.
+                let _ = self
+                    .record_host(
+                        run_id,
+                        &HostRecord {
+                            host: pattern.clone(),
+                            outcome: "interrupted".into(),
+                            phase: Some("run".into()),
+                            error: Some(error.clone()),
+                            archive_id: None,
+                            started,
+                            finished: now,
+                        },
+                    )
+                    .await;
+            }
             let _ = self
                 .append(&Event {
                     kind: row.get(1),

@@ -210,7 +210,7 @@ pub fn incompatibilities(
     }
     if !archive.database_included && chosen == [Component::Db] {
         problems.push(
-            "the archive holds no database (external database): --only db has nothing to restore; after the DBA restored it, run `ferry prepare-devices HOST`"
+            "the archive holds no database (external database): --only db has nothing to restore; after the DBA restored it, run `ferry prepare-devices` for this host"
                 .into(),
         );
     }

@@ -129,6 +129,16 @@ async fn temporary_databases(host: &SimHost) -> i64 {
     .get(0)
 }
 
+/// The operation `ferry ping` says the host is busy with (null when it is free).
+fn ping_operation(fleet: &TempFleet, inventory: &Path, host: &str) -> Value {
+    let out = ferry(fleet, inventory, &["ping", host, "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ferry ping {host}: {}", text(&out));
+    let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+    doc["hosts"][host]["data"]["operation"].clone()
+}
+
 /// The unfinished restore `ferry facts` reports (null when there is none).
 fn facts_restore(fleet: &TempFleet, inventory: &Path, host: &str) -> Value {
     let out = ferry(fleet, inventory, &["facts", host, "-o", "json"])
@@ -365,6 +375,13 @@ async fn scenario(fleet: &TempFleet, name: &str, step: &str, fault: Fault, round
         assert_eq!(temporary_databases(host).await, 0, "{what}");
         assert_eq!(host.unit_state("flightctl-api.service"), "active", "{what}");
         assert!(facts_restore(fleet, &direct, name).is_null(), "{what}");
+        // A commit the agent finished on its own frees the host.
+        wait_until(
+            &format!("{what}: the host to be free"),
+            Duration::from_secs(10),
+            async || ping_operation(fleet, &direct, name).is_null(),
+        )
+        .await;
         return;
     }
     let out = ferry(fleet, &direct, &["rollback", name]).output().unwrap();

@@ -181,7 +181,7 @@ async fn timeouts_unreachable_hosts_and_sigint_are_on_record() {
             ("preflight", "ok"),
             ("stage", "ok"),
             ("verify", "ok"),
-            ("after verify", "interrupted")
+            ("load", "interrupted")
         ],
         "{entry}"
     );

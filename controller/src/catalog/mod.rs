@@ -403,6 +403,22 @@ impl Catalog {
         }
     }
 
+    /// Marks an archive already catalogued as suspect (a rebuild found its sidecar disagreeing).
+    pub async fn mark_suspect(
+        &self,
+        host: &str,
+        name: &str,
+        why: &str,
+    ) -> Result<(), CatalogError> {
+        self.client
+            .execute(
+                "UPDATE archives SET suspect = $3 WHERE host = $1 AND name = $2",
+                &[&host, &name, &why],
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Lifts the suspect mark once `archives verify` found the archive, its sidecar and the catalog
     /// in agreement.
     pub async fn clear_suspect(&self, id: i64) -> Result<(), CatalogError> {

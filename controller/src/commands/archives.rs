@@ -557,7 +557,13 @@ async fn rebuild(store: &Store, catalog: &Catalog) -> Result<i32, String> {
             }
             None => {
                 known += 1;
-                report.push(json!({"host": object.host, "name": object.name, "id": record.short_id(), "outcome": "known"}));
+                if let Some(why) = &record.suspect {
+                    catalog
+                        .mark_suspect(&object.host, &object.name, why)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+                report.push(json!({"host": object.host, "name": object.name, "id": record.short_id(), "outcome": "known", "suspect": record.suspect}));
             }
         }
     }

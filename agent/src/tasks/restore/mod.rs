@@ -368,6 +368,10 @@ impl Restores {
             let result = this.run(&owned_id, step).await;
             if result.is_ok() {
                 lease.succeeded();
+                // Here, not after the reply: the host is freed even if the controller went away.
+                if step == Step::Commit {
+                    this.release();
+                }
             } else {
                 drop(lease);
             }
@@ -380,7 +384,6 @@ impl Restores {
         match result {
             Ok(outcome) => {
                 if step == Step::Commit {
-                    self.release();
                     return Ok((outcome, None));
                 }
                 let status = Journal::load(&dir).ok().map(|j| self.status_of(id, &j));
@@ -472,17 +475,18 @@ impl Restores {
         let this = self.clone();
         let task = tokio::spawn(async move {
             let dir = dir.clone();
-            rollback::rollback(this.ctx(), &dir, &j).await
+            let result = rollback::rollback(this.ctx(), &dir, &j).await;
+            drop(lease);
+            if result.is_ok() {
+                this.release();
+            }
+            result
         });
         let result = task
             .await
             .map_err(|e| self.refusal(Step::Rollback, format!("rollback task: {e}")))?;
-        drop(lease);
         match result {
-            Ok(outcome) => {
-                self.release();
-                Ok((outcome, None))
-            }
+            Ok(outcome) => Ok((outcome, None)),
             Err(cause) => Err(StepFailure {
                 step: Step::Rollback,
                 cause,
@@ -499,6 +503,11 @@ impl Restores {
             return;
         };
         let ctx = self.ctx();
+        if !Journal::path(&dir(&ctx.staging_dir, &id)).is_file() {
+            // Committed or rolled back meanwhile: nothing is left to make safe.
+            self.release();
+            return;
+        }
         tracing::warn!(restore = %id, "the controller's lease lapsed; making the host safe");
         match rollback::lapse(ctx, &dir(&ctx.staging_dir, &id)).await {
             Ok(note) => {

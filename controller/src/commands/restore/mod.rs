@@ -211,7 +211,13 @@ async fn restore(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
     }
     // The documented rule: never restore an archive whose .sha256 disagrees with it.
     let distrust = match store.sidecar_digest(&archive.host, &archive.name) {
-        Ok(Some(side)) if side == archive.sha256 => archive.suspect.clone(),
+        Ok(Some(side)) if side == archive.sha256 => archive.suspect.as_ref().map(|why| {
+            format!(
+                "archive {} is marked suspect ({why}); its sidecar agrees now: `ferry archives verify {}` lifts the mark",
+                archive.short_id(),
+                archive.short_id()
+            )
+        }),
         Ok(other) => Some(format!(
             "the .sha256 sidecar of {} says {}, the catalog says {}",
             archive.name,
@@ -219,6 +225,11 @@ async fn restore(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
             archive.sha256
         )),
         Err(e) => return play.refuse("preflight", &e.to_string(), "").await,
+    };
+    let sidecar = if distrust.is_some() {
+        "sidecar disagrees (trusted over: --trust-archive-digest)"
+    } else {
+        "sidecar agrees"
     };
     if let Some(why) = distrust {
         if !args.trust_archive_digest {
@@ -261,7 +272,7 @@ async fn restore(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
         started,
         "ok",
         &format!(
-            "version {}, podman, units present, sidecar agrees, {} MiB free for staging",
+            "version {}, podman, units present, {sidecar}, {} MiB free for staging",
             archive.flightctl_version,
             facts
                 .staging
@@ -337,7 +348,9 @@ pub(crate) async fn found(play: &Play<'_>, restore: Option<&pb::RestoreStatus>) 
     let mut detail = s.summary.clone();
     if !s.lapsed.is_empty() {
         outln!("[{}] found: {}", play.host(), s.lapsed);
-        detail = format!("{detail}; {}", s.lapsed);
+        if !detail.contains(&s.lapsed) {
+            detail = format!("{detail}; {}", s.lapsed);
+        }
     }
     play.task("found", OffsetDateTime::now_utc(), "found", &detail);
 }
@@ -371,6 +384,7 @@ pub(crate) async fn steps(
     let mut stopped_at = None;
     for step in ferry_proto::restore::STEPS {
         let step_started = OffsetDateTime::now_utc();
+        play.step_begins(step.name());
         let request = RestoreStepRequest {
             restore_id: restore_id.to_string(),
             step: step as i32,
@@ -382,7 +396,8 @@ pub(crate) async fn steps(
                 if reply.skipped {
                     continue;
                 }
-                if step == Step::Stop {
+                // Downtime is known only when this play stopped the units itself.
+                if step == Step::Stop && reply.summary != "already done" {
                     stopped_at = Some(step_started);
                 }
                 play.task(step.name(), step_started, "ok", &reply.summary);

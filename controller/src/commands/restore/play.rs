@@ -114,6 +114,11 @@ impl<'a> Play<'a> {
         outln!("PLAY [{what}]");
     }
 
+    /// `name` begins: an interruption from here is recorded as during it.
+    pub fn step_begins(&self, name: &str) {
+        crate::runs::host_phase(self.run_id, self.host(), name);
+    }
+
     /// A finished task: shown, and added to the timeline the ledger records.
     pub fn task(&self, name: &str, started: OffsetDateTime, outcome: &str, detail: &str) {
         crate::runs::host_phase(self.run_id, self.host(), &format!("after {name}"));
