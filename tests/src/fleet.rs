@@ -20,6 +20,8 @@ pub struct SimFleetOptions {
     pub version: String,
     pub devices: usize,
     pub payload_bytes: usize,
+    /// Light hosts (`lt001`, …) after the full ones: units without processes, for fleet scale.
+    pub light: usize,
 }
 
 impl Default for SimFleetOptions {
@@ -30,6 +32,7 @@ impl Default for SimFleetOptions {
             version: "v1.2.0".into(),
             devices: 60,
             payload_bytes: 0,
+            light: 0,
         }
     }
 }
@@ -50,7 +53,7 @@ impl SimFleet {
         std::fs::create_dir_all(dir)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
         let dir = dir.canonicalize()?;
-        let net = Subnet::claim(&dir)?;
+        let net = Subnets::claim(&dir, options.hosts + options.light)?;
         let fleet = SimFleet {
             dir: dir.clone(),
             hosts: Vec::new(),
@@ -66,8 +69,13 @@ impl SimFleet {
         fleet.ferry_ok(&["certs", "init"])?;
         fleet.ferry_ok(&["certs", "issue-operator", "controller"])?;
         let mut fleet = fleet;
-        for i in 0..options.hosts {
-            let name = format!("cp{:02}", i + 1);
+        for i in 0..options.hosts + options.light {
+            let light = i >= options.hosts;
+            let name = if light {
+                format!("lt{:03}", i - options.hosts + 1)
+            } else {
+                format!("cp{:02}", i + 1)
+            };
             let spec = SimHostSpec {
                 name: name.clone(),
                 address: net.address(i),
@@ -75,6 +83,7 @@ impl SimFleet {
                 external_db: options.external_db.contains(&i),
                 devices: options.devices,
                 payload_bytes: options.payload_bytes,
+                light,
             };
             let host = SimHost::create(&dir.join("hosts").join(&name), &spec).await?;
             let agent_dir = host.layout.agent_dir();
@@ -94,8 +103,12 @@ impl SimFleet {
             host.clear_calls();
             fleet.hosts.push(host);
         }
+        // All agents start at once, then each is waited for: hundreds start in seconds.
         for host in &fleet.hosts {
-            start_agent(host)?;
+            spawn_agent(host)?;
+        }
+        for host in &fleet.hosts {
+            wait_for_agent(host)?;
         }
         fleet.write_inventory(options)?;
         Ok(fleet)
@@ -128,7 +141,7 @@ impl SimFleet {
             host.stop();
         }
         let _ = ferry::catalog::embedded::PrivateCluster::new(&self.dir.join("controller")).stop();
-        Subnet::release(&self.dir);
+        Subnets::release(&self.dir);
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -190,7 +203,7 @@ impl SimFleet {
     fn write_inventory(&self, options: &SimFleetOptions) -> anyhow::Result<()> {
         let mut text =
             String::from("# Simulated Flight Control control planes (simfleet)\n[controlplanes]\n");
-        for host in &self.hosts {
+        for host in self.hosts.iter().filter(|h| !h.spec.light) {
             text.push_str(&format!(
                 "{} ansible_host={}\n",
                 host.name(),
@@ -203,9 +216,17 @@ impl SimFleet {
                 text.push_str(&format!("{}\n", host.name()));
             }
         }
-        text.push_str(&format!(
-            "\n[controlplanes:vars]\nansible_port={AGENT_PORT}\n"
-        ));
+        if options.light > 0 {
+            text.push_str("\n# Light hosts: ping and facts only\n[light]\n");
+            for host in self.hosts.iter().filter(|h| h.spec.light) {
+                text.push_str(&format!(
+                    "{} ansible_host={}\n",
+                    host.name(),
+                    host.spec.address
+                ));
+            }
+        }
+        text.push_str(&format!("\n[all:vars]\nferry_port={AGENT_PORT}\n"));
         write(&self.inventory_path(), &text, 0o644)
     }
 }
@@ -226,6 +247,12 @@ fn agent_config(host: &SimHost) -> String {
 
 /// Starts `ferry-agent` for `host` in the background and waits until it listens.
 pub fn start_agent(host: &SimHost) -> anyhow::Result<()> {
+    spawn_agent(host)?;
+    wait_for_agent(host)
+}
+
+/// Starts `ferry-agent` for `host` in the background.
+fn spawn_agent(host: &SimHost) -> anyhow::Result<()> {
     let agent_dir = host.layout.agent_dir();
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -242,6 +269,12 @@ pub fn start_agent(host: &SimHost) -> anyhow::Result<()> {
         .spawn()
         .context("starting ferry-agent (build the workspace first: cargo build --workspace)")?;
     std::fs::write(agent_dir.join("agent.pid"), child.id().to_string())?;
+    Ok(())
+}
+
+/// Waits until `host`'s agent listens.
+fn wait_for_agent(host: &SimHost) -> anyhow::Result<()> {
+    let agent_dir = host.layout.agent_dir();
     let addr = format!("{}:{AGENT_PORT}", host.spec.address);
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
@@ -290,19 +323,25 @@ fn process_alive(pid: rustix::process::Pid) -> bool {
             != Some("Z")
 }
 
-/// A claim on 127.B.C.0/24 for one fleet, so concurrent fleets (parallel tests) never share addresses.
-struct Subnet {
-    b: u8,
-    c: u8,
-}
+/// Claims on 127.B.C.0/24 for one fleet (one per 250 hosts), so concurrent fleets (parallel tests)
+/// never share addresses.
+struct Subnets(Vec<(u8, u8)>);
+
+const PER_SUBNET: usize = 250;
 
 const CLAIMS: &str = "/tmp/ferry-simhost-subnets";
 
-impl Subnet {
-    fn claim(fleet_dir: &Path) -> anyhow::Result<Subnet> {
+impl Subnets {
+    fn claim(fleet_dir: &Path, hosts: usize) -> anyhow::Result<Subnets> {
         std::fs::create_dir_all(CLAIMS)?;
+        let wanted = hosts.div_ceil(PER_SUBNET).max(1);
+        let mut claimed = Vec::new();
+        let mut files = Vec::new();
         let start = std::process::id() as usize;
         for n in 0..(200 * 250) {
+            if claimed.len() == wanted {
+                break;
+            }
             let k = (start + n) % (200 * 250);
             let (b, c) = (50 + (k / 250) as u8, (k % 250) as u8 + 1);
             let claim = Path::new(CLAIMS).join(format!("127.{b}.{c}"));
@@ -313,8 +352,9 @@ impl Subnet {
             {
                 Ok(_) => {
                     std::fs::write(&claim, fleet_dir.to_string_lossy().as_bytes())?;
-                    std::fs::write(fleet_dir.join("subnet"), claim.to_string_lossy().as_bytes())?;
-                    return Ok(Subnet { b, c });
+                    files.push(claim.to_string_lossy().into_owned());
+                    std::fs::write(fleet_dir.join("subnet"), files.join("\n"))?;
+                    claimed.push((b, c));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
                     // A claim whose fleet directory is gone is stale.
@@ -326,17 +366,23 @@ impl Subnet {
                 Err(e) => return Err(e.into()),
             }
         }
-        bail!("no free simulated subnet under {CLAIMS}")
+        if claimed.len() < wanted {
+            bail!("no free simulated subnet under {CLAIMS}");
+        }
+        Ok(Subnets(claimed))
     }
 
     fn release(fleet_dir: &Path) {
-        if let Ok(claim) = std::fs::read_to_string(fleet_dir.join("subnet")) {
-            let _ = std::fs::remove_file(claim.trim());
+        if let Ok(claims) = std::fs::read_to_string(fleet_dir.join("subnet")) {
+            for claim in claims.lines() {
+                let _ = std::fs::remove_file(claim.trim());
+            }
         }
     }
 
     fn address(&self, index: usize) -> String {
-        format!("127.{}.{}.{}", self.b, self.c, index + 1)
+        let (b, c) = self.0[index / PER_SUBNET];
+        format!("127.{b}.{c}.{}", index % PER_SUBNET + 1)
     }
 }
 

@@ -21,6 +21,8 @@ pub struct SimHostSpec {
     pub devices: usize,
     /// Extra bytes of rendered config per device, to grow the database for benchmarks.
     pub payload_bytes: usize,
+    /// Units without processes (see [`crate::state::Spec::light`]).
+    pub light: bool,
 }
 
 /// The podman secrets a quadlet host has (docs/upstream-contract.md §4.6).
@@ -110,6 +112,7 @@ impl SimHost {
             pg_bin: pg_bin(),
             pg_uid,
             pg_gid,
+            light: want.light,
         };
         crate::state::write_json(&layout.spec_file(), &spec)?;
         Units::default().save(&layout)?;
@@ -118,7 +121,9 @@ impl SimHost {
         host.write_secrets()?;
         host.write_wrappers()?;
         host.write_volumes()?;
-        host.init_database(want).await?;
+        if !want.light {
+            host.init_database(want).await?;
+        }
         Ok(host)
     }
 

@@ -8,6 +8,7 @@
 //! reaches the database.
 
 pub mod bench;
+pub mod bench_fleet;
 pub mod bins;
 pub mod fleet;
 pub mod host;

@@ -26,6 +26,10 @@ pub struct Spec {
     /// User the database runs as (PostgreSQL refuses root).
     pub pg_uid: u32,
     pub pg_gid: u32,
+    /// A light host: its units are states only, with no PostgreSQL, Redis or API behind them, so one
+    /// machine holds hundreds. It answers ping and facts; backups and restores are refused.
+    #[serde(default)]
+    pub light: bool,
 }
 
 /// systemd's view of the host. Saved as `sim/units.json`.

@@ -64,6 +64,7 @@ impl TempHost {
             external_db,
             devices: 30,
             payload_bytes: 0,
+            light: false,
         };
         let host = SimHost::create(&dir.path().join(name), &spec)
             .await

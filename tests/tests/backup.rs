@@ -380,7 +380,7 @@ fn proxied_inventory(fleet: &TempFleet, proxy: &Proxy) -> PathBuf {
     std::fs::write(
         &path,
         format!(
-            "cp01 ansible_host={} ansible_port={}\n",
+            "cp01 ansible_host={} ferry_port={}\n",
             proxy.addr.ip(),
             proxy.addr.port()
         ),

@@ -38,6 +38,11 @@ enum Cmd {
         /// Extra rendered-config bytes per device (grows the database).
         #[arg(long, default_value_t = 0)]
         payload_bytes: usize,
+        /// Light hosts (lt001, …) besides the full ones: agents whose units are states only, without
+        /// PostgreSQL, Redis or API, so one machine holds hundreds. They answer ping and facts and
+        /// refuse backups.
+        #[arg(long, default_value_t = 0)]
+        light: usize,
     },
     /// Stop everything `up` started.
     Down {
@@ -79,6 +84,12 @@ enum Bench {
         #[arg(long, default_value = "/tmp/ferry-bench")]
         dir: PathBuf,
     },
+    /// ping and facts against 100 and 300 light agents (forks 50), and backup of 20 full hosts
+    /// with forks 1 and 10: wall time, controller peak RSS, open descriptors, CPU time.
+    Fleet {
+        #[arg(long, default_value = "/tmp/ferry-bench-fleet")]
+        dir: PathBuf,
+    },
     /// pg_dump -f /dev/null, the upstream dump-then-gzip pipeline, and ferry backup.
     Backup {
         /// Database size to seed, in MiB.
@@ -104,6 +115,10 @@ fn main() {
             let _ = std::fs::remove_dir_all(&dir);
             runtime(simhost::bench::backup(&dir, size_mb))
         }
+        Cmd::Bench(Bench::Fleet { dir }) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            runtime(simhost::bench_fleet::fleet(&dir))
+        }
         Cmd::Bench(Bench::Restore { size_mb, dir }) => {
             let _ = std::fs::remove_dir_all(&dir);
             runtime(simhost::bench::restore(&dir, size_mb))
@@ -115,8 +130,10 @@ fn main() {
             version,
             devices,
             payload_bytes,
+            light,
         } => {
             let options = SimFleetOptions {
+                light,
                 hosts,
                 external_db: external_db
                     .into_iter()

@@ -75,7 +75,7 @@ fn container_exists(spec: &Spec, name: &str) -> bool {
 
 fn container_running(layout: &Layout, spec: &Spec, units: &Units, name: &str) -> bool {
     container_exists(spec, name)
-        && super::systemctl::active_state(layout, units, &container_unit(name)) == "active"
+        && super::systemctl::active_state(layout, spec, units, &container_unit(name)) == "active"
 }
 
 fn secret_inspect(layout: &Layout, rest: &[&str]) -> Reply {
@@ -147,6 +147,15 @@ fn exec(layout: &Layout, spec: &Spec, units: &Units, rest: &[&str]) -> Reply {
         return Reply::fail(
             PODMAN_ERROR,
             "Error: can only create exec sessions on running containers: container state improper\n",
+        );
+    }
+    if spec.light {
+        return Reply::fail(
+            PODMAN_ERROR,
+            format!(
+                "Error: {} is a light simulated host (simfleet up --light): no PostgreSQL or Redis runs behind {container}; back up and restore full simulated hosts\n",
+                spec.name
+            ),
         );
     }
     let Some((program, args)) = command.split_first() else {

@@ -58,7 +58,7 @@ pub fn is_process_backed(unit: &str) -> bool {
 }
 
 pub fn start(layout: &Layout, spec: &Spec, units: &Units, unit: &str) -> Result<(), String> {
-    if running(layout, unit) {
+    if spec.light || running(layout, unit) {
         return Ok(());
     }
     match unit {
@@ -70,6 +70,9 @@ pub fn start(layout: &Layout, spec: &Spec, units: &Units, unit: &str) -> Result<
 }
 
 pub fn stop(layout: &Layout, spec: &Spec, unit: &str) -> Result<(), String> {
+    if spec.light {
+        return Ok(());
+    }
     match unit {
         DB => stop_database(layout, spec),
         KV => terminate(read_pid(&layout.kv_dir().join("redis.pid"))),

@@ -81,9 +81,10 @@ fn loaded(spec: &Spec, unit: &str) -> bool {
 }
 
 /// systemd's ActiveState of a unit.
-pub fn active_state(layout: &Layout, units: &Units, unit: &str) -> &'static str {
+pub fn active_state(layout: &Layout, spec: &Spec, units: &Units, unit: &str) -> &'static str {
     let wanted = units.is_active(unit);
-    if services::is_process_backed(unit) {
+    // A light host has no processes behind its units: their state is what systemctl was told.
+    if services::is_process_backed(unit) && !spec.light {
         match (wanted, services::running(layout, unit)) {
             (true, true) => "active",
             (true, false) => "failed",
@@ -166,7 +167,7 @@ fn is_active(layout: &Layout, spec: &Spec, units: &Units, names: &[String]) -> R
     let mut reply = Reply::default();
     for name in names {
         let state = if loaded(spec, name) {
-            active_state(layout, units, name)
+            active_state(layout, spec, units, name)
         } else {
             "inactive"
         };
@@ -189,7 +190,7 @@ fn status(layout: &Layout, spec: &Spec, units: &Units, names: &[String]) -> Repl
             reply.code = 4;
             continue;
         }
-        let state = active_state(layout, units, name);
+        let state = active_state(layout, spec, units, name);
         let sub = if state == "active" { "running" } else { "dead" };
         reply.stdout.push_str(&format!(
             "● {name} - {base}\n     Loaded: loaded ({source}; generated)\n     Active: {state} ({sub})\n\n",
@@ -228,7 +229,7 @@ fn show(
     for name in names {
         let present = loaded(spec, name);
         let state = if present {
-            active_state(layout, units, name)
+            active_state(layout, spec, units, name)
         } else {
             "inactive"
         };
