@@ -41,6 +41,14 @@ fn step_names(doc: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The step named `name` of a restore's JSON document.
+fn step<'a>(doc: &'a Value, name: &str) -> &'a Value {
+    doc["steps"]
+        .as_array()
+        .and_then(|steps| steps.iter().find(|s| s["name"] == name))
+        .unwrap_or_else(|| panic!("no step {name}: {doc}"))
+}
+
 async fn count(db: &tokio_postgres::Client, sql: &str) -> i64 {
     db.query_one(sql, &[]).await.unwrap().get(0)
 }
@@ -201,12 +209,7 @@ async fn external_db_host_backs_up_restores_and_prepares_devices_on_its_own_serv
     let ca_before = read(&pki.join("db/ca.crt"));
     let (code, doc) = json_run(&fleet, &["restore", "cp01", "--only", "pki"]);
     assert_eq!(code, 0, "{doc}");
-    let swapped = doc["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "swap-files")
-        .unwrap();
+    let swapped = step(&doc, "swap-files");
     assert!(
         swapped["summary"]
             .as_str()
@@ -273,12 +276,7 @@ async fn only_pki_leaves_config_encryption_volumes_and_database_untouched() {
     host.clear_calls();
     let (code, doc) = json_run(&fleet, &["restore", "cp01", "--only", "pki"]);
     assert_eq!(code, 0, "{doc}");
-    let swap = doc["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "swap-files")
-        .unwrap();
+    let swap = step(&doc, "swap-files");
     assert!(
         swap["summary"]
             .as_str()

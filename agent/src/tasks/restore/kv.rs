@@ -26,15 +26,21 @@ pub async fn seed(host: &Host, password: &Secret, keys_file: &Path) -> Result<us
         input.extend(packed(&["SETNX", key, "true"]));
         count += 1;
     }
+    pipe(host, &input).await?;
+    Ok(count)
+}
+
+/// Sends packed commands through `redis-cli --pipe` inside the KV container.
+async fn pipe(host: &Host, input: &[u8]) -> Result<(), String> {
     let out = host
         .podman()
-        .exec("flightctl-kv", &["redis-cli", "--pipe"], &input)
+        .exec("flightctl-kv", &["redis-cli", "--pipe"], input)
         .await
         .map_err(|e| e.to_string())?;
     if !out.contains("errors: 0,") {
         return Err(format!("redis-cli --pipe reported errors: {}", out.trim()));
     }
-    Ok(count)
+    Ok(())
 }
 
 /// Deletes the keys `seed` set (rollback): the previous database's devices are not awaiting a
@@ -48,14 +54,7 @@ pub async fn unseed(host: &Host, password: &Secret, keys_file: &Path) -> Result<
         input.extend(packed(&["DEL", key]));
         count += 1;
     }
-    let out = host
-        .podman()
-        .exec("flightctl-kv", &["redis-cli", "--pipe"], &input)
-        .await
-        .map_err(|e| e.to_string())?;
-    if !out.contains("errors: 0,") {
-        return Err(format!("redis-cli --pipe reported errors: {}", out.trim()));
-    }
+    pipe(host, &input).await?;
     Ok(count)
 }
 

@@ -602,11 +602,7 @@ async fn execute(
                 .states(APPLICATION_SERVICES)
                 .await
                 .map_err(|e| e.to_string())?;
-            let present: Vec<&str> = states
-                .iter()
-                .filter(|s| s.is_present())
-                .map(|s| s.name.as_str())
-                .collect();
+            let present = present(&states);
             if j.stopped_units.is_empty() {
                 j.stopped_units = states
                     .iter()
@@ -799,6 +795,28 @@ async fn swap_files(
         details: json!({"warnings": warnings, "components": swapped}),
         skipped: false,
     })
+}
+
+/// The application units the host has, of `states`.
+fn present(states: &[crate::host::systemd::UnitState]) -> Vec<&str> {
+    states
+        .iter()
+        .filter(|s| s.is_present())
+        .map(|s| s.name.as_str())
+        .collect()
+}
+
+/// Stops every application unit the host has (whatever `start` or a resume brought up).
+async fn stop_application_units(host: &Host) -> Result<(), String> {
+    let states = host
+        .systemd()
+        .states(APPLICATION_SERVICES)
+        .await
+        .map_err(|e| e.to_string())?;
+    host.systemd()
+        .control("stop", &present(&states))
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// `systemctl start|stop UNITS`, then confirms every unit is active (start) or not (stop).

@@ -7,7 +7,6 @@ use ferry_proto::v1::Step;
 
 use super::journal::Journal;
 use super::{RestoreContext, StepOutcome, database, files, kv, ports};
-use crate::tasks::units::APPLICATION_SERVICES;
 
 /// Returns the host to its pre-restore state: nothing published, the previous database and files
 /// back in place, the application units that were running started again. Then forgets the restore.
@@ -25,20 +24,7 @@ pub async fn rollback(
     }
     if j.is_done(Step::Stop) || !j.stopped_units.is_empty() {
         // Units that `start` brought up run on the restored data: stopped before it is undone.
-        let states = host
-            .systemd()
-            .states(APPLICATION_SERVICES)
-            .await
-            .map_err(|e| e.to_string())?;
-        let present: Vec<&str> = states
-            .iter()
-            .filter(|s| s.is_present())
-            .map(|s| s.name.as_str())
-            .collect();
-        host.systemd()
-            .control("stop", &present)
-            .await
-            .map_err(|e| e.to_string())?;
+        super::stop_application_units(host).await?;
     }
     if j.published() || (j.is_done(Step::Publish) && !j.is_done(Step::Unpublish)) {
         ports::unpublish(host, &j.dropins).await?;
