@@ -100,6 +100,7 @@ pub async fn run(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
         Err(e) => Err(e.to_string()),
     };
     let mut digest = "sha256 matches the catalog and the sidecar";
+    let mut sidecar_disagrees = false;
     let verified = match read {
         Ok((v, None)) => Some(v),
         Ok((v, Some(distrust))) if args.trust_archive_digest => {
@@ -111,6 +112,7 @@ pub async fn run(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
         }
         Ok((v, Some(distrust))) => {
             problems.push(distrust);
+            sidecar_disagrees = true;
             Some(v)
         }
         Err(e) => {
@@ -139,8 +141,13 @@ pub async fn run(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
                 "check",
                 &problems.join("; "),
                 &format!(
-                    "`ferry archives verify {}`, or pick another archive from `ferry archives list`",
-                    archive.short_id()
+                    "`ferry archives verify {}`, or pick another archive from `ferry archives list`{}",
+                    archive.short_id(),
+                    if sidecar_disagrees {
+                        "; if the catalog's digest is the one to trust, add --trust-archive-digest"
+                    } else {
+                        ""
+                    }
                 ),
             )
             .await;
