@@ -170,7 +170,7 @@ where
 fn budget_crossed(options: &FanoutOptions, failed: usize, size: usize) -> Option<String> {
     match options.max_fail_percentage {
         Some(p) if failed * 100 > usize::from(p) * size => Some(format!(
-            "{failed} of {size} hosts failed ({}%), more than --max-fail-percentage {p}",
+            "{failed} of {size} hosts failed or were unreachable ({}%), more than --max-fail-percentage {p}",
             failed * 100 / size.max(1)
         )),
         None if size > 0 && failed == size => {

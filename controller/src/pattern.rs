@@ -39,7 +39,21 @@ pub fn select(
     let mut warnings = Vec::new();
     let mut hosts = evaluate(inventory, pattern, &mut warnings)?;
     if let Some(limit) = limit {
-        let allowed: BTreeSet<String> = evaluate(inventory, limit, &mut warnings)?
+        // `@FILE`, as in Ansible: one host per line.
+        let limit = match limit.strip_prefix('@') {
+            Some(file) => std::fs::read_to_string(file)
+                .map_err(|e| PatternError::Invalid {
+                    pattern: limit.into(),
+                    message: format!("--limit file {file}: {e}"),
+                })?
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(","),
+            None => limit.to_string(),
+        };
+        let allowed: BTreeSet<String> = evaluate(inventory, &limit, &mut warnings)?
             .into_iter()
             .collect();
         hosts.retain(|h| allowed.contains(h));
@@ -90,11 +104,25 @@ fn evaluate(
                 message,
             })?;
         let Some(matched) = matched else {
+            let subscript = subscript_hint(body);
             if kind == '+' {
+                if let Some(hint) = subscript {
+                    return Err(PatternError::Invalid {
+                        pattern: pattern.into(),
+                        message: hint,
+                    });
+                }
                 return Err(PatternError::NoMatch {
                     pattern: pattern.into(),
                     term: body.into(),
                 });
+            }
+            if let Some(hint) = subscript {
+                warnings.push(format!("host pattern {pattern:?}: {hint}"));
+                if kind == '&' {
+                    hosts.clear();
+                }
+                continue;
             }
             warnings.push(format!(
                 "host pattern {pattern:?}: {body:?} in {term:?} matches no host or group in the inventory{}",
@@ -157,6 +185,17 @@ fn split(pattern: &str) -> Vec<String> {
         .map(|t| t.trim().to_string())
         .filter(|t| !t.is_empty())
         .collect()
+}
+
+/// Why a term that reads as a subscript matched nothing, if it does (`cp0[12]` is item 12 of `cp0`).
+fn subscript_hint(term: &str) -> Option<String> {
+    let c = (!term.starts_with('~'))
+        .then(|| SUBSCRIPT.captures(term))
+        .flatten()?;
+    Some(format!(
+        "{term:?} reads as a subscript of {:?} (as in Ansible), which matches no host or group; for a glob over names write e.g. \"{term}*\"",
+        &c[1]
+    ))
 }
 
 /// Ansible's `PATTERN_WITH_SUBSCRIPT`: an expression, then `[i]`, `[-i]`, `[a:b]` or `[a:]`.

@@ -252,6 +252,21 @@ fn mistakes_in_inventories_and_patterns_are_named() {
         "{}",
         text(&out)
     );
+    // Every bad agent port of the selection is named before anything is listed or contacted.
+    let bad = scratch.join("badport.ini");
+    std::fs::write(&bad, "cp1\ncp2 ferry_port=abc\ncp3 ferry_port=99999\n").unwrap();
+    let mut cmd = Command::new(simhost::bins::path("ferry"));
+    cmd.args(["--config", "/dev/null", "-i"])
+        .arg(&bad)
+        .args(["ping", "all", "--list-hosts"]);
+    let out = run(&mut cmd, scratch);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(
+        text(&out).contains("host cp2: ferry_port \"abc\"")
+            && text(&out).contains("host cp3: ferry_port 99999"),
+        "{}",
+        text(&out)
+    );
     // The config's inventory is used when -i is not given.
     let config = scratch.join("ferry.yaml");
     std::fs::write(

@@ -134,6 +134,19 @@ fn list_hosts(global: &GlobalArgs, hosts: &[String]) {
 pub fn prepare(config: &Config, global: &GlobalArgs, pattern: &str) -> Result<Fleet, i32> {
     let inventory = load_inventory(config, global)?;
     let hosts = select(config, global, &inventory, pattern)?;
+    // Every selected host's address and port, all problems at once, before anything else.
+    let (targets, bad): (Vec<_>, Vec<_>) = hosts
+        .iter()
+        .map(|h| inventory.target(h))
+        .partition(Result::is_ok);
+    if !bad.is_empty() {
+        let sources = describe_sources(inventory_sources(config, global));
+        for e in bad.into_iter().filter_map(Result::err) {
+            errln!("ferry: inventory {sources}: {e}");
+        }
+        return Err(exit::INVENTORY);
+    }
+    let targets: Vec<Target> = targets.into_iter().filter_map(Result::ok).collect();
     if global.list_hosts {
         list_hosts(global, &hosts);
         return Err(exit::OK);
@@ -149,17 +162,6 @@ pub fn prepare(config: &Config, global: &GlobalArgs, pattern: &str) -> Result<Fl
         );
         return Err(exit::INVENTORY);
     }
-    let targets = hosts
-        .iter()
-        .map(|h| inventory.target(h))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| {
-            errln!(
-                "ferry: inventory {}: {e}",
-                describe_sources(inventory_sources(config, global))
-            );
-            exit::INVENTORY
-        })?;
     operator_certificate_valid(config)?;
     let tls = ferry_certs::tls::client_config(&config.tls).map_err(|e| {
         errln!(

@@ -1,6 +1,21 @@
 //! Ansible's INI inventory format.
 
-use super::{Inventory, InventoryError, Vars, range, scalar};
+use super::{Inventory, InventoryError, Vars, literal, range};
+
+/// An IPv6 host in brackets, with or without a port: a host line, not a section header.
+fn bracketed_address(line: &str) -> bool {
+    let Some(rest) = line.strip_prefix('[') else {
+        return false;
+    };
+    let Some((inside, after)) = rest.split_once(']') else {
+        return false;
+    };
+    inside.contains(':')
+        && inside
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
+        && (after.is_empty() || after.starts_with(':') || after.starts_with(char::is_whitespace))
+}
 
 enum Section {
     Hosts(String),
@@ -21,7 +36,7 @@ pub(super) fn parse(inv: &mut Inventory, file: &str, text: &str) -> Result<(), I
         if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
             continue;
         }
-        if line.starts_with('[') {
+        if line.starts_with('[') && !bracketed_address(line) {
             let header = line
                 .strip_prefix('[')
                 .and_then(|l| l.strip_suffix(']'))
@@ -59,7 +74,8 @@ pub(super) fn parse(inv: &mut Inventory, file: &str, text: &str) -> Result<(), I
                     let (k, v) = token
                         .split_once('=')
                         .ok_or_else(|| err(format!("host variable {token:?} is not key=value")))?;
-                    vars.insert(k.to_string(), scalar(v));
+                    // A host line's value is unquoted first (shlex), then read as a literal.
+                    vars.insert(k.to_string(), literal(&unquote(v)));
                 }
                 let (pattern, port) = split_port(first).map_err(&err)?;
                 if let Some(port) = port {
@@ -78,7 +94,7 @@ pub(super) fn parse(inv: &mut Inventory, file: &str, text: &str) -> Result<(), I
                 if key.is_empty() {
                     return Err(err("group variable with an empty name".into()));
                 }
-                inv.group_mut(group).vars.insert(key.into(), scalar(v));
+                inv.group_mut(group).vars.insert(key.into(), literal(v));
             }
             Section::Children(group) => {
                 if line.contains(char::is_whitespace) {
@@ -93,8 +109,36 @@ pub(super) fn parse(inv: &mut Inventory, file: &str, text: &str) -> Result<(), I
     Ok(())
 }
 
-/// `host:port` shorthand, leaving IPv6 addresses and ranges alone.
+/// Removes shell quoting from a token (`"a b"` → `a b`, `'x'` → `x`), as shlex does.
+fn unquote(token: &str) -> String {
+    let mut out = String::new();
+    let mut quote: Option<char> = None;
+    for c in token.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), c) => out.push(c),
+            (None, '"' | '\'') => quote = Some(c),
+            (None, c) => out.push(c),
+        }
+    }
+    out
+}
+
+/// `host:port` shorthand, `[v6]:port`, leaving bare IPv6 addresses and ranges alone.
 fn split_port(token: &str) -> Result<(&str, Option<u16>), String> {
+    if let Some(rest) = token.strip_prefix('[')
+        && let Some((inside, after)) = rest.split_once(']')
+        && inside.contains(':')
+    {
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(
+                p.parse()
+                    .map_err(|_| format!("bad port {p:?} in {token:?}"))?,
+            ),
+            None => None,
+        };
+        return Ok((inside, port));
+    }
     if token.matches(':').count() == 1
         && !token.contains('[')
         && let Some((host, port)) = token.rsplit_once(':')

@@ -385,9 +385,9 @@ impl Inventory {
     }
 }
 
-/// Turns an INI value into a typed value, as Ansible's `ast.literal_eval` does: numbers, quoted
-/// strings, `True`/`False`/`None`; anything else stays text.
-pub(crate) fn scalar(text: &str) -> Value {
+/// Turns an INI value into a typed value, as Ansible's `ast.literal_eval` does: numbers (no leading
+/// zeros), quoted strings, `True`/`False`/`None`, lists and dicts; anything else stays text.
+pub(crate) fn literal(text: &str) -> Value {
     let t = text.trim();
     if let Some(inner) = t
         .strip_prefix('"')
@@ -396,8 +396,19 @@ pub(crate) fn scalar(text: &str) -> Value {
     {
         return Value::String(inner.to_string());
     }
-    if let Ok(i) = t.parse::<i64>() {
+    let digits = t.strip_prefix(['-', '+']).unwrap_or(t);
+    if !digits.is_empty()
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (digits == "0" || !digits.starts_with('0'))
+        && let Ok(i) = t.parse::<i64>()
+    {
         return Value::from(i);
+    }
+    if (t.starts_with('[') && t.ends_with(']')) || (t.starts_with('{') && t.ends_with('}')) {
+        // Python's list and dict literals read as YAML flow collections.
+        if let Ok(v) = serde_norway::from_str::<Value>(t) {
+            return v;
+        }
     }
     if t.contains(['.', 'e', 'E'])
         && t.bytes()

@@ -270,3 +270,20 @@ fn limit_intersects_and_unknown_terms_are_errors() {
     assert!(select(&inv, "~(", None).is_err());
     assert!(select(&inv, "", None).is_err());
 }
+
+#[test]
+fn a_subscript_of_nothing_says_how_it_was_read_and_limit_reads_a_file() {
+    let inv = ini();
+    let err = select(&inv, "cp0[12]", None).unwrap_err().to_string();
+    assert!(
+        err.contains("reads as a subscript of \"cp0\"") && err.contains("\"cp0[12]*\""),
+        "{err}"
+    );
+    assert_eq!(names(&inv, "cp0[12]*").len(), 2);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("limit.txt");
+    std::fs::write(&file, "lonely\n\ncp01.a.example.com\n").unwrap();
+    let limit = format!("@{}", file.display());
+    let limited = select(&inv, "all", Some(&limit)).unwrap().hosts;
+    assert_eq!(limited, ["lonely", "cp01.a.example.com"]);
+}

@@ -58,7 +58,16 @@ fn mapping<'a>(
         Value::Mapping(map) => Ok(Some(map)),
         other => Err(invalid(
             file,
-            format!("{what} must be a mapping, not {other:?}"),
+            format!(
+                "{what} must be a mapping (name: value), not {}",
+                match other {
+                    Value::Sequence(_) => "a list",
+                    Value::String(_) => "a string",
+                    Value::Number(_) => "a number",
+                    Value::Bool(_) => "a boolean",
+                    _ => "this",
+                }
+            ),
         )),
     }
 }
