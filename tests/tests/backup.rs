@@ -628,7 +628,7 @@ async fn serial_batches_stop_when_a_batch_crosses_the_failure_budget() {
     );
     assert!(
         printed.contains(
-            "STOPPED: the play stopped after batch 1/2: 1 of 2 hosts failed (50%), more than --max-fail-percentage 0; not run: cp03"
+            "STOPPED: the play stopped after batch 1/2: 1 of 2 hosts failed or were unreachable (50%), more than --max-fail-percentage 0; not run: cp03"
         ),
         "{printed}"
     );
