@@ -135,18 +135,21 @@ pub fn prepare(config: &Config, global: &GlobalArgs, pattern: &str) -> Result<Fl
     let inventory = load_inventory(config, global)?;
     let hosts = select(config, global, &inventory, pattern)?;
     // Every selected host's address and port, all problems at once, before anything else.
-    let (targets, bad): (Vec<_>, Vec<_>) = hosts
-        .iter()
-        .map(|h| inventory.target(h))
-        .partition(Result::is_ok);
+    let mut targets = Vec::with_capacity(hosts.len());
+    let mut bad = Vec::new();
+    for host in &hosts {
+        match inventory.target(host) {
+            Ok(target) => targets.push(target),
+            Err(e) => bad.push(e),
+        }
+    }
     if !bad.is_empty() {
         let sources = describe_sources(inventory_sources(config, global));
-        for e in bad.into_iter().filter_map(Result::err) {
+        for e in bad {
             errln!("ferry: inventory {sources}: {e}");
         }
         return Err(exit::INVENTORY);
     }
-    let targets: Vec<Target> = targets.into_iter().filter_map(Result::ok).collect();
     if global.list_hosts {
         list_hosts(global, &hosts);
         return Err(exit::OK);
