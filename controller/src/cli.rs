@@ -21,6 +21,10 @@ pub struct GlobalArgs {
     /// Controller configuration.
     #[arg(long, global = true, env = "FERRY_CONFIG")]
     pub config: Option<PathBuf>,
+    /// The catalog: `postgres://…` (or `host=… dbname=…`) of a shared PostgreSQL, instead of
+    /// `catalog:` in the config; several `ferry serve` replicas share work through one.
+    #[arg(long, global = true, env = "FERRY_CATALOG")]
+    pub catalog: Option<String>,
     /// Inventory source: an Ansible INI or YAML file, or a directory of them, with its group_vars/
     /// and host_vars/. Repeat for several; default: `inventory:` in the config.
     #[arg(short = 'i', long, global = true, env = "FERRY_INVENTORY")]
@@ -104,6 +108,21 @@ pub enum Command {
     Certs(CertsCommand),
     /// The inventory as ferry reads it, printed as `ansible-inventory` prints it; contacts nothing.
     Inventory(InventoryArgs),
+    /// Each scheduled host against its RPO: last good backup, age, state, next run, last failure.
+    /// Exits 2 when a selected host is breached.
+    Status { pattern: Option<String> },
+    /// Run the schedules of the config: backups, retention, RPO watch, metrics and alerts.
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// This replica's name among those sharing the catalog (default: host name and pid).
+    #[arg(long)]
+    pub replica: Option<String>,
+    /// On SIGTERM, seconds to let running backups finish before recording them interrupted.
+    #[arg(long, default_value_t = 60)]
+    pub grace: u64,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -136,6 +155,8 @@ impl Command {
             Command::Catalog(_) => "catalog",
             Command::Certs(_) => "certs",
             Command::Inventory(_) => "inventory",
+            Command::Status { .. } => "status",
+            Command::Serve(_) => "serve",
         }
     }
 }
@@ -190,7 +211,8 @@ pub struct PrepareDevicesArgs {
     pub lease_seconds: u32,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Compression {
     Gzip,
     Zstd,
@@ -224,6 +246,26 @@ pub enum ArchivesCommand {
     },
     /// Copy an archive and its sidecar out of the store into DIR/HOST/ (digest checked while copying).
     Export { id: String, dir: PathBuf },
+    /// Apply the schedules' retention policies to the selected hosts' archives: show what goes and
+    /// why, then delete it. Pins, min_keep, each host's newest verified archive and archives a
+    /// running restore uses are never deleted.
+    Prune {
+        pattern: Option<String>,
+        /// Show the decision for every archive; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Keep an archive whatever retention says.
+    Pin { id: String },
+    /// Let retention decide about an archive again.
+    Unpin { id: String },
+    /// Delete one archive from the store (its record and history stay).
+    Delete {
+        id: String,
+        /// Delete it even when it is its host's newest verified archive.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -242,7 +284,7 @@ pub struct HistoryArgs {
     #[arg(long, value_parser = ["succeeded", "failed", "refused", "rolled back", "checked", "unreachable", "interrupted"])]
     pub outcome: Option<String>,
     /// Only operations of this kind.
-    #[arg(long, value_parser = ["backup", "restore", "restore-check", "rollback", "prepare-devices", "archive-verify", "archive-export", "archive-delete", "certificate-issue"])]
+    #[arg(long, value_parser = ["backup", "restore", "restore-check", "rollback", "prepare-devices", "archive-verify", "archive-export", "archive-delete", "archive-pin", "certificate-issue"])]
     pub kind: Option<String>,
 }
 

@@ -18,6 +18,44 @@ struct RawConfig {
     timeout_seconds: Option<u64>,
     connect_timeout_seconds: Option<u64>,
     inventory: Option<OneOrMany>,
+    serve: Option<Serve>,
+    #[serde(default)]
+    schedules: Vec<crate::schedule::Schedule>,
+    #[serde(default)]
+    alerts: Vec<Alert>,
+}
+
+/// `serve:` — what `ferry serve` listens on.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Serve {
+    /// Address of `/metrics` (and `/healthz`).
+    pub listen: std::net::SocketAddr,
+}
+
+/// One `alerts:` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Alert {
+    /// An http:// or https:// URL that takes a JSON POST.
+    #[serde(deserialize_with = "webhook_url")]
+    pub webhook: String,
+    /// Delivery attempts before the alert is marked undeliverable (default 8, over about four
+    /// minutes).
+    pub attempts: Option<u32>,
+}
+
+fn webhook_url<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    use serde::de::Error;
+    let text = String::deserialize(d)?;
+    match text.parse::<http::Uri>() {
+        Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => {
+            Ok(text)
+        }
+        _ => Err(D::Error::custom(format!(
+            "{text:?} is not an http:// or https:// URL"
+        ))),
+    }
 }
 
 /// `inventory: PATH` or `inventory: [PATH, …]`.
@@ -49,6 +87,11 @@ pub struct Config {
     pub connect_timeout_seconds: u64,
     /// Inventory sources used when the command line names none.
     pub inventory: Vec<PathBuf>,
+    pub serve: Option<Serve>,
+    pub schedules: Vec<crate::schedule::Schedule>,
+    pub alerts: Vec<Alert>,
+    /// The file this came from and its text, to point at a line when a setting is wrong.
+    pub source: Option<(PathBuf, String)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,23 +101,51 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: {source}")]
+    #[error("{}: {}", at(.path, .source.location().map(|l| l.line())), strip_location(.source))]
     Parse {
         path: PathBuf,
         source: serde_norway::Error,
     },
     #[error("{path}: {key} must be at least 1")]
     Zero { path: PathBuf, key: &'static str },
+    #[error("{}: {message}", at(.path, *.line))]
+    Invalid {
+        path: PathBuf,
+        line: Option<usize>,
+        message: String,
+    },
+}
+
+/// `FILE:LINE`, or `FILE` when the line is not known.
+fn at(path: &Path, line: Option<usize>) -> String {
+    match line {
+        Some(line) => format!("{}:{line}", path.display()),
+        None => path.display().to_string(),
+    }
+}
+
+/// The parser's message without its own "at line L column C" (the line is already in front).
+fn strip_location(e: &serde_norway::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" at line ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
 }
 
 impl Config {
     /// Loads `path`; a missing default config file means "all defaults".
     pub fn load(path: &Path, explicit: bool) -> Result<Self, ConfigError> {
-        let raw = match std::fs::read_to_string(path) {
-            Ok(text) => serde_norway::from_str(&text).map_err(|source| ConfigError::Parse {
-                path: path.to_path_buf(),
-                source,
-            })?,
+        let mut text = None;
+        let raw: RawConfig = match std::fs::read_to_string(path) {
+            Ok(t) => {
+                let raw = serde_norway::from_str(&t).map_err(|source| ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                text = Some(t);
+                raw
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => RawConfig::default(),
             Err(source) => {
                 return Err(ConfigError::Read {
@@ -95,8 +166,71 @@ impl Config {
                 });
             }
         }
+        let mut names = std::collections::BTreeSet::new();
+        for schedule in &raw.schedules {
+            let invalid = |message: String| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: text
+                    .as_deref()
+                    .and_then(|t| line_of(t, &schedule.name, "name")),
+                message,
+            };
+            if schedule.name.trim().is_empty() {
+                return Err(invalid("a schedule's name is empty".into()));
+            }
+            if !names.insert(schedule.name.clone()) {
+                return Err(invalid(format!(
+                    "two schedules are named {:?}",
+                    schedule.name
+                )));
+            }
+            if schedule.forks == Some(0) {
+                return Err(invalid(format!(
+                    "schedule {:?}: forks must be at least 1",
+                    schedule.name
+                )));
+            }
+            if schedule.max_fail_percentage.is_some_and(|p| p > 100) {
+                return Err(invalid(format!(
+                    "schedule {:?}: max_fail_percentage is a percentage (0 to 100)",
+                    schedule.name
+                )));
+            }
+        }
         let base = path.parent().unwrap_or(Path::new("/"));
-        Ok(Self::from_raw(raw, base))
+        let mut config = Self::from_raw(raw, base);
+        config.source = text.map(|t| (path.to_path_buf(), t));
+        Ok(config)
+    }
+
+    /// The configuration with the command line's `--catalog`, when given.
+    pub fn with_catalog(mut self, catalog: Option<String>) -> Self {
+        if catalog.is_some() {
+            self.catalog = catalog;
+        }
+        self
+    }
+
+    /// `FILE:LINE` of a top-level `key` (`catalog`, `serve`), or `FILE` when it is not written.
+    pub fn key_at(&self, key: &str) -> String {
+        match &self.source {
+            Some((path, text)) => at(
+                path,
+                text.lines()
+                    .position(|l| l.starts_with(&format!("{key}:")))
+                    .map(|i| i + 1),
+            ),
+            None => "(no configuration file)".into(),
+        }
+    }
+
+    /// `FILE:LINE` of `key` in the schedule named `schedule` (or of the schedule itself), for
+    /// messages about settings that are well-formed but wrong for this fleet.
+    pub fn schedule_at(&self, schedule: &str, key: &str) -> String {
+        match &self.source {
+            Some((path, text)) => at(path, line_of(text, schedule, key)),
+            None => "(no configuration file)".into(),
+        }
     }
 
     fn from_raw(raw: RawConfig, base: &Path) -> Self {
@@ -131,6 +265,10 @@ impl Config {
                 Some(OneOrMany::One(p)) => vec![abs(p)],
                 Some(OneOrMany::Many(ps)) => ps.into_iter().map(abs).collect(),
             },
+            serve: raw.serve,
+            schedules: raw.schedules,
+            alerts: raw.alerts,
+            source: None,
             state_dir,
         }
     }
@@ -138,5 +276,62 @@ impl Config {
     /// Where the fleet CA lives.
     pub fn pki_dir(&self) -> PathBuf {
         self.state_dir.join("pki")
+    }
+}
+
+/// The line of `key:` within the `schedules:` entry named `name` (1-based), else of the entry.
+fn line_of(text: &str, name: &str, key: &str) -> Option<usize> {
+    let lines: Vec<&str> = text.lines().collect();
+    let field = |line: &str, key: &str| -> Option<String> {
+        let rest = line.trim_start().trim_start_matches("- ").trim_start();
+        let value = rest.strip_prefix(key)?.trim_start().strip_prefix(':')?;
+        Some(
+            value
+                .trim()
+                .trim_matches(|c| c == '"' || c == '\'')
+                .to_string(),
+        )
+    };
+    let start = lines
+        .iter()
+        .position(|l| field(l, "name").as_deref() == Some(name))?;
+    let indent = |l: &str| l.len() - l.trim_start().trim_start_matches("- ").len();
+    let item_indent = indent(lines[start]);
+    // The entry runs until the next line at its indent that starts a new item or leaves the list.
+    let entry_start = (0..=start)
+        .rev()
+        .find(|&i| lines[i].trim_start().starts_with("- "))
+        .unwrap_or(start);
+    let mut i = entry_start;
+    while i < lines.len() {
+        let line = lines[i];
+        if i > entry_start && !line.trim().is_empty() && !line.trim_start().starts_with('#') {
+            if line.trim_start().starts_with("- ") && indent(line) <= item_indent {
+                break;
+            }
+            if indent(line) < item_indent {
+                break;
+            }
+        }
+        if field(line, key).is_some() {
+            return Some(i + 1);
+        }
+        i += 1;
+    }
+    Some(start + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = "store: /x\nschedules:\n  - name: nightly\n    hosts: all\n    cron: \"0 2 * * *\"\n  - name: hourly\n    cron: \"0 * * * *\"\n    hosts: lab\n";
+
+    #[test]
+    fn lines_of_schedule_keys() {
+        assert_eq!(line_of(TEXT, "nightly", "hosts"), Some(4));
+        assert_eq!(line_of(TEXT, "hourly", "hosts"), Some(8));
+        assert_eq!(line_of(TEXT, "hourly", "rpo"), Some(6));
+        assert_eq!(line_of(TEXT, "nope", "rpo"), None);
     }
 }

@@ -22,7 +22,15 @@ fn main() {
     };
     ferry::output::set_json(cli.global.output == ferry::report::Format::Json);
     let command = cli.command.name();
-    init_logging(cli.global.log_format);
+    // A service logs what it does; a command only what goes wrong.
+    init_logging(
+        cli.global.log_format,
+        if command == "serve" {
+            "info,tokio_postgres=warn"
+        } else {
+            "warn"
+        },
+    );
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -46,9 +54,9 @@ fn json_requested() -> bool {
     })
 }
 
-fn init_logging(format: ferry::cli::LogFormat) {
+fn init_logging(format: ferry::cli::LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

@@ -206,8 +206,7 @@ impl Catalog {
         let Ok(rows) = self
             .client()
             .query(
-                "SELECT id, kind, pattern, operator, operator_fingerprint, os_user, flags, started_at, COALESCE(controller_process, '')
-                 FROM runs WHERE finished_at IS NULL AND controller_host = $1",
+                "SELECT id, COALESCE(controller_process, '') FROM runs WHERE finished_at IS NULL AND controller_host = $1",
                 &[&host],
             )
             .await
@@ -215,12 +214,10 @@ impl Catalog {
             return;
         };
         for row in rows {
-            let process: String = row.get(8);
+            let process: String = row.get(1);
             if alive(&process) {
                 continue;
             }
-            let run_id: i64 = row.get(0);
-            let started: OffsetDateTime = row.get(7);
             let now = OffsetDateTime::now_utc();
             let error = format!(
                 "the controller process ({}) ended before the run did; found at {}",
@@ -232,61 +229,77 @@ impl Catalog {
                 now.format(&time::format_description::well_known::Rfc3339)
                     .unwrap_or_default()
             );
-            let finished = self
-                .client()
-                .execute(
-                    "UPDATE runs SET finished_at = now(), outcome = 'interrupted' WHERE id = $1 AND finished_at IS NULL",
-                    &[&run_id],
+            self.close_interrupted_run(row.get(0), &error).await;
+        }
+    }
+
+    /// Closes a run whose controller is gone as `interrupted`, with a host result and a ledger
+    /// entry; does nothing if it is closed already (another ferry got there first).
+    pub(crate) async fn close_interrupted_run(&self, run_id: i64, error: &str) {
+        let Ok(Some(row)) = self
+            .client()
+            .query_opt(
+                "UPDATE runs r SET finished_at = now(), outcome = 'interrupted'
+                 FROM (SELECT id FROM runs WHERE id = $1 AND finished_at IS NULL FOR UPDATE) o
+                 WHERE r.id = o.id
+                 RETURNING r.kind, r.pattern, r.operator, r.operator_fingerprint, r.os_user, r.flags, r.started_at,
+                           r.controller_host",
+                &[&run_id],
+            )
+            .await
+        else {
+            return;
+        };
+        let now = OffsetDateTime::now_utc();
+        let kind: String = row.get(0);
+        let pattern: String = row.get(1);
+        let started: OffsetDateTime = row.get(6);
+        let scheduled = row
+            .get::<_, Value>(5)
+            .get("schedule")
+            .is_some_and(|s| !s.is_null());
+        if kind != "backup" || scheduled {
+            // A single-host operation (or a scheduled backup): its pattern is the host.
+            let _ = self
+                .record_host(
+                    run_id,
+                    &HostRecord {
+                        host: pattern.clone(),
+                        outcome: "interrupted".into(),
+                        phase: Some("run".into()),
+                        error: Some(error.to_string()),
+                        archive_id: None,
+                        started,
+                        finished: now,
+                    },
                 )
                 .await;
-            if !matches!(finished, Ok(1)) {
-                continue; // another ferry got there first
-            }
-            let kind: String = row.get(1);
-            let pattern: String = row.get(2);
-            if kind != "backup" {
-                // A single-host operation: its pattern is the host.
-                let _ = self
-                    .record_host(
-                        run_id,
-                        &HostRecord {
-                            host: pattern.clone(),
-                            outcome: "interrupted".into(),
-                            phase: Some("run".into()),
-                            error: Some(error.clone()),
-                            archive_id: None,
-                            started,
-                            finished: now,
-                        },
-                    )
-                    .await;
-            }
-            let _ = self
-                .append(&Event {
-                    kind: row.get(1),
-                    run_id: Some(run_id),
-                    operator: Operator {
-                        subject: row.get(3),
-                        fingerprint: row.get(4),
-                        os_user: row.get(5),
-                        controller_host: host.clone(),
-                    },
-                    target: row.get(2),
-                    archive: Value::Null,
-                    flags: row.get::<_, Value>(6),
+        }
+        let _ = self
+            .append(&Event {
+                kind,
+                run_id: Some(run_id),
+                operator: Operator {
+                    subject: row.get(2),
+                    fingerprint: row.get(3),
+                    os_user: row.get(4),
+                    controller_host: row.get(7),
+                },
+                target: pattern,
+                archive: Value::Null,
+                flags: row.get::<_, Value>(5),
+                started,
+                finished: now,
+                outcome: "interrupted".into(),
+                error: Some(error.to_string()),
+                tasks: vec![TaskRecord {
+                    name: "run".into(),
                     started,
                     finished: now,
                     outcome: "interrupted".into(),
-                    error: Some(error.clone()),
-                    tasks: vec![TaskRecord {
-                        name: "run".into(),
-                        started,
-                        finished: now,
-                        outcome: "interrupted".into(),
-                        detail: error.clone(),
-                    }],
-                })
-                .await;
-        }
+                    detail: error.to_string(),
+                }],
+            })
+            .await;
     }
 }

@@ -182,6 +182,18 @@ impl Store {
         newest.map_or(0, |t| t.unix_timestamp() + 1)
     }
 
+    /// Removes an archive and then its sidecar; one already gone is not an error.
+    pub fn delete(&self, host: &str, name: &str) -> Result<(), StoreError> {
+        for path in [self.path(host, name), self.sidecar_path(host, name)] {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_error(&path, e)),
+            }
+        }
+        Ok(())
+    }
+
     /// The digest recorded in an archive's sidecar.
     pub fn sidecar_digest(&self, host: &str, name: &str) -> Result<Option<String>, StoreError> {
         let path = self.sidecar_path(host, name);

@@ -17,6 +17,7 @@ pub mod pg;
 pub mod standins;
 pub mod state;
 pub mod testing;
+pub mod webhook;
 
 pub use fleet::{SimFleet, SimFleetOptions};
 pub use host::{SimHost, SimHostSpec};

@@ -90,6 +90,74 @@ ALTER TABLE archives ADD COLUMN suspect text;
 ALTER TABLE runs ADD COLUMN controller_process text;
 "#,
     ),
+    (
+        4,
+        r#"
+-- Archives are deleted from the store but never from the catalog: history and ledger outlive them.
+ALTER TABLE archives ADD COLUMN deleted_at timestamptz;
+ALTER TABLE archives ADD COLUMN deleted_reason text;
+-- When the archive's digest was last proven (on arrival, by `archives verify`).
+ALTER TABLE archives ADD COLUMN verified_at timestamptz;
+UPDATE archives SET verified_at = recorded_at WHERE suspect IS NULL;
+-- The archive a restore works with, so retention never deletes it under the restore.
+ALTER TABLE runs ADD COLUMN archive_id bigint;
+-- `ferry serve` replicas sharing this catalog.
+CREATE TABLE serve_replicas (
+    id text PRIMARY KEY,
+    controller_host text NOT NULL,
+    process text NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    heartbeat_at timestamptz NOT NULL DEFAULT now(),
+    leader boolean NOT NULL DEFAULT false,
+    stopped_at timestamptz
+);
+-- One row per (schedule, host, cron slot): claimed by exactly one replica at a time.
+CREATE TABLE scheduled_runs (
+    id bigserial PRIMARY KEY,
+    schedule text NOT NULL,
+    host text NOT NULL,
+    slot timestamptz NOT NULL,
+    due_at timestamptz NOT NULL,
+    preferred text,
+    state text NOT NULL DEFAULT 'pending',
+    owner text,
+    attempts int NOT NULL DEFAULT 0,
+    run_id bigint,
+    archive_id bigint,
+    phase text,
+    error text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (schedule, host, slot)
+);
+CREATE INDEX scheduled_runs_due ON scheduled_runs (state, due_at);
+-- What serve tracks per host between runs.
+CREATE TABLE host_status (
+    host text PRIMARY KEY,
+    tracked_since timestamptz NOT NULL DEFAULT now(),
+    rpo_state text,
+    rpo_state_since timestamptz,
+    reachable boolean,
+    reachable_checked_at timestamptz,
+    reach_error text
+);
+-- Webhook alerts: kept after delivery, and kept when undeliverable.
+CREATE TABLE alerts (
+    id bigserial PRIMARY KEY,
+    kind text NOT NULL,
+    host text NOT NULL,
+    url text NOT NULL,
+    payload jsonb NOT NULL,
+    state text NOT NULL DEFAULT 'pending',
+    attempts int NOT NULL DEFAULT 0,
+    max_attempts int NOT NULL DEFAULT 8,
+    next_attempt_at timestamptz NOT NULL DEFAULT now(),
+    last_error text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    delivered_at timestamptz
+);
+"#,
+    ),
 ];
 
 /// Applies every migration not yet applied; concurrent ferry processes serialise on an advisory lock.

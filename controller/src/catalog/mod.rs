@@ -3,7 +3,9 @@
 
 pub mod embedded;
 pub mod ledger;
+mod lifecycle;
 mod migrations;
+pub mod serve;
 pub mod spool;
 
 use serde_json::Value;
@@ -142,6 +144,14 @@ pub struct ArchiveRecord {
     pub pinned: bool,
     /// Why the archive cannot be trusted as it is (its sidecar disagrees), if it cannot.
     pub suspect: Option<String>,
+    /// When its digest was last proven: on arrival, by `archives verify`.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub verified_at: Option<OffsetDateTime>,
+    /// When it was deleted from the store (its record stays).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub deleted_at: Option<OffsetDateTime>,
+    #[serde(default)]
+    pub deleted_reason: Option<String>,
 }
 
 impl ArchiveRecord {
@@ -192,7 +202,26 @@ impl ArchiveRecord {
             run_id: None,
             pinned: false,
             suspect: None,
+            verified_at: None,
+            deleted_at: None,
+            deleted_reason: None,
         }
+    }
+
+    /// Why it can no longer be used, if it was deleted.
+    pub fn deleted(&self) -> Option<String> {
+        let at = self.deleted_at?;
+        Some(format!(
+            "archive {} ({} {}) was deleted from the store at {} ({}); its record and history remain",
+            self.short_id(),
+            self.host,
+            self.name,
+            at.format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+            self.deleted_reason
+                .as_deref()
+                .unwrap_or("no reason recorded")
+        ))
     }
 }
 
@@ -205,7 +234,8 @@ pub struct Catalog {
 }
 
 const ARCHIVE_COLUMNS: &str = "id, host, name, size, sha256, compression, flightctl_version, deployment_type, \
-     database_included, created_at, duration_ms, row_counts, warnings, source_facts, run_id, pinned, suspect";
+     database_included, created_at, duration_ms, row_counts, warnings, source_facts, run_id, pinned, suspect, verified_at, \
+     deleted_at, deleted_reason";
 
 impl Catalog {
     /// Connects to `config.catalog`, or to (starting if needed) the private cluster, and migrates.
@@ -320,8 +350,10 @@ impl Catalog {
             .client
             .query_opt(
                 "INSERT INTO archives (host, name, size, sha256, compression, flightctl_version, deployment_type,
-                     database_included, created_at, duration_ms, row_counts, warnings, source_facts, run_id, pinned, suspect)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+                     database_included, created_at, duration_ms, row_counts, warnings, source_facts, run_id, pinned, suspect,
+                     verified_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                     CASE WHEN $16::text IS NULL THEN now() END)
                  ON CONFLICT (host, name) DO NOTHING RETURNING id",
                 &[
                     &a.host, &a.name, &a.size, &a.sha256, &a.compression, &a.flightctl_version, &a.deployment_type,
@@ -333,13 +365,13 @@ impl Catalog {
         Ok(row.map(|r| r.get(0)))
     }
 
-    /// Every archive, newest first.
+    /// Every archive still in the store, newest first.
     pub async fn archives(&self) -> Result<Vec<ArchiveRecord>, CatalogError> {
         let rows = self
             .client
             .query(
                 &format!(
-                    "SELECT {ARCHIVE_COLUMNS} FROM archives ORDER BY created_at DESC, id DESC"
+                    "SELECT {ARCHIVE_COLUMNS} FROM archives WHERE deleted_at IS NULL ORDER BY created_at DESC, id DESC"
                 ),
                 &[],
             )
@@ -403,6 +435,16 @@ impl Catalog {
         }
     }
 
+    /// Like [`Catalog::resolve`], but an archive deleted from the store is an error that says when
+    /// and why.
+    pub async fn resolve_live(&self, id: &str) -> Result<ArchiveRecord, String> {
+        let a = self.resolve(id).await?;
+        match a.deleted() {
+            Some(why) => Err(format!("{why}; choose another (`ferry archives list`)")),
+            None => Ok(a),
+        }
+    }
+
     /// Marks an archive already catalogued as suspect (a rebuild found its sidecar disagreeing).
     pub async fn mark_suspect(
         &self,
@@ -419,11 +461,14 @@ impl Catalog {
         Ok(())
     }
 
-    /// Lifts the suspect mark once `archives verify` found the archive, its sidecar and the catalog
-    /// in agreement.
-    pub async fn clear_suspect(&self, id: i64) -> Result<(), CatalogError> {
+    /// `archives verify` found the archive, its sidecar and the catalog in agreement: it is proven
+    /// now, and no longer suspect.
+    pub async fn mark_verified(&self, id: i64) -> Result<(), CatalogError> {
         self.client
-            .execute("UPDATE archives SET suspect = NULL WHERE id = $1", &[&id])
+            .execute(
+                "UPDATE archives SET suspect = NULL, verified_at = now() WHERE id = $1",
+                &[&id],
+            )
             .await?;
         Ok(())
     }
@@ -459,6 +504,9 @@ fn archive_from_row(r: &tokio_postgres::Row) -> ArchiveRecord {
         run_id: r.get(14),
         pinned: r.get(15),
         suspect: r.get(16),
+        verified_at: r.get(17),
+        deleted_at: r.get(18),
+        deleted_reason: r.get(19),
     }
 }
 

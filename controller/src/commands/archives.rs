@@ -59,6 +59,22 @@ pub async fn run(config: &Config, global: &GlobalArgs, command: ArchivesCommand)
             .await
         }
         ArchivesCommand::Export { id, dir } => export(&store, &catalog, config, &id, &dir).await,
+        ArchivesCommand::Prune { pattern, dry_run } => {
+            super::lifecycle::prune(
+                config,
+                global,
+                &store,
+                &catalog,
+                pattern.as_deref(),
+                dry_run,
+            )
+            .await
+        }
+        ArchivesCommand::Pin { id } => super::lifecycle::pin(config, &catalog, &id, true).await,
+        ArchivesCommand::Unpin { id } => super::lifecycle::pin(config, &catalog, &id, false).await,
+        ArchivesCommand::Delete { id, force } => {
+            super::lifecycle::delete(config, &store, &catalog, &id, force).await
+        }
     };
     result.unwrap_or_else(|e| {
         errln!("ferry archives: {e}");
@@ -174,8 +190,14 @@ async fn show(catalog: &Catalog, format: Format, id: &str) -> Result<i32, String
                     a.short_id()
                 );
             }
+            if let Some(why) = a.deleted() {
+                outln!("DELETED:           {why}");
+            }
             outln!("compression:       {}", a.compression);
             outln!("created:           {}", a.created_at);
+            if let Some(at) = a.verified_at {
+                outln!("verified:          {at}");
+            }
             outln!("flightctl version: {}", a.flightctl_version);
             outln!("deployment type:   {}", a.deployment_type);
             outln!("database included: {}", a.database_included);
@@ -262,7 +284,7 @@ async fn verify(
     trust_archive_digest: bool,
 ) -> Result<i32, String> {
     let archives = match (id, all) {
-        (Some(id), _) => vec![catalog.resolve(id).await?],
+        (Some(id), _) => vec![catalog.resolve_live(id).await?],
         (None, true) => catalog.archives().await.map_err(|e| e.to_string())?,
         (None, false) => return Err("give an archive ID or --all".into()),
     };
@@ -314,11 +336,12 @@ async fn verify(
             }
         };
         let ok = issues.is_empty();
-        // Cleared only when the sidecar itself agrees now, not when it is trusted over.
+        // Proven (and a suspect mark cleared) only when the sidecar itself agrees now, not when it
+        // is trusted over.
         let cleared = ok && trusted.is_empty() && a.suspect.is_some();
-        if cleared {
+        if ok && trusted.is_empty() {
             catalog
-                .clear_suspect(a.id)
+                .mark_verified(a.id)
                 .await
                 .map_err(|e| e.to_string())?;
         }
@@ -389,7 +412,7 @@ async fn export(
     dir: &Path,
 ) -> Result<i32, String> {
     let started = OffsetDateTime::now_utc();
-    let a = catalog.resolve(id).await?;
+    let a = catalog.resolve_live(id).await?;
     let record = a.clone();
     let flags = json!({"dir": dir.display().to_string()});
     let source = store.path(&a.host, &a.name);

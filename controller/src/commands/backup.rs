@@ -80,21 +80,7 @@ pub async fn run(
             let ctx = &ctx;
             async move {
                 let bar = progress.host(&target.name);
-                let started = OffsetDateTime::now_utc();
-                let outcome =
-                    match tokio::time::timeout(per_host, ctx.backup_one(&target, &bar)).await {
-                        Ok(outcome) => outcome,
-                        Err(_) => {
-                            let cause = format!(
-                                "no result within {}s (--timeout) during {}; nothing was stored",
-                                per_host.as_secs(),
-                                bar.phase()
-                            );
-                            ctx.failed(&target, "timeout", cause, started).await
-                        }
-                    };
-                bar.finish();
-                outcome
+                ctx.backup_within(&target, &bar, per_host).await
             }
         },
         |result| {
@@ -133,14 +119,16 @@ fn print_warnings(format: report::Format, results: &[HostResult]) {
     }
 }
 
-struct Ctx<'a> {
-    operator: Operator,
-    flags: Value,
-    dialer: &'a Dialer,
-    store: &'a Store,
-    catalog: &'a Catalog,
-    run_id: i64,
-    compression: Compression,
+/// One run's backups: each host's archive streamed into the store, catalogued, and recorded (host
+/// result and ledger entry), whatever the outcome. `ferry backup` and `ferry serve` both use it.
+pub(crate) struct Ctx<'a> {
+    pub operator: Operator,
+    pub flags: Value,
+    pub dialer: &'a Dialer,
+    pub store: &'a Store,
+    pub catalog: &'a Catalog,
+    pub run_id: i64,
+    pub compression: Compression,
 }
 
 /// A failed backup: where and why.
@@ -150,6 +138,29 @@ struct Failure {
 }
 
 impl<'a> Ctx<'a> {
+    /// Backs up one host under `limit`; a host that runs out of time is recorded like any failure.
+    pub(crate) async fn backup_within(
+        &self,
+        target: &Target,
+        bar: &HostProgress,
+        limit: std::time::Duration,
+    ) -> Outcome {
+        let started = OffsetDateTime::now_utc();
+        let outcome = match tokio::time::timeout(limit, self.backup_one(target, bar)).await {
+            Ok(outcome) => outcome,
+            Err(_) => {
+                let cause = format!(
+                    "no result within {}s (--timeout) during {}; nothing was stored",
+                    limit.as_secs(),
+                    bar.phase()
+                );
+                self.failed(target, "timeout", cause, started).await
+            }
+        };
+        bar.finish();
+        outcome
+    }
+
     async fn backup_one(&self, target: &Target, bar: &HostProgress) -> Outcome {
         let started = OffsetDateTime::now_utc();
         let clock = Instant::now();

@@ -71,6 +71,35 @@ pub fn select(
     Ok(selection.hosts)
 }
 
+/// The schedules of the config over the inventory, or prints every reason they cannot run
+/// (`FILE:LINE: …`) and returns the exit code. Warnings are printed and do not stop.
+pub fn schedule_plans(
+    config: &Config,
+    global: &GlobalArgs,
+) -> Result<(Inventory, crate::schedule::FleetPlan), i32> {
+    if config.schedules.is_empty() {
+        errln!(
+            "ferry: the configuration has no schedules: (see \"Running ferry as a service\" in docs/operator-guide.md)"
+        );
+        return Err(exit::ERROR);
+    }
+    let inventory = load_inventory(config, global)?;
+    match crate::schedule::fleet_plan(config, &inventory, time::OffsetDateTime::now_utc()) {
+        Ok(plan) => {
+            for w in &plan.warnings {
+                errln!("[WARNING]: {w}");
+            }
+            Ok((inventory, plan))
+        }
+        Err(errors) => {
+            for e in errors {
+                errln!("ferry: {e}");
+            }
+            Err(exit::ERROR)
+        }
+    }
+}
+
 /// `ferry inventory --list | --graph [GROUP] | --host NAME`.
 pub fn show_inventory(
     config: &Config,

@@ -2,12 +2,15 @@
 
 mod archives;
 mod audit;
-mod backup;
+pub(crate) mod backup;
 mod certs;
 mod facts;
 mod fleet;
+mod lifecycle;
 mod ping;
 mod restore;
+mod serve;
+mod status;
 
 use std::path::PathBuf;
 
@@ -23,8 +26,11 @@ pub async fn run(cli: Cli) -> i32 {
         .config
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    if let Command::Serve(args) = &cli.command {
+        return serve::run(path, explicit, &cli.global, args.clone()).await;
+    }
     let config = match Config::load(&path, explicit) {
-        Ok(config) => config,
+        Ok(config) => config.with_catalog(cli.global.catalog.clone()),
         Err(e) => {
             errln!("ferry: configuration: {e}");
             return exit::ERROR;
@@ -91,5 +97,8 @@ async fn command(config: &Config, cli: Cli) -> i32 {
         Command::Catalog(command) => archives::run_catalog(&config, command).await,
         Command::Certs(command) => certs::run(&config, command).await,
         Command::Inventory(args) => fleet::show_inventory(&config, &cli.global, &args),
+        Command::Status { pattern } => status::run(&config, &cli.global, pattern.as_deref()).await,
+        // serve handles its own signals: run() hands it over before the generic handling.
+        Command::Serve(_) => exit::ERROR,
     }
 }

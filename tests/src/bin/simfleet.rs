@@ -66,6 +66,19 @@ enum Cmd {
         host: PathBuf,
         args: Vec<String>,
     },
+    /// A webhook receiver for alert tests: appends each POSTed JSON body as a line to OUT.
+    Webhook {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+        #[arg(long)]
+        out: PathBuf,
+        /// Write the bound port here once listening.
+        #[arg(long)]
+        port_file: Option<PathBuf>,
+        /// Answer the first N requests with 503.
+        #[arg(long, default_value_t = 0)]
+        fail_first: u64,
+    },
     /// The stand-in Flight Control API (the flightctl-api unit's process).
     #[command(hide = true)]
     Api {
@@ -111,6 +124,14 @@ fn main() {
             reply(simhost::standins::podman::run(&Layout::new(&host), &args))
         }
         Cmd::Api { host } => runtime(simhost::standins::api::serve(Layout::new(&host))),
+        Cmd::Webhook {
+            listen,
+            out,
+            port_file,
+            fail_first,
+        } => runtime(async move {
+            Ok(simhost::webhook::serve(&listen, out, port_file, fail_first).await?)
+        }),
         Cmd::Bench(Bench::Backup { size_mb, dir }) => {
             let _ = std::fs::remove_dir_all(&dir);
             runtime(simhost::bench::backup(&dir, size_mb))

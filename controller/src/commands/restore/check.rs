@@ -67,7 +67,7 @@ pub async fn run(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
                 .await;
         }
     };
-    play.set_archive(&archive);
+    play.set_archive(&archive).await;
     play.header(&format!(
         "check: restore {host} from archive {} {} of {}",
         archive.short_id(),

@@ -145,7 +145,7 @@ async fn restore(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
                 .await;
         }
     };
-    play.set_archive(&archive);
+    play.set_archive(&archive).await;
     play.header(&format!(
         "restore {host} from archive {} {} of {}",
         archive.short_id(),
@@ -340,7 +340,7 @@ pub(crate) async fn found(play: &Play<'_>, restore: Option<&pb::RestoreStatus>) 
     };
     if !s.archive_sha256.is_empty() {
         match play.catalog.resolve(&s.archive_sha256).await {
-            Ok(archive) => play.set_archive(&archive),
+            Ok(archive) => play.set_archive(&archive).await,
             Err(_) => play.set_archive_json(json!({ "sha256": s.archive_sha256 })),
         }
     }
@@ -505,7 +505,7 @@ async fn choose_archive(
             .into_iter()
             .find(|a| a.host == source)
             .ok_or_else(|| format!("the catalog has no archive of {source}"))?,
-        Some(id) => catalog.resolve(id).await?,
+        Some(id) => catalog.resolve_live(id).await?,
     };
     if archive.host != source {
         return Err(format!(

@@ -137,8 +137,13 @@ impl<'a> Play<'a> {
         lock(&self.tasks).push(record);
     }
 
-    pub fn set_archive(&self, archive: &ArchiveRecord) {
+    /// The archive this operation works with; the catalog run names it too, so retention never
+    /// deletes it while the run is open.
+    pub async fn set_archive(&self, archive: &ArchiveRecord) {
         self.set_archive_json(archive.ledger_json());
+        if let Err(e) = self.catalog.run_uses_archive(self.run_id, archive.id).await {
+            tracing::warn!(run = self.run_id, "recording the run's archive: {e}");
+        }
     }
 
     /// The archive as far as it is known (a digest the catalog no longer holds).

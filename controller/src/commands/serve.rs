@@ -1,0 +1,69 @@
+//! `ferry serve`: checks everything it needs before anything runs, then hands over to
+//! [`crate::serve`].
+
+use std::path::PathBuf;
+
+use crate::cli::{GlobalArgs, ServeArgs};
+use crate::report::exit;
+use crate::serve::{Service, Settings};
+
+pub async fn run(path: PathBuf, explicit: bool, global: &GlobalArgs, args: ServeArgs) -> i32 {
+    let (settings, warnings) = match Settings::load(
+        &path,
+        explicit,
+        &global.inventory,
+        global.catalog.as_deref(),
+    ) {
+        Ok(loaded) => loaded,
+        Err(errors) => {
+            for e in errors {
+                errln!("ferry serve: {e}");
+            }
+            errln!("ferry serve: nothing was started");
+            return exit::ERROR;
+        }
+    };
+    for w in warnings {
+        errln!("[WARNING]: {w}");
+    }
+    let catalog = match crate::catalog::Catalog::connect(&settings.config).await {
+        Ok(c) => c,
+        Err(e) => {
+            errln!(
+                "ferry serve: {}: the catalog is unreachable: {e}; nothing was started (check catalog: and that the database is up)",
+                settings.config.key_at("catalog")
+            );
+            return exit::ERROR;
+        }
+    };
+    let listen = settings.listen();
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            errln!(
+                "ferry serve: {}: cannot listen on {listen}: {e}; nothing was started",
+                settings.config.key_at("serve")
+            );
+            return exit::ERROR;
+        }
+    };
+    let replica = args.replica.clone().unwrap_or_else(|| {
+        format!(
+            "{}-{}",
+            rustix::system::uname().nodename().to_string_lossy(),
+            std::process::id()
+        )
+    });
+    let service = Service::new(
+        replica,
+        path,
+        explicit,
+        global.inventory.clone(),
+        global.catalog.clone(),
+        settings,
+        catalog,
+    );
+    service
+        .run(listener, std::time::Duration::from_secs(args.grace))
+        .await
+}
