@@ -20,7 +20,7 @@ struct RawConfig {
     inventory: Option<OneOrMany>,
     serve: Option<Serve>,
     #[serde(default)]
-    schedules: Vec<crate::schedule::Schedule>,
+    schedules: Vec<crate::schedule::RawSchedule>,
     #[serde(default)]
     alerts: Vec<Alert>,
 }
@@ -167,38 +167,29 @@ impl Config {
             }
         }
         let mut names = std::collections::BTreeSet::new();
+        let mut schedules = Vec::with_capacity(raw.schedules.len());
         for schedule in &raw.schedules {
-            let invalid = |message: String| ConfigError::Invalid {
+            let invalid = |key: &str, message: String| ConfigError::Invalid {
                 path: path.to_path_buf(),
                 line: text
                     .as_deref()
-                    .and_then(|t| line_of(t, &schedule.name, "name")),
+                    .and_then(|t| line_of(t, &schedule.name, key)),
                 message,
             };
-            if schedule.name.trim().is_empty() {
-                return Err(invalid("a schedule's name is empty".into()));
-            }
             if !names.insert(schedule.name.clone()) {
-                return Err(invalid(format!(
-                    "two schedules are named {:?}",
-                    schedule.name
-                )));
+                return Err(invalid(
+                    "name",
+                    format!("two schedules are named {:?}", schedule.name),
+                ));
             }
-            if schedule.forks == Some(0) {
-                return Err(invalid(format!(
-                    "schedule {:?}: forks must be at least 1",
-                    schedule.name
-                )));
-            }
-            if schedule.max_fail_percentage.is_some_and(|p| p > 100) {
-                return Err(invalid(format!(
-                    "schedule {:?}: max_fail_percentage is a percentage (0 to 100)",
-                    schedule.name
-                )));
-            }
+            schedules.push(
+                crate::schedule::Schedule::from_raw(schedule.clone())
+                    .map_err(|(key, message)| invalid(key, message))?,
+            );
         }
         let base = path.parent().unwrap_or(Path::new("/"));
         let mut config = Self::from_raw(raw, base);
+        config.schedules = schedules;
         config.source = text.map(|t| (path.to_path_buf(), t));
         Ok(config)
     }
@@ -266,7 +257,7 @@ impl Config {
                 Some(OneOrMany::Many(ps)) => ps.into_iter().map(abs).collect(),
             },
             serve: raw.serve,
-            schedules: raw.schedules,
+            schedules: Vec::new(),
             alerts: raw.alerts,
             source: None,
             state_dir,

@@ -232,6 +232,14 @@ impl ScratchCluster {
         ScratchCluster { dir, pg_bin }
     }
 
+    /// A libpq connection string to database `db` of this cluster (for `--catalog`).
+    pub fn url(&self, db: &str) -> String {
+        format!(
+            "host={} port=5432 user=postgres dbname={db}",
+            self.dir.path().display()
+        )
+    }
+
     /// `psql` against database `db` of this cluster.
     pub fn psql(&self, db: &str) -> std::process::Command {
         let mut cmd = std::process::Command::new(self.pg_bin.join("psql"));

@@ -7,7 +7,7 @@ pub mod rpo;
 
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer, de::Error as _};
+use serde::Deserialize;
 use serde_json::Value;
 use time::OffsetDateTime;
 
@@ -95,13 +95,6 @@ fn from_chrono(t: chrono::DateTime<chrono::Utc>) -> Option<OffsetDateTime> {
     OffsetDateTime::from_unix_timestamp(t.timestamp()).ok()
 }
 
-impl<'de> Deserialize<'de> for CronExpr {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        CronExpr::parse(&text).map_err(D::Error::custom)
-    }
-}
-
 /// A length of time as people write it: `90s`, `15m`, `24h`, `7d`, `1h 30m`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Span(pub Duration);
@@ -114,13 +107,6 @@ impl Span {
             return Err(format!("{text:?} is shorter than a second"));
         }
         Ok(Span(d))
-    }
-}
-
-impl<'de> Deserialize<'de> for Span {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        Span::parse(&text).map_err(D::Error::custom)
     }
 }
 
@@ -145,38 +131,81 @@ pub fn format_span(d: Duration) -> String {
     parts.join(" ")
 }
 
-fn serial<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Serial>, D::Error> {
-    let value = Value::deserialize(d)?;
-    let text = match value {
-        Value::Null => return Ok(None),
-        Value::Number(n) => n.to_string(),
-        Value::String(s) => s,
-        other => return Err(D::Error::custom(format!("{other} is not a batch size"))),
-    };
-    text.parse().map(Some).map_err(D::Error::custom)
+/// One `schedules:` entry as written; [`Schedule::from_raw`] checks its values, so that an error
+/// can point at the line of the key that is wrong.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSchedule {
+    pub name: String,
+    pub hosts: String,
+    pub cron: String,
+    pub rpo: String,
+    #[serde(default)]
+    pub retention: Retention,
+    pub forks: Option<usize>,
+    #[serde(default)]
+    pub serial: Option<Value>,
+    pub max_fail_percentage: Option<u8>,
+    #[serde(default)]
+    pub compression: Option<Compression>,
 }
 
 /// One `schedules:` entry.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone)]
 pub struct Schedule {
     pub name: String,
     /// An inventory host pattern.
     pub hosts: String,
     pub cron: CronExpr,
     pub rpo: Span,
-    #[serde(default)]
     pub retention: Retention,
     /// Hosts of this schedule one replica backs up at once (default: `forks` of the config).
     pub forks: Option<usize>,
     /// Hosts of one scheduled run in flight at once, across replicas (Ansible's serial).
-    #[serde(default, deserialize_with = "serial")]
     pub serial: Option<Serial>,
     /// Once more than this share of a scheduled run's hosts failed, its hosts not yet started are
     /// skipped.
     pub max_fail_percentage: Option<u8>,
-    #[serde(default)]
     pub compression: Option<Compression>,
+}
+
+impl Schedule {
+    /// The schedule, or the key that is wrong and why.
+    pub fn from_raw(raw: RawSchedule) -> Result<Schedule, (&'static str, String)> {
+        let named =
+            |key: &'static str, e: String| (key, format!("schedule {:?}: {key}: {e}", raw.name));
+        if raw.name.trim().is_empty() {
+            return Err(("name", "a schedule's name is empty".into()));
+        }
+        let cron = CronExpr::parse(&raw.cron).map_err(|e| named("cron", e))?;
+        let rpo = Span::parse(&raw.rpo).map_err(|e| named("rpo", e))?;
+        let serial = match &raw.serial {
+            None | Some(Value::Null) => None,
+            Some(Value::Number(n)) => Some(n.to_string().parse().map_err(|e| named("serial", e))?),
+            Some(Value::String(s)) => Some(s.parse().map_err(|e| named("serial", e))?),
+            Some(other) => return Err(named("serial", format!("{other} is not a batch size"))),
+        };
+        if raw.forks == Some(0) {
+            return Err(named("forks", "must be at least 1".into()));
+        }
+        if raw.max_fail_percentage.is_some_and(|p| p > 100) {
+            return Err(named(
+                "max_fail_percentage",
+                "is a percentage (0 to 100)".into(),
+            ));
+        }
+        Ok(Schedule {
+            cron,
+            rpo,
+            serial,
+            name: raw.name,
+            hosts: raw.hosts,
+            retention: raw.retention,
+            forks: raw.forks,
+            max_fail_percentage: raw.max_fail_percentage,
+            compression: raw.compression,
+        })
+    }
 }
 
 /// What one schedule means for one host, after its inventory vars.

@@ -1,0 +1,162 @@
+//! `ferry serve` refuses a bad configuration at start, naming the file and line, and runs nothing.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use simhost::serving::{Serve, free_port, wait_for};
+use simhost::testing::text;
+
+struct Dir {
+    dir: tempfile::TempDir,
+}
+
+impl Dir {
+    fn new() -> Dir {
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-serve-config-")
+            .tempdir()
+            .unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("inventory.ini"),
+            "[controlplanes]\ncp01 ansible_host=127.0.0.1 ferry_port=1\n[lab]\nlab01 ansible_host=127.0.0.1 ferry_port=1\n",
+        )
+        .unwrap();
+        let d = Dir { dir };
+        d.write("");
+        for args in [
+            &["certs", "init"][..],
+            &["certs", "issue-operator", "controller"],
+        ] {
+            let out = d.ferry(args).output().unwrap();
+            assert!(out.status.success(), "{}", text(&out));
+        }
+        d
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn config(&self) -> PathBuf {
+        self.path().join("ferry.yaml")
+    }
+
+    /// Writes ferry.yaml: the state dir and inventory, then `rest`.
+    fn write(&self, rest: &str) {
+        std::fs::write(
+            self.config(),
+            format!(
+                "state_dir: {}\ninventory: inventory.ini\n{rest}",
+                self.path().join("state").display()
+            ),
+        )
+        .unwrap();
+    }
+
+    fn ferry(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(simhost::bins::path("ferry"));
+        cmd.arg("--config").arg(self.config()).args(args);
+        cmd
+    }
+
+    /// `ferry serve` that must refuse: exit 1, the message, nothing started.
+    fn refused(&self, want: &[&str]) {
+        let out = self.ferry(&["serve", "--replica", "r"]).output().unwrap();
+        let output = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{output}");
+        for w in want {
+            assert!(output.contains(w), "missing {w:?} in:\n{output}");
+        }
+        assert!(output.contains("nothing was started"), "{output}");
+        assert!(!output.contains("ferry serve started"), "{output}");
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = ferry::catalog::embedded::PrivateCluster::new(&self.path().join("state")).stop();
+    }
+}
+
+const GOOD: &str = "schedules:\n  - name: nightly\n    hosts: controlplanes\n    cron: \"0 2 * * *\"\n    rpo: 26h\n    retention: {keep_last: 7, keep_daily: 14}\n";
+
+#[test]
+fn bad_serve_configuration_is_refused_with_file_and_line_and_nothing_runs() {
+    let d = Dir::new();
+    let file = d.config().display().to_string();
+
+    // A cron expression with an hour of 25 (line 6 of the file).
+    d.write(&GOOD.replace("0 2 * * *", "0 25 * * *"));
+    d.refused(&[
+        &format!("{file}:6:"),
+        "\"0 25 * * *\" is not a cron expression",
+    ]);
+    // An unknown retention key (a typo of keep_daily), line 8.
+    d.write(&GOOD.replace("keep_daily", "keep_dayly"));
+    d.refused(&[&format!("{file}:8:"), "unknown field `keep_dayly`"]);
+    // A pattern that matches no host (a typo of the group), line 5.
+    d.write(&GOOD.replace("hosts: controlplanes", "hosts: contrlplanes"));
+    d.refused(&[
+        &format!("{file}:5:"),
+        "schedule \"nightly\"",
+        "contrlplanes",
+    ]);
+    // A typo in a top-level key.
+    d.write(&GOOD.replace("schedules:", "schedule:"));
+    d.refused(&[&format!("{file}:3:"), "unknown field `schedule`"]);
+    // Nothing above ran: no replica ever registered, no backup was made.
+    d.write(GOOD);
+    let out = d.ferry(&["status", "-o", "json"]).output().unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["replicas"], serde_json::json!([]), "{doc}");
+    assert!(doc["hosts"][0]["last_success"].is_null(), "{doc}");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "never backed up, never tracked: breached"
+    );
+    // An unreachable catalog (line 3).
+    let port = free_port();
+    d.write(&format!(
+        "catalog: postgres://ferry@127.0.0.1:{port}/ferry\n{GOOD}"
+    ));
+    d.refused(&[&format!("{file}:3:"), "the catalog is unreachable"]);
+    // An RPO shorter than the time between runs is a warning with its line; serve starts.
+    d.write(&format!(
+        "serve:\n  listen: 127.0.0.1:{}\n{}",
+        free_port(),
+        GOOD.replace("rpo: 26h", "rpo: 1h")
+    ));
+    let mut serve = Serve::start(
+        &d.config(),
+        &d.path().join("inventory.ini"),
+        &[],
+        &d.path().join("serve.log"),
+    );
+    wait_for(Duration::from_secs(30), "serve to start", || {
+        serve
+            .log_text()
+            .contains("ferry serve started")
+            .then_some(())
+    });
+    let log = serve.log_text();
+    assert!(
+        log.contains(&format!(
+            "{file}:9: schedule \"nightly\": rpo 1h is shorter than the time between its runs (1d"
+        )),
+        "{log}"
+    );
+    serve.signal(rustix::process::Signal::TERM);
+    assert_eq!(
+        serve.wait(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        serve.log_text()
+    );
+}
