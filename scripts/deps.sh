@@ -25,6 +25,8 @@ ensure_deps() {
   local missing=()
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
   command -v tar >/dev/null 2>&1 || missing+=(tar)
+  # promtool and a Prometheus server for the metrics tests.
+  { command -v promtool && command -v prometheus; } >/dev/null 2>&1 || missing+=(prometheus)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]}" >&2
     local sudo=""

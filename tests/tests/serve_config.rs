@@ -160,3 +160,30 @@ fn bad_serve_configuration_is_refused_with_file_and_line_and_nothing_runs() {
         serve.log_text()
     );
 }
+
+#[test]
+fn the_operator_guides_alert_rules_pass_promtool() {
+    let guide = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/operator-guide.md"),
+    )
+    .unwrap();
+    let start = guide
+        .find("Example alert rules")
+        .expect("the rules section");
+    let block = &guide[start..];
+    let body = block
+        .split_once("```yaml\n")
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .map(|(yaml, _)| yaml)
+        .expect("a yaml block");
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("ferry-rules.yml");
+    std::fs::write(&rules, body).unwrap();
+    let out = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .expect("promtool (apt-get install prometheus)");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("6 rules found"), "{}", text(&out));
+}
