@@ -131,6 +131,9 @@ CREATE TABLE scheduled_runs (
     UNIQUE (schedule, host, slot)
 );
 CREATE INDEX scheduled_runs_due ON scheduled_runs (state, due_at);
+-- What status and metrics read at every scrape: each host's newest live archive, its last failure.
+CREATE INDEX archives_live ON archives (host, created_at DESC) WHERE deleted_at IS NULL;
+CREATE INDEX host_results_failures ON host_results (host, finished_at DESC) WHERE outcome <> 'ok';
 -- What serve tracks per host between runs.
 CREATE TABLE host_status (
     host text PRIMARY KEY,

@@ -423,6 +423,27 @@ impl Catalog {
             .await?)
     }
 
+    /// Forgets scheduled slots and delivered alerts that ended more than `keep` ago (runs, host
+    /// results and the ledger keep their history); returns how many rows went.
+    pub async fn housekeep(&self, keep: Duration) -> Result<u64, CatalogError> {
+        let slots = self
+            .client()
+            .execute(
+                "DELETE FROM scheduled_runs WHERE state IN ('succeeded', 'failed', 'skipped', 'superseded', 'satisfied')
+                 AND updated_at < now() - make_interval(secs => $1)",
+                &[&secs(keep)],
+            )
+            .await?;
+        let alerts = self
+            .client()
+            .execute(
+                "DELETE FROM alerts WHERE state = 'delivered' AND delivered_at < now() - make_interval(secs => $1)",
+                &[&secs(keep)],
+            )
+            .await?;
+        Ok(slots + alerts)
+    }
+
     /// Scheduled slots by state (for metrics).
     pub async fn scheduled_counts(&self) -> Result<BTreeMap<String, i64>, CatalogError> {
         let rows = self

@@ -176,6 +176,7 @@ pub struct Service {
     /// When the leader last watched RPOs and probed agents.
     last_watch: watch::Last,
     last_probe: watch::Last,
+    last_housekeeping: watch::Last,
     tasks: tokio::sync::Mutex<tokio::task::JoinSet<()>>,
 }
 
@@ -212,6 +213,7 @@ impl Service {
             counters: Counters::default(),
             last_watch: Mutex::new(None),
             last_probe: Mutex::new(None),
+            last_housekeeping: Mutex::new(None),
             tasks: tokio::sync::Mutex::new(tokio::task::JoinSet::new()),
         })
     }

@@ -17,6 +17,9 @@ use crate::schedule::rpo::RpoState;
 
 const WATCH_EVERY: Duration = Duration::from_secs(5);
 const PROBE_EVERY: Duration = Duration::from_secs(30);
+const HOUSEKEEP_EVERY: Duration = Duration::from_secs(3600);
+/// How long finished slots and delivered alerts stay in the catalog.
+const KEEP_FINISHED: Duration = Duration::from_secs(30 * 86_400);
 
 /// Whether `every` has passed since `last` (and marks now if so).
 fn due(last: &Last, every: Duration) -> bool {
@@ -36,6 +39,16 @@ impl Service {
             && let Err(e) = self.watch_rpo(now).await
         {
             tracing::warn!("RPO watch: {e}");
+        }
+        if due(&self.last_housekeeping, HOUSEKEEP_EVERY) {
+            match self.catalog().housekeep(KEEP_FINISHED).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    rows = n,
+                    "forgot finished slots and delivered alerts older than 30 days"
+                ),
+                Err(e) => tracing::warn!("housekeeping: {e}"),
+            }
         }
         if due(&self.last_probe, PROBE_EVERY) {
             let service = Arc::clone(self);
