@@ -7,6 +7,17 @@ use std::path::Path;
 
 use crate::{SimFleet, SimFleetOptions, SimHost, SimHostSpec};
 
+/// A temporary directory others may enter (mode 0755: the catalog's PostgreSQL runs as another user
+/// when tests run as root), removed on drop.
+pub fn temp_dir(prefix: &str) -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("temp dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    dir
+}
+
 /// A simulated fleet in a temporary directory, stopped and removed on drop.
 pub struct TempFleet {
     fleet: SimFleet,

@@ -80,15 +80,7 @@ impl Drop for Setup {
 }
 
 fn setup() -> Setup {
-    let dir = tempfile::Builder::new()
-        .prefix("ferry-retention-")
-        .tempdir()
-        .unwrap();
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
+    let dir = simhost::testing::temp_dir("ferry-retention-");
     let store = dir.path().join("store");
     let state = dir.path().join("controller");
     // cp02 keeps only its newest archive, by inventory vars over the schedule's policy.

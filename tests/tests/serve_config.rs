@@ -13,15 +13,7 @@ struct Dir {
 
 impl Dir {
     fn new() -> Dir {
-        let dir = tempfile::Builder::new()
-            .prefix("ferry-serve-config-")
-            .tempdir()
-            .unwrap();
-        std::fs::set_permissions(
-            dir.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o755),
-        )
-        .unwrap();
+        let dir = simhost::testing::temp_dir("ferry-serve-config-");
         std::fs::write(
             dir.path().join("inventory.ini"),
             "[controlplanes]\ncp01 ansible_host=127.0.0.1 ferry_port=1\n[lab]\nlab01 ansible_host=127.0.0.1 ferry_port=1\n",

@@ -30,23 +30,21 @@ impl Catalog {
 
     /// Takes back a deletion mark whose object could not be removed.
     pub async fn unmark_deleted(&self, id: i64) -> Result<(), CatalogError> {
-        self.client()
-            .execute(
-                "UPDATE archives SET deleted_at = NULL, deleted_reason = NULL WHERE id = $1",
-                &[&id],
-            )
-            .await?;
+        self.execute(
+            "UPDATE archives SET deleted_at = NULL, deleted_reason = NULL WHERE id = $1",
+            &[&id],
+        )
+        .await?;
         Ok(())
     }
 
     /// Records the archive an open run (a restore) works with.
     pub async fn run_uses_archive(&self, run_id: i64, archive_id: i64) -> Result<(), CatalogError> {
-        self.client()
-            .execute(
-                "UPDATE runs SET archive_id = $2 WHERE id = $1",
-                &[&run_id, &archive_id],
-            )
-            .await?;
+        self.execute(
+            "UPDATE runs SET archive_id = $2 WHERE id = $1",
+            &[&run_id, &archive_id],
+        )
+        .await?;
         Ok(())
     }
 

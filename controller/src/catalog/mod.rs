@@ -259,6 +259,15 @@ impl Catalog {
         &self.client
     }
 
+    /// Runs one statement; the number of rows it changed.
+    pub(crate) async fn execute(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, CatalogError> {
+        Ok(self.client.execute(sql, params).await?)
+    }
+
     pub async fn start_run(
         &self,
         kind: &str,

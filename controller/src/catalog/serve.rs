@@ -102,7 +102,7 @@ fn secs(d: Duration) -> f64 {
 
 impl Catalog {
     pub async fn register_replica(&self, id: &str, host: &str) -> Result<(), CatalogError> {
-        self.client()
+        self
             .execute(
                 "INSERT INTO serve_replicas (id, controller_host, process) VALUES ($1, $2, $3)
                  ON CONFLICT (id) DO UPDATE SET controller_host = $2, process = $3, started_at = now(),
@@ -114,7 +114,7 @@ impl Catalog {
     }
 
     pub async fn heartbeat(&self, id: &str, leader: bool) -> Result<(), CatalogError> {
-        self.client()
+        self
             .execute(
                 "UPDATE serve_replicas SET heartbeat_at = now(), leader = $2, stopped_at = NULL WHERE id = $1",
                 &[&id, &leader],
@@ -124,12 +124,11 @@ impl Catalog {
     }
 
     pub async fn replica_stopped(&self, id: &str) -> Result<(), CatalogError> {
-        self.client()
-            .execute(
-                "UPDATE serve_replicas SET stopped_at = now(), leader = false WHERE id = $1",
-                &[&id],
-            )
-            .await?;
+        self.execute(
+            "UPDATE serve_replicas SET stopped_at = now(), leader = false WHERE id = $1",
+            &[&id],
+        )
+        .await?;
         Ok(())
     }
 
@@ -181,12 +180,11 @@ impl Catalog {
     }
 
     pub async fn unlock_host(&self, host: &str) -> Result<(), CatalogError> {
-        self.client()
-            .execute(
-                "SELECT pg_advisory_unlock($1, hashtext($2))",
-                &[&HOST_LOCK_CLASS, &host],
-            )
-            .await?;
+        self.execute(
+            "SELECT pg_advisory_unlock($1, hashtext($2))",
+            &[&HOST_LOCK_CLASS, &host],
+        )
+        .await?;
         Ok(())
     }
 
@@ -212,7 +210,7 @@ impl Catalog {
             )
             .await?;
         if inserted == 1 {
-            self.client()
+            self
                 .execute(
                     "UPDATE scheduled_runs SET state = 'superseded', updated_at = now(),
                          error = 'a newer slot of the schedule came due first'
@@ -281,14 +279,13 @@ impl Catalog {
 
     /// Hands a claimed slot back unstarted (its host was busy), due again after `delay`.
     pub async fn postpone_run(&self, id: i64, delay: Duration) -> Result<(), CatalogError> {
-        self.client()
-            .execute(
-                "UPDATE scheduled_runs SET state = 'pending', owner = NULL, attempts = attempts - 1,
+        self.execute(
+            "UPDATE scheduled_runs SET state = 'pending', owner = NULL, attempts = attempts - 1,
                      due_at = now() + make_interval(secs => $2), updated_at = now()
                  WHERE id = $1 AND state = 'running'",
-                &[&id, &secs(delay)],
-            )
-            .await?;
+            &[&id, &secs(delay)],
+        )
+        .await?;
         Ok(())
     }
 
@@ -309,12 +306,11 @@ impl Catalog {
     }
 
     pub async fn run_started(&self, id: i64, run_id: i64) -> Result<(), CatalogError> {
-        self.client()
-            .execute(
-                "UPDATE scheduled_runs SET run_id = $2, updated_at = now() WHERE id = $1",
-                &[&id, &run_id],
-            )
-            .await?;
+        self.execute(
+            "UPDATE scheduled_runs SET run_id = $2, updated_at = now() WHERE id = $1",
+            &[&id, &run_id],
+        )
+        .await?;
         Ok(())
     }
 
@@ -332,7 +328,7 @@ impl Catalog {
             (Some(_), None) => "failed",
         };
         let (phase, error) = failure.unzip();
-        self.client()
+        self
             .execute(
                 "UPDATE scheduled_runs SET state = $2, archive_id = $3, phase = $4, error = $5,
                      owner = CASE WHEN $2 = 'retrying' THEN NULL ELSE owner END,
@@ -481,12 +477,11 @@ impl Catalog {
     }
 
     pub async fn track_hosts(&self, hosts: &[String]) -> Result<(), CatalogError> {
-        self.client()
-            .execute(
-                "INSERT INTO host_status (host) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
-                &[&hosts],
-            )
-            .await?;
+        self.execute(
+            "INSERT INTO host_status (host) SELECT unnest($1::text[]) ON CONFLICT DO NOTHING",
+            &[&hosts],
+        )
+        .await?;
         Ok(())
     }
 
@@ -521,7 +516,7 @@ impl Catalog {
         reachable: bool,
         error: Option<&str>,
     ) -> Result<(), CatalogError> {
-        self.client()
+        self
             .execute(
                 "INSERT INTO host_status (host, reachable, reachable_checked_at, reach_error) VALUES ($1, $2, now(), $3)
                  ON CONFLICT (host) DO UPDATE SET reachable = $2, reachable_checked_at = now(), reach_error = $3",
@@ -567,7 +562,7 @@ impl Catalog {
         payload: &Value,
         urls: &[String],
     ) -> Result<(), CatalogError> {
-        self.client()
+        self
             .execute(
                 "INSERT INTO alerts (kind, host, url, payload) SELECT $1, $2, u, $3 FROM unnest($4::text[]) u",
                 &[&kind, &host, payload, &urls],
@@ -604,15 +599,14 @@ impl Catalog {
             (Some(_), Some(_)) => "pending",
             (Some(_), None) => "undeliverable",
         };
-        self.client()
-            .execute(
-                "UPDATE alerts SET state = $2, last_error = $3,
+        self.execute(
+            "UPDATE alerts SET state = $2, last_error = $3,
                      delivered_at = CASE WHEN $2 = 'delivered' THEN now() END,
                      next_attempt_at = now() + make_interval(secs => $4)
                  WHERE id = $1",
-                &[&id, &state, &error, &retry_in.map_or(0.0, secs)],
-            )
-            .await?;
+            &[&id, &state, &error, &retry_in.map_or(0.0, secs)],
+        )
+        .await?;
         Ok(())
     }
 
