@@ -187,6 +187,17 @@ impl Config {
                     .map_err(|(key, message)| invalid(key, message))?,
             );
         }
+        if let Some(alert) = raw.alerts.iter().find(|a| a.attempts == Some(0)) {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line: text.as_deref().and_then(|t| {
+                    t.lines()
+                        .position(|l| l.contains(&alert.webhook))
+                        .map(|i| i + 1)
+                }),
+                message: format!("alerts: {}: attempts must be at least 1", alert.webhook),
+            });
+        }
         let base = path.parent().unwrap_or(Path::new("/"));
         let mut config = Self::from_raw(raw, base);
         config.schedules = schedules;

@@ -102,6 +102,20 @@ fn bad_serve_configuration_is_refused_with_file_and_line_and_nothing_runs() {
     // A typo in a top-level key.
     d.write(&GOOD.replace("schedules:", "schedule:"));
     d.refused(&[&format!("{file}:3:"), "unknown field `schedule`"]);
+    // Alerts with no delivery attempt at all.
+    d.write(&format!(
+        "{GOOD}alerts:\n  - webhook: http://127.0.0.1:1/hook\n    attempts: 0\n"
+    ));
+    d.refused(&[&format!("{file}:10:"), "attempts must be at least 1"]);
+    // A fleet-command flag that means nothing to the service.
+    d.write(GOOD);
+    let out = d.ferry(&["serve", "--limit", "cp01"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("--limit does not apply to ferry serve"),
+        "{}",
+        text(&out)
+    );
     // Nothing above ran: no replica ever registered, no backup was made.
     d.write(GOOD);
     let out = d.ferry(&["status", "-o", "json"]).output().unwrap();

@@ -593,6 +593,7 @@ impl Catalog {
         id: i64,
         error: Option<&str>,
         retry_in: Option<Duration>,
+        max_attempts: i32,
     ) -> Result<(), CatalogError> {
         let state = match (error, retry_in) {
             (None, _) => "delivered",
@@ -602,9 +603,15 @@ impl Catalog {
         self.execute(
             "UPDATE alerts SET state = $2, last_error = $3,
                      delivered_at = CASE WHEN $2 = 'delivered' THEN now() END,
-                     next_attempt_at = now() + make_interval(secs => $4)
+                     next_attempt_at = now() + make_interval(secs => $4), max_attempts = $5
                  WHERE id = $1",
-            &[&id, &state, &error, &retry_in.map_or(0.0, secs)],
+            &[
+                &id,
+                &state,
+                &error,
+                &retry_in.map_or(0.0, secs),
+                &max_attempts,
+            ],
         )
         .await?;
         Ok(())

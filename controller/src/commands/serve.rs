@@ -8,6 +8,24 @@ use crate::report::exit;
 use crate::serve::{Service, Settings};
 
 pub async fn run(path: PathBuf, explicit: bool, global: &GlobalArgs, args: ServeArgs) -> i32 {
+    // Fleet-command flags mean nothing to a service; taking them silently would surprise.
+    let ignored = [
+        ("--limit", global.limit.is_some()),
+        ("--list-hosts", global.list_hosts),
+        ("--serial", global.serial.is_some()),
+        (
+            "--max-fail-percentage",
+            global.max_fail_percentage.is_some(),
+        ),
+        ("--forks", global.forks.is_some()),
+        ("--timeout", global.timeout.is_some()),
+    ];
+    if let Some((flag, _)) = ignored.iter().find(|(_, set)| *set) {
+        errln!(
+            "ferry serve: {flag} does not apply to ferry serve; set hosts:, forks, serial and max_fail_percentage per schedule in the config (`ferry status --list-hosts` is not one either: try `ferry ping PATTERN --list-hosts`); nothing was started"
+        );
+        return crate::report::exit::ERROR;
+    }
     let (settings, warnings) = match Settings::load(
         &path,
         explicit,

@@ -40,7 +40,9 @@ pub(super) async fn deliver(service: Arc<Service>) {
                 let update = match &result {
                     Ok(()) => {
                         tracing::info!(alert = alert.id, kind = %alert.kind, host = %alert.host, url = %alert.url, "alert delivered");
-                        catalog.alert_attempted(alert.id, None, None).await
+                        catalog
+                            .alert_attempted(alert.id, None, None, attempts as i32)
+                            .await
                     }
                     Err(e) if (alert.attempts as u32) < attempts => {
                         let retry = Duration::from_secs(2u64.saturating_pow(alert.attempts as u32))
@@ -48,13 +50,15 @@ pub(super) async fn deliver(service: Arc<Service>) {
                         tracing::warn!(alert = alert.id, kind = %alert.kind, host = %alert.host, url = %alert.url,
                             attempt = alert.attempts, retry_in_seconds = retry.as_secs(), "alert not delivered: {e}");
                         catalog
-                            .alert_attempted(alert.id, Some(e), Some(retry))
+                            .alert_attempted(alert.id, Some(e), Some(retry), attempts as i32)
                             .await
                     }
                     Err(e) => {
                         tracing::error!(alert = alert.id, kind = %alert.kind, host = %alert.host, url = %alert.url,
                             attempts = alert.attempts, "alert undeliverable, giving up (`ferry status` lists it): {e}");
-                        catalog.alert_attempted(alert.id, Some(e), None).await
+                        catalog
+                            .alert_attempted(alert.id, Some(e), None, attempts as i32)
+                            .await
                     }
                 };
                 if let Err(e) = update {

@@ -87,11 +87,11 @@ impl Service {
                 .rpo_transition(&host.host, state, &payload, &urls)
                 .await?
             {
-                let level_breach = host.state == RpoState::Breached;
-                if level_breach {
-                    tracing::error!(host = %host.host, from = ?previous, "{summary}");
+                let from = previous.as_deref().unwrap_or("untracked");
+                if host.state == RpoState::Breached {
+                    tracing::error!(host = %host.host, from, "{summary}");
                 } else {
-                    tracing::info!(host = %host.host, from = ?previous, to = state, "RPO state changed");
+                    tracing::info!(host = %host.host, from, to = state, "RPO state changed");
                 }
             }
         }
