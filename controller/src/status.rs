@@ -79,7 +79,7 @@ fn status(
         .iter()
         .filter_map(|p| {
             let next = p.cron.next_after(now)?;
-            let jitter = jitter(&p.schedule, &p.host, p.cron.period(now));
+            let jitter = jitter(&p.schedule, &p.host, p.period);
             Some(next + jitter)
         })
         .min();

@@ -216,6 +216,8 @@ pub struct HostPlan {
     /// The name the host's archives are filed under (its agent's certificate name).
     pub agent_name: String,
     pub cron: CronExpr,
+    /// The longest gap between two fires of `cron` (computed once: it walks a year of fires).
+    pub period: Duration,
     pub rpo: Duration,
     pub retention: Retention,
 }
@@ -274,6 +276,7 @@ fn plan(schedule: &Schedule, inventory: &Inventory, host: &str) -> Result<HostPl
         schedule: schedule.name.clone(),
         host: host.to_string(),
         agent_name,
+        period: cron.period(OffsetDateTime::now_utc()),
         cron,
         rpo,
         retention,
@@ -355,7 +358,7 @@ pub fn fleet_plan(
                     ));
                 }
                 for plan in &p {
-                    let host_period = plan.cron.period(now);
+                    let host_period = plan.period;
                     if plan.rpo < host_period
                         && (plan.rpo != schedule.rpo.0 || host_period != period)
                     {

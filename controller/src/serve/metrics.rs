@@ -70,6 +70,19 @@ fn int_gauge(
     Ok(g)
 }
 
+fn counter(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, String> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).map_err(|e| e.to_string())?;
+    registry
+        .register(Box::new(c.clone()))
+        .map_err(|e| e.to_string())?;
+    Ok(c)
+}
+
 async fn render(service: &Service) -> Result<String, String> {
     let settings = service.settings();
     let catalog = service.catalog();
@@ -93,17 +106,12 @@ async fn render(service: &Service) -> Result<String, String> {
         "Scheduled backups this replica is running.",
         &["replica"],
     )?;
-    let own = IntCounterVec::new(
-        Opts::new(
-            "ferry_serve_backups_total",
-            "Scheduled backups this replica ran since it started, by outcome.",
-        ),
+    let own = counter(
+        &registry,
+        "ferry_serve_backups_total",
+        "Scheduled backups this replica ran since it started, by outcome.",
         &["replica", "outcome"],
-    )
-    .map_err(|e| e.to_string())?;
-    registry
-        .register(Box::new(own.clone()))
-        .map_err(|e| e.to_string())?;
+    )?;
     let replica = service.replica.as_str();
     leader
         .with_label_values(&[replica])
@@ -119,17 +127,12 @@ async fn render(service: &Service) -> Result<String, String> {
         own.with_label_values(&[replica, outcome])
             .inc_by(counter.load(Ordering::Relaxed));
     }
-    let pruned = IntCounterVec::new(
-        Opts::new(
-            "ferry_serve_archives_pruned_total",
-            "Archives this replica deleted by retention since it started.",
-        ),
+    let pruned = counter(
+        &registry,
+        "ferry_serve_archives_pruned_total",
+        "Archives this replica deleted by retention since it started.",
         &["replica"],
-    )
-    .map_err(|e| e.to_string())?;
-    registry
-        .register(Box::new(pruned.clone()))
-        .map_err(|e| e.to_string())?;
+    )?;
     pruned
         .with_label_values(&[replica])
         .inc_by(service.counters.deleted.load(Ordering::Relaxed));
@@ -226,17 +229,12 @@ async fn render(service: &Service) -> Result<String, String> {
             reachable.with_label_values(&[host]).set(i64::from(r));
         }
     }
-    let failed = IntCounterVec::new(
-        Opts::new(
-            "ferry_backup_failures_total",
-            "Backups of the host that did not succeed, by the phase they stopped in.",
-        ),
+    let failed = counter(
+        &registry,
+        "ferry_backup_failures_total",
+        "Backups of the host that did not succeed, by the phase they stopped in.",
         &["host", "phase"],
-    )
-    .map_err(|e| e.to_string())?;
-    registry
-        .register(Box::new(failed.clone()))
-        .map_err(|e| e.to_string())?;
+    )?;
     for (host, phase, n) in &failures {
         failed
             .with_label_values(&[host.as_str(), phase.as_str()])

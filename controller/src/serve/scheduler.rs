@@ -54,8 +54,7 @@ impl Service {
         let newest = catalog.newest_good_archives().await?;
         let replicas = lock(&self.replicas).clone();
         for (plan, slot) in new {
-            let period = plan.cron.period(slot);
-            let due = slot + jitter(&plan.schedule, &plan.host, period);
+            let due = slot + jitter(&plan.schedule, &plan.host, plan.period);
             let satisfied = newest
                 .get(&plan.agent_name)
                 .is_some_and(|a| a.created_at >= slot);
@@ -92,8 +91,7 @@ impl Service {
                 settings.schedule(&run.schedule),
             ) else {
                 // The schedule or the host left the configuration since the slot was planned.
-                if let Some(attempt) = catalog.claim_run(run.id, &self.replica).await? {
-                    let _ = attempt;
+                if catalog.claim_run(run.id, &self.replica).await?.is_some() {
                     catalog
                         .run_finished(
                             run.id,
