@@ -103,6 +103,9 @@ pub enum Command {
     /// Maintain the catalog.
     #[command(subcommand)]
     Catalog(CatalogCommand),
+    /// The encryption keys of archives at rest.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Manage the fleet PKI.
     #[command(subcommand)]
     Certs(CertsCommand),
@@ -153,6 +156,7 @@ impl Command {
             Command::Audit(_) => "audit",
             Command::Archives(_) => "archives",
             Command::Catalog(_) => "catalog",
+            Command::Keys(_) => "keys",
             Command::Certs(_) => "certs",
             Command::Inventory(_) => "inventory",
             Command::Status { .. } => "status",
@@ -245,7 +249,26 @@ pub enum ArchivesCommand {
         trust_archive_digest: bool,
     },
     /// Copy an archive and its sidecar out of the store into DIR/HOST/ (digest checked while copying).
-    Export { id: String, dir: PathBuf },
+    /// An encrypted archive is exported as stored (with its key file) unless --decrypt is given.
+    Export {
+        id: String,
+        dir: PathBuf,
+        /// Write the upstream .tar.gz and a .sha256 `sha256sum -c` accepts (needs encryption.identity).
+        #[arg(long)]
+        decrypt: bool,
+    },
+    /// Copy archives to a second store (another bucket or a directory) for an off-site copy; each
+    /// is checked against its digest on arrival and recorded in the catalog.
+    Copy {
+        /// An archive id; or --all.
+        id: Option<String>,
+        /// Every archive not yet in the destination.
+        #[arg(long, conflicts_with = "id")]
+        all: bool,
+        /// The destination: a directory or s3://bucket/prefix?endpoint=…
+        #[arg(long)]
+        to: String,
+    },
     /// Apply the schedules' retention policies to the selected hosts' archives: show what goes and
     /// why, then delete it. Pins, min_keep, each host's newest verified archive and archives a
     /// running restore uses are never deleted.
@@ -302,6 +325,20 @@ pub enum AuditCommand {
     Export {
         #[arg(long)]
         since: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Re-wrap every encrypted archive's key: add public keys, retire others. Archive bodies are not
+    /// re-encrypted or re-uploaded. Uses encryption.identity to open the keys.
+    Rotate {
+        /// A public key (age1…) to add; repeatable.
+        #[arg(long, required_unless_present = "retire")]
+        add: Vec<String>,
+        /// A public key (age1…) to retire: afterwards its private key opens no archive. Repeatable.
+        #[arg(long)]
+        retire: Vec<String>,
     },
 }
 

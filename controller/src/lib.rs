@@ -11,6 +11,7 @@ pub mod config;
 pub mod dial;
 pub mod fanout;
 pub mod inventory;
+pub mod keys;
 pub mod pattern;
 pub mod progress;
 pub mod prune;

@@ -125,11 +125,10 @@ pub async fn delete(
     {
         return Ok(false);
     }
-    let (s, host, name) = (store.clone(), archive.host.clone(), archive.name.clone());
-    let removed = tokio::task::spawn_blocking(move || s.delete(&host, &name))
+    let removed = store
+        .delete(&archive.host, &archive.object())
         .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()));
+        .map_err(|e| e.to_string());
     if removed.is_err() {
         let _ = catalog.unmark_deleted(archive.id).await;
     }

@@ -142,6 +142,14 @@ impl Agent for AgentService {
             Ok(pb::Compression::Zstd) => Codec::Zstd,
             _ => Codec::Gzip,
         };
+        let recipients = if req.recipients.is_empty() {
+            None
+        } else {
+            Some(
+                ferry_proto::archive::Recipients::parse(&req.recipients)
+                    .map_err(|e| wire::phase_status("preflight", &format!("encryption: {e}")))?,
+            )
+        };
         let guard = self
             .operations
             .try_begin("backup", &req.operation_id, &who)
@@ -149,7 +157,7 @@ impl Agent for AgentService {
                 let (cause, next) = self.restores.busy(&running);
                 Status::failed_precondition(wire::with_next(&cause, &next))
             })?;
-        tracing::info!(caller = %who, operation = %req.operation_id, compression = codec.name(), "backup");
+        tracing::info!(caller = %who, operation = %req.operation_id, compression = codec.name(), encrypted = !req.recipients.is_empty(), "backup");
         let job = BackupJob {
             host: self.host.clone(),
             host_name: self.host_name.clone(),
@@ -159,6 +167,7 @@ impl Agent for AgentService {
             facts: self.gather_facts().await,
             not_before: time::OffsetDateTime::from_unix_timestamp(req.not_before_unix)
                 .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
+            recipients,
         };
         let (events_tx, mut events) = tokio::sync::mpsc::channel::<Event>(16);
         let (out, out_rx) = tokio::sync::mpsc::channel(16);

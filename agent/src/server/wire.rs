@@ -177,6 +177,7 @@ pub(super) fn backup_event(e: Event) -> pb::BackupEvent {
             phase: phase.into(),
             bytes,
         }),
+        Event::Started(name) => E::ArchiveName(name),
         Event::Data(bytes) => E::Data(bytes),
         Event::Done(t) => E::Trailer(pb::BackupTrailer {
             archive_name: t.archive_name,
@@ -185,6 +186,12 @@ pub(super) fn backup_event(e: Event) -> pb::BackupEvent {
             metadata_json: t.metadata_json,
             manifest_json: t.manifest_json,
             warnings: t.warnings,
+            sealed: t.sealed.map(|s| pb::Sealed {
+                plain_size: s.plain_size,
+                plain_sha256: s.plain_sha256,
+                wrapped_key: s.wrapped_key.into(),
+                recipients: s.recipients,
+            }),
         }),
     };
     pb::BackupEvent { event: Some(event) }

@@ -161,6 +161,23 @@ CREATE TABLE alerts (
 );
 "#,
     ),
+    (
+        5,
+        r#"
+-- Encrypted archives: size and sha256 stay the stored object's (the ciphertext); these are the
+-- upstream archive's, and the public keys its key is wrapped for.
+ALTER TABLE archives ADD COLUMN plain_size bigint, ADD COLUMN plain_sha256 text, ADD COLUMN key_ids text[];
+-- Off-site copies: where each archive also is, with the digest checked on arrival.
+CREATE TABLE archive_copies (
+    archive_id bigint NOT NULL REFERENCES archives(id),
+    store text NOT NULL,
+    size bigint NOT NULL,
+    sha256 text NOT NULL,
+    copied_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (archive_id, store)
+);
+"#,
+    ),
 ];
 
 /// Applies every migration not yet applied; concurrent ferry processes serialise on an advisory lock.

@@ -152,12 +152,31 @@ pub struct ArchiveRecord {
     pub deleted_at: Option<OffsetDateTime>,
     #[serde(default)]
     pub deleted_reason: Option<String>,
+    /// Set when the archive is encrypted (`size` and `sha256` are then the ciphertext's).
+    #[serde(default)]
+    pub sealed: Option<SealedRecord>,
+}
+
+/// An encrypted archive's plaintext and the public keys its key is wrapped for.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SealedRecord {
+    pub plain_size: i64,
+    pub plain_sha256: String,
+    pub key_ids: Vec<String>,
 }
 
 impl ArchiveRecord {
     /// The id operators use: the first 12 hex digits of the sha256. It survives `catalog rebuild`.
     pub fn short_id(&self) -> &str {
         self.sha256.get(..12).unwrap_or(&self.sha256)
+    }
+
+    /// The store object: the archive's name, plus `.age` when it is encrypted.
+    pub fn object(&self) -> String {
+        match self.sealed {
+            Some(_) => format!("{}{}", self.name, ferry_proto::archive::SEALED_SUFFIX),
+            None => self.name.clone(),
+        }
     }
 
     /// The archive as a ledger entry names it (the catalog number is null until it is catalogued).
@@ -205,6 +224,7 @@ impl ArchiveRecord {
             verified_at: None,
             deleted_at: None,
             deleted_reason: None,
+            sealed: None,
         }
     }
 
@@ -235,7 +255,7 @@ pub struct Catalog {
 
 const ARCHIVE_COLUMNS: &str = "id, host, name, size, sha256, compression, flightctl_version, deployment_type, \
      database_included, created_at, duration_ms, row_counts, warnings, source_facts, run_id, pinned, suspect, verified_at, \
-     deleted_at, deleted_reason";
+     deleted_at, deleted_reason, plain_size, plain_sha256, key_ids";
 
 impl Catalog {
     /// Connects to `config.catalog`, or to (starting if needed) the private cluster, and migrates.
@@ -360,14 +380,17 @@ impl Catalog {
             .query_opt(
                 "INSERT INTO archives (host, name, size, sha256, compression, flightctl_version, deployment_type,
                      database_included, created_at, duration_ms, row_counts, warnings, source_facts, run_id, pinned, suspect,
-                     verified_at)
+                     verified_at, plain_size, plain_sha256, key_ids)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-                     CASE WHEN $16::text IS NULL THEN now() END)
+                     CASE WHEN $16::text IS NULL THEN now() END, $17, $18, $19)
                  ON CONFLICT (host, name) DO NOTHING RETURNING id",
                 &[
                     &a.host, &a.name, &a.size, &a.sha256, &a.compression, &a.flightctl_version, &a.deployment_type,
                     &a.database_included, &a.created_at, &a.duration_ms, &a.row_counts, &a.warnings, &a.source_facts,
                     &a.run_id, &a.pinned, &a.suspect,
+                    &a.sealed.as_ref().map(|s| s.plain_size),
+                    &a.sealed.as_ref().map(|s| s.plain_sha256.clone()),
+                    &a.sealed.as_ref().map(|s| s.key_ids.clone()),
                 ],
             )
             .await?;
@@ -516,6 +539,13 @@ fn archive_from_row(r: &tokio_postgres::Row) -> ArchiveRecord {
         verified_at: r.get(17),
         deleted_at: r.get(18),
         deleted_reason: r.get(19),
+        sealed: r
+            .get::<_, Option<String>>(21)
+            .map(|plain_sha256| SealedRecord {
+                plain_size: r.get::<_, Option<i64>>(20).unwrap_or_default(),
+                plain_sha256,
+                key_ids: r.get::<_, Option<Vec<String>>>(22).unwrap_or_default(),
+            }),
     }
 }
 
@@ -558,4 +588,45 @@ async fn socket_client(
         .await?;
     tokio::spawn(conn);
     Ok(client)
+}
+
+impl Catalog {
+    /// Records the public keys an archive's key is now wrapped for (after a rotation).
+    pub async fn set_key_ids(&self, id: i64, key_ids: &[String]) -> Result<(), CatalogError> {
+        self.execute(
+            "UPDATE archives SET key_ids = $2 WHERE id = $1",
+            &[&id, &key_ids],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Records a copy of an archive in another store, with the digest it had on arrival.
+    pub async fn record_copy(
+        &self,
+        id: i64,
+        store: &str,
+        size: i64,
+        sha256: &str,
+    ) -> Result<(), CatalogError> {
+        self.execute(
+            "INSERT INTO archive_copies (archive_id, store, size, sha256) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (archive_id, store) DO UPDATE SET size = $3, sha256 = $4, copied_at = now()",
+            &[&id, &store, &size, &sha256],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// The stores an archive has been copied to.
+    pub async fn copies(&self, id: i64) -> Result<Vec<String>, CatalogError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT store FROM archive_copies WHERE archive_id = $1 ORDER BY store",
+                &[&id],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
 }

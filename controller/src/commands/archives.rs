@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use ferry_proto::archive::{ReadOptions, hex, read_archive, sidecar_line};
+use ferry_proto::archive::{hex, sidecar_line};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -20,10 +20,12 @@ use crate::report::{Format, exit};
 use crate::store::Store;
 
 async fn open(config: &Config) -> Result<(Store, Catalog), i32> {
-    let store = Store::open(&config.store).map_err(|e| {
-        errln!("ferry: {e}");
-        exit::ERROR
-    })?;
+    let store = Store::open(&config.store, &config.state_dir)
+        .await
+        .map_err(|e| {
+            errln!("ferry: {e}");
+            exit::ERROR
+        })?;
     let catalog = Catalog::connect(config).await.map_err(|e| {
         errln!("ferry: {e}");
         exit::ERROR
@@ -58,7 +60,12 @@ pub async fn run(config: &Config, global: &GlobalArgs, command: ArchivesCommand)
             )
             .await
         }
-        ArchivesCommand::Export { id, dir } => export(&store, &catalog, config, &id, &dir).await,
+        ArchivesCommand::Export { id, dir, decrypt } => {
+            export(&store, &catalog, config, &id, &dir, decrypt).await
+        }
+        ArchivesCommand::Copy { id, all, to } => {
+            copy(&store, &catalog, config, id.as_deref(), all, &to).await
+        }
         ArchivesCommand::Prune { pattern, dry_run } => {
             super::lifecycle::prune(
                 config,
@@ -226,22 +233,6 @@ async fn show(catalog: &Catalog, format: Format, id: &str) -> Result<i32, String
 }
 
 /// Hashes a file, or says why it cannot.
-fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut size = 0u64;
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        size += n as u64;
-    }
-    Ok((size, hex(&hasher.finalize())))
-}
-
 /// Writes one audit entry about an archive.
 async fn audit(
     catalog: &Catalog,
@@ -288,33 +279,59 @@ async fn verify(
         (None, true) => catalog.archives().await.map_err(|e| e.to_string())?,
         (None, false) => return Err("give an archive ID or --all".into()),
     };
+    let identities =
+        crate::keys::identities(config).map_err(|e| format!("encryption.identity: {e}"))?;
     let mut problems = 0;
     let mut report = Vec::new();
     for a in archives {
         let started = OffsetDateTime::now_utc();
-        let path = store.path(&a.host, &a.name);
+        let object = a.object();
         let sidecar = store
-            .sidecar_digest(&a.host, &a.name)
+            .sidecar_digest(&a.host, &object)
+            .await
             .map_err(|e| e.to_string())?;
         let mut issues = Vec::new();
         let mut trusted = Vec::new();
-        let hashed = tokio::task::spawn_blocking({
-            let path = path.clone();
-            move || hash_file(&path)
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-        let actual = match hashed {
-            Ok((size, sha)) => {
-                if size != a.size as u64 {
-                    issues.push(format!("size {size} bytes, catalog says {}", a.size));
+        let mut notes = Vec::new();
+        // An encrypted archive is decrypted and read through when the key is here; without it, only
+        // its ciphertext is checked (and said so).
+        let through = match (&a.sealed, &identities) {
+            (None, _) => crate::keys::Through::HashOnly,
+            (Some(sealed), Some(ids)) => {
+                match crate::keys::data_key(store, &a, Some(ids), &sealed.key_ids).await {
+                    Ok(key) => crate::keys::Through::Archive(Some(key)),
+                    Err(e) => {
+                        issues.push(e);
+                        crate::keys::Through::HashOnly
+                    }
                 }
-                if sha != a.sha256 {
+            }
+            (Some(_), None) => {
+                notes.push(
+                    "ciphertext checked; the plaintext was not (no encryption.identity)"
+                        .to_string(),
+                );
+                crate::keys::Through::HashOnly
+            }
+        };
+        let expected_plain = a.sealed.as_ref().map(|s| s.plain_sha256.clone());
+        let actual = match crate::keys::pass(store, &a.host, &object, through, expected_plain, None)
+            .await
+        {
+            Ok(pass) => {
+                if pass.size != a.size as u64 {
+                    issues.push(format!("size {} bytes, catalog says {}", pass.size, a.size));
+                }
+                if pass.sha256 != a.sha256 {
                     issues.push(format!(
-                        "sha256 {sha} differs from the catalog's {}",
-                        a.sha256
+                        "sha256 {} differs from the catalog's {}",
+                        pass.sha256, a.sha256
                     ));
                 }
+                if let Some(Err(e)) = &pass.archive {
+                    issues.push(e.clone());
+                }
+                let sha = pass.sha256;
                 let sidecar_issue = match &sidecar {
                     None => Some("the .sha256 sidecar is missing or unreadable".to_string()),
                     Some(side) if *side != sha => {
@@ -331,7 +348,10 @@ async fn verify(
                 Some(sha)
             }
             Err(e) => {
-                issues.push(format!("cannot read {}: {e}", path.display()));
+                issues.push(format!(
+                    "cannot read {}: {e}",
+                    store.location(&a.host, &object)
+                ));
                 None
             }
         };
@@ -352,7 +372,7 @@ async fn verify(
             "archive-verify",
             &a,
             json!({"trust_archive_digest": trust_archive_digest, "trusted_over": trusted,
-                   "suspect_cleared": cleared.then_some(&a.suspect)}),
+                   "suspect_cleared": cleared.then_some(&a.suspect), "notes": notes}),
             started,
             error,
         )
@@ -369,7 +389,22 @@ async fn verify(
         }
         if format == Format::Text {
             if ok {
-                outln!("ok: [{}] archive {} {}", a.host, a.short_id(), a.name);
+                let note = if notes.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", notes.join("; "))
+                };
+                let sealed = if a.sealed.is_some() {
+                    " [encrypted]"
+                } else {
+                    ""
+                };
+                outln!(
+                    "ok: [{}] archive {} {}{sealed}{note}",
+                    a.host,
+                    a.short_id(),
+                    a.name
+                );
                 if cleared {
                     outln!(
                         "  its sidecar agrees now: the suspect mark ({}) is lifted",
@@ -387,7 +422,8 @@ async fn verify(
             }
         }
         report.push(json!({"id": a.short_id(), "catalog_number": a.id, "host": a.host, "name": a.name, "ok": ok, "sha256": actual,
-                           "catalog_sha256": a.sha256, "sidecar_sha256": sidecar, "issues": issues}));
+                           "catalog_sha256": a.sha256, "sidecar_sha256": sidecar, "encrypted": a.sealed.is_some(),
+                           "issues": issues, "notes": notes}));
     }
     if format == Format::Json {
         crate::output::json(&serde_json::to_value(&report).unwrap_or_default());
@@ -410,77 +446,309 @@ async fn export(
     config: &Config,
     id: &str,
     dir: &Path,
+    decrypt: bool,
 ) -> Result<i32, String> {
     let started = OffsetDateTime::now_utc();
     let a = catalog.resolve_live(id).await?;
-    let record = a.clone();
-    let flags = json!({"dir": dir.display().to_string()});
-    let source = store.path(&a.host, &a.name);
-    // Hosts' archives share names: each host gets its own directory, as in the store.
+    let flags = json!({"dir": dir.display().to_string(), "decrypt": decrypt});
+    let copied = export_one(store, config, &a, dir, decrypt).await;
+    audit(
+        catalog,
+        config,
+        "archive-export",
+        &a,
+        flags,
+        started,
+        copied.as_ref().err().cloned(),
+    )
+    .await;
+    let written = copied?;
+    outln!("exported {}", written.join(" and "));
+    if crate::output::is_json() {
+        crate::output::json(
+            &json!({"command": "archives export", "id": a.short_id(), "host": a.host,
+                    "archive": written.first(), "sidecar": written.last(), "files": written}),
+        );
+    }
+    Ok(exit::OK)
+}
+
+/// Writes the archive into DIR/HOST/ (hosts' archives share names): the stored object and its key
+/// as they are, or with `decrypt` the upstream archive. Each file is checked against the catalog's
+/// digest before it gets its final name; the sidecar comes last.
+async fn export_one(
+    store: &Store,
+    config: &Config,
+    a: &ArchiveRecord,
+    dir: &Path,
+    decrypt: bool,
+) -> Result<Vec<String>, String> {
     let dir = dir.join(&a.host);
-    let dest = dir.join(&a.name);
-    let expected = a.sha256.clone();
-    let name = a.name.clone();
-    let copied = tokio::task::spawn_blocking(move || -> Result<(String, String), String> {
+    let (object, name, expected, opened) = match (&a.sealed, decrypt) {
+        (Some(sealed), true) => {
+            let ids =
+                crate::keys::identities(config).map_err(|e| format!("encryption.identity: {e}"))?;
+            let opened = crate::keys::open(store, a, ids.as_ref()).await?;
+            (
+                a.object(),
+                a.name.clone(),
+                sealed.plain_sha256.clone(),
+                opened,
+            )
+        }
+        (None, true) => {
+            return Err(format!(
+                "archive {} is not encrypted: export it without --decrypt",
+                a.short_id()
+            ));
+        }
+        (_, false) => {
+            let opened = crate::keys::open(
+                store,
+                &ArchiveRecord {
+                    sealed: None,
+                    ..a.clone()
+                },
+                None,
+            )
+            .await
+            .map_err(|_| {
+                format!(
+                    "{} is missing from the store",
+                    store.location(&a.host, &a.object())
+                )
+            })?;
+            (a.object(), a.object(), a.sha256.clone(), opened)
+        }
+    };
+    let mut written = Vec::new();
+    if a.sealed.is_some() && !decrypt {
+        let key_name = ferry_proto::archive::key_object_name(&a.name);
+        let key = store
+            .get_small(&a.host, &key_name)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("the key {} is missing", store.location(&a.host, &key_name)))?;
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let path = dir.join(&key_name);
+        write_new(&path, &key).map_err(|e| format!("{}: {e}", path.display()))?;
+        written.push(path.display().to_string());
+    }
+    let source = store.location(&a.host, &object);
+    let dest_dir = dir.clone();
+    let file = tokio::task::spawn_blocking(move || -> Result<(String, String), String> {
+        std::fs::create_dir_all(&dest_dir).map_err(|e| format!("{}: {e}", dest_dir.display()))?;
+        let dest = dest_dir.join(&name);
         if dest.exists() {
             return Err(format!("{} already exists", dest.display()));
         }
-        let partial = dir.join(format!(".{name}.part"));
-        let copied = (|| -> std::io::Result<String> {
-            let mut input = std::fs::File::open(&source)?;
-            let mut output = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&partial)?;
+        let partial = dest_dir.join(format!(".{name}.part"));
+        let copied = (|| -> Result<String, String> {
+            let mut input = opened.plaintext().map_err(|e| e.to_string())?;
+            let mut output = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&partial)
+                .map_err(|e| e.to_string())?;
             let mut hasher = Sha256::new();
             let mut buf = vec![0u8; 1 << 20];
             loop {
-                let n = input.read(&mut buf)?;
+                let n = input.read(&mut buf).map_err(|e| e.to_string())?;
                 if n == 0 {
                     break;
                 }
                 hasher.update(&buf[..n]);
-                output.write_all(&buf[..n])?;
+                output.write_all(&buf[..n]).map_err(|e| e.to_string())?;
             }
-            output.sync_all()?;
+            output.sync_all().map_err(|e| e.to_string())?;
             Ok(hex(&hasher.finalize()))
         })();
         let sha = match copied {
             Ok(sha) => sha,
             Err(e) => {
                 let _ = std::fs::remove_file(&partial);
-                return Err(format!("copying {}: {e}", source.display()));
+                return Err(format!("copying {source}: {e}"));
             }
         };
         if sha != expected {
             let _ = std::fs::remove_file(&partial);
-            return Err(format!("{} has sha256 {sha}, the catalog says {expected}: not exported (run `ferry archives verify`)", source.display()));
+            return Err(format!("{source} gave sha256 {sha}, the catalog says {expected}: not exported (run `ferry archives verify`)"));
         }
         std::fs::rename(&partial, &dest).map_err(|e| e.to_string())?;
-        let sidecar = dir.join(format!("{name}.sha256"));
+        let sidecar = dest_dir.join(format!("{name}.sha256"));
         std::fs::write(&sidecar, sidecar_line(&sha, &name)).map_err(|e| format!("{}: {e}", sidecar.display()))?;
         Ok((dest.display().to_string(), sidecar.display().to_string()))
     })
     .await
-    .map_err(|e| e.to_string())
-    .and_then(|r| r);
-    audit(
-        catalog,
-        config,
-        "archive-export",
-        &record,
-        flags,
-        started,
-        copied.as_ref().err().cloned(),
-    )
-    .await;
-    let (archive, sidecar) = copied?;
-    outln!("exported {archive} and {sidecar}");
+    .map_err(|e| e.to_string())??;
+    // Archive first, sidecar last, the key (if any) after the archive.
+    let mut files = vec![file.0];
+    files.extend(written);
+    files.push(file.1);
+    Ok(files)
+}
+
+fn write_new(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+/// `ferry archives copy`: each archive streamed into the destination store, where it becomes
+/// visible only if its size and digest match the catalog; then the copy is recorded.
+async fn copy(
+    store: &Store,
+    catalog: &Catalog,
+    config: &Config,
+    id: Option<&str>,
+    all: bool,
+    to: &str,
+) -> Result<i32, String> {
+    let base = config
+        .source
+        .as_ref()
+        .and_then(|(p, _)| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| std::path::PathBuf::from("."));
+    let mut location =
+        crate::store::StoreLocation::parse(to, &base).map_err(|e| format!("--to: {e}"))?;
+    // The destination uses the configured credentials when it is a bucket too, else the environment.
+    if let (crate::store::StoreLocation::S3(dest), crate::store::StoreLocation::S3(src)) =
+        (&mut location, &config.store)
+    {
+        dest.credentials = src.credentials.clone();
+    }
+    if location == config.store {
+        return Err(format!(
+            "--to {to} is the store itself; name another bucket or directory"
+        ));
+    }
+    let dest = Store::open(&location, &config.state_dir)
+        .await
+        .map_err(|e| format!("--to: {e}"))?;
+    let label = dest.describe();
+    let archives = match (id, all) {
+        (Some(id), _) => vec![catalog.resolve_live(id).await?],
+        (None, true) => catalog.archives().await.map_err(|e| e.to_string())?,
+        (None, false) => return Err("give an archive ID or --all".into()),
+    };
+    let (mut copied, mut skipped, mut failed) = (0, 0, 0);
+    for a in archives {
+        let started = OffsetDateTime::now_utc();
+        if all
+            && catalog
+                .copies(a.id)
+                .await
+                .map_err(|e| e.to_string())?
+                .contains(&label)
+        {
+            skipped += 1;
+            continue;
+        }
+        let result = copy_one(store, &dest, &a).await;
+        if let Ok(size) = &result {
+            catalog
+                .record_copy(a.id, &label, *size as i64, &a.sha256)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        audit(
+            catalog,
+            config,
+            "archive-copy",
+            &a,
+            json!({"to": label}),
+            started,
+            result.as_ref().err().cloned(),
+        )
+        .await;
+        match result {
+            Ok(_) => {
+                copied += 1;
+                outln!(
+                    "copied: [{}] archive {} {} to {label}",
+                    a.host,
+                    a.short_id(),
+                    a.name
+                );
+            }
+            Err(e) => {
+                failed += 1;
+                outln!(
+                    "FAILED: [{}] archive {} {}: {e}",
+                    a.host,
+                    a.short_id(),
+                    a.name
+                );
+            }
+        }
+    }
+    outln!("{copied} copied to {label}, {skipped} already there, {failed} failed");
     if crate::output::is_json() {
         crate::output::json(
-            &json!({"command": "archives export", "id": record.short_id(),
-                                    "host": record.host, "archive": archive, "sidecar": sidecar}),
+            &json!({"command": "archives copy", "to": label, "copied": copied, "skipped": skipped, "failed": failed}),
         );
     }
-    Ok(exit::OK)
+    Ok(if failed == 0 { exit::OK } else { exit::FAILED })
+}
+
+async fn copy_one(store: &Store, dest: &Store, a: &ArchiveRecord) -> Result<u64, String> {
+    let object = a.object();
+    let mut extras = Vec::new();
+    if a.sealed.is_some() {
+        let key_name = ferry_proto::archive::key_object_name(&a.name);
+        let key = store
+            .get_small(&a.host, &key_name)
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("its key {} is missing", store.location(&a.host, &key_name)))?;
+        extras.push((key_name, key));
+    }
+    let mut incoming = dest
+        .begin(&a.host, &object)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut reader = store
+        .reader(&a.host, &object)
+        .await
+        .map_err(|e| e.to_string())?;
+    // Read on a blocking thread, write here: a bounded channel keeps memory flat.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(4);
+    let read = tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    if tx.blocking_send(Ok(buf[..n].to_vec())).is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+    while let Some(chunk) = rx.recv().await {
+        let chunk =
+            chunk.map_err(|e| format!("reading {}: {e}", store.location(&a.host, &object)))?;
+        incoming
+            .write_chunk(&chunk)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let _ = read.await;
+    let committed = incoming
+        .commit(a.size as u64, &a.sha256, &extras)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(committed.size)
 }
 
 pub async fn run_catalog(config: &Config, command: CatalogCommand) -> i32 {
@@ -489,56 +757,97 @@ pub async fn run_catalog(config: &Config, command: CatalogCommand) -> i32 {
         Err(code) => return code,
     };
     match command {
-        CatalogCommand::Rebuild => rebuild(&store, &catalog).await.unwrap_or_else(|e| {
+        CatalogCommand::Rebuild => rebuild(&store, &catalog, config).await.unwrap_or_else(|e| {
             errln!("ferry catalog rebuild: {e}");
             exit::ERROR
         }),
     }
 }
 
-/// Reads every archive in the store and catalogues the ones the catalog lacks.
-async fn rebuild(store: &Store, catalog: &Catalog) -> Result<i32, String> {
-    let objects = store.list().map_err(|e| e.to_string())?;
+/// Reads every archive in the store and catalogues the ones the catalog lacks. Encrypted archives
+/// are read through with encryption.identity.
+async fn rebuild(store: &Store, catalog: &Catalog, config: &Config) -> Result<i32, String> {
+    let objects = store.list().await.map_err(|e| e.to_string())?;
+    let identities =
+        crate::keys::identities(config).map_err(|e| format!("encryption.identity: {e}"))?;
     let (mut added, mut known, mut bad) = (0, 0, 0);
     let mut report = Vec::new();
     for object in objects {
-        let path = object.path.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            let file = std::fs::File::open(&path).map_err(|e| e.to_string())?;
-            read_archive(std::io::BufReader::new(file), &ReadOptions::default())
-                .map_err(|e| e.to_string())
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-        let verified = match read {
-            Ok(v) => v,
-            Err(e) => {
+        let name = object.archive_name().to_string();
+        let unreadable = |e: String, report: &mut Vec<serde_json::Value>| {
+            outln!("FAILED: [{}] {}: {e}", object.host, object.object);
+            report.push(
+                json!({"host": object.host, "name": name, "outcome": "unreadable", "error": e}),
+            );
+        };
+        let key = if object.sealed() {
+            let Some(ids) = &identities else {
                 bad += 1;
-                outln!("FAILED: [{}] {}: {e}", object.host, object.name);
-                report.push(json!({"host": object.host, "name": object.name, "outcome": "unreadable", "error": e}));
+                unreadable(
+                    "encrypted; set encryption.identity to read it".into(),
+                    &mut report,
+                );
+                continue;
+            };
+            match crate::keys::stored_key(store, &object.host, &name, ids).await {
+                Ok(key) => Some(key),
+                Err(e) => {
+                    let e = e.to_string();
+                    bad += 1;
+                    unreadable(e, &mut report);
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
+        let key_ids = key.as_ref().map(|k| k.recipients.clone());
+        let pass = crate::keys::pass(
+            store,
+            &object.host,
+            &object.object,
+            crate::keys::Through::Archive(key),
+            None,
+            None,
+        )
+        .await;
+        let (pass, verified) = match pass {
+            Ok(crate::keys::Pass {
+                archive: Some(Ok(v)),
+                size,
+                sha256,
+            }) => ((size, sha256), v),
+            Ok(crate::keys::Pass {
+                archive: Some(Err(e)),
+                ..
+            })
+            | Err(e) => {
+                bad += 1;
+                unreadable(e, &mut report);
                 continue;
             }
+            Ok(_) => continue,
         };
+        let (size, sha256) = pass;
         let sidecar = store
-            .sidecar_digest(&object.host, &object.name)
+            .sidecar_digest(&object.host, &object.object)
+            .await
             .map_err(|e| e.to_string())?;
         // Never restore an archive that fails `sha256sum -c`: catalogued, but marked suspect.
         let suspect = match sidecar.as_deref() {
-            Some(side) if side == verified.sha256 => None,
+            Some(side) if side == sha256 => None,
             Some(side) => Some(format!(
-                "its .sha256 sidecar says {side}, the archive hashes to {}",
-                verified.sha256
+                "its .sha256 sidecar says {side}, the archive hashes to {sha256}"
             )),
             None => Some(format!(
-                "it has no readable .sha256 sidecar; the archive hashes to {}",
-                verified.sha256
+                "it has no readable .sha256 sidecar; the archive hashes to {sha256}"
             )),
         };
         if let Some(why) = &suspect {
             outln!(
                 "[WARNING] [{}] {}: suspect: {why}",
                 object.host,
-                object.name
+                object.object
             );
         }
         let Some(metadata) = verified.metadata else {
@@ -546,20 +855,25 @@ async fn rebuild(store: &Store, catalog: &Catalog) -> Result<i32, String> {
             outln!(
                 "FAILED: [{}] {}: no metadata.json",
                 object.host,
-                object.name
+                object.object
             );
             continue;
         };
         let mut record = ArchiveRecord::described(
             &object.host,
-            &object.name,
-            verified.size,
-            &verified.sha256,
+            &name,
+            size,
+            &sha256,
             verified.codec.name(),
             metadata,
             verified.manifest.unwrap_or_default(),
         );
         record.suspect = suspect;
+        record.sealed = key_ids.map(|key_ids| crate::catalog::SealedRecord {
+            plain_size: verified.size as i64,
+            plain_sha256: verified.sha256.clone(),
+            key_ids,
+        });
         match catalog
             .insert_archive(&record)
             .await
@@ -571,28 +885,28 @@ async fn rebuild(store: &Store, catalog: &Catalog) -> Result<i32, String> {
                     "added: [{}] archive {} {}",
                     object.host,
                     record.short_id(),
-                    object.name
+                    name
                 );
                 report.push(
-                    json!({"host": object.host, "name": object.name, "id": record.short_id(),
-                                   "outcome": "added", "suspect": record.suspect}),
+                    json!({"host": object.host, "name": name, "id": record.short_id(),
+                                   "outcome": "added", "suspect": record.suspect, "encrypted": record.sealed.is_some()}),
                 );
             }
             None => {
                 known += 1;
                 if let Some(why) = &record.suspect {
                     catalog
-                        .mark_suspect(&object.host, &object.name, why)
+                        .mark_suspect(&object.host, &name, why)
                         .await
                         .map_err(|e| e.to_string())?;
                 }
-                report.push(json!({"host": object.host, "name": object.name, "id": record.short_id(), "outcome": "known", "suspect": record.suspect}));
+                report.push(json!({"host": object.host, "name": name, "id": record.short_id(), "outcome": "known", "suspect": record.suspect}));
             }
         }
     }
     outln!(
         "catalog rebuilt from {}: {added} added, {known} already catalogued, {bad} unreadable",
-        store.root().display()
+        store.describe()
     );
     let code = if bad == 0 { exit::OK } else { exit::FAILED };
     if crate::output::is_json() {

@@ -28,10 +28,17 @@ pub async fn run(
         Ok(fleet) => fleet,
         Err(code) => return code,
     };
-    let store = match Store::open(&config.store) {
+    let store = match Store::open(&config.store, &config.state_dir).await {
         Ok(store) => store,
         Err(e) => {
             errln!("ferry backup: {e}");
+            return report::exit::ERROR;
+        }
+    };
+    let recipients = match crate::keys::recipients(config) {
+        Ok(r) => r.map(|r| r.ids()),
+        Err(e) => {
+            errln!("ferry backup: encryption: {e}");
             return report::exit::ERROR;
         }
     };
@@ -64,6 +71,7 @@ pub async fn run(
         catalog: &catalog,
         run_id,
         compression,
+        recipients,
     };
     // Each host's --timeout is kept here, so a host that runs out of time is recorded like any
     // other failure; the fan-out's own limit is only a backstop.
@@ -129,6 +137,8 @@ pub(crate) struct Ctx<'a> {
     pub catalog: &'a Catalog,
     pub run_id: i64,
     pub compression: Compression,
+    /// The operator's public keys when archives are to be encrypted.
+    pub recipients: Option<Vec<String>>,
 }
 
 /// A failed backup: where and why.
@@ -174,7 +184,7 @@ impl<'a> Ctx<'a> {
         let operation_id = format!("backup-{}-{}", self.run_id, sanitize(&target.name));
         let result = self.receive(target, &conn, &operation_id, bar, clock).await;
         match result {
-            Ok((mut record, committed_path)) => {
+            Ok((mut record, location)) => {
                 let mut note = String::new();
                 let id = match self.catalog.insert_archive(&record).await {
                     Ok(Some(id)) => Some(id),
@@ -209,7 +219,8 @@ impl<'a> Ctx<'a> {
                         clock.elapsed().as_secs_f64()
                     ),
                     data: json!({
-                        "archive_id": record.short_id(), "catalog_number": id, "name": record.name, "path": committed_path,
+                        "archive_id": record.short_id(), "catalog_number": id, "name": record.name, "path": location,
+                        "encrypted": record.sealed.is_some(), "plain_sha256": record.sealed.as_ref().map(|s| &s.plain_sha256),
                         "size": record.size, "sha256": record.sha256,
                         "flightctl_version": record.flightctl_version,
                         "database_included": record.database_included,
@@ -231,14 +242,20 @@ impl<'a> Ctx<'a> {
         operation_id: &str,
         bar: &HostProgress,
         clock: Instant,
-    ) -> Result<(ArchiveRecord, std::path::PathBuf), Failure> {
+    ) -> Result<(ArchiveRecord, String), Failure> {
+        let not_before_unix = self
+            .store
+            .next_free_second(&target.agent_name)
+            .await
+            .map_err(store_failure)?;
         let request = BackupRequest {
             operation_id: operation_id.to_string(),
             compression: match self.compression {
                 Compression::Gzip => pb::Compression::Gzip,
                 Compression::Zstd => pb::Compression::Zstd,
             } as i32,
-            not_before_unix: self.store.next_free_second(&target.agent_name),
+            not_before_unix,
+            recipients: self.recipients.clone().unwrap_or_default(),
         };
         bar.update("preflight", 0);
         let mut stream = conn
@@ -249,6 +266,7 @@ impl<'a> Ctx<'a> {
             .map_err(|status| status_failure(&status, "preflight"))?
             .into_inner();
         let mut incoming = None;
+        let mut announced = None;
         let trailer = loop {
             let message = stream.message().await.map_err(|status| {
                 let mut failure = status_failure(&status, &bar.phase());
@@ -279,38 +297,66 @@ impl<'a> Ctx<'a> {
                     }
                     bar.update(&p.phase, p.bytes)
                 }
+                Event::ArchiveName(name) => {
+                    // Filed under the name the agent's certificate proved, not the inventory's.
+                    let object = self.object_name(&name);
+                    incoming = Some(
+                        self.store
+                            .begin(&target.agent_name, &object)
+                            .await
+                            .map_err(store_failure)?,
+                    );
+                    announced = Some(name);
+                }
                 Event::Data(chunk) => {
-                    if incoming.is_none() {
-                        // The name is only known from the trailer; receive under a provisional one.
-                        // Filed under the name the agent's certificate proved, not the inventory's.
-                        incoming = Some(
-                            self.store
-                                .begin(&target.agent_name)
-                                .map_err(store_failure)?,
-                        );
-                    }
-                    if let Some(object) = incoming.as_mut() {
-                        object.write_chunk(&chunk).map_err(store_failure)?;
-                        bar.update("transfer", object.size());
-                    }
+                    let Some(object) = incoming.as_mut() else {
+                        return Err(Failure {
+                            phase: "transfer".into(),
+                            cause: "the agent sent data before naming the archive (an agent older than this controller?)".into(),
+                        });
+                    };
+                    object.write_chunk(&chunk).await.map_err(store_failure)?;
+                    bar.update("transfer", object.size());
                 }
                 Event::Trailer(t) => break t,
             }
         };
         bar.update("commit", trailer.size);
-        let object = match incoming {
-            Some(object) => object,
-            None => self
-                .store
-                .begin(&target.agent_name)
-                .map_err(store_failure)?,
+        let verify = |cause: String| Failure {
+            phase: "verify".into(),
+            cause,
         };
+        let Some(object) = incoming else {
+            return Err(verify(
+                "the agent sent a trailer but never named the archive".into(),
+            ));
+        };
+        if announced.as_deref() != Some(trailer.archive_name.as_str()) {
+            return Err(verify(format!(
+                "the agent announced {:?} but its trailer names {:?}; nothing was stored",
+                announced.unwrap_or_default(),
+                trailer.archive_name
+            )));
+        }
+        // An archive leaves encrypted exactly when we asked for it.
+        let sealed = match (&trailer.sealed, &self.recipients) {
+            (Some(s), Some(_)) => Some(s),
+            (None, None) => None,
+            (Some(_), None) => return Err(verify("the agent encrypted an archive ferry did not ask to encrypt".into())),
+            (None, Some(_)) => return Err(verify("the agent sent an unencrypted archive although encryption is on (an agent older than this controller?); nothing was stored".into())),
+        };
+        let extras: Vec<(String, Vec<u8>)> = sealed
+            .map(|s| {
+                vec![(
+                    ferry_proto::archive::key_object_name(&trailer.archive_name),
+                    s.wrapped_key.to_vec(),
+                )]
+            })
+            .unwrap_or_default();
         let committed = object
-            .commit(&trailer.archive_name, trailer.size, &trailer.sha256)
-            .map_err(|e| Failure {
-                phase: "verify".into(),
-                cause: e.to_string(),
-            })?;
+            .commit(trailer.size, &trailer.sha256, &extras)
+            .await
+            .map_err(|e| verify(e.to_string()))?;
         let metadata: Metadata =
             serde_json::from_str(&trailer.metadata_json).map_err(|e| Failure {
                 phase: "verify".into(),
@@ -333,7 +379,20 @@ impl<'a> Ctx<'a> {
         record.duration_ms = Some(clock.elapsed().as_millis() as i64);
         record.run_id = Some(self.run_id);
         record.warnings = json!(trailer.warnings);
-        Ok((record, committed.path))
+        record.sealed = sealed.map(|s| crate::catalog::SealedRecord {
+            plain_size: s.plain_size as i64,
+            plain_sha256: s.plain_sha256.clone(),
+            key_ids: s.recipients.clone(),
+        });
+        Ok((record, committed.location))
+    }
+
+    /// The store object for an archive: `.age` added when it is encrypted.
+    fn object_name(&self, archive: &str) -> String {
+        match self.recipients {
+            Some(_) => format!("{archive}{}", ferry_proto::archive::SEALED_SUFFIX),
+            None => archive.to_string(),
+        }
     }
 
     async fn unreachable(

@@ -6,6 +6,7 @@ pub(crate) mod backup;
 mod certs;
 mod facts;
 mod fleet;
+mod keys;
 mod lifecycle;
 mod ping;
 mod restore;
@@ -95,6 +96,7 @@ async fn command(config: &Config, cli: Cli) -> i32 {
         Command::Audit(command) => audit::audit(&config, command).await,
         Command::Archives(command) => archives::run(&config, &cli.global, command).await,
         Command::Catalog(command) => archives::run_catalog(&config, command).await,
+        Command::Keys(command) => keys::run(&config, command).await,
         Command::Certs(command) => certs::run(&config, command).await,
         Command::Inventory(args) => fleet::show_inventory(&config, &cli.global, &args),
         Command::Status { pattern } => status::run(&config, &cli.global, pattern.as_deref()).await,

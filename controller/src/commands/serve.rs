@@ -31,7 +31,9 @@ pub async fn run(path: PathBuf, explicit: bool, global: &GlobalArgs, args: Serve
         explicit,
         &global.inventory,
         global.catalog.as_deref(),
-    ) {
+    )
+    .await
+    {
         Ok(loaded) => loaded,
         Err(errors) => {
             for e in errors {

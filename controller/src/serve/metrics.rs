@@ -240,7 +240,7 @@ async fn render(service: &Service) -> Result<String, String> {
             .with_label_values(&[host.as_str(), phase.as_str()])
             .inc_by(*n as u64);
     }
-    let store = settings.config.store.display().to_string();
+    let store = settings.config.store.describe();
     int_gauge(
         &registry,
         "ferry_store_archives",

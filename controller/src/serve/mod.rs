@@ -42,7 +42,7 @@ pub struct Settings {
 impl Settings {
     /// Reads the configuration and inventory and plans every schedule; every reason it cannot run
     /// comes back at once, each naming its file and line. Also returns the warnings.
-    pub fn load(
+    pub async fn load(
         path: &Path,
         explicit: bool,
         inventory: &[PathBuf],
@@ -82,7 +82,9 @@ impl Settings {
         }
         let tls = ferry_certs::tls::client_config(&config.tls)
             .map_err(|e| vec![format!("operator certificate: {e}")]);
-        let store = Store::open(&config.store).map_err(|e| vec![e.to_string()]);
+        let store = Store::open(&config.store, &config.state_dir)
+            .await
+            .map_err(|e| vec![e.to_string()]);
         let (tls, store) = match (tls, store) {
             (Ok(tls), Ok(store)) if errors.is_empty() => (tls, store),
             (tls, store) => {
@@ -270,7 +272,7 @@ impl Service {
             tokio::select! {
                 _ = term.recv() => break "SIGTERM",
                 _ = int.recv() => break "SIGINT",
-                _ = hup.recv() => self.reload(),
+                _ = hup.recv() => self.reload().await,
                 _ = beat.tick() => self.heartbeat().await,
                 _ = tick.tick() => self.tick().await,
             }
@@ -283,13 +285,15 @@ impl Service {
     }
 
     /// SIGHUP: a new configuration and inventory, or the old ones kept with the reason logged.
-    fn reload(&self) {
+    async fn reload(&self) {
         match Settings::load(
             &self.path,
             self.explicit,
             &self.inventory,
             self.catalog_url.as_deref(),
-        ) {
+        )
+        .await
+        {
             Ok((settings, warnings)) => {
                 for w in warnings {
                     tracing::warn!("{w}");

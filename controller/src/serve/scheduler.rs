@@ -207,6 +207,11 @@ impl Service {
             catalog,
             run_id,
             compression,
+            // Checked when the configuration was loaded.
+            recipients: crate::keys::recipients(&settings.config)
+                .ok()
+                .flatten()
+                .map(|r| r.ids()),
         };
         let progress = crate::progress::Progress::new(crate::report::Format::Json);
         let bar = progress.host(&target.name);

@@ -12,14 +12,19 @@ mod manifest;
 mod metadata;
 mod names;
 mod reader;
+mod seal;
 mod writer;
 
 pub use compress::{Codec, CompressedSpool, ParallelCompressor};
 pub use config::base_domain;
 pub use manifest::{Entry, EntryKind, MANIFEST_NAME, Manifest};
 pub use metadata::{METADATA_NAME, Metadata};
-pub use names::{archive_name, archive_time, parse_archive_timestamp, parse_sidecar, sidecar_line};
+pub use names::{
+    SEALED_SUFFIX, archive_name, archive_time, key_object_name, parse_archive_timestamp,
+    parse_sidecar, sidecar_line,
+};
 pub use reader::{ArchiveError, ReadOptions, Verified, read_archive};
+pub use seal::{DataKey, Identities, Recipients, SealError};
 pub use writer::ArchiveWriter;
 
 /// Hex of a SHA-256 digest.

@@ -14,6 +14,14 @@ pub fn archive_name(t: time::OffsetDateTime, extension: &str) -> String {
     )
 }
 
+/// What a sealed (encrypted) archive's body adds to its name in the store: `NAME.age`.
+pub const SEALED_SUFFIX: &str = ".age";
+
+/// The store object holding a sealed archive's key: `NAME.key.age`.
+pub fn key_object_name(archive_name: &str) -> String {
+    format!("{archive_name}.key.age")
+}
+
 /// The timestamp in an archive name, as `YYYYMMDDTHHMMSSZ`.
 pub fn parse_archive_timestamp(name: &str) -> Option<&str> {
     let rest = name.strip_prefix("flightctl-backup-")?;

@@ -22,7 +22,12 @@ pub use dump::CopyRowCounter;
 /// What the backup reports as it goes.
 #[derive(Debug)]
 pub enum Event {
-    Progress { phase: &'static str, bytes: u64 },
+    Progress {
+        phase: &'static str,
+        bytes: u64,
+    },
+    /// The archive's name, before its first byte.
+    Started(String),
     Data(Bytes),
     Done(Trailer),
 }
@@ -36,6 +41,16 @@ pub struct Trailer {
     pub metadata_json: String,
     pub manifest_json: String,
     pub warnings: Vec<String>,
+    pub sealed: Option<Sealed>,
+}
+
+/// An encrypted archive's plaintext size and digest, and its key wrapped for the recipients.
+#[derive(Debug, Clone)]
+pub struct Sealed {
+    pub plain_size: u64,
+    pub plain_sha256: String,
+    pub wrapped_key: Vec<u8>,
+    pub recipients: Vec<String>,
 }
 
 /// A failed backup: the phase it failed in and why.
@@ -60,6 +75,8 @@ pub struct BackupJob {
     pub facts: Facts,
     /// The archive's timestamp is at least this (the controller's next free second).
     pub not_before: time::OffsetDateTime,
+    /// The operator's public keys: set, the archive leaves the host encrypted.
+    pub recipients: Option<ferry_proto::archive::Recipients>,
 }
 
 impl BackupJob {
@@ -131,6 +148,7 @@ impl BackupJob {
         };
         let archive_name = ferry_proto::archive::archive_name(started, self.codec.extension());
         let spool = scratch.join("dump.spool");
+        let _ = events.send(Event::Started(archive_name.clone())).await;
         tokio::task::spawn_blocking(move || {
             let dump = match &password {
                 Some(password) => {
@@ -160,16 +178,17 @@ impl BackupJob {
                 pam.as_deref(),
                 dump,
                 warnings.clone(),
-                started,
+                (started, &archive_name),
             );
-            let (size, sha256, manifest_json) = written?;
+            let (sent, manifest_json) = written?;
             let trailer = Trailer {
                 archive_name,
-                size,
-                sha256,
+                size: sent.size,
+                sha256: sent.sha256,
                 metadata_json: metadata.to_json(),
                 manifest_json,
                 warnings,
+                sealed: sent.sealed,
             };
             events
                 .blocking_send(Event::Done(trailer))
@@ -225,7 +244,7 @@ impl BackupJob {
     }
 }
 
-/// Streams the archive; returns (size, sha256, manifest JSON). Aborts the dump on any failure.
+/// Streams the archive; returns what was sent and the manifest JSON. Aborts the dump on any failure.
 fn write_archive(
     job: &BackupJob,
     events: &Sender<Event>,
@@ -233,8 +252,8 @@ fn write_archive(
     pam: Option<&std::path::Path>,
     dump: Option<dump::DumpJob>,
     warnings: Vec<String>,
-    started: time::OffsetDateTime,
-) -> Result<(u64, String, String), BackupError> {
+    (started, archive_name): (time::OffsetDateTime, &str),
+) -> Result<(stream::Sent, String), BackupError> {
     let mut dump = dump;
     let result = (|| {
         let _ = events.blocking_send(Event::Progress {
@@ -243,9 +262,14 @@ fn write_archive(
         });
         let files = fail("files");
         let mtime = started.unix_timestamp().max(0) as u64;
-        let mut w =
-            ArchiveWriter::new(stream::ChannelWriter::new(events.clone()), job.codec, mtime);
         let io = |e: std::io::Error| fail("stream")(e.to_string());
+        let sink = stream::Sink::new(
+            events.clone(),
+            job.recipients.as_ref(),
+            format!("{}/{archive_name}", job.host_name),
+        )
+        .map_err(|e| fail("encrypt")(e.to_string()))?;
+        let mut w = ArchiveWriter::new(sink, job.codec, mtime);
         w.bytes(METADATA_NAME, 0o600, metadata.to_json().as_bytes())
             .map_err(io)?;
         let etc = job.host.path("/etc/flightctl");
@@ -307,8 +331,8 @@ fn write_archive(
         let manifest_json = serde_json::to_string_pretty(&manifest).unwrap_or_default();
         w.bytes(MANIFEST_NAME, 0o600, manifest_json.as_bytes())
             .map_err(io)?;
-        let (size, sha256) = w.finish().map_err(io)?.finish().map_err(io)?;
-        Ok((size, sha256, manifest_json))
+        let sent = w.finish().map_err(io)?.finish().map_err(io)?;
+        Ok((sent, manifest_json))
     })();
     if let Some(job) = dump {
         job.abort();

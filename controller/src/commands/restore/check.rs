@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use ferry_proto::archive::{ReadOptions, Verified, read_archive};
+use ferry_proto::archive::Verified;
 use ferry_proto::restore::DatabaseAccess;
 use ferry_proto::v1::{self as pb, Component, Step};
 use serde_json::{Value, json};
@@ -95,9 +95,13 @@ pub async fn run(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
             unfinished.summary
         ));
     }
-    let read = match Store::open(&config.store) {
-        Ok(store) => read_stored(&store, &archive).await,
-        Err(e) => Err(e.to_string()),
+    let read = match (
+        Store::open(&config.store, &config.state_dir).await,
+        crate::keys::identities(config),
+    ) {
+        (Ok(store), Ok(ids)) => read_stored(&store, &archive, ids.as_ref()).await,
+        (Err(e), _) => Err(e.to_string()),
+        (_, Err(e)) => Err(format!("encryption.identity: {e}")),
     };
     let mut digest = "sha256 matches the catalog and the sidecar";
     let mut sidecar_disagrees = false;
@@ -191,57 +195,68 @@ pub async fn run(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
     play.succeed(Ending::Checked, "unchanged").await
 }
 
-/// Reads the stored archive once: digest, every entry, metadata, manifest; and its sidecar. Returns
+/// Reads the stored archive once: digest, every entry, metadata, manifest; and its sidecar. An
+/// encrypted archive is decrypted and authenticated on the way (nothing is written anywhere). Returns
 /// why the archive is not to be trusted as it is (its sidecar disagrees), if so.
-async fn read_stored(
+pub(super) async fn read_stored(
     store: &Store,
     archive: &ArchiveRecord,
+    identities: Option<&ferry_proto::archive::Identities>,
 ) -> Result<(Verified, Option<String>), String> {
-    let path = store.path(&archive.host, &archive.name);
-    let file = std::fs::File::open(&path).map_err(|e| {
+    let object = archive.object();
+    let location = store.location(&archive.host, &object);
+    let (through, expected) = match &archive.sealed {
+        Some(sealed) => (
+            crate::keys::Through::Archive(Some(
+                crate::keys::data_key(store, archive, identities, &sealed.key_ids).await?,
+            )),
+            sealed.plain_sha256.clone(),
+        ),
+        None => (crate::keys::Through::Archive(None), archive.sha256.clone()),
+    };
+    let pass = crate::keys::pass(
+        store,
+        &archive.host,
+        &object,
+        through,
+        Some(expected),
+        Some(identity_file),
+    )
+    .await
+    .map_err(|e| {
         format!(
-            "archive {} is catalogued but cannot be read from the store ({}: {e})",
-            archive.short_id(),
-            path.display()
+            "archive {} is catalogued but cannot be read from the store ({e})",
+            archive.short_id()
         )
     })?;
-    let expected = archive.sha256.clone();
-    let verified = tokio::task::spawn_blocking(move || {
-        read_archive(
-            std::io::BufReader::new(file),
-            &ReadOptions {
-                expected_sha256: Some(&expected),
-                keep: Some(identity_file),
-                ..Default::default()
-            },
-        )
-    })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| format!("the stored archive {}: {e}", path.display()))?;
-    if verified.size != archive.size as u64 {
+    let verified = pass
+        .archive
+        .unwrap_or_else(|| Err("not read".into()))
+        .map_err(|e| format!("the stored archive {location}: {e}"))?;
+    if pass.size != archive.size as u64 || pass.sha256 != archive.sha256 {
         return Err(format!(
-            "the stored archive is {} bytes, the catalog says {}",
-            verified.size, archive.size
+            "the stored archive {location} is {} bytes sha256 {}, the catalog says {} bytes sha256 {}",
+            pass.size, pass.sha256, archive.size, archive.sha256
         ));
     }
     match store
-        .sidecar_digest(&archive.host, &archive.name)
+        .sidecar_digest(&archive.host, &object)
+        .await
         .map_err(|e| e.to_string())?
     {
-        Some(side) if side == verified.sha256 => {
+        Some(side) if side == pass.sha256 => {
             let suspect = archive.suspect.clone();
             Ok((verified, suspect))
         }
         Some(side) => {
             let why = format!(
                 "the .sha256 sidecar says {side}, the archive hashes to {}",
-                verified.sha256
+                pass.sha256
             );
             Ok((verified, Some(why)))
         }
         None => {
-            let why = format!("the .sha256 sidecar of {} is missing", path.display());
+            let why = format!("the .sha256 sidecar of {location} is missing");
             Ok((verified, Some(why)))
         }
     }

@@ -178,39 +178,63 @@ async fn restore(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
     if !problems.is_empty() {
         return play.refuse("preflight", &problems.join("; "), "").await;
     }
-    let store = match Store::open(&config.store) {
+    let store = match Store::open(&config.store, &config.state_dir).await {
         Ok(s) => s,
         Err(e) => return play.refuse("preflight", &e.to_string(), "").await,
     };
-    let stored = store.path(&archive.host, &archive.name);
-    match std::fs::metadata(&stored) {
-        Ok(m) if m.len() == archive.size as u64 => {}
-        Ok(m) => {
+    let object = archive.object();
+    let stored = store.location(&archive.host, &object);
+    match store.size(&archive.host, &object).await {
+        Ok(Some(size)) if size == archive.size as u64 => {}
+        Ok(Some(size)) => {
             return play
                 .refuse(
                     "preflight",
                     &format!(
-                        "{} is {} bytes in the store, the catalog says {}",
-                        stored.display(),
-                        m.len(),
+                        "{stored} is {size} bytes in the store, the catalog says {}",
                         archive.size
                     ),
                     &format!("`ferry archives verify {}`", archive.short_id()),
                 )
                 .await;
         }
-        Err(e) => {
+        Ok(None) => {
             return play
                 .refuse(
                     "preflight",
-                    &format!("{}: {e}", stored.display()),
+                    &format!("{stored} is missing from the store"),
                     "`ferry catalog rebuild`, or pick another archive from `ferry archives list`",
                 )
                 .await;
         }
+        Err(e) => return play.refuse("preflight", &e.to_string(), "").await,
+    }
+    // An encrypted archive is decrypted and authenticated whole here, before a byte reaches the
+    // host: a tampered chunk anywhere stops the restore now, not halfway through staging.
+    let identities = match crate::keys::identities(config) {
+        Ok(ids) => ids,
+        Err(e) => {
+            return play
+                .refuse("preflight", &format!("encryption.identity: {e}"), "")
+                .await;
+        }
+    };
+    if archive.sealed.is_some()
+        && let Err(e) = check::read_stored(&store, &archive, identities.as_ref()).await
+    {
+        return play
+            .refuse(
+                "preflight",
+                &e,
+                &format!(
+                    "`ferry archives verify {}`, or pick another archive from `ferry archives list`",
+                    archive.short_id()
+                ),
+            )
+            .await;
     }
     // The documented rule: never restore an archive whose .sha256 disagrees with it.
-    let distrust = match store.sidecar_digest(&archive.host, &archive.name) {
+    let distrust = match store.sidecar_digest(&archive.host, &object).await {
         Ok(Some(side)) if side == archive.sha256 => archive.suspect.as_ref().map(|why| {
             format!(
                 "archive {} is marked suspect ({why}); its sidecar agrees now: `ferry archives verify {}` lifts the mark",
@@ -287,7 +311,16 @@ async fn restore(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
         OffsetDateTime::now_utc().unix_timestamp()
     );
     let staged_at = OffsetDateTime::now_utc();
-    if let Err(e) = stage(conn, &store, &archive, &restore_id, args).await {
+    if let Err(e) = stage(
+        conn,
+        &store,
+        &archive,
+        identities.as_ref(),
+        &restore_id,
+        args,
+    )
+    .await
+    {
         return play
             .refuse(
                 "stage",
@@ -595,20 +628,26 @@ fn database_access(facts: &pb::FactsReply) -> DatabaseAccess {
     }
 }
 
+/// Streams the upstream archive (decrypted on the way, in memory, when encrypted) to the host.
 async fn stage(
     conn: &AgentConn,
     store: &Store,
     archive: &ArchiveRecord,
+    identities: Option<&ferry_proto::archive::Identities>,
     restore_id: &str,
     args: &RestoreArgs,
 ) -> Result<(), String> {
-    let path = store.path(&archive.host, &archive.name);
-    let mut file = std::fs::File::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let location = store.location(&archive.host, &archive.object());
+    let opened = crate::keys::open(store, archive, identities).await?;
+    let (expected_sha256, expected_size) = match &archive.sealed {
+        Some(s) => (s.plain_sha256.clone(), s.plain_size as u64),
+        None => (archive.sha256.clone(), archive.size as u64),
+    };
     let (tx, rx) = tokio::sync::mpsc::channel::<StageChunk>(8);
     let first = StageChunk {
         restore_id: restore_id.to_string(),
-        expected_sha256: archive.sha256.clone(),
-        expected_size: archive.size as u64,
+        expected_sha256: expected_sha256.clone(),
+        expected_size,
         keep_old_db: args.keep_old_db,
         // Only what the operator named: the agent holds a named component to be in the archive.
         components: if args.db_only || !args.only.is_empty() {
@@ -623,6 +662,7 @@ async fn stage(
         if tx.blocking_send(first).is_err() {
             return Ok(());
         }
+        let mut file = opened.plaintext().map_err(std::io::Error::other)?;
         let mut buf = vec![0u8; 1 << 20];
         loop {
             let n = file.read(&mut buf)?;
@@ -646,7 +686,7 @@ async fn stage(
     reader
         .await
         .map_err(|e| e.to_string())?
-        .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        .map_err(|e| format!("reading {location}: {e}"))?;
     let reply = reply.map_err(|status| match step_failure(&status) {
         Some(failure) if failure.next.is_empty() => failure.cause,
         Some(failure) => format!(
@@ -657,10 +697,10 @@ async fn stage(
         None => status.message().to_string(),
     })?;
     let reply = reply.into_inner();
-    if reply.sha256 != archive.sha256 {
+    if reply.sha256 != expected_sha256 {
         return Err(format!(
-            "the host received sha256 {}, the catalog says {}",
-            reply.sha256, archive.sha256
+            "the host received sha256 {}, the catalog says {expected_sha256}",
+            reply.sha256
         ));
     }
     Ok(())

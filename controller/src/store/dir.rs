@@ -1,6 +1,6 @@
-//! The archive store: a local directory, `<host>/flightctl-backup-<ts>.tar.gz` plus a `.sha256`
-//! sidecar, owner-only. Objects are written under a temporary name and renamed only once their size and
-//! digest match what the agent announced; anything unfinished is removed.
+//! The directory store: `<host>/<object>` plus a `.sha256` sidecar, owner-only. Objects are written
+//! under a temporary name and renamed only once their size and digest match what the agent announced;
+//! anything unfinished is removed.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
@@ -10,29 +10,9 @@ use std::path::{Path, PathBuf};
 use ferry_proto::archive::{hex, parse_sidecar, sidecar_line};
 use sha2::{Digest, Sha256};
 
-/// Why the store could not take or give an archive.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("store is full at {path}: {source}; free space or point `store:` elsewhere")]
-    Full { path: PathBuf, source: io::Error },
-    #[error("store {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
-    #[error(
-        "received {actual_size} bytes sha256 {actual_sha}, but the agent announced {expected_size} bytes sha256 {expected_sha}"
-    )]
-    Mismatch {
-        expected_size: u64,
-        expected_sha: String,
-        actual_size: u64,
-        actual_sha: String,
-    },
-    #[error("{0} already exists in the store; refusing to overwrite it")]
-    Exists(PathBuf),
-    #[error("{0:?} is not a safe name for a store object")]
-    BadName(String),
-}
+use super::{StoreError, StoredObject, check_name, is_archive_object};
 
-fn io_error(path: &Path, source: io::Error) -> StoreError {
+pub(super) fn io_error(path: &Path, source: io::Error) -> StoreError {
     if source.kind() == io::ErrorKind::StorageFull || source.kind() == io::ErrorKind::QuotaExceeded
     {
         StoreError::Full {
@@ -47,27 +27,18 @@ fn io_error(path: &Path, source: io::Error) -> StoreError {
     }
 }
 
-/// One archive in the store.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredObject {
-    pub host: String,
-    pub name: String,
-    pub path: PathBuf,
-    pub size: u64,
-}
-
 /// A local-directory store.
 #[derive(Debug, Clone)]
-pub struct Store {
+pub struct DirStore {
     root: PathBuf,
 }
 
-impl Store {
+impl DirStore {
     /// Opens (creating, mode 0700) the store at `root`, and removes the partial objects of
     /// controllers that died mid-transfer.
-    pub fn open(root: &Path) -> Result<Store, StoreError> {
+    pub fn open(root: &Path) -> Result<DirStore, StoreError> {
         make_dir(root)?;
-        let store = Store {
+        let store = DirStore {
             root: root.to_path_buf(),
         };
         store.remove_stale();
@@ -116,10 +87,14 @@ impl Store {
         self.root.join(host).join(format!("{name}.sha256"))
     }
 
-    /// Starts receiving an archive for `host`; its name is given at [`Incoming::commit`].
-    pub fn begin(&self, host: &str) -> Result<Incoming, StoreError> {
+    /// Starts receiving `object` for `host`.
+    pub fn begin(&self, host: &str, object: &str) -> Result<Incoming, StoreError> {
         check_name(host)?;
+        check_name(object)?;
         let dir = self.root.join(host);
+        if dir.join(object).exists() {
+            return Err(StoreError::Exists(dir.join(object).display().to_string()));
+        }
         make_dir(&dir)?;
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -135,6 +110,7 @@ impl Store {
             file: Some(BufWriter::with_capacity(1 << 20, file)),
             temp,
             dir,
+            name: object.to_string(),
             hasher: Sha256::new(),
             size: 0,
         })
@@ -152,39 +128,33 @@ impl Store {
             let entries = std::fs::read_dir(host.path()).map_err(|e| io_error(&host.path(), e))?;
             for entry in entries.filter_map(Result::ok) {
                 let name = entry.file_name().to_string_lossy().into_owned();
-                if name.starts_with('.')
-                    || !(name.ends_with(".tar.gz") || name.ends_with(".tar.zst"))
-                {
+                if !is_archive_object(&name) {
                     continue;
                 }
                 let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
                 objects.push(StoredObject {
                     host: host_name.clone(),
-                    name,
-                    path: entry.path(),
+                    object: name,
                     size,
                 });
             }
         }
-        objects.sort_by(|a, b| (&a.host, &a.name).cmp(&(&b.host, &b.name)));
         Ok(objects)
     }
 
-    /// The second after `host`'s newest stored archive: the earliest timestamp a new archive of it
-    /// may carry without colliding (Unix seconds; 0 when it has none).
-    pub fn next_free_second(&self, host: &str) -> i64 {
-        let newest = std::fs::read_dir(self.root.join(host))
+    /// Names of every object under `host` (archives, sidecars, keys).
+    pub fn names(&self, host: &str) -> Vec<String> {
+        std::fs::read_dir(self.root.join(host))
             .into_iter()
             .flatten()
             .flatten()
-            .filter_map(|e| ferry_proto::archive::archive_time(&e.file_name().to_string_lossy()))
-            .max();
-        newest.map_or(0, |t| t.unix_timestamp() + 1)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
     }
 
-    /// Removes an archive and then its sidecar; one already gone is not an error.
-    pub fn delete(&self, host: &str, name: &str) -> Result<(), StoreError> {
-        for path in [self.path(host, name), self.sidecar_path(host, name)] {
+    /// Removes objects; one already gone is not an error.
+    pub fn delete(&self, host: &str, names: &[String]) -> Result<(), StoreError> {
+        for path in names.iter().map(|n| self.path(host, n)) {
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -196,9 +166,43 @@ impl Store {
 
     /// The digest recorded in an archive's sidecar.
     pub fn sidecar_digest(&self, host: &str, name: &str) -> Result<Option<String>, StoreError> {
-        let path = self.sidecar_path(host, name);
-        match std::fs::read_to_string(&path) {
-            Ok(text) => Ok(parse_sidecar(&text)),
+        Ok(self
+            .get_small(host, &format!("{name}.sha256"))?
+            .and_then(|bytes| parse_sidecar(&String::from_utf8_lossy(&bytes))))
+    }
+
+    pub fn get_small(&self, host: &str, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.path(host, name);
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_error(&path, e)),
+        }
+    }
+
+    /// Replaces a small object atomically (a temporary file renamed over it), owner-only.
+    pub fn put_small(&self, host: &str, name: &str, data: &[u8]) -> Result<(), StoreError> {
+        check_name(host)?;
+        check_name(name)?;
+        let dir = self.root.join(host);
+        make_dir(&dir)?;
+        let temp = dir.join(format!(".{name}.part-{}", std::process::id()));
+        if let Err(e) = write_small(&temp, data) {
+            let _ = std::fs::remove_file(&temp);
+            return Err(e);
+        }
+        let path = dir.join(name);
+        std::fs::rename(&temp, &path).map_err(|e| io_error(&path, e))?;
+        if let Ok(d) = File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
+    pub fn size(&self, host: &str, name: &str) -> Result<Option<u64>, StoreError> {
+        let path = self.path(host, name);
+        match std::fs::metadata(&path) {
+            Ok(m) => Ok(Some(m.len())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_error(&path, e)),
         }
@@ -210,16 +214,9 @@ pub struct Incoming {
     file: Option<BufWriter<File>>,
     temp: PathBuf,
     dir: PathBuf,
+    name: String,
     hasher: Sha256,
     size: u64,
-}
-
-/// A committed archive.
-#[derive(Debug, Clone)]
-pub struct Committed {
-    pub path: PathBuf,
-    pub size: u64,
-    pub sha256: String,
 }
 
 impl Incoming {
@@ -237,15 +234,16 @@ impl Incoming {
         self.size
     }
 
-    /// Makes the object durable and visible as `name`, with its sidecar, if it is exactly what was
-    /// announced.
+    /// Makes the object durable and visible, after `extras` (small objects beside it) and before
+    /// its sidecar, if it is exactly what was announced.
     pub fn commit(
         mut self,
-        name: &str,
         expected_size: u64,
         expected_sha: &str,
-    ) -> Result<Committed, StoreError> {
-        check_name(name)?;
+        extras: &[(String, Vec<u8>)],
+    ) -> Result<super::Committed, StoreError> {
+        let name = self.name.clone();
+        let name = name.as_str();
         let path = self.dir.join(name);
         let sha256 = hex(&self.hasher.clone().finalize());
         if self.size != expected_size || !sha256.eq_ignore_ascii_case(expected_sha) {
@@ -274,7 +272,21 @@ impl Incoming {
         }
         if path.exists() {
             let _ = std::fs::remove_file(&sidecar_temp);
-            return Err(StoreError::Exists(path));
+            return Err(StoreError::Exists(path.display().to_string()));
+        }
+        let host = self
+            .dir
+            .file_name()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let root = DirStore {
+            root: self.dir.parent().map(Path::to_path_buf).unwrap_or_default(),
+        };
+        for (extra, data) in extras {
+            if let Err(e) = root.put_small(&host, extra, data) {
+                let _ = std::fs::remove_file(&sidecar_temp);
+                return Err(e);
+            }
         }
         std::fs::rename(&self.temp, &path).map_err(|e| io_error(&path, e))?;
         if let Err(e) = std::fs::rename(&sidecar_temp, &sidecar) {
@@ -285,8 +297,8 @@ impl Incoming {
         if let Ok(d) = File::open(&self.dir) {
             let _ = d.sync_all();
         }
-        Ok(Committed {
-            path,
+        Ok(super::Committed {
+            location: path.display().to_string(),
             size: self.size,
             sha256,
         })
@@ -298,13 +310,6 @@ impl Drop for Incoming {
         self.file.take();
         let _ = std::fs::remove_file(&self.temp);
     }
-}
-
-fn check_name(part: &str) -> Result<(), StoreError> {
-    if part.is_empty() || part.starts_with('.') || part.contains('/') || part.contains('\0') {
-        return Err(StoreError::BadName(part.to_string()));
-    }
-    Ok(())
 }
 
 fn make_dir(dir: &Path) -> Result<(), StoreError> {
@@ -335,9 +340,9 @@ mod tests {
     #[test]
     fn commit_is_atomic_owner_only_and_checked() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("store")).unwrap();
+        let store = DirStore::open(&dir.path().join("store")).unwrap();
         let name = "flightctl-backup-20260101T000000Z.tar.gz";
-        let mut incoming = store.begin("cp01").unwrap();
+        let mut incoming = store.begin("cp01", name).unwrap();
         incoming.write_chunk(b"hello ").unwrap();
         incoming.write_chunk(b"world").unwrap();
         assert!(
@@ -345,36 +350,46 @@ mod tests {
             "nothing visible before commit"
         );
         let sha = hex(&Sha256::digest(b"hello world"));
-        let done = incoming.commit(name, 11, &sha).unwrap();
-        assert_eq!(std::fs::read(&done.path).unwrap(), b"hello world");
-        let mode = std::fs::metadata(&done.path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600);
+        let key = (format!("{name}.key.age"), b"key".to_vec());
+        let done = incoming.commit(11, &sha, &[key]).unwrap();
+        assert_eq!(std::fs::read(&done.location).unwrap(), b"hello world");
+        for file in [
+            name.to_string(),
+            format!("{name}.sha256"),
+            format!("{name}.key.age"),
+        ] {
+            let mode = std::fs::metadata(store.path("cp01", &file))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777;
+            assert_eq!(mode, 0o600, "{file}");
+        }
         let sidecar = store.sidecar_digest("cp01", name).unwrap();
         assert_eq!(sidecar.as_deref(), Some(sha.as_str()));
         assert_eq!(store.list().unwrap().len(), 1);
-        let mut again = store.begin("cp01").unwrap();
-        again.write_chunk(b"hello world").unwrap();
         assert!(matches!(
-            again.commit(name, 11, &sha),
+            store.begin("cp01", name),
             Err(StoreError::Exists(_))
         ));
 
-        let mut bad = store.begin("cp01").unwrap();
+        let mut bad = store
+            .begin("cp01", "flightctl-backup-20260101T000001Z.tar.gz")
+            .unwrap();
         bad.write_chunk(b"abc").unwrap();
         assert!(matches!(
-            bad.commit("x.tar.gz", 3, &sha),
+            bad.commit(3, &sha, &[]),
             Err(StoreError::Mismatch { .. })
         ));
-        let mut dropped = store.begin("cp02").unwrap();
+        let mut dropped = store.begin("cp02", name).unwrap();
         dropped.write_chunk(b"partial").unwrap();
         drop(dropped);
         let leftovers: Vec<_> = walk(store.root());
         assert_eq!(
             leftovers.len(),
-            2,
-            "only the committed archive and its sidecar: {leftovers:?}"
+            3,
+            "only the committed archive, its key and its sidecar: {leftovers:?}"
         );
-        assert!(matches!(store.begin("../x"), Err(StoreError::BadName(_))));
     }
 
     fn walk(dir: &Path) -> Vec<PathBuf> {

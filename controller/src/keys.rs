@@ -1,0 +1,267 @@
+//! The operator's keys on the controller: the private key from `encryption.identity`, opening an
+//! encrypted archive as a plaintext stream, and re-wrapping archive keys for a rotation.
+//!
+//! Plaintext and keys live in memory only: nothing here writes them to a disk or a log.
+
+use std::io::Read;
+
+use ferry_proto::archive::{DataKey, Identities, Recipients, SealError, key_object_name};
+
+use crate::catalog::ArchiveRecord;
+use crate::config::Config;
+use crate::store::Store;
+
+/// The configured private key, if any.
+pub fn identities(config: &Config) -> Result<Option<Identities>, SealError> {
+    match config.encryption.as_ref().and_then(|e| e.identity.as_ref()) {
+        Some(path) => Identities::read(path).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The configured recipients, if encryption is on.
+pub fn recipients(config: &Config) -> Result<Option<Recipients>, SealError> {
+    match &config.encryption {
+        Some(e) => Recipients::parse(&e.recipients).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// An archive about to be read: the stored object and, for an encrypted one, its key.
+pub struct Opened {
+    body: Box<dyn Read + Send>,
+    key: Option<DataKey>,
+}
+
+impl Opened {
+    /// The upstream archive's bytes. Blocking: call it on a blocking thread. Every chunk of an
+    /// encrypted body is authenticated before it is returned.
+    pub fn plaintext(self) -> Result<Box<dyn Read + Send>, SealError> {
+        match self.key {
+            None => Ok(self.body),
+            Some(key) => Ok(Box::new(key.open(self.body)?)),
+        }
+    }
+}
+
+/// Opens an archive for reading its plaintext. An encrypted archive needs `identities`; the error
+/// says which key is missing or does not match, and what to configure.
+pub async fn open(
+    store: &Store,
+    archive: &ArchiveRecord,
+    identities: Option<&Identities>,
+) -> Result<Opened, String> {
+    let key = match &archive.sealed {
+        None => None,
+        Some(sealed) => Some(data_key(store, archive, identities, &sealed.key_ids).await?),
+    };
+    let body = store
+        .reader(&archive.host, &archive.object())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Opened { body, key })
+}
+
+/// Unwraps an archive's key with the operator's private key.
+pub async fn data_key(
+    store: &Store,
+    archive: &ArchiveRecord,
+    identities: Option<&Identities>,
+    key_ids: &[String],
+) -> Result<DataKey, String> {
+    let Some(identities) = identities else {
+        return Err(format!(
+            "archive {} is encrypted and no private key is configured: set encryption.identity in ferry.yaml to an age identity file whose public key is one of {}",
+            archive.short_id(),
+            key_ids.join(", ")
+        ));
+    };
+    stored_key(store, &archive.host, &archive.name, identities)
+        .await
+        .map_err(|e| match e {
+            SealError::NotARecipient { keys, .. } => format!(
+                "the configured private key ({keys}) is not a recipient of archive {}: its key is wrapped for {}; set encryption.identity to one of those keys",
+                archive.short_id(),
+                key_ids.join(", ")
+            ),
+            other => format!("archive {}: {other}", archive.short_id()),
+        })
+}
+
+/// Opens the key file stored beside archive `name` of `host`.
+pub async fn stored_key(
+    store: &Store,
+    host: &str,
+    name: &str,
+    identities: &Identities,
+) -> Result<DataKey, SealError> {
+    let key_name = key_object_name(name);
+    let wrapped = store
+        .get_small(host, &key_name)
+        .await
+        .map_err(|e| SealError::BadKeyFile(e.to_string()))?
+        .ok_or_else(|| {
+            SealError::BadKeyFile(format!(
+                "{} is missing from the store",
+                store.location(host, &key_name)
+            ))
+        })?;
+    DataKey::unwrap(&wrapped, identities)
+}
+
+/// Re-wraps one archive's key: the same key, for `keep` (the recipients it had, less the retired,
+/// plus the added). The body is not touched. Returns the new key ids.
+pub async fn rewrap(
+    store: &Store,
+    archive: &ArchiveRecord,
+    identities: &Identities,
+    add: &[String],
+    retire: &[String],
+) -> Result<Vec<String>, String> {
+    let current = archive
+        .sealed
+        .as_ref()
+        .map(|s| s.key_ids.clone())
+        .unwrap_or_default();
+    let mut key = data_key(store, archive, Some(identities), &current).await?;
+    let mut ids: Vec<String> = key
+        .recipients
+        .iter()
+        .chain(current.iter())
+        .filter(|k| !retire.contains(k))
+        .cloned()
+        .collect();
+    ids.extend(add.iter().cloned());
+    ids.dedup();
+    let mut unique = Vec::new();
+    for id in ids {
+        if !unique.contains(&id) {
+            unique.push(id);
+        }
+    }
+    if unique.is_empty() {
+        return Err(format!(
+            "archive {}: retiring {} would leave its key wrapped for no one; add a key with --add",
+            archive.short_id(),
+            retire.join(", ")
+        ));
+    }
+    let recipients = Recipients::parse(&unique).map_err(|e| e.to_string())?;
+    let wrapped = key.wrap(&recipients).map_err(|e| e.to_string())?;
+    store
+        .put_small(&archive.host, &key_object_name(&archive.name), &wrapped)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(recipients.ids())
+}
+
+/// How far one pass over a stored object goes.
+pub enum Through {
+    /// Size and digest of the stored bytes only (an encrypted archive without its key).
+    HashOnly,
+    /// Also the archive itself, read to its end: decrypted with the key when there is one.
+    Archive(Option<DataKey>),
+}
+
+/// What one pass over a stored object found.
+pub struct Pass {
+    /// Size and sha256 of the stored object (the ciphertext of an encrypted archive).
+    pub size: u64,
+    pub sha256: String,
+    /// The upstream archive as read (plaintext digest, entries, metadata), when read.
+    pub archive: Option<Result<ferry_proto::archive::Verified, String>>,
+}
+
+/// Reads a stored object once, streaming: its digest, and through it the archive (decrypting and
+/// authenticating each chunk when encrypted). `expected_plain` makes a different plaintext digest an
+/// error; `keep` keeps small files, as [`ferry_proto::archive::ReadOptions`].
+pub async fn pass(
+    store: &Store,
+    host: &str,
+    object: &str,
+    through: Through,
+    expected_plain: Option<String>,
+    keep: Option<fn(&str) -> bool>,
+) -> Result<Pass, String> {
+    let body = store
+        .reader(host, object)
+        .await
+        .map_err(|e| e.to_string())?;
+    let location = store.location(host, object);
+    tokio::task::spawn_blocking(move || {
+        let state = std::sync::Arc::new(std::sync::Mutex::new(Tee::default()));
+        let tee = TeeReader {
+            inner: body,
+            state: std::sync::Arc::clone(&state),
+        };
+        let options = ferry_proto::archive::ReadOptions {
+            expected_sha256: expected_plain.as_deref(),
+            keep,
+            ..Default::default()
+        };
+        let archive = match through {
+            Through::HashOnly => {
+                let mut tee = tee;
+                std::io::copy(&mut tee, &mut std::io::sink())
+                    .map_err(|e| format!("reading {location}: {e}"))?;
+                None
+            }
+            Through::Archive(None) => {
+                Some(ferry_proto::archive::read_archive(tee, &options).map_err(|e| e.to_string()))
+            }
+            Through::Archive(Some(key)) => {
+                Some(key.open(tee).map_err(|e| e.to_string()).and_then(|plain| {
+                    ferry_proto::archive::read_archive(plain, &options).map_err(|e| {
+                        // age reports a failed chunk as an I/O error "decryption error".
+                        let text = e.to_string();
+                        if text.contains("ecrypt") {
+                            ferry_proto::archive::SealError::Tampered(text).to_string()
+                        } else {
+                            text
+                        }
+                    })
+                }))
+            }
+        };
+        let tee = state.lock().map_err(|e| e.to_string())?;
+        if let Some(e) = &tee.error {
+            return Err(format!("reading {location}: {e}"));
+        }
+        Ok(Pass {
+            size: tee.size,
+            sha256: ferry_proto::archive::hex(&sha2::Digest::finalize(tee.hasher.clone())),
+            archive,
+        })
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+#[derive(Default)]
+struct Tee {
+    size: u64,
+    hasher: sha2::Sha256,
+    error: Option<String>,
+}
+
+/// A reader that hashes what passes through it into shared state (the archive reader owns it).
+struct TeeReader {
+    inner: Box<dyn Read + Send>,
+    state: std::sync::Arc<std::sync::Mutex<Tee>>,
+}
+
+impl Read for TeeReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let read = self.inner.read(buf);
+        if let Ok(mut tee) = self.state.lock() {
+            match &read {
+                Ok(n) => {
+                    sha2::Digest::update(&mut tee.hasher, &buf[..*n]);
+                    tee.size += *n as u64;
+                }
+                Err(e) => tee.error = Some(e.to_string()),
+            }
+        }
+        read
+    }
+}
