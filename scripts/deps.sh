@@ -12,21 +12,34 @@ ensure_ansible() {
     return 0
   fi
   echo "installing ansible-core $ANSIBLE_CORE_VERSION into $ANSIBLE_VENV" >&2
-  if ! python3 -m venv "$ANSIBLE_VENV" >/dev/null 2>&1; then
-    local sudo=""
-    [ "$(id -u)" -eq 0 ] || sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null
-    python3 -m venv "$ANSIBLE_VENV"
-  fi
+  python3 -m venv "$ANSIBLE_VENV"
   "$ANSIBLE_VENV/bin/pip" install -q "ansible-core==$ANSIBLE_CORE_VERSION"
 }
+# The S3-compatible server the object-storage tests start (moto, real HTTP on loopback), with boto3
+# for the tests' own looks into the bucket, in a venv under target/.
+MOTO_VERSION=5.2.5
+S3_VENV="${FERRY_S3_VENV:-target/s3-venv}"
+
+ensure_s3() {
+  if [ -x "$S3_VENV/bin/moto_server" ] &&
+    "$S3_VENV/bin/python" -c "import moto; assert moto.__version__ == '$MOTO_VERSION'" 2>/dev/null; then
+    return 0
+  fi
+  echo "installing moto[server] $MOTO_VERSION into $S3_VENV" >&2
+  python3 -m venv "$S3_VENV"
+  "$S3_VENV/bin/pip" install -q "moto[server]==$MOTO_VERSION"
+}
+
 ensure_deps() {
   local missing=()
   command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
   command -v tar >/dev/null 2>&1 || missing+=(tar)
   # promtool and a Prometheus server for the metrics tests.
   { command -v promtool && command -v prometheus; } >/dev/null 2>&1 || missing+=(prometheus)
+  # The age CLI: the encryption tests follow the break-glass procedure with it.
+  command -v age >/dev/null 2>&1 || missing+=(age)
+  # python3 -m venv, for ansible-core and the S3 server.
+  python3 -c "import ensurepip" >/dev/null 2>&1 || missing+=(python3-venv)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]}" >&2
     local sudo=""

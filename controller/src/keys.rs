@@ -62,6 +62,15 @@ pub async fn open(
     Ok(Opened { body, key })
 }
 
+/// Opens an archive's stored object as it is (the ciphertext of an encrypted one).
+pub async fn open_stored(store: &Store, archive: &ArchiveRecord) -> Result<Opened, String> {
+    let body = store
+        .reader(&archive.host, &archive.object())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(Opened { body, key: None })
+}
+
 /// Unwraps an archive's key with the operator's private key.
 pub async fn data_key(
     store: &Store,

@@ -14,6 +14,7 @@ pub mod fleet;
 pub mod host;
 pub mod layout;
 pub mod pg;
+pub mod s3;
 pub mod serving;
 pub mod standins;
 pub mod state;

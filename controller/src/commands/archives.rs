@@ -503,21 +503,7 @@ async fn export_one(
             ));
         }
         (_, false) => {
-            let opened = crate::keys::open(
-                store,
-                &ArchiveRecord {
-                    sealed: None,
-                    ..a.clone()
-                },
-                None,
-            )
-            .await
-            .map_err(|_| {
-                format!(
-                    "{} is missing from the store",
-                    store.location(&a.host, &a.object())
-                )
-            })?;
+            let opened = crate::keys::open_stored(store, a).await?;
             (a.object(), a.object(), a.sha256.clone(), opened)
         }
     };

@@ -37,10 +37,12 @@ pub async fn run(cli: Cli) -> i32 {
             return exit::ERROR;
         }
     };
-    tokio::select! {
+    let code = tokio::select! {
         code = command(&config, cli) => code,
         (name, code) = signal() => interrupted(&config, name, code).await,
-    }
+    };
+    crate::store::settle().await;
+    code
 }
 
 /// SIGINT or SIGTERM: its name and the exit code a shell expects.

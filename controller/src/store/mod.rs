@@ -14,6 +14,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub use location::{Credentials, S3Location, StoreLocation};
+pub use s3::settle;
 
 /// Why the store could not take or give an archive.
 #[derive(Debug, thiserror::Error)]

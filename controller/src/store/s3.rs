@@ -112,7 +112,9 @@ impl BucketStore {
     /// A bucket error, named for an operator: what was done, and the likely cause in plain words.
     fn error(&self, doing: &str, e: object_store::Error) -> StoreError {
         let text = e.to_string();
-        let hint = if text.contains("NoSuchBucket") {
+        let hint = if text.contains("169.254.169.254") {
+            "no S3 credentials found: set `store_credentials:` in ferry.yaml or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY".to_string()
+        } else if text.contains("NoSuchBucket") {
             format!(
                 "bucket {:?} does not exist{}; create it or correct `store:`",
                 self.location.bucket,
@@ -513,13 +515,31 @@ impl Drop for Incoming {
         // Abort in the background; if this process dies first, the journal entry stays and the
         // next ferry aborts it.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
+            let abort = runtime.spawn(async move {
                 if s3.abort_multipart(&key, &id).await.is_ok() {
                     let _ = std::fs::remove_file(journal);
                 }
             });
+            if let Ok(mut pending) = ABORTING.lock() {
+                pending.push(abort);
+            }
         }
     }
+}
+
+/// Aborts started by dropped uploads, for [`settle`].
+static ABORTING: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Waits (up to 10 s) for the aborts of dropped uploads: called before the process exits, so an
+/// interrupted or failed transfer leaves no open multipart upload behind.
+pub async fn settle() {
+    let pending: Vec<_> = ABORTING
+        .lock()
+        .map(|mut p| std::mem::take(&mut *p))
+        .unwrap_or_default();
+    let all = futures::future::join_all(pending);
+    let _ = tokio::time::timeout(Duration::from_secs(10), all).await;
 }
 
 /// The first line of an error, bounded: S3 errors can carry whole XML bodies.
