@@ -233,8 +233,24 @@ async fn run(fleet: &SimFleet) -> anyhow::Result<()> {
 fn ferry_backup(fleet: &SimFleet, compression: &str) -> anyhow::Result<(Duration, u64, u64)> {
     let store = fleet.dir.join("controller/store");
     let _ = std::fs::remove_dir_all(&store);
-    let mut ferry = fleet.ferry(&["backup", "all", "--compression", compression]);
-    ferry.stdout(Stdio::null()).stderr(Stdio::piped());
+    let (elapsed, rss) = ferry_backup_with(fleet, &fleet.config_path(), compression)?;
+    Ok((elapsed, rss, walk_size(&store)))
+}
+
+/// Runs `ferry --config CONFIG backup all`; returns (duration, controller peak RSS KiB).
+fn ferry_backup_with(
+    fleet: &SimFleet,
+    config: &Path,
+    compression: &str,
+) -> anyhow::Result<(Duration, u64)> {
+    let mut ferry = Command::new(crate::bins::path("ferry"));
+    ferry
+        .arg("--config")
+        .arg(config)
+        .arg("-i")
+        .arg(fleet.inventory_path())
+        .args(["backup", "all", "--compression", compression]);
+    ferry.stdout(Stdio::piped()).stderr(Stdio::piped());
     let started = Instant::now();
     let child = ferry.spawn().context("ferry backup")?;
     let rss = watch_peak_rss(child.id());
@@ -242,11 +258,111 @@ fn ferry_backup(fleet: &SimFleet, compression: &str) -> anyhow::Result<(Duration
     let elapsed = started.elapsed();
     if !out.status.success() {
         bail!(
-            "ferry backup failed: {}",
+            "ferry backup failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    Ok((elapsed, rss.join().unwrap_or(0), walk_size(&store)))
+    Ok((elapsed, rss.join().unwrap_or(0)))
+}
+
+/// `simfleet bench store`: ferry backup of a small and a large host into the directory store, a
+/// bucket (a real S3 server on loopback), and a bucket with encryption: time, throughput and the
+/// controller's peak RSS, which must not grow with the archive.
+pub async fn store(dir: &Path, small_mb: usize, large_mb: usize) -> anyhow::Result<()> {
+    let s3 = crate::s3::S3Server::start("ferry-bench");
+    let keys = dir.join("bench.age");
+    std::fs::create_dir_all(dir)?;
+    run_ok(Command::new("age-keygen").arg("-o").arg(&keys))?;
+    let public = String::from_utf8(
+        Command::new("age-keygen")
+            .arg("-y")
+            .arg(&keys)
+            .output()?
+            .stdout,
+    )?;
+    let mut rows = Vec::new();
+    for size_mb in [small_mb, large_mb] {
+        let s3 = &s3;
+        let public = public.trim().to_string();
+        let keys = keys.clone();
+        let mut measured = Vec::new();
+        with_host(&dir.join(format!("{size_mb}")), size_mb, async |fleet| {
+            let result = (|| -> anyhow::Result<()> {
+                run_ok(fleet.ferry(&["archives", "list"]).stdout(Stdio::null()))?;
+                let base = std::fs::read_to_string(fleet.config_path())?;
+                let bucket = fleet.dir.join("bucket.yaml");
+                std::fs::write(
+                    &bucket,
+                    format!("{base}{}", s3.config(&format!("plain{size_mb}"))),
+                )?;
+                let sealed = fleet.dir.join("sealed.yaml");
+                std::fs::write(
+                    &sealed,
+                    format!(
+                        "{base}{}encryption:\n  recipients: [\"{public}\"]\n  identity: {}\n",
+                        s3.config(&format!("sealed{size_mb}")),
+                        keys.display()
+                    ),
+                )?;
+                let (t, rss, bytes) = ferry_backup(&fleet, "gzip")?;
+                measured.push(("directory", t, rss, bytes));
+                for (label, config) in [("s3", &bucket), ("s3 + age", &sealed)] {
+                    let (t, rss) = ferry_backup_with(&fleet, config, "gzip")?;
+                    measured.push((label, t, rss, bytes));
+                }
+                Ok(())
+            })();
+            (fleet, result)
+        })
+        .await?;
+        rows.push((size_mb, measured));
+    }
+    let mib = |b: u64| b as f64 / 1048576.0;
+    println!();
+    println!(
+        "{:>8}  {:<10} {:>10} {:>9} {:>11} {:>10}",
+        "DB MiB", "store", "archive", "time", "throughput", "peak RSS"
+    );
+    for (size_mb, measured) in &rows {
+        for (label, t, rss, bytes) in measured {
+            println!(
+                "{size_mb:>8}  {label:<10} {:>6.1} MiB {:>7.2} s {:>6.1} MiB/s {:>6.1} MiB",
+                mib(*bytes),
+                t.as_secs_f64(),
+                mib(*bytes) / t.as_secs_f64(),
+                *rss as f64 / 1024.0
+            );
+        }
+    }
+    let rss_of = |i: usize, label: &str| {
+        rows[i]
+            .1
+            .iter()
+            .find(|m| m.0 == label)
+            .map(|m| m.2 as f64 / 1024.0)
+            .unwrap_or(0.0)
+    };
+    for label in ["s3", "s3 + age"] {
+        let growth = rss_of(1, label) - rss_of(0, label);
+        println!(
+            "{label}: controller peak RSS grows {growth:.1} MiB from {small_mb} MiB to {large_mb} MiB (target <= 30 MiB)"
+        );
+    }
+    let time_of = |label: &str| {
+        rows[1]
+            .1
+            .iter()
+            .find(|m| m.0 == label)
+            .map(|m| m.1.as_secs_f64())
+            .unwrap_or(0.0)
+    };
+    println!(
+        "s3 / directory time at {large_mb} MiB = {:.2}; s3 + age / directory = {:.2}",
+        time_of("s3") / time_of("directory"),
+        time_of("s3 + age") / time_of("directory")
+    );
+    Ok(())
 }
 
 fn timed(f: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<Duration> {

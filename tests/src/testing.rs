@@ -121,6 +121,11 @@ impl Proxy {
         let counter = std::sync::Arc::clone(&forwarded);
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                // A cut link stays cut: new connections go nowhere.
+                if *cut_rx.borrow() {
+                    drop(client);
+                    continue;
+                }
                 let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
                     continue;
                 };
@@ -163,9 +168,10 @@ impl Proxy {
                     };
                     // Either side going away closes the other, as for a real connection.
                     tokio::select! {
+                        biased;
+                        _ = cut_rx.wait_for(|cut| *cut) => {}
                         _ = up => {}
                         _ = down => {}
-                        _ = cut_rx.wait_for(|cut| *cut) => {}
                     }
                 });
             }

@@ -623,4 +623,60 @@ async fn a_killed_or_interrupted_upload_leaves_nothing_and_the_rerun_succeeds() 
             assert_eq!(archives(&fleet).len(), 1);
         }
     }
+    // A cut link to the bucket mid-upload: the backup fails naming the store, and the upload its
+    // abort could not reach is aborted by the next ferry.
+    let proxy = simhost::testing::Proxy::start(
+        "127.0.0.1:0",
+        format!("127.0.0.1:{}", s3.port).parse().unwrap(),
+        1 << 30,
+    )
+    .await;
+    let proxied = fleet.dir.join("proxied.yaml");
+    std::fs::write(
+        &proxied,
+        std::fs::read_to_string(fleet.config_path())
+            .unwrap()
+            .replace(&s3.endpoint(), &format!("http://{}", proxy.addr)),
+    )
+    .unwrap();
+    let db = host.db().await.unwrap();
+    db.batch_execute("BEGIN; LOCK TABLE devices IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let backup = Command::new(simhost::bins::path("ferry"))
+        .arg("--config")
+        .arg(&proxied)
+        .arg("-i")
+        .arg(fleet.inventory_path())
+        .args(["backup", "cp01"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while s3.open_uploads().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no upload started");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    proxy.cut();
+    drop(db);
+    let out = backup.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("FAILED: [cp01] task backup/store")
+            && text(&out).contains("cannot reach"),
+        "{}",
+        text(&out)
+    );
+    let before = s3.ls("");
+    assert_eq!(
+        before.len(),
+        2,
+        "one archive and its sidecar only: {before:?}"
+    );
+    assert_eq!(s3.open_uploads().len(), 1, "{}", text(&out));
+    let out = fleet.ferry(&["archives", "list"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(s3.open_uploads().is_empty(), "{:?}", s3.open_uploads());
+    assert_eq!(s3.ls(""), before);
 }

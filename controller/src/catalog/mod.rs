@@ -591,6 +591,21 @@ async fn socket_client(
 }
 
 impl Catalog {
+    /// The newest archive time the catalog knows for `host` (any store, deleted ones included).
+    pub async fn newest_archive_time(
+        &self,
+        host: &str,
+    ) -> Result<Option<OffsetDateTime>, CatalogError> {
+        let row = self
+            .client
+            .query_one(
+                "SELECT max(created_at) FROM archives WHERE host = $1",
+                &[&host],
+            )
+            .await?;
+        Ok(row.get(0))
+    }
+
     /// Records the public keys an archive's key is now wrapped for (after a rotation).
     pub async fn set_key_ids(&self, id: i64, key_ids: &[String]) -> Result<(), CatalogError> {
         self.execute(

@@ -200,6 +200,17 @@ async fn show(catalog: &Catalog, format: Format, id: &str) -> Result<i32, String
             if let Some(why) = a.deleted() {
                 outln!("DELETED:           {why}");
             }
+            if let Some(sealed) = &a.sealed {
+                outln!(
+                    "encrypted:         yes (age); size and sha256 above are the stored ciphertext's"
+                );
+                outln!("plaintext sha256:  {}", sealed.plain_sha256);
+                outln!(
+                    "plaintext size:    {}",
+                    human_bytes(sealed.plain_size.max(0) as u64)
+                );
+                outln!("key wrapped for:   {}", sealed.key_ids.join(", "));
+            }
             outln!("compression:       {}", a.compression);
             outln!("created:           {}", a.created_at);
             if let Some(at) = a.verified_at {

@@ -243,11 +243,18 @@ impl<'a> Ctx<'a> {
         bar: &HostProgress,
         clock: Instant,
     ) -> Result<(ArchiveRecord, String), Failure> {
-        let not_before_unix = self
+        // Names never collide: not with the store's archives, nor with the catalog's (an archive
+        // made into another store, before `store:` changed).
+        let in_store = self
             .store
             .next_free_second(&target.agent_name)
             .await
             .map_err(store_failure)?;
+        let in_catalog = match self.catalog.newest_archive_time(&target.agent_name).await {
+            Ok(newest) => newest.map_or(0, |t| t.unix_timestamp() + 1),
+            Err(_) => 0,
+        };
+        let not_before_unix = in_store.max(in_catalog);
         let request = BackupRequest {
             operation_id: operation_id.to_string(),
             compression: match self.compression {
@@ -356,7 +363,10 @@ impl<'a> Ctx<'a> {
         let committed = object
             .commit(trailer.size, &trailer.sha256, &extras)
             .await
-            .map_err(|e| verify(e.to_string()))?;
+            .map_err(|e| match e {
+                e @ crate::store::StoreError::Mismatch { .. } => verify(e.to_string()),
+                e => store_failure(e),
+            })?;
         let metadata: Metadata =
             serde_json::from_str(&trailer.metadata_json).map_err(|e| Failure {
                 phase: "verify".into(),

@@ -30,7 +30,7 @@ use super::{Committed, S3Location, StoreError, StoredObject, is_archive_object};
 /// Parts are 8 MiB (S3's minimum is 5 MiB; 10 000 parts of 8 MiB hold 80 GB).
 const PART_SIZE: usize = 8 << 20;
 /// Parts uploading at once: memory stays below PART_SIZE × (IN_FLIGHT + 1).
-const IN_FLIGHT: usize = 2;
+const IN_FLIGHT: usize = 1;
 
 #[derive(Clone)]
 pub struct BucketStore {

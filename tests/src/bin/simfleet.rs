@@ -103,6 +103,16 @@ enum Bench {
         #[arg(long, default_value = "/tmp/ferry-bench-fleet")]
         dir: PathBuf,
     },
+    /// ferry backup of a small and a large host into the directory store, an S3 bucket and an
+    /// encrypted bucket: time, throughput, controller peak RSS.
+    Store {
+        #[arg(long, default_value_t = 16)]
+        small_mb: usize,
+        #[arg(long, default_value_t = 512)]
+        size_mb: usize,
+        #[arg(long, default_value = "/tmp/ferry-bench-store")]
+        dir: PathBuf,
+    },
     /// pg_dump -f /dev/null, the upstream dump-then-gzip pipeline, and ferry backup.
     Backup {
         /// Database size to seed, in MiB.
@@ -135,6 +145,14 @@ fn main() {
         Cmd::Bench(Bench::Backup { size_mb, dir }) => {
             let _ = std::fs::remove_dir_all(&dir);
             runtime(simhost::bench::backup(&dir, size_mb))
+        }
+        Cmd::Bench(Bench::Store {
+            small_mb,
+            size_mb,
+            dir,
+        }) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            runtime(simhost::bench::store(&dir, small_mb, size_mb))
         }
         Cmd::Bench(Bench::Fleet { dir }) => {
             let _ = std::fs::remove_dir_all(&dir);
