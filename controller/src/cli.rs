@@ -307,7 +307,7 @@ pub struct HistoryArgs {
     #[arg(long, value_parser = ["succeeded", "failed", "refused", "rolled back", "checked", "unreachable", "interrupted"])]
     pub outcome: Option<String>,
     /// Only operations of this kind.
-    #[arg(long, value_parser = ["backup", "restore", "restore-check", "rollback", "prepare-devices", "archive-verify", "archive-export", "archive-delete", "archive-pin", "certificate-issue"])]
+    #[arg(long, value_parser = ["backup", "restore", "restore-check", "rollback", "prepare-devices", "archive-verify", "archive-export", "archive-delete", "archive-pin", "archive-copy", "keys-rotate", "certificate-issue"])]
     pub kind: Option<String>,
 }
 

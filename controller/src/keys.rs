@@ -13,10 +13,35 @@ use crate::store::Store;
 
 /// The configured private key, if any.
 pub fn identities(config: &Config) -> Result<Option<Identities>, SealError> {
-    match config.encryption.as_ref().and_then(|e| e.identity.as_ref()) {
-        Some(path) => Identities::read(path).map(Some),
-        None => Ok(None),
+    let Some(path) = config.encryption.as_ref().and_then(|e| e.identity.as_ref()) else {
+        return Ok(None);
+    };
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        errln!(
+            "[WARNING] {} (encryption.identity) is readable by others (mode {:o}): it opens every archive; chmod 600 it",
+            path.display(),
+            meta.permissions().mode() & 0o777
+        );
     }
+    Identities::read(path).map(Some)
+}
+
+/// Why the configuration cannot restore what it backs up, if so: `identity` is not one of the
+/// `recipients`.
+pub fn identity_not_a_recipient(config: &Config) -> Option<String> {
+    let encryption = config.encryption.as_ref()?;
+    let public = Identities::read(encryption.identity.as_ref()?)
+        .ok()?
+        .public();
+    (!public.iter().any(|p| encryption.recipients.contains(p))).then(|| {
+        format!(
+            "encryption.identity ({}) is not one of encryption.recipients: ferry could not decrypt these archives with it",
+            public.join(", ")
+        )
+    })
 }
 
 /// The configured recipients, if encryption is on.
@@ -115,7 +140,18 @@ pub async fn stored_key(
                 store.location(host, &key_name)
             ))
         })?;
-    DataKey::unwrap(&wrapped, identities)
+    let key = DataKey::unwrap(&wrapped, identities)?;
+    // The key file names its archive: one swapped in from another archive is refused here, before it
+    // is taken for a damaged archive.
+    let expected = format!("{host}/{name}");
+    if !key.archive.is_empty() && key.archive != expected {
+        return Err(SealError::BadKeyFile(format!(
+            "{} is the key of {}, not of {expected}: it was swapped or copied by hand; restore the right key file (a copy of the store, or `ferry archives export` output)",
+            store.location(host, &key_name),
+            key.archive
+        )));
+    }
+    Ok(key)
 }
 
 /// Re-wraps one archive's key: the same key, for `keep` (the recipients it had, less the retired,

@@ -95,7 +95,7 @@ pub fn next_after_interruption() -> Vec<String> {
         match run.kind.as_str() {
             "backup" => {
                 next.push(format!(
-                    "`ferry backup {}` again (archives already stored are kept)",
+                    "`ferry backup {}` again once the host has noticed (a few seconds; until then it answers `busy`); archives already stored are kept",
                     run.pattern
                 ));
                 continue;

@@ -30,6 +30,7 @@ fn sample(codec: Codec) -> (Vec<u8>, Vec<Entry>) {
         .unwrap();
     let entries = w.entries().to_vec();
     let manifest = Manifest {
+        identity: String::new(),
         format: Manifest::FORMAT.into(),
         entries: entries.clone(),
         ..Default::default()
@@ -222,6 +223,7 @@ fn manifest_disagreement_is_reported() {
     let mut entries = w.entries().to_vec();
     entries[0].sha256 = "0".repeat(64);
     let manifest = Manifest {
+        identity: String::new(),
         format: Manifest::FORMAT.into(),
         entries,
         ..Default::default()

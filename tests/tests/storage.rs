@@ -99,15 +99,20 @@ fn age_decrypts(identity: &Path, data: &[u8]) -> bool {
         .success()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bucket_store_backs_up_restores_verifies_exports_copies_and_rebuilds() {
-    let s3 = S3Server::start("ferry-archives");
-    let fleet = TempFleet::up(SimFleetOptions {
+/// cp01 with the built-in database, cp02 with an external one.
+async fn two_hosts() -> TempFleet {
+    TempFleet::up(SimFleetOptions {
         hosts: 2,
         external_db: vec![1],
         ..Default::default()
     })
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_store_backs_up_restores_verifies_exports_copies_and_rebuilds() {
+    let s3 = S3Server::start("ferry-archives");
+    let fleet = two_hosts().await;
 
     // Typos and wrong settings are refused before anything is contacted, naming the cause.
     let typo = variant(
@@ -247,6 +252,24 @@ async fn a_bucket_store_backs_up_restores_verifies_exports_copies_and_rebuilds()
         "{}",
         text(&out)
     );
+    // A copy that vanished from the destination is copied again, not reported as there.
+    std::fs::remove_file(offsite.path().join("cp01").join(name)).unwrap();
+    let out = fleet
+        .ferry(&[
+            "archives",
+            "copy",
+            "--all",
+            "--to",
+            &offsite.path().to_string_lossy(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        text(&out).contains("1 copied to") && text(&out).contains("1 already there"),
+        "{}",
+        text(&out)
+    );
+    assert!(offsite.path().join("cp01").join(name).exists());
     let out = fleet
         .ferry(&["archives", "copy", id, "--to", &s3.store_url("prod")])
         .output()
@@ -272,6 +295,22 @@ async fn a_bucket_store_backs_up_restores_verifies_exports_copies_and_rebuilds()
         "{}",
         text(&out)
     );
+    // cp01's archive slipped under cp02's folder (a later name) is not catalogued as cp02's.
+    let moved = "flightctl-backup-29990101T000000Z.tar.gz";
+    let body = s3.get(&format!("prod/cp01/{name}"));
+    s3.put(&format!("prod/cp02/{moved}"), &body);
+    s3.put(
+        &format!("prod/cp02/{moved}.sha256"),
+        format!("{}  {moved}\n", sha256_hex(&body)).as_bytes(),
+    );
+    let out = ferry_with(&fleet, &fresh, &["catalog", "rebuild"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("FAILED: [cp02] {moved}: made by the agent whose certificate names cp01, but filed under cp02/"))
+            && text(&out).contains("0 added, 2 already catalogued, 1 unreadable"),
+        "{}",
+        text(&out)
+    );
     let out = ferry_with(&fleet, &fresh, &["archives", "show", id]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let _ = ferry::catalog::embedded::PrivateCluster::new(&fleet.dir.join("fresh")).stop();
@@ -280,12 +319,7 @@ async fn a_bucket_store_backs_up_restores_verifies_exports_copies_and_rebuilds()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn encrypted_archives_restore_verify_export_rotate_and_break_glass() {
     let s3 = S3Server::start("ferry-sealed");
-    let fleet = TempFleet::up(SimFleetOptions {
-        hosts: 2,
-        external_db: vec![1],
-        ..Default::default()
-    })
-    .await;
+    let fleet = two_hosts().await;
     let keys = fleet.dir.join("keys");
     std::fs::create_dir_all(&keys).unwrap();
     let (online, escrow, next) = (
@@ -531,6 +565,26 @@ async fn encrypted_archives_restore_verify_export_rotate_and_break_glass() {
         text(&out)
     );
     let good = with_identity(&format!("  identity: {}\n", next.display()));
+    // A key file swapped in from another archive is named as such, not taken for a damaged archive.
+    let cp02_name = archive_of(&list, "cp02")["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let own_key = s3.get(&format!("site1/cp01/{name}.key.age"));
+    s3.put(
+        &format!("site1/cp01/{name}.key.age"),
+        &s3.get(&format!("site1/cp02/{cp02_name}.key.age")),
+    );
+    let out = ferry_with(&fleet, &good, &["archives", "verify", id]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!(
+            "is the key of cp02/{cp02_name}, not of cp01/{name}"
+        )) && !text(&out).contains("differs from the catalog"),
+        "{}",
+        text(&out)
+    );
+    s3.put(&format!("site1/cp01/{name}.key.age"), &own_key);
     let body_key = format!("site1/cp01/{name}.age");
     let mut tampered = s3.get(&body_key);
     let at = tampered.len() - 300;

@@ -58,9 +58,13 @@ pub fn service(config: &AgentConfig) -> AgentService {
         },
         operations.clone(),
     );
+    let identity = ferry_certs::inspect_pem(&config.tls.cert)
+        .map(|c| c.common_name)
+        .unwrap_or_else(|_| host_name.clone());
     AgentService {
         host,
         host_name,
+        identity,
         api: config.api(),
         staging_dir: config.staging_dir.clone(),
         operations,

@@ -21,6 +21,8 @@ use crate::tasks::restore;
 pub struct AgentService {
     pub(super) host: Host,
     pub(super) host_name: String,
+    /// The common name of this agent's certificate: the name the controller files its archives under.
+    pub(super) identity: String,
     pub(super) api: crate::tasks::api::Api,
     pub(super) staging_dir: PathBuf,
     pub(super) operations: OperationSlot,
@@ -161,6 +163,7 @@ impl Agent for AgentService {
         let job = BackupJob {
             host: self.host.clone(),
             host_name: self.host_name.clone(),
+            identity: self.identity.clone(),
             staging_dir: self.staging_dir.clone(),
             operation_id: req.operation_id.clone(),
             codec,

@@ -329,6 +329,14 @@ async fn verify(
         let actual = match crate::keys::pass(store, &a.host, &object, through, expected_plain, None)
             .await
         {
+            // A read that failed part-way has no digest to compare: its error is the finding.
+            Ok(crate::keys::Pass {
+                archive: Some(Err(e)),
+                ..
+            }) => {
+                issues.push(e);
+                None
+            }
             Ok(pass) => {
                 if pass.size != a.size as u64 {
                     issues.push(format!("size {} bytes, catalog says {}", pass.size, a.size));
@@ -338,9 +346,6 @@ async fn verify(
                         "sha256 {} differs from the catalog's {}",
                         pass.sha256, a.sha256
                     ));
-                }
-                if let Some(Err(e)) = &pass.archive {
-                    issues.push(e.clone());
                 }
                 let sha = pass.sha256;
                 let sidecar_issue = match &sidecar {
@@ -606,11 +611,8 @@ async fn copy(
     all: bool,
     to: &str,
 ) -> Result<i32, String> {
-    let base = config
-        .source
-        .as_ref()
-        .and_then(|(p, _)| p.parent().map(Path::to_path_buf))
-        .unwrap_or_else(|| std::path::PathBuf::from("."));
+    // A path on the command line is relative to where the command runs, as for `export`.
+    let base = std::env::current_dir().map_err(|e| format!("the current directory: {e}"))?;
     let mut location =
         crate::store::StoreLocation::parse(to, &base).map_err(|e| format!("--to: {e}"))?;
     // The destination uses the configured credentials when it is a bucket too, else the environment.
@@ -636,15 +638,33 @@ async fn copy(
     let (mut copied, mut skipped, mut failed) = (0, 0, 0);
     for a in archives {
         let started = OffsetDateTime::now_utc();
-        if all
-            && catalog
-                .copies(a.id)
+        // Skipped only when the catalog recorded the copy and it is still there, whole.
+        let recorded = catalog
+            .copies(a.id)
+            .await
+            .map_err(|e| e.to_string())?
+            .contains(&label);
+        let present = recorded
+            && dest
+                .sidecar_digest(&a.host, &a.object())
                 .await
                 .map_err(|e| e.to_string())?
-                .contains(&label)
-        {
+                .as_deref()
+                == Some(a.sha256.as_str())
+            && dest
+                .size(&a.host, &a.object())
+                .await
+                .map_err(|e| e.to_string())?
+                == Some(a.size as u64);
+        if all && present {
             skipped += 1;
             continue;
+        }
+        if recorded {
+            // Gone or damaged there since: copied again, its remains removed first.
+            dest.delete(&a.host, &a.object())
+                .await
+                .map_err(|e| e.to_string())?;
         }
         let result = copy_one(store, &dest, &a).await;
         if let Ok(size) = &result {
@@ -826,6 +846,22 @@ async fn rebuild(store: &Store, catalog: &Catalog, config: &Config) -> Result<i3
             Ok(_) => continue,
         };
         let (size, sha256) = pass;
+        // Filed under the name the agent's certificate proved; an archive moved under another host's
+        // folder would otherwise be restored onto that host as its own.
+        if let Some(m) = &verified.manifest
+            && !m.identity.is_empty()
+            && m.identity != object.host
+        {
+            bad += 1;
+            unreadable(
+                format!(
+                    "made by the agent whose certificate names {}, but filed under {}/: not catalogued; move it under {}/ in the store, or delete it",
+                    m.identity, object.host, m.identity
+                ),
+                &mut report,
+            );
+            continue;
+        }
         let sidecar = store
             .sidecar_digest(&object.host, &object.object)
             .await

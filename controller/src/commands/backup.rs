@@ -42,6 +42,9 @@ pub async fn run(
             return report::exit::ERROR;
         }
     };
+    if let Some(warning) = crate::keys::identity_not_a_recipient(config) {
+        errln!("[WARNING] {warning}");
+    }
     let catalog = match Catalog::connect(config).await {
         Ok(c) => c,
         Err(e) => {

@@ -128,6 +128,17 @@ async fn rotate(config: &Config, add: &[String], retire: &[String]) -> Result<i3
             "[WARNING] encryption.recipients in ferry.yaml still names the retired key {stale}: new backups would be encrypted for it; edit the config"
         );
     }
+    let own = identities.public();
+    if own.iter().any(|k| retire.contains(k)) {
+        outln!(
+            "[WARNING] encryption.identity is the retired key: it opens no archive now; point it at the new key's file"
+        );
+    } else if !add.iter().chain(configured.iter()).any(|k| own.contains(k)) {
+        outln!(
+            "[WARNING] encryption.identity ({}) is not among the keys archives are wrapped for now: ferry cannot decrypt them with it",
+            own.join(", ")
+        );
+    }
     if let Some(missing) = add.iter().find(|k| !configured.contains(k)) {
         outln!(
             "[WARNING] encryption.recipients in ferry.yaml lacks {missing}: new backups will not be encrypted for it; add it to the config"

@@ -7,8 +7,7 @@ use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use ferry_proto::archive::{hex, parse_sidecar, sidecar_line};
-use sha2::{Digest, Sha256};
+use ferry_proto::archive::{parse_sidecar, sidecar_line};
 
 use super::{StoreError, StoredObject, check_name, is_archive_object};
 
@@ -111,8 +110,7 @@ impl DirStore {
             temp,
             dir,
             name: object.to_string(),
-            hasher: Sha256::new(),
-            size: 0,
+            received: Default::default(),
         })
     }
 
@@ -215,8 +213,7 @@ pub struct Incoming {
     temp: PathBuf,
     dir: PathBuf,
     name: String,
-    hasher: Sha256,
-    size: u64,
+    received: super::Received,
 }
 
 impl Incoming {
@@ -225,13 +222,12 @@ impl Incoming {
             return Ok(());
         };
         file.write_all(data).map_err(|e| io_error(&self.temp, e))?;
-        self.hasher.update(data);
-        self.size += data.len() as u64;
+        self.received.update(data);
         Ok(())
     }
 
     pub fn size(&self) -> u64 {
-        self.size
+        self.received.size
     }
 
     /// Makes the object durable and visible, after `extras` (small objects beside it) and before
@@ -245,15 +241,7 @@ impl Incoming {
         let name = self.name.clone();
         let name = name.as_str();
         let path = self.dir.join(name);
-        let sha256 = hex(&self.hasher.clone().finalize());
-        if self.size != expected_size || !sha256.eq_ignore_ascii_case(expected_sha) {
-            return Err(StoreError::Mismatch {
-                expected_size,
-                expected_sha: expected_sha.to_string(),
-                actual_size: self.size,
-                actual_sha: sha256,
-            });
-        }
+        let sha256 = self.received.check(expected_size, expected_sha)?;
         let Some(writer) = self.file.take() else {
             return Err(StoreError::BadName(name.to_string()));
         };
@@ -299,7 +287,7 @@ impl Incoming {
         }
         Ok(super::Committed {
             location: path.display().to_string(),
-            size: self.size,
+            size: self.received.size,
             sha256,
         })
     }
@@ -335,6 +323,8 @@ fn write_small(path: &Path, data: &[u8]) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferry_proto::archive::hex;
+    use sha2::{Digest, Sha256};
     use std::os::unix::fs::PermissionsExt;
 
     #[test]

@@ -271,6 +271,34 @@ impl Incoming {
     }
 }
 
+/// What an incoming object has received so far: its size and running sha256.
+#[derive(Clone, Default)]
+pub(crate) struct Received {
+    hasher: sha2::Sha256,
+    size: u64,
+}
+
+impl Received {
+    fn update(&mut self, data: &[u8]) {
+        sha2::Digest::update(&mut self.hasher, data);
+        self.size += data.len() as u64;
+    }
+
+    /// The sha256, if size and digest are what was announced.
+    fn check(&self, expected_size: u64, expected_sha: &str) -> Result<String, StoreError> {
+        let sha256 = ferry_proto::archive::hex(&sha2::Digest::finalize(self.hasher.clone()));
+        if self.size != expected_size || !sha256.eq_ignore_ascii_case(expected_sha) {
+            return Err(StoreError::Mismatch {
+                expected_size,
+                expected_sha: expected_sha.to_string(),
+                actual_size: self.size,
+                actual_sha: sha256,
+            });
+        }
+        Ok(sha256)
+    }
+}
+
 /// An archive object's name: upstream's archive names, plain or sealed.
 fn is_archive_object(name: &str) -> bool {
     let archive = name

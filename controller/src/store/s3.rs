@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferry_proto::archive::{hex, sidecar_line};
+use ferry_proto::archive::sidecar_line;
 use futures::TryStreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::multipart::{MultipartStore, PartId};
@@ -22,7 +22,6 @@ use object_store::path::Path as Key;
 use object_store::{
     ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
 };
-use sha2::{Digest, Sha256};
 use tokio::task::JoinSet;
 
 use super::{Committed, S3Location, StoreError, StoredObject, is_archive_object};
@@ -218,8 +217,7 @@ impl BucketStore {
             buf: Vec::with_capacity(PART_SIZE),
             parts: Vec::new(),
             uploading: JoinSet::new(),
-            hasher: Sha256::new(),
-            size: 0,
+            received: Default::default(),
         })
     }
 
@@ -356,14 +354,12 @@ pub struct Incoming {
     buf: Vec<u8>,
     parts: Vec<Option<PartId>>,
     uploading: JoinSet<Result<(usize, PartId), object_store::Error>>,
-    hasher: Sha256,
-    size: u64,
+    received: super::Received,
 }
 
 impl Incoming {
     pub async fn write_chunk(&mut self, data: &[u8]) -> Result<(), StoreError> {
-        self.hasher.update(data);
-        self.size += data.len() as u64;
+        self.received.update(data);
         let mut rest = data;
         while !rest.is_empty() {
             let n = (PART_SIZE - self.buf.len()).min(rest.len());
@@ -377,7 +373,7 @@ impl Incoming {
     }
 
     pub fn size(&self) -> u64 {
-        self.size
+        self.received.size
     }
 
     async fn send_part(&mut self) -> Result<(), StoreError> {
@@ -425,15 +421,7 @@ impl Incoming {
         expected_sha: &str,
         extras: &[(String, Vec<u8>)],
     ) -> Result<Committed, StoreError> {
-        let sha256 = hex(&self.hasher.clone().finalize());
-        if self.size != expected_size || !sha256.eq_ignore_ascii_case(expected_sha) {
-            return Err(StoreError::Mismatch {
-                expected_size,
-                expected_sha: expected_sha.to_string(),
-                actual_size: self.size,
-                actual_sha: sha256,
-            });
-        }
+        let sha256 = self.received.check(expected_size, expected_sha)?;
         if !self.buf.is_empty() || self.parts.is_empty() {
             self.send_part().await?;
         }
@@ -461,7 +449,7 @@ impl Incoming {
         committed?;
         Ok(Committed {
             location: format!("{}/{host}/{name}", self.store.url()),
-            size: self.size,
+            size: self.received.size,
             sha256,
         })
     }

@@ -32,6 +32,10 @@ pub struct Manifest {
     pub format: String,
     pub agent_version: String,
     pub host: String,
+    /// The common name of the certificate of the agent that made it: the name the controller files
+    /// the archive under (empty in archives older than this field).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub identity: String,
     /// `gzip` or `zstd`.
     pub compression: String,
     pub entries: Vec<Entry>,

@@ -69,6 +69,8 @@ fn fail(phase: &'static str) -> impl Fn(String) -> BackupError {
 pub struct BackupJob {
     pub host: Host,
     pub host_name: String,
+    /// The common name of the agent's certificate.
+    pub identity: String,
     pub staging_dir: PathBuf,
     pub operation_id: String,
     pub codec: Codec,
@@ -266,7 +268,7 @@ fn write_archive(
         let sink = stream::Sink::new(
             events.clone(),
             job.recipients.as_ref(),
-            format!("{}/{archive_name}", job.host_name),
+            format!("{}/{archive_name}", job.identity),
         )
         .map_err(|e| fail("encrypt")(e.to_string()))?;
         let mut w = ArchiveWriter::new(sink, job.codec, mtime);
@@ -322,6 +324,7 @@ fn write_archive(
             format: Manifest::FORMAT.into(),
             agent_version: crate::VERSION.into(),
             host: job.host_name.clone(),
+            identity: job.identity.clone(),
             compression: job.codec.name().into(),
             entries: w.entries().to_vec(),
             row_counts,
