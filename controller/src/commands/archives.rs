@@ -162,12 +162,20 @@ async fn list(
                     human_bytes(a.size as u64),
                     a.flightctl_version,
                     if a.database_included { "yes" } else { "no" },
-                    match (a.pinned, a.suspect.is_some()) {
-                        (true, true) => " (pinned) SUSPECT: its sidecar disagreed",
-                        (false, true) => " SUSPECT: its sidecar disagreed",
-                        (true, false) => " (pinned)",
-                        (false, false) => "",
-                    }
+                    format!(
+                        "{}{}",
+                        if a.sealed.is_some() {
+                            " (encrypted)"
+                        } else {
+                            ""
+                        },
+                        match (a.pinned, a.suspect.is_some()) {
+                            (true, true) => " (pinned) SUSPECT: its sidecar disagreed",
+                            (false, true) => " SUSPECT: its sidecar disagreed",
+                            (true, false) => " (pinned)",
+                            (false, false) => "",
+                        }
+                    )
                 );
             }
             outln!("{} archive(s)", archives.len());
@@ -223,6 +231,10 @@ async fn show(catalog: &Catalog, format: Format, id: &str) -> Result<i32, String
                 outln!("duration:          {:.1}s", ms as f64 / 1000.0);
             }
             outln!("pinned:            {}", a.pinned);
+            let copies = catalog.copies(a.id).await.map_err(|e| e.to_string())?;
+            if !copies.is_empty() {
+                outln!("copies:            {}", copies.join(", "));
+            }
             if let Some(counts) = a.row_counts.as_object() {
                 outln!("row counts:");
                 for (table, n) in counts {

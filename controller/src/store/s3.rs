@@ -115,7 +115,7 @@ impl BucketStore {
             "no S3 credentials found: set `store_credentials:` in ferry.yaml or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY".to_string()
         } else if text.contains("NoSuchBucket") {
             format!(
-                "bucket {:?} does not exist{}; create it or correct `store:`",
+                "bucket {:?} does not exist{}; create it, or correct the store URL (`store:` or `--to`)",
                 self.location.bucket,
                 self.location
                     .endpoint
