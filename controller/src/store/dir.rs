@@ -61,7 +61,7 @@ impl DirStore {
                     .strip_prefix(".incoming-")
                     .and_then(|rest| rest.split_once('-'))
                     .map(|(pid, _)| pid)
-                    .or_else(|| name.rsplit_once(".sha256.part-").map(|(_, pid)| pid))
+                    .or_else(|| name.rsplit_once(".part-").map(|(_, pid)| pid))
                     .and_then(|pid| pid.parse::<u32>().ok());
                 if let Some(pid) = pid
                     && !Path::new(&format!("/proc/{pid}")).exists()
@@ -184,17 +184,7 @@ impl DirStore {
         check_name(name)?;
         let dir = self.root.join(host);
         make_dir(&dir)?;
-        let temp = dir.join(format!(".{name}.part-{}", std::process::id()));
-        if let Err(e) = write_small(&temp, data) {
-            let _ = std::fs::remove_file(&temp);
-            return Err(e);
-        }
-        let path = dir.join(name);
-        std::fs::rename(&temp, &path).map_err(|e| io_error(&path, e))?;
-        if let Ok(d) = File::open(&dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        replace_small(&dir, name, data)
     }
 
     pub fn size(&self, host: &str, name: &str) -> Result<Option<u64>, StoreError> {
@@ -262,16 +252,8 @@ impl Incoming {
             let _ = std::fs::remove_file(&sidecar_temp);
             return Err(StoreError::Exists(path.display().to_string()));
         }
-        let host = self
-            .dir
-            .file_name()
-            .map(|h| h.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let root = DirStore {
-            root: self.dir.parent().map(Path::to_path_buf).unwrap_or_default(),
-        };
         for (extra, data) in extras {
-            if let Err(e) = root.put_small(&host, extra, data) {
+            if let Err(e) = check_name(extra).and_then(|()| replace_small(&self.dir, extra, data)) {
                 let _ = std::fs::remove_file(&sidecar_temp);
                 return Err(e);
             }
@@ -306,6 +288,21 @@ fn make_dir(dir: &Path) -> Result<(), StoreError> {
         .mode(0o700)
         .create(dir)
         .map_err(|e| io_error(dir, e))
+}
+
+/// Replaces `dir/name` atomically: a temporary file, synced, renamed over it.
+fn replace_small(dir: &Path, name: &str, data: &[u8]) -> Result<(), StoreError> {
+    let temp = dir.join(format!(".{name}.part-{}", std::process::id()));
+    if let Err(e) = write_small(&temp, data) {
+        let _ = std::fs::remove_file(&temp);
+        return Err(e);
+    }
+    let path = dir.join(name);
+    std::fs::rename(&temp, &path).map_err(|e| io_error(&path, e))?;
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }
 
 fn write_small(path: &Path, data: &[u8]) -> Result<(), StoreError> {

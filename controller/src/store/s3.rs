@@ -211,6 +211,8 @@ impl BucketStore {
         let journal = self.record_upload(&key, &id)?;
         Ok(Incoming {
             store: self.clone(),
+            host: host.to_string(),
+            name: object.to_string(),
             key,
             id,
             journal: Some(journal),
@@ -347,6 +349,8 @@ impl BucketStore {
 /// An archive being uploaded.
 pub struct Incoming {
     store: BucketStore,
+    host: String,
+    name: String,
     key: Key,
     id: String,
     /// The journal entry; None once the upload is finished or aborted.
@@ -433,12 +437,7 @@ impl Incoming {
         s3.complete_multipart(&self.key, &self.id, parts)
             .await
             .map_err(|e| self.store.error("completing the upload", e))?;
-        let (host, name) = {
-            let mut parts: Vec<String> = self.key.parts().map(|p| p.as_ref().to_string()).collect();
-            let name = parts.pop().unwrap_or_default();
-            (parts.pop().unwrap_or_default(), name)
-        };
-        let committed = self.write_marker(&host, &name, &sha256, extras).await;
+        let committed = self.write_marker(&sha256, extras).await;
         if committed.is_err() {
             let _ = s3.delete(&self.key).await;
         }
@@ -448,7 +447,7 @@ impl Incoming {
         }
         committed?;
         Ok(Committed {
-            location: format!("{}/{host}/{name}", self.store.url()),
+            location: format!("{}/{}/{}", self.store.url(), self.host, self.name),
             size: self.received.size,
             sha256,
         })
@@ -457,11 +456,10 @@ impl Incoming {
     /// The extras, then the sidecar: the commit. The sidecar is created only if absent.
     async fn write_marker(
         &self,
-        host: &str,
-        name: &str,
         sha256: &str,
         extras: &[(String, Vec<u8>)],
     ) -> Result<(), StoreError> {
+        let (host, name) = (self.host.as_str(), self.name.as_str());
         for (extra, data) in extras {
             self.store.put_small(host, extra, data.clone()).await?;
         }
