@@ -2,32 +2,32 @@
 # Debian machine. PostgreSQL 15 server binaries are expected at /usr/lib/postgresql/15/bin
 # (override with FERRY_PG_BIN).
 
+# ensure_venv DIR TOOL MODULE VERSION SPEC: a venv at DIR with TOOL in its bin/ and MODULE at VERSION,
+# else SPEC installed into it with pip.
+ensure_venv() {
+  local venv="$1" tool="$2" module="$3" version="$4" spec="$5"
+  if [ -x "$venv/bin/$tool" ] &&
+    "$venv/bin/python" -c "import $module as m; assert m.__version__ == '$version'" 2>/dev/null; then
+    return 0
+  fi
+  echo "installing $spec into $venv" >&2
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q "$spec"
+}
+
 # The ansible-core the inventory tests compare ferry with, in a venv under target/.
 ANSIBLE_CORE_VERSION=2.19.14
 ANSIBLE_VENV="${FERRY_ANSIBLE_VENV:-target/ansible-venv}"
-
 ensure_ansible() {
-  if [ -x "$ANSIBLE_VENV/bin/ansible-inventory" ] &&
-    "$ANSIBLE_VENV/bin/python" -c "import ansible.release as r; assert r.__version__ == '$ANSIBLE_CORE_VERSION'" 2>/dev/null; then
-    return 0
-  fi
-  echo "installing ansible-core $ANSIBLE_CORE_VERSION into $ANSIBLE_VENV" >&2
-  python3 -m venv "$ANSIBLE_VENV"
-  "$ANSIBLE_VENV/bin/pip" install -q "ansible-core==$ANSIBLE_CORE_VERSION"
+  ensure_venv "$ANSIBLE_VENV" ansible-inventory ansible.release "$ANSIBLE_CORE_VERSION" "ansible-core==$ANSIBLE_CORE_VERSION"
 }
+
 # The S3-compatible server the object-storage tests start (moto, real HTTP on loopback), with boto3
 # for the tests' own looks into the bucket, in a venv under target/.
 MOTO_VERSION=5.2.5
 S3_VENV="${FERRY_S3_VENV:-target/s3-venv}"
-
 ensure_s3() {
-  if [ -x "$S3_VENV/bin/moto_server" ] &&
-    "$S3_VENV/bin/python" -c "import moto; assert moto.__version__ == '$MOTO_VERSION'" 2>/dev/null; then
-    return 0
-  fi
-  echo "installing moto[server] $MOTO_VERSION into $S3_VENV" >&2
-  python3 -m venv "$S3_VENV"
-  "$S3_VENV/bin/pip" install -q "moto[server]==$MOTO_VERSION"
+  ensure_venv "$S3_VENV" moto_server moto "$MOTO_VERSION" "moto[server]==$MOTO_VERSION"
 }
 
 ensure_deps() {

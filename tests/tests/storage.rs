@@ -99,6 +99,19 @@ fn age_decrypts(identity: &Path, data: &[u8]) -> bool {
         .success()
 }
 
+/// `ferry archives copy --all --to DIR` with one archive there and one not.
+fn copy_all_copies_one_and_skips_one(fleet: &TempFleet, dir: &Path) {
+    let out = fleet
+        .ferry(&["archives", "copy", "--all", "--to", &dir.to_string_lossy()])
+        .output()
+        .unwrap();
+    assert!(
+        text(&out).contains("1 copied to") && text(&out).contains("1 already there"),
+        "{}",
+        text(&out)
+    );
+}
+
 /// cp01 with the built-in database, cp02 with an external one.
 async fn two_hosts() -> TempFleet {
     TempFleet::up(SimFleetOptions {
@@ -237,38 +250,10 @@ async fn a_bucket_store_backs_up_restores_verifies_exports_copies_and_rebuilds()
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let copied = std::fs::read(offsite.path().join("cp01").join(name)).unwrap();
     assert_eq!(sha256_hex(&copied), cp01["sha256"].as_str().unwrap());
-    let out = fleet
-        .ferry(&[
-            "archives",
-            "copy",
-            "--all",
-            "--to",
-            &offsite.path().to_string_lossy(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        text(&out).contains("1 copied to") && text(&out).contains("1 already there"),
-        "{}",
-        text(&out)
-    );
+    copy_all_copies_one_and_skips_one(&fleet, offsite.path());
     // A copy that vanished from the destination is copied again, not reported as there.
     std::fs::remove_file(offsite.path().join("cp01").join(name)).unwrap();
-    let out = fleet
-        .ferry(&[
-            "archives",
-            "copy",
-            "--all",
-            "--to",
-            &offsite.path().to_string_lossy(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        text(&out).contains("1 copied to") && text(&out).contains("1 already there"),
-        "{}",
-        text(&out)
-    );
+    copy_all_copies_one_and_skips_one(&fleet, offsite.path());
     assert!(offsite.path().join("cp01").join(name).exists());
     let out = fleet
         .ferry(&["archives", "copy", id, "--to", &s3.store_url("prod")])
