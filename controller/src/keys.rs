@@ -177,7 +177,6 @@ pub async fn rewrap(
         .cloned()
         .collect();
     ids.extend(add.iter().cloned());
-    ids.dedup();
     let mut unique = Vec::new();
     for id in ids {
         if !unique.contains(&id) {

@@ -112,6 +112,23 @@ fn copy_all_copies_one_and_skips_one(fleet: &TempFleet, dir: &Path) {
     );
 }
 
+/// Holds the devices table locked: the dump waits, so a backup's upload stays open mid-archive.
+async fn hold_devices_lock(host: &simhost::SimHost) -> tokio_postgres::Client {
+    let db = host.db().await.unwrap();
+    db.batch_execute("BEGIN; LOCK TABLE devices IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    db
+}
+
+async fn wait_for_an_open_upload(s3: &S3Server) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while s3.open_uploads().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no upload started");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// cp01 with the built-in database, cp02 with an external one.
 async fn two_hosts() -> TempFleet {
     TempFleet::up(SimFleetOptions {
@@ -612,21 +629,14 @@ async fn a_killed_or_interrupted_upload_leaves_nothing_and_the_rerun_succeeds() 
     let host = fleet.host("cp01");
     for signal in [rustix::process::Signal::KILL, rustix::process::Signal::INT] {
         // The dump waits on a lock: the upload is open, mid-archive, when the controller goes.
-        let db = host.db().await.unwrap();
-        db.batch_execute("BEGIN; LOCK TABLE devices IN ACCESS EXCLUSIVE MODE")
-            .await
-            .unwrap();
+        let db = hold_devices_lock(host).await;
         let mut backup = fleet
             .ferry(&["backup", "cp01"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while s3.open_uploads().is_empty() {
-            assert!(std::time::Instant::now() < deadline, "no upload started");
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+        wait_for_an_open_upload(&s3).await;
         let pid = rustix::process::Pid::from_raw(backup.id() as i32).unwrap();
         rustix::process::kill_process(pid, signal).unwrap();
         let status = backup.wait().unwrap();
@@ -678,10 +688,7 @@ async fn a_killed_or_interrupted_upload_leaves_nothing_and_the_rerun_succeeds() 
             .replace(&s3.endpoint(), &format!("http://{}", proxy.addr)),
     )
     .unwrap();
-    let db = host.db().await.unwrap();
-    db.batch_execute("BEGIN; LOCK TABLE devices IN ACCESS EXCLUSIVE MODE")
-        .await
-        .unwrap();
+    let db = hold_devices_lock(host).await;
     let backup = Command::new(simhost::bins::path("ferry"))
         .arg("--config")
         .arg(&proxied)
@@ -692,11 +699,7 @@ async fn a_killed_or_interrupted_upload_leaves_nothing_and_the_rerun_succeeds() 
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while s3.open_uploads().is_empty() {
-        assert!(std::time::Instant::now() < deadline, "no upload started");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    wait_for_an_open_upload(&s3).await;
     proxy.cut();
     drop(db);
     let out = backup.wait_with_output().unwrap();
