@@ -36,6 +36,14 @@ pub struct AgentConfig {
     /// Host name reported to the controller; default the kernel's host name.
     #[serde(default)]
     pub host_name: Option<String>,
+    /// Bytes the staging filesystem keeps free: a restore or drill that would leave less is refused
+    /// before it receives anything. Default 256 MiB.
+    #[serde(default = "default_keep_free")]
+    pub keep_free_bytes: u64,
+}
+
+fn default_keep_free() -> u64 {
+    256 << 20
 }
 
 /// The agent's server certificate, key, and the fleet CA that signs controller certificates.

@@ -11,6 +11,7 @@ mod error;
 mod identity;
 mod role;
 pub mod tls;
+pub mod tree;
 
 pub use authority::{Authority, IssuedCert, LeafSpec};
 pub use error::CertError;

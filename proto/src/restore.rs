@@ -4,16 +4,17 @@
 
 use crate::v1::{Component, HostState, Step};
 
-/// Every step of the runbook, in order. `stage` happens through its own call before these.
-pub const STEPS: [Step; 12] = [
+/// Every step of the runbook, in order. `stage` happens through its own call before these. Whatever
+/// grows with the database (load, device preparation, the KV key list) comes before `stop`; the
+/// window from `stop` to `start` holds renames, the KV seed and unit calls only.
+pub const STEPS: [Step; 11] = [
     Step::Verify,
     Step::Load,
+    Step::PrepareLoaded,
     Step::Stop,
     Step::SwapDb,
     Step::SwapFiles,
-    Step::Publish,
     Step::PrepareDevices,
-    Step::Unpublish,
     Step::SeedKv,
     Step::Start,
     Step::Health,
@@ -48,6 +49,7 @@ impl Step {
             Step::Health => "health",
             Step::Commit => "commit",
             Step::Rollback => "rollback",
+            Step::PrepareLoaded => "prepare-loaded",
         }
     }
 
@@ -55,7 +57,7 @@ impl Step {
     pub fn from_name(name: &str) -> Option<Step> {
         STEPS
             .into_iter()
-            .chain([Step::Stage, Step::Rollback])
+            .chain([Step::Stage, Step::Rollback, Step::Publish, Step::Unpublish])
             .find(|s| s.name() == name)
     }
 
@@ -125,29 +127,31 @@ pub fn chosen(components: &[Component]) -> Vec<Component> {
 /// How the host's database is reached, which decides the database steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DatabaseAccess {
-    /// flightctl-db in its container: loaded, swapped, and published for device preparation.
+    /// flightctl-db in its container: loaded, prepared and swapped inside it, never published.
     Builtin,
     /// A server elsewhere, restored by its DBA: device preparation connects to it directly.
     External,
 }
 
 /// The steps a restore of `components` runs (all of them when empty); device preparation alone when
-/// `prepare_only`. A restored database always gets device preparation; on an external-database host,
-/// whose database its DBA restores, `db` means device preparation on it, as upstream's restore does.
+/// `prepare_only`. A restored database always gets device preparation: a loaded built-in one before
+/// the units stop (`prepare-loaded`), a live one after (`prepare-devices`). On an external-database
+/// host, whose database its DBA restores, `db` means device preparation on it, as upstream's does.
 pub fn plan(components: &[Component], prepare_only: bool, database: DatabaseAccess) -> Vec<Step> {
     let chosen = chosen(components);
     let has = |c: Component| chosen.contains(&c);
     let builtin = database == DatabaseAccess::Builtin;
     let prepare = prepare_only || has(Component::Db);
+    let load = !prepare_only && builtin && has(Component::Db);
     let files = !prepare_only && chosen.iter().any(|c| *c != Component::Db);
     STEPS
         .into_iter()
         .filter(|s| match s {
             Step::Verify => !prepare_only,
-            Step::Load | Step::SwapDb => !prepare_only && builtin && has(Component::Db),
+            Step::Load | Step::SwapDb | Step::PrepareLoaded => load,
             Step::SwapFiles => files,
-            Step::Publish | Step::Unpublish => prepare && builtin,
-            Step::PrepareDevices | Step::SeedKv => prepare,
+            Step::PrepareDevices => prepare && !load,
+            Step::SeedKv => prepare,
             _ => true,
         })
         .collect()
@@ -282,7 +286,17 @@ mod tests {
             plan(&[Component::Pki], false, Builtin),
             [Verify, Stop, SwapFiles, Start, Health, Commit]
         );
-        assert_eq!(plan(&[], false, Builtin), STEPS);
+        assert_eq!(
+            plan(&[], false, Builtin),
+            STEPS
+                .into_iter()
+                .filter(|s| *s != PrepareDevices)
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(
+            plan(&[], true, Builtin),
+            [Stop, PrepareDevices, SeedKv, Start, Health, Commit]
+        );
         assert_eq!(
             plan(&[], false, External),
             [
@@ -305,11 +319,9 @@ mod tests {
             [
                 Verify,
                 Load,
+                PrepareLoaded,
                 Stop,
                 SwapDb,
-                Publish,
-                PrepareDevices,
-                Unpublish,
                 SeedKv,
                 Start,
                 Health,

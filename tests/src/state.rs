@@ -124,6 +124,7 @@ pub fn log_call(layout: &Layout, tool: &str, args: &[String]) {
         .append(true)
         .open(layout.calls_log())
     {
-        let _ = writeln!(f, "{tool} {}", args.join(" "));
+        // One line per call, whatever its arguments hold (SQL has newlines).
+        let _ = writeln!(f, "{tool} {}", args.join(" ").replace('\n', " "));
     }
 }

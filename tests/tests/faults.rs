@@ -50,12 +50,7 @@ fn trigger(step: &str) -> Trigger {
         "stop" => Call("systemctl", "stop flightctl-api"),
         "swap-db" => Call("podman", "RENAME TO"),
         "swap-files" => Call("podman", "volume import"),
-        "publish" => Call("systemctl", "restart flightctl-db.service"),
-        "prepare-devices" => Call("podman", "flightctl-postgresql-user-password"),
-        "unpublish" => Call(
-            "systemctl",
-            "restart flightctl-db.service flightctl-kv.service",
-        ),
+        "prepare-loaded" => Call("podman", "awaitingReconnect"),
         "seed-kv" => Call("podman", "redis-cli --pipe"),
         "start" => Call("systemctl", "start flightctl-api"),
         "health" => Call("podman", "redis-cli --no-auth-warning"),
@@ -65,7 +60,7 @@ fn trigger(step: &str) -> Trigger {
 }
 
 /// Steps that leave the live control plane as it was if the restore goes no further.
-const BEFORE_LIVE_CHANGE: [&str; 3] = ["stage", "verify", "load"];
+const BEFORE_LIVE_CHANGE: [&str; 4] = ["stage", "verify", "load", "prepare-loaded"];
 
 /// What a restore must give back: every table, the files under /etc/flightctl with their modes,
 /// the PAM volume, and every unit's state.
@@ -415,16 +410,7 @@ async fn matrix(fault: Fault) {
     let chains = [
         (
             "cp01",
-            [
-                "stage",
-                "load",
-                "swap-db",
-                "publish",
-                "unpublish",
-                "start",
-                "commit",
-            ]
-            .as_slice(),
+            ["stage", "load", "swap-db", "start", "commit"].as_slice(),
         ),
         (
             "cp02",
@@ -432,7 +418,7 @@ async fn matrix(fault: Fault) {
                 "verify",
                 "stop",
                 "swap-files",
-                "prepare-devices",
+                "prepare-loaded",
                 "seed-kv",
                 "health",
             ]

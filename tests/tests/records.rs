@@ -1,6 +1,6 @@
 //! Every operation leaves a record, whatever ends it: a timeout, an unreachable host, SIGINT, a
 //! catalog that goes down mid-run, a controller killed outright. And the safety refusals that go with
-//! them: a rollback while the restore runs, a publish whose restart fails, a disagreeing sidecar.
+//! them: a rollback while the restore runs, a failure inside the window, a disagreeing sidecar.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -330,7 +330,7 @@ async fn a_catalog_that_goes_down_and_a_killed_controller_lose_no_record() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rollback_waits_for_a_running_restore_and_a_failed_publish_leaves_no_dropin() {
+async fn rollback_waits_for_a_running_restore_and_a_failure_in_the_window_is_rolled_back() {
     let fleet = TempFleet::up(SimFleetOptions {
         hosts: 1,
         devices: 20,
@@ -389,17 +389,10 @@ async fn rollback_waits_for_a_running_restore_and_a_failed_publish_leaves_no_dro
     assert_eq!(names[..3], ["preflight", "stage", "verify"]);
     assert_eq!(doc["host_status"]["state"], "HOST_STATE_STARTED", "{doc}");
 
-    // A publish whose restart fails removes its drop-in at once; rollback then restores the rest.
-    let dropin = host
-        .layout
-        .quadlet("flightctl-db.service")
-        .with_extension("container.d")
-        .join("10-ferry-publish-port.conf");
-    host.inject_fault(
-        "systemctl",
-        "=restart flightctl-db.service",
-        "Job for flightctl-db.service failed.",
-    );
+    // A KV seed that fails inside the window leaves the swapped state, nothing published and no
+    // data service restarted; rollback then restores the rest.
+    host.clear_calls();
+    host.inject_fault("podman", "redis-cli --pipe", "Error: KV refused the pipe");
     let doc: Value = serde_json::from_slice(
         &fleet
             .ferry(&["restore", "cp01", "-o", "json"])
@@ -414,14 +407,17 @@ async fn rollback_waits_for_a_running_restore_and_a_failed_publish_leaves_no_dro
         doc["error"]
             .as_str()
             .unwrap()
-            .contains("the drop-in was removed again"),
+            .contains("KV refused the pipe"),
         "{doc}"
     );
     assert_eq!(doc["host_status"]["state"], "HOST_STATE_SWAPPED", "{doc}");
     assert_eq!(doc["host_status"]["published"], false, "{doc}");
-    assert!(!dropin.exists());
+    assert!(
+        !host.calls().iter().any(|c| c.contains("restart")),
+        "{:#?}",
+        host.calls()
+    );
     fleet.ferry_ok(&["rollback", "cp01"]).unwrap();
-    assert!(!dropin.exists());
     assert_eq!(host.unit_state("flightctl-api.service"), "active");
 
     // A rollback after `start` stops the units running on the restored data before it undoes it,

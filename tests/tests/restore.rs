@@ -80,12 +80,10 @@ async fn restore_brings_back_the_backup_and_prepares_devices() {
         "stage",
         "verify",
         "load",
+        "prepare-loaded",
         "stop",
         "swap-db",
         "swap-files",
-        "publish",
-        "prepare-devices",
-        "unpublish",
         "seed-kv",
         "start",
         "health",
@@ -216,11 +214,43 @@ async fn restore_brings_back_the_backup_and_prepares_devices() {
             "{forbidden}: {calls:#?}"
         );
     }
-    assert!(
+    // The window (stop → start) holds renames, the KV seed and unit calls only: no data service
+    // restarts, nothing is published, and device preparation ran on the temporary database before.
+    let position = |needle: &str| {
         calls
             .iter()
-            .any(|c| c == "systemctl restart flightctl-db.service flightctl-kv.service"),
-        "{calls:#?}"
+            .position(|c| c.starts_with(needle))
+            .unwrap_or_else(|| panic!("{needle}: {calls:#?}"))
+    };
+    let (stop, start) = (
+        position("systemctl stop flightctl-api"),
+        position("systemctl start flightctl-api"),
+    );
+    let prepared = calls
+        .iter()
+        .position(|c| c.contains("awaitingReconnect"))
+        .unwrap_or_else(|| panic!("device preparation: {calls:#?}"));
+    assert!(
+        calls[prepared]
+            .starts_with("podman exec -i flightctl-db psql -U postgres -d flightctl_restore_")
+            && prepared < stop,
+        "device preparation before the stop: {calls:#?}"
+    );
+    for call in &calls[stop..start] {
+        assert!(
+            !call.contains("restart") && !call.contains("daemon-reload"),
+            "no data-service restart inside the window: {call}"
+        );
+    }
+    assert!(
+        calls[stop..start]
+            .iter()
+            .any(|c| c.starts_with("podman exec -i flightctl-kv redis-cli --pipe")),
+        "the KV is seeded inside the window: {calls:#?}"
+    );
+    assert!(
+        !calls.iter().any(|c| c.contains("daemon-reload")),
+        "no drop-in was written: {calls:#?}"
     );
     let quadlets = host.layout.host_path("/usr/share/containers/systemd");
     let dropins: Vec<_> = std::fs::read_dir(&quadlets)
@@ -793,15 +823,13 @@ async fn a_lapsed_lease_leaves_nothing_published_and_is_reported() {
         .with_extension("container.d")
         .join("10-ferry-publish-port.conf");
 
-    // 1. The controller dies after the swap, with units stopped and the port published. The step
-    // it was waiting for still runs to its end; then the lease lapses.
-    host.inject_fault("podman", "flightctl-postgresql-user-password", "sleep:6");
+    // 1. The controller dies after the swap, with units stopped, while the KV is seeded. The step
+    // it was waiting for still runs to its end; then the lease lapses. Nothing was published, so
+    // the data services are not restarted (that would only lose the seeded keys).
+    host.inject_fault("podman", "redis-cli --pipe", "sleep:6");
     let mut controller = spawn_restore(&fleet);
-    wait_until("device preparation to start", async || {
-        host.calls()
-            .iter()
-            .any(|c| c.contains("flightctl-postgresql-user-password"))
-            && dropin.exists()
+    wait_until("the KV seed to start", async || {
+        host.calls().iter().any(|c| c.contains("redis-cli --pipe"))
     })
     .await;
     assert_eq!(host.unit_state("flightctl-api.service"), "inactive");
@@ -809,16 +837,23 @@ async fn a_lapsed_lease_leaves_nothing_published_and_is_reported() {
     let _ = controller.wait();
     host.clear_faults();
     let killed_at = host.calls().len();
-    wait_until("the lease to lapse and the drop-in to go", async || {
-        !dropin.exists()
+    wait_until("the lease to lapse", async || {
+        let facts = fleet
+            .ferry(&["facts", "cp01", "-o", "json"])
+            .output()
+            .unwrap();
+        let facts: serde_json::Value = serde_json::from_slice(&facts.stdout).unwrap_or_default();
+        facts["hosts"]["cp01"]["data"]["restore"]["lapsed"].is_string()
     })
     .await;
-    wait_until("the data services to be restarted", async || {
-        host.calls()[killed_at..]
+    assert!(!dropin.exists());
+    assert!(
+        !host.calls()[killed_at..]
             .iter()
-            .any(|c| c == "systemctl restart flightctl-db.service flightctl-kv.service")
-    })
-    .await;
+            .any(|c| c.contains("restart")),
+        "{:#?}",
+        host.calls()
+    );
     assert_eq!(host.unit_state("flightctl-db.service"), "active");
     assert_eq!(host.unit_state("flightctl-kv.service"), "active");
     assert_eq!(
@@ -906,6 +941,7 @@ async fn partial_restores_device_preparation_alone_and_cross_host() {
     assert!(
         output.contains("TASK [swap-files] ok")
             && !output.contains("TASK [load]")
+            && !output.contains("TASK [prepare-loaded]")
             && !output.contains("TASK [prepare-devices]"),
         "{output}"
     );
@@ -922,7 +958,7 @@ async fn partial_restores_device_preparation_alone_and_cross_host() {
     let (code, output) = restore(&fleet, &["--db-only"]);
     assert_eq!(code, 0, "{output}");
     assert!(
-        output.contains("TASK [prepare-devices] ok") && !output.contains("TASK [swap-files]"),
+        output.contains("TASK [prepare-loaded] ok") && !output.contains("TASK [swap-files]"),
         "{output}"
     );
     let db = cp01.db().await.unwrap();
@@ -963,7 +999,7 @@ async fn partial_restores_device_preparation_alone_and_cross_host() {
         "{}",
         text(&out)
     );
-    let db2 = cp02.db().await.unwrap(); // the database was restarted
+    let db2 = cp02.db().await.unwrap();
     assert_eq!(
         db2.query_one(unprepared, &[])
             .await

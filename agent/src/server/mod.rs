@@ -55,6 +55,7 @@ pub fn service(config: &AgentConfig) -> AgentService {
             staging_dir: config.staging_dir.clone(),
             local_address: config.local_address.clone(),
             api: config.api(),
+            keep_free: config.keep_free_bytes,
         },
         operations.clone(),
     );
@@ -70,6 +71,7 @@ pub fn service(config: &AgentConfig) -> AgentService {
         operations,
         started: Instant::now(),
         restores,
+        keep_free: config.keep_free_bytes,
     }
 }
 
@@ -90,6 +92,12 @@ pub async fn serve(
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let accept = tokio::spawn(accept_loop(listener, acceptor, tx));
     let service = service(config);
+    // Before serving, so a new drill's scratch database is never taken for a stale one.
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(15),
+        crate::tasks::drill::drop_scratch_databases(&service.host),
+    )
+    .await;
     let restores = service.restores.clone();
     let watchdog = tokio::spawn(async move {
         loop {
@@ -183,7 +191,7 @@ fn create_staging_dir(path: &std::path::Path) -> Result<(), ServeError> {
         let name = entry.file_name().to_string_lossy().into_owned();
         // A restore directory without a journal never got past staging: nothing changed.
         let unstaged = name.starts_with("restore-") && !entry.path().join("journal.json").is_file();
-        if name.starts_with("backup-") || unstaged {
+        if name.starts_with("backup-") || name.starts_with("drill-") || unstaged {
             tracing::warn!(dir = %entry.path().display(), "removing scratch left by an interrupted operation");
             let _ = std::fs::remove_dir_all(entry.path());
         }

@@ -28,6 +28,8 @@ pub struct AgentService {
     pub(super) operations: OperationSlot,
     pub(super) started: Instant,
     pub(super) restores: restore::Restores,
+    /// Bytes the staging filesystem keeps free (`keep_free_bytes`).
+    pub(super) keep_free: u64,
 }
 
 /// The subject of the controller certificate that made the request, for logs and records.
@@ -199,6 +201,55 @@ impl Agent for AgentService {
             }
         });
         Ok(Response::new(ReceiverStream::new(out_rx)))
+    }
+
+    async fn drill(
+        &self,
+        request: Request<Streaming<pb::DrillChunk>>,
+    ) -> Result<Response<pb::DrillReply>, Status> {
+        let who = caller(&request);
+        let mut chunks = request.into_inner();
+        let first = chunks
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("empty drill stream"))?;
+        if !valid_operation_id(&first.drill_id) {
+            return Err(Status::invalid_argument(format!(
+                "drill id {:?} must be 1-64 letters, digits, '-' or '_'",
+                first.drill_id
+            )));
+        }
+        let req = wire::drill_request(&first);
+        let guard = self
+            .operations
+            .try_begin("drill", &req.drill_id, &who)
+            .map_err(|running| {
+                let (cause, next) = self.restores.busy(&running);
+                Status::failed_precondition(wire::with_next(&cause, &next))
+            })?;
+        let drill = crate::tasks::drill::Drill {
+            host: self.host.clone(),
+            staging_dir: self.staging_dir.clone(),
+            keep_free: self.keep_free,
+            facts: self.gather_facts().await,
+        };
+        if let Some(why) = drill.refusal(&req) {
+            tracing::warn!(caller = %who, drill = %req.drill_id, "drill refused: {why}");
+            return Err(Status::failed_precondition(why));
+        }
+        tracing::info!(caller = %who, drill = %req.drill_id, "drill");
+        // On its own task: the scratch database is dropped even if the controller goes away.
+        let data = first.data.clone();
+        let task = tokio::spawn(async move {
+            let _guard = guard;
+            let rest = tokio_stream::StreamExt::map(chunks, |c| c.map(|c| c.data));
+            drill.run(&req, data, rest).await
+        });
+        let report = task
+            .await
+            .map_err(|e| Status::internal(format!("drill task: {e}")))?;
+        tracing::info!(passed = report.failures.is_empty(), failures = ?report.failures, "drill ended");
+        Ok(Response::new(wire::drill_reply(report)))
     }
 
     async fn ping(&self, request: Request<PingRequest>) -> Result<Response<PingReply>, Status> {

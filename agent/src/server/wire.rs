@@ -209,3 +209,42 @@ pub fn database_override(over: Option<&pb::DatabaseOverride>) -> crate::tasks::d
         },
     }
 }
+
+pub fn drill_request(first: &pb::DrillChunk) -> crate::tasks::drill::DrillRequest {
+    crate::tasks::drill::DrillRequest {
+        drill_id: first.drill_id.clone(),
+        expected_sha256: first.expected_sha256.clone(),
+        expected_size: first.expected_size,
+        database_included: first.database_included,
+    }
+}
+
+pub fn drill_reply(report: crate::tasks::drill::Report) -> pb::DrillReply {
+    pb::DrillReply {
+        passed: report.failures.is_empty(),
+        failures: report.failures,
+        tables: report
+            .tables
+            .into_iter()
+            .map(|t| pb::TableCount {
+                table: t.table,
+                expected: t.expected,
+                restored: t.restored.map_or(-1, |n| n as i64),
+            })
+            .collect(),
+        files_checked: report.files_checked as u32,
+        phases: report
+            .phases
+            .into_iter()
+            .map(|p| pb::DrillPhase {
+                name: p.name.into(),
+                seconds: p.seconds,
+                ok: p.ok,
+                summary: p.summary,
+            })
+            .collect(),
+        devices_prepared: report.devices_prepared,
+        scratch_database: report.scratch_database,
+        notes: report.notes,
+    }
+}

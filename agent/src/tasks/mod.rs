@@ -4,6 +4,7 @@
 pub mod api;
 pub mod backup;
 pub mod database;
+pub mod drill;
 pub mod facts;
 pub mod restore;
 pub mod units;

@@ -169,6 +169,21 @@ pub async fn restore_previous(
     drop_database(host, temp).await
 }
 
+/// Databases whose name contains `marker`.
+pub async fn names_like(host: &Host, marker: &str) -> Result<Vec<String>, String> {
+    let sql = format!(
+        "SELECT datname FROM pg_database WHERE strpos(datname, '{}') > 0",
+        marker.replace('\'', "''")
+    );
+    Ok(psql(host, "postgres", &sql)
+        .await?
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
 pub async fn drop_database(host: &Host, name: &str) -> Result<(), String> {
     psql(
         host,

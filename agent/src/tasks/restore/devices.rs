@@ -1,16 +1,18 @@
-//! Device preparation after a restore (docs/upstream-contract.md §6), in one transaction as the
-//! application user:
-//! devices marked awaiting reconnect, unapproved enrollment requests annotated, a SystemRestored event,
-//! and the list of KV keys to seed.
+//! Device preparation after a restore (docs/upstream-contract.md §6): devices marked awaiting
+//! reconnect, unapproved enrollment requests annotated, a SystemRestored event, and the list of KV keys
+//! to seed. One statement, so it is atomic whichever way it reaches the database: `psql` inside the DB
+//! container (the loaded temporary database, or the live built-in one) or a connection to an external
+//! database.
 
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+use crate::host::Host;
 use crate::tasks::database::error_text;
 
 /// What preparation changed.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Prepared {
     pub devices: u64,
     pub enrollment_requests: u64,
@@ -18,7 +20,17 @@ pub struct Prepared {
     pub organizations: usize,
 }
 
-const DEVICES: &str = r#"
+/// The statement's answer: the counts and the keys, as one JSON document.
+#[derive(Deserialize)]
+struct Answer {
+    #[serde(flatten)]
+    prepared: Prepared,
+    key_list: Vec<String>,
+}
+
+/// Every non-deleted device of every organization gets a key, decommissioned ones included (upstream).
+/// The event counts the devices whose timestamps were reset, as upstream's does.
+const PREPARE: &str = r#"
 WITH updated AS (
     UPDATE devices SET
         annotations = COALESCE(annotations, '{}'::jsonb) || '{"device-controller/awaitingReconnect": "true"}'::jsonb,
@@ -29,72 +41,84 @@ WITH updated AS (
     WHERE deleted_at IS NULL
       AND COALESCE(status->'lifecycle'->>'status', '') NOT IN ('Decommissioned', 'Decommissioning')
       AND (annotations->>'device-controller/awaitingReconnect') IS DISTINCT FROM 'true'
-    RETURNING org_id, name)
-UPDATE device_timestamps t SET last_seen = NULL FROM updated u WHERE t.org_id = u.org_id AND t.name = u.name"#;
+    RETURNING org_id, name),
+stamps AS (
+    UPDATE device_timestamps t SET last_seen = NULL FROM updated u
+    WHERE t.org_id = u.org_id AND t.name = u.name RETURNING 1),
+requests AS (
+    UPDATE enrollment_requests SET
+        annotations = COALESCE(annotations, '{}'::jsonb) || '{"device-controller/awaitingReconnect": "true"}'::jsonb,
+        resource_version = COALESCE(resource_version, 0) + 1
+    WHERE deleted_at IS NULL
+      AND COALESCE(status->'approval'->>'approved', '') <> 'true'
+      AND (annotations->>'device-controller/awaitingReconnect') IS DISTINCT FROM 'true'
+    RETURNING 1),
+event AS (
+    INSERT INTO events (org_id, name, reason, source_component, actor, type, message, details,
+                        involved_object_name, involved_object_kind)
+    SELECT '00000000-0000-0000-0000-000000000000', gen_random_uuid()::text, 'SystemRestored', '', '', 'Normal',
+           format('System restored successfully. Updated %s devices for post-restoration preparation.',
+                  (SELECT count(*) FROM stamps)),
+           '{}'::jsonb, 'database', 'System'
+    RETURNING 1),
+keys AS (
+    SELECT o.id::text AS org, d.name FROM organizations o JOIN devices d ON d.org_id = o.id
+    WHERE d.deleted_at IS NULL)
+SELECT json_build_object(
+    'devices', (SELECT count(*) FROM stamps),
+    'enrollment_requests', (SELECT count(*) FROM requests),
+    'keys', (SELECT count(*) FROM keys),
+    'organizations', (SELECT count(DISTINCT org) FROM keys),
+    'events', (SELECT count(*) FROM event),
+    'key_list', (SELECT COALESCE(json_agg('v1/' || org || '/device/' || name || '/awaiting-reconnect'
+                                          ORDER BY org, name), '[]'::json) FROM keys))::text"#;
 
-const ENROLLMENT_REQUESTS: &str = r#"
-UPDATE enrollment_requests SET
-    annotations = COALESCE(annotations, '{}'::jsonb) || '{"device-controller/awaitingReconnect": "true"}'::jsonb,
-    resource_version = COALESCE(resource_version, 0) + 1
-WHERE deleted_at IS NULL
-  AND COALESCE(status->'approval'->>'approved', '') <> 'true'
-  AND (annotations->>'device-controller/awaitingReconnect') IS DISTINCT FROM 'true'"#;
-
-/// Every non-deleted device of every organization gets a key, decommissioned ones included (upstream).
-const KEYS: &str = "SELECT o.id::text, d.name FROM organizations o JOIN devices d ON d.org_id = o.id WHERE d.deleted_at IS NULL ORDER BY 1, 2";
-
-const EVENT: &str = r#"
-INSERT INTO events (org_id, name, reason, source_component, actor, type, message, details,
-                    involved_object_name, involved_object_kind)
-VALUES ('00000000-0000-0000-0000-000000000000', gen_random_uuid()::text, 'SystemRestored', '', '', 'Normal',
-        $1, '{}'::jsonb, 'database', 'System')"#;
-
-/// The KV key that tells the server a device must confirm its state.
-pub fn awaiting_key(org: &str, device: &str) -> String {
-    format!("v1/{org}/device/{device}/awaiting-reconnect")
+/// Prepares devices in database `db` of the DB container (as `postgres`, over its socket: nothing
+/// is published); writes the KV keys to `keys_file`.
+pub async fn prepare_in_container(
+    host: &Host,
+    db: &str,
+    keys_file: &Path,
+) -> Result<Prepared, String> {
+    let out = host
+        .podman()
+        .exec(
+            "flightctl-db",
+            &[
+                "psql",
+                "-U",
+                "postgres",
+                "-d",
+                db,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-tAc",
+                PREPARE,
+            ],
+            b"",
+        )
+        .await
+        .map_err(|e| format!("device preparation in {db}: {e}"))?;
+    record(out.trim(), keys_file)
 }
 
-/// Prepares devices as the application user on `client`; writes the KV keys to `keys_file`.
+/// Prepares devices as the application user on `client` (an external database).
 pub async fn prepare(
     client: &mut tokio_postgres::Client,
     keys_file: &Path,
 ) -> Result<Prepared, String> {
-    let tx = client.transaction().await.map_err(|e| error_text(&e))?;
-    let devices = tx
-        .execute(DEVICES, &[])
+    let row = client
+        .query_one(PREPARE, &[])
         .await
-        .map_err(|e| format!("devices: {}", error_text(&e)))?;
-    let enrollment_requests = tx
-        .execute(ENROLLMENT_REQUESTS, &[])
-        .await
-        .map_err(|e| format!("enrollment requests: {}", error_text(&e)))?;
-    let rows = tx
-        .query(KEYS, &[])
-        .await
-        .map_err(|e| format!("listing devices: {}", error_text(&e)))?;
-    let message = format!(
-        "System restored successfully. Updated {devices} devices for post-restoration preparation."
-    );
-    tx.execute(EVENT, &[&message])
-        .await
-        .map_err(|e| format!("SystemRestored event: {}", error_text(&e)))?;
-    let mut keys = String::new();
-    let mut orgs = std::collections::BTreeSet::new();
-    for row in &rows {
-        let org: String = row.get(0);
-        let name: String = row.get(1);
-        keys.push_str(&awaiting_key(&org, &name));
-        keys.push('\n');
-        orgs.insert(org);
-    }
+        .map_err(|e| format!("device preparation: {}", error_text(&e)))?;
+    record(&row.get::<_, String>(0), keys_file)
+}
+
+fn record(answer: &str, keys_file: &Path) -> Result<Prepared, String> {
+    let answer: Answer = serde_json::from_str(answer)
+        .map_err(|e| format!("device preparation answered unexpectedly ({e}): {answer:.200}"))?;
+    let mut keys = answer.key_list.join("\n");
+    keys.push('\n');
     std::fs::write(keys_file, keys).map_err(|e| format!("{}: {e}", keys_file.display()))?;
-    tx.commit()
-        .await
-        .map_err(|e| format!("commit: {}", error_text(&e)))?;
-    Ok(Prepared {
-        devices,
-        enrollment_requests,
-        keys: rows.len(),
-        organizations: orgs.len(),
-    })
+    Ok(answer.prepared)
 }

@@ -43,7 +43,7 @@ pub async fn run(ctx: &RestoreContext, j: &Journal) -> Result<StepOutcome, Strin
         ));
     }
     let statuses = if j.external_database && j.plan().contains(&Step::PrepareDevices) {
-        let client = super::endpoint(ctx, j)?.connect(host).await?;
+        let client = super::external_database(ctx, j)?.connect(host).await?;
         let row = client
             .query_one(database::DEVICE_STATUSES, &[])
             .await

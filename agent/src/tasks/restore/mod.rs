@@ -5,15 +5,15 @@
 //! stage to commit, runs each step to its end even if the controller goes away, and recovers an
 //! unfinished restore when the agent starts.
 
-mod database;
-mod devices;
+pub(crate) mod database;
+pub(crate) mod devices;
 mod files;
 mod health;
 pub mod journal;
 mod kv;
 mod ports;
 mod rollback;
-mod staging;
+pub(crate) mod staging;
 mod verify;
 
 use std::path::{Path, PathBuf};
@@ -95,6 +95,8 @@ pub struct RestoreContext {
     pub staging_dir: PathBuf,
     pub local_address: String,
     pub api: crate::tasks::api::Api,
+    /// Bytes the staging filesystem keeps free (`keep_free_bytes`).
+    pub keep_free: u64,
 }
 
 impl RestoreContext {
@@ -631,54 +633,35 @@ async fn execute(
             )))
         }
         Step::SwapFiles => swap_files(ctx, dir, j).await,
-        Step::Publish => {
-            let dropin = ports::dropin_path(host).await?;
-            if !j.dropins.contains(&dropin) {
-                j.dropins.push(dropin.clone());
-                j.save(dir).map_err(|e| e.to_string())?;
-            }
-            if let Err(e) = ports::publish(host, &ctx.local_address, &dropin).await {
-                // Never leave a port (or a drop-in that would publish one) behind a failure.
-                return match ports::unpublish(host, &j.dropins).await {
-                    Ok(()) => {
-                        j.dropins.clear();
-                        Err(format!("{e}; the drop-in was removed again"))
-                    }
-                    Err(u) => Err(format!("{e}; removing the drop-in failed too: {u}")),
-                };
-            }
-            Ok(summary(&format!(
-                "flightctl-db published on {}:5432 only",
-                ctx.local_address
-            )))
+        Step::PrepareLoaded => {
+            let started = std::time::Instant::now();
+            let prepared =
+                devices::prepare_in_container(host, &j.temp_db, &dir.join("kv-keys.txt")).await?;
+            j.kv_keys = prepared.keys;
+            Ok(prepared_outcome(
+                &prepared,
+                &format!(
+                    "{} inside flightctl-db in {:.1}s, before the units stop",
+                    j.temp_db,
+                    started.elapsed().as_secs_f64()
+                ),
+            ))
         }
         Step::PrepareDevices => {
-            let endpoint = endpoint(ctx, j)?;
-            let mut client = endpoint.connect(host).await?;
-            let prepared = devices::prepare(&mut client, &dir.join("kv-keys.txt")).await?;
-            j.kv_keys = prepared.keys;
-            Ok(StepOutcome {
-                summary: format!(
-                    "updated {} devices, {} enrollment requests on {}; {} awaiting-reconnect keys across {} organizations; SystemRestored event written",
-                    prepared.devices,
-                    prepared.enrollment_requests,
+            let keys = dir.join("kv-keys.txt");
+            let (prepared, place) = if j.external_database {
+                let endpoint = external_database(ctx, j)?;
+                let mut client = endpoint.connect(host).await?;
+                (
+                    devices::prepare(&mut client, &keys).await?,
                     endpoint.describe(),
-                    prepared.keys,
-                    prepared.organizations
-                ),
-                details: serde_json::to_value(&prepared).unwrap_or_default(),
-                skipped: false,
-            })
-        }
-        Step::Unpublish => {
-            if j.dropins.is_empty() {
-                return Ok(summary("nothing was published"));
-            }
-            ports::unpublish(host, &j.dropins).await?;
-            j.dropins.clear();
-            Ok(summary(
-                "drop-ins removed; flightctl-db and flightctl-kv restarted; nothing published",
-            ))
+                )
+            } else {
+                let prepared = devices::prepare_in_container(host, &j.db_name, &keys).await?;
+                (prepared, format!("{} inside flightctl-db", j.db_name))
+            };
+            j.kv_keys = prepared.keys;
+            Ok(prepared_outcome(&prepared, &place))
         }
         Step::SeedKv => {
             if !dir.join("kv-keys.txt").is_file() {
@@ -691,7 +674,7 @@ async fn execute(
                 .map_err(|e| e.to_string())?;
             let n = kv::seed(host, &password, &dir.join("kv-keys.txt")).await?;
             Ok(summary(&format!(
-                "{n} awaiting-reconnect keys seeded after the KV's last restart"
+                "KV flushed and {n} awaiting-reconnect keys seeded through flightctl-kv"
             )))
         }
         Step::Start => {
@@ -728,15 +711,22 @@ async fn execute(
     }
 }
 
-/// Where device preparation connects: the external database the host's (restored) config names, or
-/// the built-in one on the port `publish` opened.
-fn endpoint(ctx: &RestoreContext, j: &Journal) -> Result<Endpoint, String> {
-    if j.external_database {
-        let db = crate::tasks::facts::database(&ctx.host);
-        Endpoint::external(&ctx.host, &db, &j.database_override)
-            .map_err(|e| format!("external database: {e}"))
-    } else {
-        Ok(Endpoint::published(&ctx.local_address, &j.db_name))
+/// The external database the host's (restored) config names, with the operator's overrides.
+fn external_database(ctx: &RestoreContext, j: &Journal) -> Result<Endpoint, String> {
+    let db = crate::tasks::facts::database(&ctx.host);
+    Endpoint::external(&ctx.host, &db, &j.database_override)
+        .map_err(|e| format!("external database: {e}"))
+}
+
+/// A device preparation's report: its counts, where it ran.
+fn prepared_outcome(prepared: &devices::Prepared, place: &str) -> StepOutcome {
+    StepOutcome {
+        summary: format!(
+            "updated {} devices, {} enrollment requests on {place}; {} awaiting-reconnect keys across {} organizations; SystemRestored event written",
+            prepared.devices, prepared.enrollment_requests, prepared.keys, prepared.organizations
+        ),
+        details: serde_json::to_value(prepared).unwrap_or_default(),
+        skipped: false,
     }
 }
 

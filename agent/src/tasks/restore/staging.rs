@@ -33,52 +33,12 @@ pub async fn receive<E: std::fmt::Display>(
     dir: &Path,
     req: &StageRequest,
     first: bytes::Bytes,
-    mut rest: impl tokio_stream::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+    rest: impl tokio_stream::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
 ) -> Result<(u64, String), String> {
-    use tokio_stream::StreamExt;
-    let (free, _) = crate::tasks::facts::disk_space(&ctx.staging_dir);
-    let needed = req.expected_size.saturating_mul(3).saturating_add(64 << 20);
-    if free < needed {
-        return Err(format!(
-            "not enough space in {}: {} MiB free, {} MiB needed for the archive and its extraction; nothing was changed",
-            ctx.staging_dir.display(),
-            free >> 20,
-            needed >> 20
-        ));
-    }
+    room_for(&ctx.staging_dir, req.expected_size, ctx.keep_free)?;
+    let (size, sha256) =
+        receive_archive(dir, &req.expected_sha256, req.expected_size, first, rest).await?;
     let io = |e: std::io::Error| format!("staging: {e}");
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let part = dir.join("archive.part");
-    let mut file = tokio::io::BufWriter::with_capacity(
-        1 << 20,
-        tokio::fs::File::create(&part).await.map_err(io)?,
-    );
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    let mut chunk = Some(first);
-    loop {
-        if let Some(data) = chunk.take() {
-            hasher.update(&data);
-            size += data.len() as u64;
-            file.write_all(&data).await.map_err(io)?;
-        }
-        match rest.next().await {
-            Some(Ok(data)) => chunk = Some(data),
-            None => break,
-            Some(Err(e)) => return Err(format!("the stream from the controller broke: {e}")),
-        }
-    }
-    file.flush().await.map_err(io)?;
-    file.into_inner().sync_all().await.map_err(io)?;
-    let sha256 = ferry_proto::archive::hex(&hasher.finalize());
-    if size != req.expected_size || sha256 != req.expected_sha256 {
-        return Err(format!(
-            "digest mismatch: received {size} bytes sha256 {sha256}, the catalog says {} bytes sha256 {}; nothing was changed",
-            req.expected_size, req.expected_sha256
-        ));
-    }
-    std::fs::rename(&part, dir.join("archive")).map_err(io)?;
     let mut journal = Journal {
         restore_id: req.restore_id.clone(),
         archive_sha256: sha256.clone(),
@@ -149,4 +109,75 @@ pub async fn prepare_only(
     };
     journal.set_plan(&plan(&[], true, access));
     journal.save(dir).map_err(|e| format!("staging: {e}"))
+}
+
+/// Refuses when the staging filesystem cannot hold an archive of `size`, its extraction, and still
+/// keep `keep_free` bytes free.
+pub fn room_for(staging: &Path, size: u64, keep_free: u64) -> Result<(), String> {
+    let (free, _) = crate::tasks::facts::disk_space(staging);
+    let needed = size
+        .saturating_mul(3)
+        .saturating_add(64 << 20)
+        .saturating_add(keep_free);
+    if free < needed {
+        return Err(format!(
+            "not enough space in {}: {} MiB free, {} MiB needed for the archive and its extraction{}; nothing was changed",
+            staging.display(),
+            free >> 20,
+            needed >> 20,
+            if keep_free > 0 {
+                format!(
+                    " while keeping {} MiB free (keep_free_bytes in agent.yaml)",
+                    keep_free >> 20
+                )
+            } else {
+                String::new()
+            }
+        ));
+    }
+    Ok(())
+}
+
+/// Streams an archive into `dir/archive` (created afresh), checking its size and digest.
+pub async fn receive_archive<E: std::fmt::Display>(
+    dir: &Path,
+    expected_sha256: &str,
+    expected_size: u64,
+    first: bytes::Bytes,
+    mut rest: impl tokio_stream::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+) -> Result<(u64, String), String> {
+    use tokio_stream::StreamExt;
+    let io = |e: std::io::Error| format!("staging: {e}");
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let part = dir.join("archive.part");
+    let mut file = tokio::io::BufWriter::with_capacity(
+        1 << 20,
+        tokio::fs::File::create(&part).await.map_err(io)?,
+    );
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut chunk = Some(first);
+    loop {
+        if let Some(data) = chunk.take() {
+            hasher.update(&data);
+            size += data.len() as u64;
+            file.write_all(&data).await.map_err(io)?;
+        }
+        match rest.next().await {
+            Some(Ok(data)) => chunk = Some(data),
+            None => break,
+            Some(Err(e)) => return Err(format!("the stream from the controller broke: {e}")),
+        }
+    }
+    file.flush().await.map_err(io)?;
+    file.into_inner().sync_all().await.map_err(io)?;
+    let sha256 = ferry_proto::archive::hex(&hasher.finalize());
+    if size != expected_size || sha256 != expected_sha256 {
+        return Err(format!(
+            "digest mismatch: received {size} bytes sha256 {sha256}, the catalog says {expected_size} bytes sha256 {expected_sha256}; nothing was changed"
+        ));
+    }
+    std::fs::rename(&part, dir.join("archive")).map_err(io)?;
+    Ok((size, sha256))
 }

@@ -33,17 +33,18 @@ fn describe(step: Step, access: DatabaseAccess, keep_old_db: bool) -> &'static s
         }
         Step::SwapDb => "rename the live database aside and the restored one into place",
         Step::SwapFiles => "swap the chosen files by rename, keeping the pre-restore copies",
-        Step::Publish => {
-            "publish flightctl-db on the host's loopback address through a PublishPort drop-in"
+        Step::PrepareLoaded => {
+            "inside flightctl-db, on the loaded temporary database: mark devices awaiting reconnect, annotate enrollment requests, write the SystemRestored event, list the KV keys"
         }
         Step::PrepareDevices if access == DatabaseAccess::External => {
             "on the external database: mark devices awaiting reconnect, annotate enrollment requests, write the SystemRestored event"
         }
         Step::PrepareDevices => {
-            "mark devices awaiting reconnect, annotate enrollment requests, write the SystemRestored event"
+            "inside flightctl-db, on the live database: mark devices awaiting reconnect, annotate enrollment requests, write the SystemRestored event"
         }
-        Step::Unpublish => "remove the drop-in, restart flightctl-db and flightctl-kv",
-        Step::SeedKv => "flush the KV and seed one awaiting-reconnect key per device",
+        Step::SeedKv => {
+            "flush the KV and seed one awaiting-reconnect key per device through flightctl-kv (no restart)"
+        }
         Step::Start => "start the application units that were running",
         Step::Health => "API ready at the archive's version, one KV key per device",
         Step::Commit if keep_old_db => "remove the pre-restore copies; keep the previous database",
