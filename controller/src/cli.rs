@@ -92,6 +92,14 @@ pub enum Command {
     },
     /// Return a host with an unfinished restore to exactly its pre-restore state.
     Rollback { host: String },
+    /// Prove that each selected host's archive restores, without touching its live control plane:
+    /// loaded into a scratch database inside the DB container, prepared, counted against the
+    /// manifest, its PKI, config and keys parsed, then dropped.
+    Drill {
+        pattern: String,
+        #[command(flatten)]
+        args: DrillArgs,
+    },
     /// Who did what to which host, when, from which archive, with what outcome.
     History(HistoryArgs),
     /// The audit ledger's hash chain.
@@ -152,6 +160,7 @@ impl Command {
             Command::Restore { .. } => "restore",
             Command::PrepareDevices { .. } => "prepare-devices",
             Command::Rollback { .. } => "rollback",
+            Command::Drill { .. } => "drill",
             Command::History(_) => "history",
             Command::Audit(_) => "audit",
             Command::Archives(_) => "archives",
@@ -163,6 +172,17 @@ impl Command {
             Command::Serve(_) => "serve",
         }
     }
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct DrillArgs {
+    /// Archive id from `ferry archives list`, or `latest` (the default: each host's newest).
+    #[arg(long, value_name = "ID|latest")]
+    pub archive: Option<String>,
+    /// Run every drill on this sandbox host's DB container instead of on each host itself (one at
+    /// a time); its live data is untouched too.
+    #[arg(long, value_name = "HOST")]
+    pub on: Option<String>,
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -307,7 +327,7 @@ pub struct HistoryArgs {
     #[arg(long, value_parser = ["succeeded", "failed", "refused", "rolled back", "checked", "unreachable", "interrupted"])]
     pub outcome: Option<String>,
     /// Only operations of this kind.
-    #[arg(long, value_parser = ["backup", "restore", "restore-check", "rollback", "prepare-devices", "archive-verify", "archive-export", "archive-delete", "archive-pin", "archive-copy", "keys-rotate", "certificate-issue"])]
+    #[arg(long, value_parser = ["backup", "restore", "restore-check", "rollback", "prepare-devices", "archive-verify", "archive-export", "archive-delete", "archive-pin", "archive-copy", "keys-rotate", "certificate-issue", "drill"])]
     pub kind: Option<String>,
 }
 

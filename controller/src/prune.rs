@@ -1,5 +1,5 @@
 //! Retention applied to the catalog: which of a host's archives its policies keep and why, with the
-//! protections no policy overrides (pins, the host's newest verified archive, an archive a running
+//! protections no policy overrides (pins, the host's newest verified and newest drilled archives, an archive a running
 //! restore uses), and deleting an archive (store object, catalog mark, ledger entry).
 
 use std::collections::BTreeMap;
@@ -57,12 +57,19 @@ pub async fn plan(
             .iter()
             .find(|a| a.suspect.is_none() && a.verified_at.is_some())
             .map(|a| a.id);
+        let newest_drilled = list
+            .iter()
+            .find(|a| a.suspect.is_none() && a.drilled_at.is_some())
+            .map(|a| a.id);
         let candidates: Vec<Candidate> = list
             .iter()
             .map(|a| {
                 let mut protected = Vec::new();
                 if Some(a.id) == newest_verified {
                     protected.push("newest verified".to_string());
+                }
+                if Some(a.id) == newest_drilled {
+                    protected.push("newest drilled (verified by restore)".to_string());
                 }
                 if let Some(run) = in_use.get(&a.id) {
                     protected.push(format!("in use by {run}"));

@@ -178,6 +178,26 @@ CREATE TABLE archive_copies (
 );
 "#,
     ),
+    (
+        6,
+        r#"
+-- Drills: an archive restored into a scratch database and checked. The archive's drilled_at is its
+-- newest passing drill ("verified by restore").
+CREATE TABLE drills (
+    id bigserial PRIMARY KEY,
+    archive_id bigint NOT NULL REFERENCES archives(id),
+    ran_on text NOT NULL,
+    run_id bigint,
+    started_at timestamptz NOT NULL,
+    finished_at timestamptz NOT NULL,
+    passed boolean NOT NULL,
+    failures text[] NOT NULL,
+    detail jsonb NOT NULL
+);
+CREATE INDEX drills_archive ON drills (archive_id, finished_at DESC);
+ALTER TABLE archives ADD COLUMN drilled_at timestamptz;
+"#,
+    ),
 ];
 
 /// Applies every migration not yet applied; concurrent ferry processes serialise on an advisory lock.

@@ -155,6 +155,24 @@ pub struct ArchiveRecord {
     /// Set when the archive is encrypted (`size` and `sha256` are then the ciphertext's).
     #[serde(default)]
     pub sealed: Option<SealedRecord>,
+    /// When a drill last restored it and found it whole ("verified by restore").
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub drilled_at: Option<OffsetDateTime>,
+}
+
+/// One drill of an archive.
+#[derive(Debug, Clone)]
+pub struct DrillRecord {
+    pub archive_id: i64,
+    /// The host whose DB container held the scratch database.
+    pub ran_on: String,
+    pub run_id: Option<i64>,
+    pub started: OffsetDateTime,
+    pub finished: OffsetDateTime,
+    pub passed: bool,
+    pub failures: Vec<String>,
+    /// Phases, counts and timings as the agent reported them.
+    pub detail: Value,
 }
 
 /// An encrypted archive's plaintext and the public keys its key is wrapped for.
@@ -225,6 +243,7 @@ impl ArchiveRecord {
             deleted_at: None,
             deleted_reason: None,
             sealed: None,
+            drilled_at: None,
         }
     }
 
@@ -255,7 +274,7 @@ pub struct Catalog {
 
 const ARCHIVE_COLUMNS: &str = "id, host, name, size, sha256, compression, flightctl_version, deployment_type, \
      database_included, created_at, duration_ms, row_counts, warnings, source_facts, run_id, pinned, suspect, verified_at, \
-     deleted_at, deleted_reason, plain_size, plain_sha256, key_ids";
+     deleted_at, deleted_reason, plain_size, plain_sha256, key_ids, drilled_at";
 
 impl Catalog {
     /// Connects to `config.catalog`, or to (starting if needed) the private cluster, and migrates.
@@ -505,6 +524,50 @@ impl Catalog {
         Ok(())
     }
 
+    /// Records a drill of archive `archive_id` on host `ran_on`; a passing one marks the archive
+    /// verified by restore.
+    pub async fn record_drill(&self, d: &DrillRecord) -> Result<(), CatalogError> {
+        self.client
+            .execute(
+                "WITH drill AS (
+                     INSERT INTO drills (archive_id, ran_on, run_id, started_at, finished_at, passed, failures, detail)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING archive_id, passed, finished_at)
+                 UPDATE archives a SET drilled_at = d.finished_at FROM drill d
+                 WHERE a.id = d.archive_id AND d.passed",
+                &[
+                    &d.archive_id, &d.ran_on, &d.run_id, &d.started, &d.finished, &d.passed,
+                    &d.failures, &d.detail,
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The newest drills, newest first: (archive id, host it ran on, finished, passed, failures).
+    pub async fn drills(&self, limit: i64) -> Result<Vec<DrillRecord>, CatalogError> {
+        let rows = self
+            .client
+            .query(
+                "SELECT archive_id, ran_on, run_id, started_at, finished_at, passed, failures, detail
+                 FROM drills ORDER BY finished_at DESC, id DESC LIMIT $1",
+                &[&limit],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| DrillRecord {
+                archive_id: r.get(0),
+                ran_on: r.get(1),
+                run_id: r.get(2),
+                started: r.get(3),
+                finished: r.get(4),
+                passed: r.get(5),
+                failures: r.get(6),
+                detail: r.get(7),
+            })
+            .collect())
+    }
+
     pub async fn archive(&self, id: i64) -> Result<Option<ArchiveRecord>, CatalogError> {
         let row = self
             .client
@@ -546,6 +609,7 @@ fn archive_from_row(r: &tokio_postgres::Row) -> ArchiveRecord {
                 plain_sha256,
                 key_ids: r.get::<_, Option<Vec<String>>>(22).unwrap_or_default(),
             }),
+        drilled_at: r.get(23),
     }
 }
 

@@ -90,6 +90,11 @@ pub async fn run(config: &Config, global: &GlobalArgs, command: ArchivesCommand)
 }
 
 /// An archive as JSON: `id` is the stable digest prefix, `catalog_number` the row number.
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
 fn archive_json(a: &ArchiveRecord) -> serde_json::Value {
     let mut doc = serde_json::to_value(a).unwrap_or_default();
     doc["catalog_number"] = json!(a.id);
@@ -163,12 +168,15 @@ async fn list(
                     a.flightctl_version,
                     if a.database_included { "yes" } else { "no" },
                     format!(
-                        "{}{}",
+                        "{}{}{}",
                         if a.sealed.is_some() {
                             " (encrypted)"
                         } else {
                             ""
                         },
+                        a.drilled_at
+                            .map(|t| format!(" (verified by restore {})", rfc3339(t)))
+                            .unwrap_or_default(),
                         match (a.pinned, a.suspect.is_some()) {
                             (true, true) => " (pinned) SUSPECT: its sidecar disagreed",
                             (false, true) => " SUSPECT: its sidecar disagreed",
@@ -223,6 +231,12 @@ async fn show(catalog: &Catalog, format: Format, id: &str) -> Result<i32, String
             outln!("created:           {}", a.created_at);
             if let Some(at) = a.verified_at {
                 outln!("verified:          {at}");
+            }
+            if let Some(at) = a.drilled_at {
+                outln!(
+                    "verified by restore: {} (a drill loaded, counted and checked it)",
+                    rfc3339(at)
+                );
             }
             outln!("flightctl version: {}", a.flightctl_version);
             outln!("deployment type:   {}", a.deployment_type);

@@ -218,16 +218,25 @@ pub async fn delete(
             a.host
         ));
     }
-    let newest_verified = catalog
-        .archives()
-        .await
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .find(|x| x.host == a.host && x.suspect.is_none() && x.verified_at.is_some())
-        .map(|x| x.id);
-    if newest_verified == Some(a.id) && !force {
+    let archives = catalog.archives().await.map_err(|e| e.to_string())?;
+    let newest = |proven: fn(&crate::catalog::ArchiveRecord) -> bool| {
+        archives
+            .iter()
+            .find(|x| x.host == a.host && x.suspect.is_none() && proven(x))
+            .map(|x| x.id)
+    };
+    let protection = if newest(|x| x.verified_at.is_some()) == Some(a.id) {
+        Some("newest verified")
+    } else if newest(|x| x.drilled_at.is_some()) == Some(a.id) {
+        Some("newest drilled")
+    } else {
+        None
+    };
+    if let Some(what) = protection
+        && !force
+    {
         return Err(format!(
-            "[{}] {} is the host's newest verified archive; nothing was deleted (add --force to delete it anyway)",
+            "[{}] {} is the host's {what} archive; nothing was deleted (add --force to delete it anyway)",
             a.host,
             a.short_id()
         ));

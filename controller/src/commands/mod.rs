@@ -4,6 +4,7 @@ mod archives;
 mod audit;
 pub(crate) mod backup;
 mod certs;
+mod drill;
 mod facts;
 mod fleet;
 mod keys;
@@ -91,6 +92,7 @@ async fn command(config: &Config, cli: Cli) -> i32 {
         } => backup::run(&config, &cli.global, &pattern, compression).await,
         Command::Restore { host, args } => restore::run(&config, &cli.global, &host, &args).await,
         Command::Rollback { host } => restore::rollback(&config, &cli.global, &host).await,
+        Command::Drill { pattern, args } => drill::run(&config, &cli.global, &pattern, &args).await,
         Command::PrepareDevices { host, args } => {
             restore::prepare_devices(&config, &cli.global, &host, &args).await
         }

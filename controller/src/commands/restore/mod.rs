@@ -643,7 +643,6 @@ async fn stage(
         Some(s) => (s.plain_sha256.clone(), s.plain_size as u64),
         None => (archive.sha256.clone(), archive.size as u64),
     };
-    let (tx, rx) = tokio::sync::mpsc::channel::<StageChunk>(8);
     let first = StageChunk {
         restore_id: restore_id.to_string(),
         expected_sha256: expected_sha256.clone(),
@@ -658,31 +657,11 @@ async fn stage(
         lease_seconds: args.lease_seconds,
         ..Default::default()
     };
-    let reader = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        if tx.blocking_send(first).is_err() {
-            return Ok(());
-        }
-        let mut file = opened.plaintext().map_err(std::io::Error::other)?;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = file.read(&mut buf)?;
-            if n == 0 {
-                return Ok(());
-            }
-            let chunk = StageChunk {
-                data: buf[..n].to_vec().into(),
-                ..Default::default()
-            };
-            if tx.blocking_send(chunk).is_err() {
-                return Ok(());
-            }
-        }
+    let (rx, reader) = send_archive(opened, first, |data| StageChunk {
+        data,
+        ..Default::default()
     });
-    let reply = conn
-        .client
-        .clone()
-        .stage(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await;
+    let reply = conn.client.clone().stage(rx).await;
     reader
         .await
         .map_err(|e| e.to_string())?
@@ -704,4 +683,37 @@ async fn stage(
         ));
     }
     Ok(())
+}
+
+/// Streams an opened archive's plaintext as messages (`first`, then `wrap` of each 1 MiB piece),
+/// read off the async workers. The handle says whether the store could be read to its end.
+pub(crate) fn send_archive<T: Send + 'static>(
+    opened: crate::keys::Opened,
+    first: T,
+    wrap: impl Fn(bytes::Bytes) -> T + Send + 'static,
+) -> (
+    tokio_stream::wrappers::ReceiverStream<T>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<T>(8);
+    let reader = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        if tx.blocking_send(first).is_err() {
+            return Ok(());
+        }
+        let mut file = opened.plaintext().map_err(std::io::Error::other)?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                return Ok(());
+            }
+            if tx
+                .blocking_send(wrap(bytes::Bytes::copy_from_slice(&buf[..n])))
+                .is_err()
+            {
+                return Ok(());
+            }
+        }
+    });
+    (tokio_stream::wrappers::ReceiverStream::new(rx), reader)
 }

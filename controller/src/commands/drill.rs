@@ -1,0 +1,451 @@
+//! `ferry drill PATTERN [--archive ID|latest] [--on HOST]`: proves that each selected host's archive
+//! restores. The archive streams from the store (decrypted in memory when encrypted) to the agent of
+//! the host itself or of a sandbox, which loads it into a scratch database inside its DB container,
+//! prepares it, counts every table against the manifest, parses the PKI, config and keys, and drops
+//! it. The live control plane is never touched. Each drill is a host result, a catalog drill record
+//! (a passing one marks the archive "verified by restore") and a ledger entry naming what failed.
+
+use std::time::Duration;
+
+use ferry_proto::v1::{DrillChunk, DrillReply};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+use crate::catalog::ledger::{Event, TaskRecord};
+use crate::catalog::{ArchiveRecord, Catalog, DrillRecord, HostRecord, Operator};
+use crate::cli::{DrillArgs, GlobalArgs};
+use crate::config::Config;
+use crate::dial::Dialer;
+use crate::inventory::Target;
+use crate::report::{self, Outcome};
+use crate::store::Store;
+
+struct Ctx<'a> {
+    catalog: &'a Catalog,
+    store: &'a Store,
+    dialer: &'a Dialer,
+    identities: Option<ferry_proto::archive::Identities>,
+    operator: Operator,
+    flags: Value,
+    run_id: i64,
+    archive: Option<&'a str>,
+    sandbox: Option<Target>,
+    limit: Duration,
+}
+
+pub async fn run(config: &Config, global: &GlobalArgs, pattern: &str, args: &DrillArgs) -> i32 {
+    let fleet = match super::fleet::prepare(config, global, pattern) {
+        Ok(fleet) => fleet,
+        Err(code) => return code,
+    };
+    let sandbox = match &args.on {
+        None => None,
+        Some(on) => match sandbox(config, global, on) {
+            Ok(target) => Some(target),
+            Err(code) => return code,
+        },
+    };
+    let fail = |e: &dyn std::fmt::Display| {
+        errln!("ferry drill: {e}");
+        report::exit::ERROR
+    };
+    let store = match Store::open(&config.store, &config.state_dir).await {
+        Ok(store) => store,
+        Err(e) => return fail(&e),
+    };
+    let identities = match crate::keys::identities(config) {
+        Ok(ids) => ids,
+        Err(e) => return fail(&format!("encryption.identity: {e}")),
+    };
+    let catalog = match Catalog::connect(config).await {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let operator = Operator::current(config);
+    let flags = json!({"archive": args.archive, "on": args.on, "limit": global.limit});
+    let run_id = match catalog.start_run("drill", pattern, &operator, &flags).await {
+        Ok(id) => id,
+        Err(e) => return fail(&e),
+    };
+    let ctx = Ctx {
+        catalog: &catalog,
+        store: &store,
+        dialer: &fleet.dialer,
+        identities,
+        operator,
+        flags,
+        run_id,
+        archive: args.archive.as_deref(),
+        sandbox,
+        limit: fleet.options.timeout,
+    };
+    // A sandbox holds one operation at a time: its drills run one after the other.
+    let options = crate::fanout::FanoutOptions {
+        forks: if ctx.sandbox.is_some() {
+            1
+        } else {
+            fleet.options.forks
+        },
+        timeout: fleet.options.timeout + Duration::from_secs(60),
+        ..fleet.options
+    };
+    let format = global.output;
+    let play = crate::fanout::run(
+        fleet.targets,
+        options,
+        |target| {
+            let ctx = &ctx;
+            async move { ctx.drill_within(&target).await }
+        },
+        |result| report::progress_line(format, result),
+    )
+    .await;
+    let outcome = if report::exit_code(&play.results) == report::exit::OK {
+        "succeeded"
+    } else {
+        "failed"
+    };
+    if let Err(e) = catalog.finish_run(run_id, outcome).await {
+        errln!("ferry drill: recording the run: {e}");
+    }
+    report::finish(format, "drill", &play, crate::output::Stdout)
+}
+
+/// The one host `--on` names.
+fn sandbox(config: &Config, global: &GlobalArgs, on: &str) -> Result<Target, i32> {
+    let inventory = super::fleet::load_inventory(config, global)?;
+    let selection = crate::pattern::select(&inventory, on, None).map_err(|e| {
+        errln!("ferry drill: --on {on}: {e}");
+        report::exit::INVENTORY
+    })?;
+    let [host] = selection.hosts.as_slice() else {
+        errln!(
+            "ferry drill: --on {on:?} selects {} hosts; name exactly one sandbox host",
+            selection.hosts.len()
+        );
+        return Err(report::exit::INVENTORY);
+    };
+    inventory.target(host).map_err(|e| {
+        errln!("ferry drill: --on {on}: {e}");
+        report::exit::INVENTORY
+    })
+}
+
+/// How one drill ended, before it is recorded.
+struct Ended {
+    outcome: Outcome,
+    archive: Option<ArchiveRecord>,
+    reply: Option<DrillReply>,
+    ran_on: String,
+}
+
+impl Ctx<'_> {
+    async fn drill_within(&self, target: &Target) -> Outcome {
+        let started = OffsetDateTime::now_utc();
+        crate::runs::host_phase(self.run_id, &target.name, "drill");
+        let ended = match tokio::time::timeout(self.limit, self.drill(target)).await {
+            Ok(ended) => ended,
+            Err(_) => Ended {
+                outcome: Outcome::Failed {
+                    task: "drill/timeout".into(),
+                    cause: format!(
+                        "no result within {}s (--timeout); the agent drops its scratch database when the drill ends",
+                        self.limit.as_secs()
+                    ),
+                },
+                archive: None,
+                reply: None,
+                ran_on: self.ran_on(target).name.clone(),
+            },
+        };
+        self.record(target, &ended, started).await;
+        ended.outcome
+    }
+
+    fn ran_on<'t>(&'t self, target: &'t Target) -> &'t Target {
+        self.sandbox.as_ref().unwrap_or(target)
+    }
+
+    async fn drill(&self, target: &Target) -> Ended {
+        let on = self.ran_on(target);
+        let failed = |task: &str, cause: String, archive: Option<ArchiveRecord>| Ended {
+            outcome: Outcome::Failed {
+                task: format!("drill/{task}"),
+                cause,
+            },
+            archive,
+            reply: None,
+            ran_on: on.name.clone(),
+        };
+        let archive = match self.choose(target).await {
+            Ok(a) => a,
+            Err(e) => return failed("archive", e, None),
+        };
+        let conn = match self.dialer.connect(on).await {
+            Ok(conn) => conn,
+            Err(e) => {
+                return Ended {
+                    outcome: Outcome::Unreachable(e),
+                    archive: Some(archive),
+                    reply: None,
+                    ran_on: on.name.clone(),
+                };
+            }
+        };
+        let opened = match crate::keys::open(self.store, &archive, self.identities.as_ref()).await {
+            Ok(o) => o,
+            Err(e) => return failed("store", e, Some(archive)),
+        };
+        let (expected_sha256, expected_size) = match &archive.sealed {
+            Some(s) => (s.plain_sha256.clone(), s.plain_size as u64),
+            None => (archive.sha256.clone(), archive.size as u64),
+        };
+        let first = DrillChunk {
+            drill_id: format!("d{}-{}", self.run_id, archive.short_id()),
+            expected_sha256,
+            expected_size,
+            database_included: archive.database_included,
+            data: Default::default(),
+        };
+        let (rx, reader) = super::restore::send_archive(opened, first, |data| DrillChunk {
+            data,
+            ..Default::default()
+        });
+        let reply = conn.client.clone().drill(rx).await;
+        let location = self.store.location(&archive.host, &archive.object());
+        match reader.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return failed("store", format!("reading {location}: {e}"), Some(archive));
+            }
+            Err(e) => return failed("store", e.to_string(), Some(archive)),
+        }
+        let reply = match reply {
+            Ok(reply) => reply.into_inner(),
+            Err(status) => {
+                return match conn.transport_error(&status) {
+                    Some(e) => Ended {
+                        outcome: Outcome::Unreachable(e),
+                        archive: Some(archive),
+                        reply: None,
+                        ran_on: on.name.clone(),
+                    },
+                    None => failed(
+                        "refused",
+                        format!("{} refused the drill: {}", on.name, status.message()),
+                        Some(archive),
+                    ),
+                };
+            }
+        };
+        let data = reply_json(&archive, on, &reply);
+        let outcome = if reply.passed {
+            Outcome::Ok {
+                changed: false,
+                summary: summary(&archive, on, target, &reply),
+                data,
+            }
+        } else {
+            let phase = reply
+                .phases
+                .iter()
+                .find(|p| !p.ok)
+                .map_or("checks", |p| p.name.as_str());
+            Outcome::Failed {
+                task: format!("drill/{phase}"),
+                cause: format!(
+                    "archive {} does not restore: {}",
+                    archive.short_id(),
+                    reply.failures.join("; ")
+                ),
+            }
+        };
+        Ended {
+            outcome,
+            archive: Some(archive),
+            reply: Some(reply),
+            ran_on: on.name.clone(),
+        }
+    }
+
+    /// The archive to drill: `--archive ID` (it must be this host's) or the host's newest.
+    async fn choose(&self, target: &Target) -> Result<ArchiveRecord, String> {
+        let host = &target.agent_name;
+        match self.archive {
+            None | Some("latest") => self
+                .catalog
+                .archives()
+                .await
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .find(|a| &a.host == host)
+                .ok_or_else(|| {
+                    format!(
+                        "the catalog has no archive of {host}; run `ferry backup {}` first",
+                        target.name
+                    )
+                }),
+            Some(id) => {
+                let a = self.catalog.resolve_live(id).await?;
+                if &a.host != host {
+                    return Err(format!(
+                        "archive {} is of {}, not {host}; drill it with `ferry drill {} --archive {id}`",
+                        a.short_id(),
+                        a.host,
+                        a.host
+                    ));
+                }
+                Ok(a)
+            }
+        }
+    }
+
+    /// The host result, the drill record and the ledger entry, whatever the outcome.
+    async fn record(&self, target: &Target, ended: &Ended, started: OffsetDateTime) {
+        let finished = OffsetDateTime::now_utc();
+        let (outcome, error) = match &ended.outcome {
+            Outcome::Ok { .. } => ("ok", None),
+            Outcome::Failed { task, cause } => ("failed", Some(format!("{task}: {cause}"))),
+            Outcome::Unreachable(e) => ("unreachable", Some(e.to_string())),
+            Outcome::Skipped { reason } => ("skipped", Some(reason.clone())),
+        };
+        let archive_id = ended.archive.as_ref().map(|a| a.id);
+        let host_record = HostRecord {
+            host: target.name.clone(),
+            outcome: outcome.into(),
+            phase: error.as_ref().map(|_| "drill".to_string()),
+            error: error.clone(),
+            archive_id,
+            started,
+            finished,
+        };
+        if let Err(e) = self.catalog.record_host(self.run_id, &host_record).await {
+            errln!("ferry drill: [{}] recording the result: {e}", target.name);
+        }
+        if let (Some(archive), Some(reply)) = (&ended.archive, &ended.reply) {
+            let drill = DrillRecord {
+                archive_id: archive.id,
+                ran_on: ended.ran_on.clone(),
+                run_id: Some(self.run_id),
+                started,
+                finished,
+                passed: reply.passed,
+                failures: reply.failures.clone(),
+                detail: reply_json(archive, self.ran_on(target), reply),
+            };
+            if let Err(e) = self.catalog.record_drill(&drill).await {
+                errln!("ferry drill: [{}] recording the drill: {e}", target.name);
+            }
+        }
+        let tasks = match &ended.reply {
+            Some(reply) => tasks(reply, started),
+            None => vec![TaskRecord {
+                name: "drill".into(),
+                started,
+                finished,
+                outcome: outcome.into(),
+                detail: error.clone().unwrap_or_default(),
+            }],
+        };
+        let event = Event {
+            kind: "drill".into(),
+            run_id: Some(self.run_id),
+            operator: self.operator.clone(),
+            target: target.name.clone(),
+            archive: ended
+                .archive
+                .as_ref()
+                .map_or(Value::Null, ArchiveRecord::ledger_json),
+            flags: self.flags.clone(),
+            started,
+            finished,
+            outcome: match outcome {
+                "ok" => "succeeded".into(),
+                other => other.into(),
+            },
+            error,
+            tasks,
+        };
+        if let Err(e) = self.catalog.append(&event).await {
+            errln!(
+                "ferry drill: [{}] writing the audit ledger: {e}",
+                target.name
+            );
+        }
+    }
+}
+
+/// The agent's phases as the ledger's task timeline.
+fn tasks(reply: &DrillReply, started: OffsetDateTime) -> Vec<TaskRecord> {
+    let mut at = started;
+    reply
+        .phases
+        .iter()
+        .map(|p| {
+            let finished = at + Duration::from_secs_f64(p.seconds.max(0.0));
+            let task = TaskRecord {
+                name: format!("drill/{}", p.name),
+                started: at,
+                finished,
+                outcome: if p.ok { "ok" } else { "failed" }.into(),
+                detail: p.summary.clone(),
+            };
+            at = finished;
+            task
+        })
+        .collect()
+}
+
+fn summary(archive: &ArchiveRecord, on: &Target, target: &Target, reply: &DrillReply) -> String {
+    let rows: u64 = reply.tables.iter().map(|t| t.expected).sum();
+    let seconds: f64 = reply.phases.iter().map(|p| p.seconds).sum();
+    let timings: Vec<String> = reply
+        .phases
+        .iter()
+        .map(|p| format!("{} {:.1}s", p.name, p.seconds))
+        .collect();
+    let place = if on.name == target.name {
+        String::new()
+    } else {
+        format!(" on {}", on.name)
+    };
+    let database = if reply.tables.is_empty() {
+        reply
+            .notes
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "no row counts".into())
+    } else {
+        format!(
+            "{} tables and {rows} rows match the manifest, {} devices prepared",
+            reply.tables.len(),
+            reply.devices_prepared
+        )
+    };
+    format!(
+        "archive {} restores{place}: {database}; {} files parse; {seconds:.1}s ({})",
+        archive.short_id(),
+        reply.files_checked,
+        timings.join(", ")
+    )
+}
+
+fn reply_json(archive: &ArchiveRecord, on: &Target, reply: &DrillReply) -> Value {
+    json!({
+        "archive": archive.ledger_json(),
+        "ran_on": on.name,
+        "passed": reply.passed,
+        "failures": reply.failures,
+        "notes": reply.notes,
+        "scratch_database": reply.scratch_database,
+        "devices_prepared": reply.devices_prepared,
+        "files_checked": reply.files_checked,
+        "tables": reply.tables.iter().map(|t| json!({
+            "table": t.table, "expected": t.expected,
+            "restored": (t.restored >= 0).then_some(t.restored),
+        })).collect::<Vec<_>>(),
+        "phases": reply.phases.iter().map(|p| json!({
+            "name": p.name, "seconds": p.seconds, "ok": p.ok, "summary": p.summary,
+        })).collect::<Vec<_>>(),
+    })
+}
