@@ -612,3 +612,122 @@ async fn serve_reloads_on_sighup_stops_gracefully_and_keeps_undeliverable_alerts
     }
     fleet.ferry_ok(&["audit", "verify"]).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scheduled_drills_are_recorded_alerted_and_exposed_as_metrics() {
+    // cp02 uses an external database: its drill checks the files of an archive without a dump.
+    let fleet = TempFleet::up(SimFleetOptions {
+        hosts: 2,
+        external_db: vec![1],
+        devices: 20,
+        ..Default::default()
+    })
+    .await;
+    fleet.ferry_ok(&["backup", "all"]).unwrap();
+    let hooks = Webhook::start(&fleet.dir, 0);
+    let port = free_port();
+    // Backups once a year (the archives just made satisfy this year's slot), drills every minute.
+    add_serve_config(
+        &fleet,
+        port,
+        "  - name: weekly-drill\n    hosts: controlplanes\n    cron: \"0 0 1 1 *\"\n    rpo: 400d\n    drill: \"* * * * *\"\n",
+        &format!("  - webhook: {}\n", hooks.url()),
+    );
+    // cp01's scratch load fails: its drill must fail, be alerted, and show in the metrics.
+    fleet
+        .host("cp01")
+        .inject_fault("podman", "-d flightctl_drill_", "ERROR: simulated damage");
+    let serve = Serve::start(
+        &fleet.config_path(),
+        &fleet.inventory_path(),
+        &["--replica", "solo"],
+        &fleet.dir.join("serve.log"),
+    );
+    let prometheus = Prometheus::start(port);
+    let drills = || {
+        let out = fleet
+            .ferry(&["history", "--kind", "drill", "-o", "json"])
+            .output()
+            .unwrap();
+        serde_json::from_slice::<Value>(&out.stdout)
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let entries = loop {
+        let entries = drills();
+        let hosts: BTreeSet<String> = entries
+            .iter()
+            .map(|e| e["target"].as_str().unwrap_or_default().to_string())
+            .collect();
+        if hosts.len() == 2 {
+            break entries;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a drill of each host within 90 s: {entries:?}\n{}",
+            serve.log_text()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let of = |host: &str| {
+        entries
+            .iter()
+            .find(|e| e["target"] == host)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(of("cp02")["outcome"], "succeeded", "{}", of("cp02"));
+    assert_eq!(of("cp02")["flags"]["schedule"], "weekly-drill/drill");
+    assert_eq!(of("cp01")["outcome"], "failed", "{}", of("cp01"));
+    assert!(
+        of("cp01")["error"]
+            .as_str()
+            .unwrap()
+            .contains("simulated damage"),
+        "{}",
+        of("cp01")
+    );
+    // No backup ran: the year's slot was already covered.
+    assert_eq!(
+        catalog(&fleet.config_path())
+            .await
+            .archives()
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    let alert = wait_for(Duration::from_secs(30), "the drill-failed alert", || {
+        hooks.of("drill-failed", "cp01").first().cloned()
+    });
+    assert!(
+        alert["error"]
+            .as_str()
+            .unwrap()
+            .contains("simulated damage"),
+        "{alert}"
+    );
+    assert!(hooks.of("drill-failed", "cp02").is_empty());
+    // The metrics say when each host was drilled and whether it passed; Prometheus scrapes them.
+    let (code, metrics) = http_get(port, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("ferry_drill_last_passed{host=\"cp01\"} 0")
+            && metrics.contains("ferry_drill_last_passed{host=\"cp02\"} 1"),
+        "{metrics}"
+    );
+    let failed = wait_for(
+        Duration::from_secs(30),
+        "prometheus to see the drills",
+        || {
+            let r = prometheus.query("ferry_drill_last_passed == 0");
+            let seen = prometheus.query("ferry_drill_last_timestamp_seconds");
+            (seen.len() == 2).then_some(r)
+        },
+    );
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["metric"]["host"], "cp01");
+    drop(serve);
+}

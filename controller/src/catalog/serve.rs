@@ -690,6 +690,23 @@ impl Catalog {
             .collect())
     }
 
+    /// Each host's most recent drill: when it ended and whether the archive restored.
+    pub async fn last_drills(&self) -> Result<Vec<(String, OffsetDateTime, bool)>, CatalogError> {
+        let rows = self
+            .client()
+            .query(
+                "SELECT DISTINCT ON (h.host) h.host, h.finished_at, h.outcome = 'ok'
+                 FROM host_results h JOIN runs r ON r.id = h.run_id
+                 WHERE r.kind = 'drill' ORDER BY h.host, h.finished_at DESC",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+
     /// Failed backups by host and phase (a counter: host results are never deleted).
     pub async fn backup_failures_by_phase(
         &self,

@@ -20,17 +20,19 @@ use crate::inventory::Target;
 use crate::report::{self, Outcome};
 use crate::store::Store;
 
-struct Ctx<'a> {
-    catalog: &'a Catalog,
-    store: &'a Store,
-    dialer: &'a Dialer,
-    identities: Option<ferry_proto::archive::Identities>,
-    operator: Operator,
-    flags: Value,
-    run_id: i64,
-    archive: Option<&'a str>,
-    sandbox: Option<Target>,
-    limit: Duration,
+/// One run's drills: `ferry drill` and `ferry serve`'s drill slots both use it.
+pub(crate) struct Ctx<'a> {
+    pub catalog: &'a Catalog,
+    pub store: &'a Store,
+    pub dialer: &'a Dialer,
+    pub identities: Option<ferry_proto::archive::Identities>,
+    pub operator: Operator,
+    pub flags: Value,
+    pub run_id: i64,
+    /// `--archive`: None drills each host's newest.
+    pub archive: Option<&'a str>,
+    pub sandbox: Option<Target>,
+    pub limit: Duration,
 }
 
 pub async fn run(config: &Config, global: &GlobalArgs, pattern: &str, args: &DrillArgs) -> i32 {
@@ -140,7 +142,8 @@ struct Ended {
 }
 
 impl Ctx<'_> {
-    async fn drill_within(&self, target: &Target) -> Outcome {
+    /// Drills `target`'s archive within the time limit and records it, whatever the outcome.
+    pub(crate) async fn drill_within(&self, target: &Target) -> Outcome {
         let started = OffsetDateTime::now_utc();
         crate::runs::host_phase(self.run_id, &target.name, "drill");
         let ended = match tokio::time::timeout(self.limit, self.drill(target)).await {

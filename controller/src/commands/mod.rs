@@ -4,7 +4,7 @@ mod archives;
 mod audit;
 pub(crate) mod backup;
 mod certs;
-mod drill;
+pub(crate) mod drill;
 mod facts;
 mod fleet;
 mod keys;

@@ -148,6 +148,9 @@ pub struct RawSchedule {
     pub max_fail_percentage: Option<u8>,
     #[serde(default)]
     pub compression: Option<Compression>,
+    /// A cron for drills of each host's newest archive (`ferry drill`), besides the backups.
+    #[serde(default)]
+    pub drill: Option<String>,
 }
 
 /// One `schedules:` entry.
@@ -167,6 +170,24 @@ pub struct Schedule {
     /// skipped.
     pub max_fail_percentage: Option<u8>,
     pub compression: Option<Compression>,
+    /// When each host's newest archive is drilled.
+    pub drill: Option<CronExpr>,
+}
+
+/// A drill's slots are recorded under its schedule's name with this suffix.
+const DRILL_SLOT: &str = "/drill";
+
+/// The name the slots of `schedule`'s drills are recorded under.
+pub fn drill_slots(schedule: &str) -> String {
+    format!("{schedule}{DRILL_SLOT}")
+}
+
+/// The schedule a recorded slot belongs to, and whether it is a drill.
+pub fn slot_owner(recorded: &str) -> (&str, bool) {
+    match recorded.strip_suffix(DRILL_SLOT) {
+        Some(schedule) => (schedule, true),
+        None => (recorded, false),
+    }
 }
 
 impl Schedule {
@@ -177,8 +198,20 @@ impl Schedule {
         if raw.name.trim().is_empty() {
             return Err(("name", "a schedule's name is empty".into()));
         }
+        if raw.name.contains('/') {
+            return Err((
+                "name",
+                format!("schedule {:?}: name: '/' is reserved", raw.name),
+            ));
+        }
         let cron = CronExpr::parse(&raw.cron).map_err(|e| named("cron", e))?;
         let rpo = Span::parse(&raw.rpo).map_err(|e| named("rpo", e))?;
+        let drill = raw
+            .drill
+            .as_deref()
+            .map(CronExpr::parse)
+            .transpose()
+            .map_err(|e| named("drill", e))?;
         let serial = match &raw.serial {
             None | Some(Value::Null) => None,
             Some(Value::Number(n)) => Some(n.to_string().parse().map_err(|e| named("serial", e))?),
@@ -204,6 +237,7 @@ impl Schedule {
             forks: raw.forks,
             max_fail_percentage: raw.max_fail_percentage,
             compression: raw.compression,
+            drill,
         })
     }
 }
@@ -220,6 +254,8 @@ pub struct HostPlan {
     pub period: Duration,
     pub rpo: Duration,
     pub retention: Retention,
+    /// When the host's newest archive is drilled, if its schedule drills, and that cron's period.
+    pub drill: Option<(CronExpr, Duration)>,
 }
 
 /// A schedule's hosts and the per-host plans, or why a host's vars are wrong.
@@ -280,6 +316,10 @@ fn plan(schedule: &Schedule, inventory: &Inventory, host: &str) -> Result<HostPl
         cron,
         rpo,
         retention,
+        drill: schedule
+            .drill
+            .clone()
+            .map(|d| (d.clone(), d.period(OffsetDateTime::now_utc()))),
     })
 }
 

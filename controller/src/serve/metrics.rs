@@ -146,18 +146,19 @@ async fn render(service: &Service) -> Result<String, String> {
             catalog.queue_length().await?,
             catalog.replicas().await?,
             catalog.undelivered_alerts().await?,
+            catalog.last_drills().await?,
         ))
     }
     .await;
-    let (hosts, failures, (archives, bytes), scheduled, queue, replicas, undelivered) = match fleet
-    {
-        Ok(all) => all,
-        Err(e) => {
-            tracing::warn!("metrics: the catalog did not answer: {e}");
-            up.with_label_values::<&str>(&[]).set(0);
-            return encode(&registry);
-        }
-    };
+    let (hosts, failures, (archives, bytes), scheduled, queue, replicas, undelivered, drills) =
+        match fleet {
+            Ok(all) => all,
+            Err(e) => {
+                tracing::warn!("metrics: the catalog did not answer: {e}");
+                up.with_label_values::<&str>(&[]).set(0);
+                return encode(&registry);
+            }
+        };
     up.with_label_values::<&str>(&[]).set(1);
 
     let last_success = gauge(
@@ -203,6 +204,26 @@ async fn render(service: &Service) -> Result<String, String> {
         "1 when the host's agent answered the last probe or backup.",
         &["host"],
     )?;
+    let drilled = gauge(
+        &registry,
+        "ferry_drill_last_timestamp_seconds",
+        "When the host's most recent drill ended (Unix seconds).",
+        &["host"],
+    )?;
+    let drill_passed = int_gauge(
+        &registry,
+        "ferry_drill_last_passed",
+        "1 when the host's most recent drill restored its archive, 0 when it failed.",
+        &["host"],
+    )?;
+    for (host, at, passed) in &drills {
+        drilled
+            .with_label_values(&[host.as_str()])
+            .set(at.unix_timestamp() as f64);
+        drill_passed
+            .with_label_values(&[host.as_str()])
+            .set(i64::from(*passed));
+    }
     for h in &hosts {
         let host = h.host.as_str();
         rpo.with_label_values(&[host]).set(h.rpo_seconds as f64);

@@ -15,7 +15,7 @@ use crate::catalog::{Catalog, CatalogError};
 use crate::cli::Compression;
 use crate::commands::backup::Ctx;
 use crate::report::Outcome;
-use crate::schedule::{HostPlan, jitter};
+use crate::schedule::{HostPlan, drill_slots, jitter, slot_owner};
 
 /// A due slot waits this long for its preferred replica before any replica takes it.
 const PREFERRED_GRACE: Duration = Duration::from_secs(5);
@@ -38,14 +38,21 @@ impl Service {
         {
             let planned = lock(&self.planned);
             for plan in &settings.plans {
-                let Some(slot) = plan.cron.latest_at_or_before(now) else {
-                    continue;
-                };
-                let key = (plan.schedule.clone(), plan.host.clone());
-                if planned.get(&key).is_some_and(|p| *p >= slot) {
-                    continue;
+                let drill = plan
+                    .drill
+                    .as_ref()
+                    .map(|(d, period)| (d, *period, drill_slots(&plan.schedule)));
+                let backup = Some((&plan.cron, plan.period, plan.schedule.clone()));
+                for (cron, period, recorded) in [backup, drill].into_iter().flatten() {
+                    let Some(slot) = cron.latest_at_or_before(now) else {
+                        continue;
+                    };
+                    let key = (recorded.clone(), plan.host.clone());
+                    if planned.get(&key).is_some_and(|p| *p >= slot) {
+                        continue;
+                    }
+                    new.push((plan, recorded, slot, period));
                 }
-                new.push((plan, slot));
             }
         }
         if new.is_empty() {
@@ -53,15 +60,17 @@ impl Service {
         }
         let newest = catalog.newest_good_archives().await?;
         let replicas = lock(&self.replicas).clone();
-        for (plan, slot) in new {
-            let due = slot + jitter(&plan.schedule, &plan.host, plan.period);
-            let satisfied = newest
-                .get(&plan.agent_name)
-                .is_some_and(|a| a.created_at >= slot);
-            let preferred = preferred_replica(&replicas, &plan.schedule, &plan.host);
+        for (plan, recorded, slot, period) in new {
+            let due = slot + jitter(&recorded, &plan.host, period);
+            // A backup slot an archive newer than it covers need not run; a drill always runs.
+            let satisfied = !slot_owner(&recorded).1
+                && newest
+                    .get(&plan.agent_name)
+                    .is_some_and(|a| a.created_at >= slot);
+            let preferred = preferred_replica(&replicas, &recorded, &plan.host);
             if catalog
                 .plan_slot(
-                    &plan.schedule,
+                    &recorded,
                     &plan.host,
                     slot,
                     due,
@@ -70,9 +79,9 @@ impl Service {
                 )
                 .await?
             {
-                tracing::debug!(schedule = %plan.schedule, host = %plan.host, %slot, satisfied, "slot planned");
+                tracing::debug!(schedule = %recorded, host = %plan.host, %slot, satisfied, "slot planned");
             }
-            lock(&self.planned).insert((plan.schedule.clone(), plan.host.clone()), slot);
+            lock(&self.planned).insert((recorded, plan.host.clone()), slot);
         }
         Ok(())
     }
@@ -86,9 +95,12 @@ impl Service {
             if self.stopping() {
                 break;
             }
+            let (owner, drill) = slot_owner(&run.schedule);
             let (Some(plan), Some(schedule)) = (
-                settings.plan(&run.schedule, &run.host),
-                settings.schedule(&run.schedule),
+                settings
+                    .plan(owner, &run.host)
+                    .filter(|p| !drill || p.drill.is_some()),
+                settings.schedule(owner),
             ) else {
                 // The schedule or the host left the configuration since the slot was planned.
                 if catalog.claim_run(run.id, &self.replica).await?.is_some() {
@@ -126,7 +138,7 @@ impl Service {
                 let total = settings
                     .plans
                     .iter()
-                    .filter(|p| p.schedule == run.schedule)
+                    .filter(|p| p.schedule == owner)
                     .count();
                 let batch = serial.batches(total).first().copied().unwrap_or(total) as i64;
                 if catalog.running_in_slot(&run.schedule, run.slot).await? >= batch {
@@ -146,9 +158,13 @@ impl Service {
             let settings = Arc::clone(&settings);
             let catalog = Arc::clone(&catalog);
             self.tasks.lock().await.spawn(async move {
-                service
-                    .run_slot(&settings, &catalog, &run, &plan, attempt)
-                    .await;
+                if drill {
+                    service.run_drill(&settings, &catalog, &run).await;
+                } else {
+                    service
+                        .run_slot(&settings, &catalog, &run, &plan, attempt)
+                        .await;
+                }
                 lock(&service.running).remove(&run.host);
                 if let Err(e) = catalog.unlock_host(&run.host).await {
                     tracing::warn!(host = %run.host, "releasing the host lock: {e}");
@@ -276,6 +292,81 @@ impl Service {
                 if retry.is_none() {
                     self.spend_budget(catalog, run, schedule).await;
                 }
+            }
+        }
+    }
+
+    /// One scheduled drill of a host's newest archive, on the host itself: recorded like `ferry
+    /// drill`'s, with a `drill-failed` alert when the archive does not restore.
+    async fn run_drill(&self, settings: &Settings, catalog: &Catalog, run: &DueRun) {
+        let Some(target) = settings.targets.get(&run.host) else {
+            return;
+        };
+        let slot = run
+            .slot
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let flags = json!({"schedule": run.schedule, "slot": slot, "replica": self.replica});
+        let run_id = match catalog
+            .start_run("drill", &run.host, &settings.operator, &flags)
+            .await
+        {
+            Ok(id) => id,
+            Err(e) => {
+                tracing::error!(host = %run.host, "recording the scheduled drill: {e}");
+                let _ = catalog.postpone_run(run.id, BUSY_DELAY).await;
+                return;
+            }
+        };
+        let _ = catalog.run_started(run.id, run_id).await;
+        let ctx = crate::commands::drill::Ctx {
+            catalog,
+            store: &settings.store,
+            dialer: &settings.dialer,
+            // Checked when the configuration was loaded.
+            identities: crate::keys::identities(&settings.config).ok().flatten(),
+            operator: settings.operator.clone(),
+            flags,
+            run_id,
+            archive: None,
+            sandbox: None,
+            limit: Duration::from_secs(settings.config.timeout_seconds),
+        };
+        let outcome = ctx.drill_within(target).await;
+        let ok = matches!(outcome, Outcome::Ok { .. });
+        let _ = catalog
+            .finish_run(run_id, if ok { "succeeded" } else { "failed" })
+            .await;
+        let failure = match &outcome {
+            Outcome::Ok { summary, .. } => {
+                tracing::info!(schedule = %run.schedule, host = %run.host, "drill passed: {summary}");
+                None
+            }
+            Outcome::Failed { task, cause } => Some((task.clone(), cause.clone())),
+            Outcome::Unreachable(e) => Some(("drill/connect".into(), e.to_string())),
+            Outcome::Skipped { reason } => Some(("drill".into(), reason.clone())),
+        };
+        let _ = catalog
+            .run_finished(
+                run.id,
+                None,
+                failure.as_ref().map(|(t, c)| (t.as_str(), c.as_str())),
+                None,
+            )
+            .await;
+        if let Some((task, cause)) = failure {
+            tracing::warn!(schedule = %run.schedule, host = %run.host, "drill failed: {cause}");
+            let payload = json!({
+                "kind": "drill-failed", "host": run.host, "schedule": run.schedule, "slot": slot,
+                "phase": task, "error": cause, "run_id": run_id, "replica": self.replica,
+                "at": now_rfc3339(),
+                "summary": format!("ferry: drill of {}'s newest archive failed: {cause}", run.host),
+            });
+            if let Err(e) = catalog
+                .enqueue_alert("drill-failed", &run.host, &payload, &settings.alert_urls())
+                .await
+            {
+                tracing::error!(host = %run.host, "queueing the drill-failed alert: {e}");
             }
         }
     }
