@@ -92,6 +92,10 @@ pub enum Command {
     },
     /// Return a host with an unfinished restore to exactly its pre-restore state.
     Rollback { host: String },
+    /// Publish a host's database and KV on its loopback address for a person (the DBA-led
+    /// paths), under a lease this command keeps alive.
+    #[command(subcommand)]
+    Ports(PortsCommand),
     /// Prove that each selected host's archive restores, without touching its live control plane:
     /// loaded into a scratch database inside the DB container, prepared, counted against the
     /// manifest, its PKI, config and keys parsed, then dropped.
@@ -161,6 +165,7 @@ impl Command {
             Command::PrepareDevices { .. } => "prepare-devices",
             Command::Rollback { .. } => "rollback",
             Command::Drill { .. } => "drill",
+            Command::Ports(_) => "ports",
             Command::History(_) => "history",
             Command::Audit(_) => "audit",
             Command::Archives(_) => "archives",
@@ -172,6 +177,21 @@ impl Command {
             Command::Serve(_) => "serve",
         }
     }
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum PortsCommand {
+    /// Publish flightctl-db (5432) and flightctl-kv (6379) on HOST's loopback address while this
+    /// command runs, at most --for. Ctrl-C, the time running out, or this command dying ends it:
+    /// the agent removes the drop-ins and restarts both data services.
+    Publish {
+        host: String,
+        /// How long at most: 90s, 15m, 2h (at most 12h).
+        #[arg(long = "for", value_name = "DURATION", default_value = "15m")]
+        duration: String,
+    },
+    /// End HOST's publication now (from any terminal).
+    Unpublish { host: String },
 }
 
 #[derive(Args, Debug, Clone, Default)]
@@ -327,7 +347,7 @@ pub struct HistoryArgs {
     #[arg(long, value_parser = ["succeeded", "failed", "refused", "rolled back", "checked", "unreachable", "interrupted"])]
     pub outcome: Option<String>,
     /// Only operations of this kind.
-    #[arg(long, value_parser = ["backup", "restore", "restore-check", "rollback", "prepare-devices", "archive-verify", "archive-export", "archive-delete", "archive-pin", "archive-copy", "keys-rotate", "certificate-issue", "drill"])]
+    #[arg(long, value_parser = ["backup", "restore", "restore-check", "rollback", "prepare-devices", "archive-verify", "archive-export", "archive-delete", "archive-pin", "archive-copy", "keys-rotate", "certificate-issue", "drill", "ports-publish", "ports-unpublish"])]
     pub kind: Option<String>,
 }
 

@@ -59,6 +59,7 @@ pub fn service(config: &AgentConfig) -> AgentService {
         },
         operations.clone(),
     );
+    let (host_for_ports, operations_for_ports) = (host.clone(), operations.clone());
     let identity = ferry_certs::inspect_pem(&config.tls.cert)
         .map(|c| c.common_name)
         .unwrap_or_else(|_| host_name.clone());
@@ -72,6 +73,12 @@ pub fn service(config: &AgentConfig) -> AgentService {
         started: Instant::now(),
         restores,
         keep_free: config.keep_free_bytes,
+        ports: crate::tasks::ports::Ports::new(
+            host_for_ports,
+            config.local_address.clone(),
+            &config.staging_dir,
+            operations_for_ports,
+        ),
     }
 }
 
@@ -98,11 +105,14 @@ pub async fn serve(
         crate::tasks::drill::drop_scratch_databases(&service.host),
     )
     .await;
+    service.ports.recover().await;
     let restores = service.restores.clone();
+    let ports = service.ports.clone();
     let watchdog = tokio::spawn(async move {
         loop {
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             restores.watch().await;
+            ports.watch().await;
         }
     });
     // Large HTTP/2 windows: archives stream in both directions. With 8 MiB windows and 1 MiB frames,

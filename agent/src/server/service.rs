@@ -30,6 +30,7 @@ pub struct AgentService {
     pub(super) restores: restore::Restores,
     /// Bytes the staging filesystem keeps free (`keep_free_bytes`).
     pub(super) keep_free: u64,
+    pub(super) ports: crate::tasks::ports::Ports,
 }
 
 /// The subject of the controller certificate that made the request, for logs and records.
@@ -250,6 +251,59 @@ impl Agent for AgentService {
             .map_err(|e| Status::internal(format!("drill task: {e}")))?;
         tracing::info!(passed = report.failures.is_empty(), failures = ?report.failures, "drill ended");
         Ok(Response::new(wire::drill_reply(report)))
+    }
+
+    async fn publish_ports(
+        &self,
+        request: Request<pb::PublishPortsRequest>,
+    ) -> Result<Response<pb::PublishPortsReply>, Status> {
+        let who = caller(&request);
+        let req = request.into_inner();
+        if !valid_operation_id(&req.publication_id) {
+            return Err(Status::invalid_argument(format!(
+                "publication id {:?} must be 1-64 letters, digits, '-' or '_'",
+                req.publication_id
+            )));
+        }
+        let published = self
+            .ports
+            .publish(
+                &req.publication_id,
+                req.for_seconds,
+                req.lease_seconds.into(),
+                req.renew,
+                &who,
+            )
+            .await
+            .map_err(Status::failed_precondition)?;
+        if !published.renewed {
+            tracing::info!(caller = %who, publication = %req.publication_id, for_seconds = req.for_seconds, "data services published on loopback");
+        }
+        Ok(Response::new(pb::PublishPortsReply {
+            address: published.address,
+            ports: published
+                .ports
+                .into_iter()
+                .map(|(unit, port)| pb::PublishedPort {
+                    unit,
+                    port: port.into(),
+                })
+                .collect(),
+            until_unix: published.until_unix,
+            renewed: published.renewed,
+        }))
+    }
+
+    async fn unpublish_ports(
+        &self,
+        request: Request<pb::UnpublishPortsRequest>,
+    ) -> Result<Response<pb::UnpublishPortsReply>, Status> {
+        let who = caller(&request);
+        let reason = request.into_inner().reason;
+        let why = format!("unpublished by {who} ({reason})");
+        let summary = self.ports.unpublish(&why).await.map_err(Status::internal)?;
+        tracing::info!("{summary}");
+        Ok(Response::new(pb::UnpublishPortsReply { summary }))
     }
 
     async fn ping(&self, request: Request<PingRequest>) -> Result<Response<PingReply>, Status> {

@@ -80,7 +80,7 @@ impl Drill {
                 .containers
                 .iter()
                 .find(|(name, _)| name == "flightctl-db");
-            if !db.is_some_and(|(_, state)| state == "running") {
+            if db.is_none_or(|(_, state)| state != "running") {
                 return Some(format!(
                     "flightctl-db is not running on {host} ({}): no scratch database can be loaded",
                     db.map_or("missing", |(_, s)| s.as_str())

@@ -6,5 +6,6 @@ pub mod backup;
 pub mod database;
 pub mod drill;
 pub mod facts;
+pub mod ports;
 pub mod restore;
 pub mod units;

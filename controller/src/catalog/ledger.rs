@@ -30,7 +30,8 @@ pub struct TaskRecord {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Event {
     /// backup, restore, restore-check, rollback, prepare-devices, archive-verify, archive-export,
-    /// archive-delete, archive-pin, archive-copy, keys-rotate, certificate-issue, drill
+    /// archive-delete, archive-pin, archive-copy, keys-rotate, certificate-issue, drill,
+    /// ports-publish, ports-unpublish
     pub kind: String,
     pub run_id: Option<i64>,
     pub operator: Operator,

@@ -10,6 +10,7 @@ mod fleet;
 mod keys;
 mod lifecycle;
 mod ping;
+mod ports;
 mod restore;
 mod serve;
 mod status;
@@ -31,6 +32,11 @@ pub async fn run(cli: Cli) -> i32 {
     if let Command::Serve(args) = &cli.command {
         return serve::run(path, explicit, &cli.global, args.clone()).await;
     }
+    // A publication handles its own signals: Ctrl-C unpublishes before the process ends.
+    let own_signals = matches!(
+        &cli.command,
+        Command::Ports(crate::cli::PortsCommand::Publish { .. })
+    );
     let config = match Config::load(&path, explicit) {
         Ok(config) => config.with_catalog(cli.global.catalog.clone()),
         Err(e) => {
@@ -38,16 +44,20 @@ pub async fn run(cli: Cli) -> i32 {
             return exit::ERROR;
         }
     };
-    let code = tokio::select! {
-        code = command(&config, cli) => code,
-        (name, code) = signal() => interrupted(&config, name, code).await,
+    let code = if own_signals {
+        command(&config, cli).await
+    } else {
+        tokio::select! {
+            code = command(&config, cli) => code,
+            (name, code) = signal() => interrupted(&config, name, code).await,
+        }
     };
     crate::store::settle().await;
     code
 }
 
 /// SIGINT or SIGTERM: its name and the exit code a shell expects.
-async fn signal() -> (&'static str, i32) {
+pub(crate) async fn signal() -> (&'static str, i32) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut int), Ok(mut term)) = (
         signal(SignalKind::interrupt()),
@@ -93,6 +103,7 @@ async fn command(config: &Config, cli: Cli) -> i32 {
         Command::Restore { host, args } => restore::run(&config, &cli.global, &host, &args).await,
         Command::Rollback { host } => restore::rollback(&config, &cli.global, &host).await,
         Command::Drill { pattern, args } => drill::run(&config, &cli.global, &pattern, &args).await,
+        Command::Ports(command) => ports::run(&config, &cli.global, command).await,
         Command::PrepareDevices { host, args } => {
             restore::prepare_devices(&config, &cli.global, &host, &args).await
         }

@@ -11,7 +11,6 @@ mod files;
 mod health;
 pub mod journal;
 mod kv;
-mod ports;
 mod rollback;
 pub(crate) mod staging;
 mod verify;

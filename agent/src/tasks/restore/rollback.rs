@@ -6,7 +6,8 @@ use std::path::Path;
 use ferry_proto::v1::Step;
 
 use super::journal::Journal;
-use super::{RestoreContext, StepOutcome, database, files, kv, ports};
+use super::{RestoreContext, StepOutcome, database, files, kv};
+use crate::tasks::ports;
 
 /// Returns the host to its pre-restore state: nothing published, the previous database and files
 /// back in place, the application units that were running started again. Then forgets the restore.

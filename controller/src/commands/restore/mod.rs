@@ -31,10 +31,10 @@ use play::{Ending, Play};
 
 /// A selected host, the means to reach it, and the catalog.
 pub(crate) struct Opened {
-    target: Target,
-    dialer: Dialer,
-    catalog: Catalog,
-    operator: Operator,
+    pub(crate) target: Target,
+    pub(crate) dialer: Dialer,
+    pub(crate) catalog: Catalog,
+    pub(crate) operator: Operator,
 }
 
 /// What every single-host operation does first: select exactly one host and open the catalog.

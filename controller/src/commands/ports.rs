@@ -1,0 +1,308 @@
+//! `ferry ports publish HOST [--for 15m]` and `ferry ports unpublish HOST`: a host's database and KV
+//! on its loopback address for a person, for the DBA-led paths of the restore docs. The agent holds
+//! the publication under a dead-man lease this command renews; when the time runs out, this command
+//! stops renewing (Ctrl-C, a kill, a cut link) or `unpublish` runs, the agent removes the drop-ins
+//! and restarts both data services. Each publication is a run and a ledger entry.
+
+use std::time::Duration;
+
+use ferry_proto::v1::{PublishPortsRequest, UnpublishPortsRequest};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+
+use crate::catalog::HostRecord;
+use crate::catalog::ledger::{Event, TaskRecord};
+use crate::cli::{GlobalArgs, PortsCommand};
+use crate::config::Config;
+use crate::report::exit;
+
+/// How long the agent waits for a renewal before it unpublishes on its own.
+const LEASE: Duration = Duration::from_secs(10);
+/// How often this command renews.
+const RENEW: Duration = Duration::from_secs(2);
+/// The longest publication ferry grants.
+const LONGEST: Duration = Duration::from_secs(12 * 3600);
+
+pub async fn run(config: &Config, global: &GlobalArgs, command: PortsCommand) -> i32 {
+    match command {
+        PortsCommand::Publish { host, duration } => publish(config, global, &host, &duration).await,
+        PortsCommand::Unpublish { host } => unpublish(config, global, &host).await,
+    }
+}
+
+/// One publication's record: a run, a host result and a ledger entry.
+struct Record<'a> {
+    opened: &'a super::restore::Opened,
+    kind: &'static str,
+    run_id: i64,
+    flags: Value,
+    started: OffsetDateTime,
+    tasks: Vec<TaskRecord>,
+}
+
+impl Record<'_> {
+    fn task(&mut self, name: &str, started: OffsetDateTime, outcome: &str, detail: &str) {
+        self.tasks.push(TaskRecord {
+            name: name.into(),
+            started,
+            finished: OffsetDateTime::now_utc(),
+            outcome: outcome.into(),
+            detail: detail.into(),
+        });
+    }
+
+    async fn end(self, outcome: &str, error: Option<String>) {
+        let catalog = &self.opened.catalog;
+        let host = &self.opened.target.name;
+        let finished = OffsetDateTime::now_utc();
+        let host_outcome = match outcome {
+            "succeeded" => "ok",
+            "unreachable" => "unreachable",
+            _ => "failed",
+        };
+        let record = HostRecord {
+            host: host.clone(),
+            outcome: host_outcome.into(),
+            phase: error.as_ref().map(|_| self.kind.to_string()),
+            error: error.clone(),
+            archive_id: None,
+            started: self.started,
+            finished,
+        };
+        if let Err(e) = catalog.record_host(self.run_id, &record).await {
+            errln!("ferry ports: recording the result: {e}");
+        }
+        let event = Event {
+            kind: self.kind.into(),
+            run_id: Some(self.run_id),
+            operator: self.opened.operator.clone(),
+            target: host.clone(),
+            archive: Value::Null,
+            flags: self.flags.clone(),
+            started: self.started,
+            finished,
+            outcome: outcome.into(),
+            error,
+            tasks: self.tasks,
+        };
+        if let Err(e) = catalog.append(&event).await {
+            errln!("ferry ports: writing the audit ledger: {e}");
+        }
+        let run = if outcome == "succeeded" {
+            "succeeded"
+        } else {
+            "failed"
+        };
+        if let Err(e) = catalog.finish_run(self.run_id, run).await {
+            errln!("ferry ports: recording the run: {e}");
+        }
+    }
+}
+
+async fn begin<'a>(
+    opened: &'a super::restore::Opened,
+    kind: &'static str,
+    flags: Value,
+) -> Result<Record<'a>, i32> {
+    let run_id = opened
+        .catalog
+        .start_run(kind, &opened.target.name, &opened.operator, &flags)
+        .await
+        .map_err(|e| {
+            errln!("ferry ports: {e}");
+            exit::ERROR
+        })?;
+    Ok(Record {
+        opened,
+        kind,
+        run_id,
+        flags,
+        started: OffsetDateTime::now_utc(),
+        tasks: Vec::new(),
+    })
+}
+
+async fn publish(config: &Config, global: &GlobalArgs, host: &str, duration: &str) -> i32 {
+    let length = match crate::schedule::Span::parse(duration) {
+        Ok(span) if span.0 <= LONGEST => span.0,
+        Ok(_) => {
+            errln!(
+                "ferry ports publish: --for {duration} is longer than 12h; publish again when it ends"
+            );
+            return exit::ERROR;
+        }
+        Err(e) => {
+            errln!("ferry ports publish: --for: {e}");
+            return exit::ERROR;
+        }
+    };
+    let opened = match super::restore::open(config, global, host).await {
+        Ok(opened) => opened,
+        Err(code) => return code,
+    };
+    let flags = json!({"for_seconds": length.as_secs(), "lease_seconds": LEASE.as_secs()});
+    let mut record = match begin(&opened, "ports-publish", flags).await {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let conn = match opened.dialer.connect(&opened.target).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            errln!("UNREACHABLE: [{host}] {e}; nothing was published");
+            record.end("unreachable", Some(e.to_string())).await;
+            return exit::UNREACHABLE;
+        }
+    };
+    let id = format!(
+        "p{}-{}",
+        record.run_id,
+        OffsetDateTime::now_utc().unix_timestamp()
+    );
+    let request = |renew| PublishPortsRequest {
+        publication_id: id.clone(),
+        for_seconds: length.as_secs(),
+        lease_seconds: LEASE.as_secs() as u32,
+        renew,
+    };
+    let started = OffsetDateTime::now_utc();
+    let published = match conn.client.clone().publish_ports(request(false)).await {
+        Ok(reply) => reply.into_inner(),
+        Err(status) => {
+            let cause = status.message().to_string();
+            errln!("FAILED: [{host}] task publish: {cause}; nothing is published");
+            record.task("publish", started, "failed", &cause);
+            record
+                .end("failed", Some(format!("publish: {cause}")))
+                .await;
+            return exit::FAILED;
+        }
+    };
+    let ports: Vec<String> = published
+        .ports
+        .iter()
+        .map(|p| {
+            format!(
+                "{} on {}:{}",
+                p.unit.trim_end_matches(".service"),
+                published.address,
+                p.port
+            )
+        })
+        .collect();
+    let until = OffsetDateTime::from_unix_timestamp(published.until_unix as i64)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default();
+    let detail = format!("{} published until {until}", ports.join(", "));
+    record.task("publish", started, "ok", &detail);
+    outln!("[{host}] {detail}");
+    outln!(
+        "[{host}] keep this command running; Ctrl-C or `ferry ports unpublish {host}` ends it (the agent unpublishes on its own {}s after this command stops renewing)",
+        LEASE.as_secs()
+    );
+    // Renew until the time runs out, the publication ends elsewhere, or a signal arrives.
+    let deadline = tokio::time::Instant::now() + length;
+    let signal = super::signal();
+    tokio::pin!(signal);
+    let ended = loop {
+        tokio::select! {
+            (name, code) = &mut signal => break Ended::Signal(name, code),
+            _ = tokio::time::sleep(RENEW) => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break Ended::Expired;
+        }
+        if let Err(status) = conn.client.clone().publish_ports(request(true)).await {
+            break Ended::Gone(status.message().to_string());
+        }
+    };
+    let why = match &ended {
+        Ended::Signal(name, _) => format!("interrupted by {name}"),
+        Ended::Expired => format!("--for {duration} ran out"),
+        Ended::Gone(cause) => cause.clone(),
+    };
+    let started = OffsetDateTime::now_utc();
+    let unpublished = conn
+        .client
+        .clone()
+        .unpublish_ports(UnpublishPortsRequest {
+            reason: why.clone(),
+        })
+        .await;
+    let (code, outcome, error) = match (&ended, unpublished) {
+        (_, Err(status)) => {
+            let cause = status.message().to_string();
+            record.task("unpublish", started, "failed", &cause);
+            errln!(
+                "FAILED: [{host}] task unpublish: {cause}; the agent's lease unpublishes within {}s (check with `ferry facts {host}`)",
+                LEASE.as_secs()
+            );
+            (exit::FAILED, "failed", Some(format!("unpublish: {cause}")))
+        }
+        (ended, Ok(reply)) => {
+            let summary = reply.into_inner().summary;
+            record.task("unpublish", started, "ok", &format!("{why}; {summary}"));
+            outln!("[{host}] {why}; {summary}");
+            match ended {
+                Ended::Signal(_, code) => (*code, "interrupted", Some(why)),
+                _ => (exit::OK, "succeeded", None),
+            }
+        }
+    };
+    record.end(outcome, error).await;
+    code
+}
+
+/// Why a publication's renewals stopped.
+enum Ended {
+    Signal(&'static str, i32),
+    Expired,
+    /// The agent no longer holds it (unpublished from elsewhere, restarted).
+    Gone(String),
+}
+
+async fn unpublish(config: &Config, global: &GlobalArgs, host: &str) -> i32 {
+    let opened = match super::restore::open(config, global, host).await {
+        Ok(opened) => opened,
+        Err(code) => return code,
+    };
+    let mut record = match begin(&opened, "ports-unpublish", json!({})).await {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let conn = match opened.dialer.connect(&opened.target).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            errln!("UNREACHABLE: [{host}] {e}");
+            record.end("unreachable", Some(e.to_string())).await;
+            return exit::UNREACHABLE;
+        }
+    };
+    let started = OffsetDateTime::now_utc();
+    match conn
+        .client
+        .clone()
+        .unpublish_ports(UnpublishPortsRequest {
+            reason: "ferry ports unpublish".into(),
+        })
+        .await
+    {
+        Ok(reply) => {
+            let summary = reply.into_inner().summary;
+            outln!("[{host}] {summary}");
+            record.task("unpublish", started, "ok", &summary);
+            record.end("succeeded", None).await;
+            exit::OK
+        }
+        Err(status) => {
+            let cause = status.message().to_string();
+            errln!("FAILED: [{host}] task unpublish: {cause}");
+            record.task("unpublish", started, "failed", &cause);
+            record.end("failed", Some(cause)).await;
+            exit::FAILED
+        }
+    }
+}
