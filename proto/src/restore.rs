@@ -221,6 +221,45 @@ pub fn incompatibilities(
     problems
 }
 
+/// The encryption key ids a restored database would use that the host will not have afterwards
+/// (v1.3: its API refuses to start when a key's canary does not decrypt). The host keeps its own
+/// keys unless the restore puts the archive's `encryption/` in place. Empty when the database is
+/// not restored. Both sides apply it.
+pub fn missing_keys(
+    dump_uses: &[String],
+    archive_has: &[String],
+    host_has: &[String],
+    components: &[Component],
+) -> Vec<String> {
+    let chosen = chosen(components);
+    if !chosen.contains(&Component::Db) {
+        return Vec::new();
+    }
+    let after = if chosen.contains(&Component::Encryption) {
+        archive_has
+    } else {
+        host_has
+    };
+    dump_uses
+        .iter()
+        .filter(|id| !after.contains(id))
+        .cloned()
+        .collect()
+}
+
+/// The refusal for [`missing_keys`], naming them and what to do.
+pub fn missing_keys_problem(missing: &[String], keeps_host_keys: bool) -> String {
+    let whose = if keeps_host_keys {
+        "the host keeps its own keys (encryption is not restored)"
+    } else {
+        "the archive's encryption/ does not hold them"
+    };
+    format!(
+        "the restored database uses encryption key id(s) {} that will not be on the host after this restore ({whose}): the API would refuse to start. Restore the encryption keys with it (a full restore, or add encryption to --only)",
+        missing.join(", ")
+    )
+}
+
 /// The components the operator named (`--only`) that `entries` hold nothing of: restoring them would
 /// be downtime for nothing. Both sides apply it, the controller in `--check`.
 pub fn absent_components(
@@ -331,6 +370,27 @@ mod tests {
         assert_eq!(
             chosen(&[Component::Volumes, Component::Pki]),
             [Component::Pki, Component::Volumes]
+        );
+    }
+
+    #[test]
+    fn keys_the_restored_database_needs_must_be_there() {
+        let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let (dump, archive, host) = (ids(&["a1"]), ids(&["a1"]), ids(&["b1"]));
+        assert_eq!(
+            missing_keys(&dump, &archive, &host, &[Component::Db]),
+            ["a1"]
+        );
+        assert!(missing_keys(&dump, &archive, &host, &[]).is_empty());
+        assert!(missing_keys(&dump, &archive, &host, &[Component::Pki]).is_empty());
+        assert!(
+            missing_keys(
+                &dump,
+                &archive,
+                &host,
+                &[Component::Db, Component::Encryption]
+            )
+            .is_empty()
         );
     }
 

@@ -260,10 +260,18 @@ impl SimHost {
         } else {
             "db:\n  type: builtin\n  name: flightctl\n".to_string()
         };
-        let config = format!(
+        let mut config = format!(
             "global:\n  baseDomain: {name}.example.com\n  generateCertificates: builtin\n  auth:\n    type: none\n    insecureSkipTlsVerify: false\n{db}service:\n  rateLimit:\n    enabled: false\n",
             name = want.name
         );
+        if let Some((id, key)) = crate::encryption::new_key(want) {
+            let dir = l.host_path("/etc/flightctl/encryption");
+            write(&dir.join(format!("{id}.key")), &key, 0o600)?;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+            config.push_str(&format!(
+                "encryption:\n  activeKeyID: {id}\n  keys:\n    - id: {id}\n      path: /root/.flightctl/encryption/{id}.key\n"
+            ));
+        }
         write(
             &l.host_path("/etc/flightctl/service-config.yaml"),
             &config,
@@ -474,6 +482,9 @@ impl SimHost {
             db.batch_execute(crate::pg::SCHEMA).await?;
             db.batch_execute(&crate::pg::seed_sql(want.devices, want.payload_bytes))
                 .await?;
+            if let Some(sql) = crate::encryption::seed_sql(&self.layout)? {
+                db.batch_execute(&sql).await?;
+            }
             anyhow::Ok(())
         }
         .await;

@@ -10,6 +10,7 @@
 pub mod bench;
 pub mod bench_fleet;
 pub mod bins;
+pub mod encryption;
 pub mod fleet;
 pub mod host;
 pub mod layout;

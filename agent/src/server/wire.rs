@@ -78,6 +78,7 @@ pub(super) fn facts(
         restore: restore.as_ref().map(restore_status),
         identity: Some(pb::Identity {
             base_domain: f.identity.base_domain,
+            encryption_key_ids: f.identity.encryption_key_ids,
             certificates: f
                 .identity
                 .certificates

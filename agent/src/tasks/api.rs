@@ -40,10 +40,7 @@ pub struct Api {
 pub async fn read_version(api: &Api, ca: &Path) -> Result<String, ApiError> {
     let (status, body, url) = get(api, "/api/version", ca).await?;
     if !(200..300).contains(&status) {
-        return Err(ApiError::Request {
-            url,
-            cause: format!("HTTP {status}"),
-        });
+        return Err(refused(status, &body, url));
     }
     #[derive(serde::Deserialize)]
     struct Version {
@@ -58,14 +55,25 @@ pub async fn read_version(api: &Api, ca: &Path) -> Result<String, ApiError> {
 
 /// Whether `<api_url>/readyz` answers 200; Err carries the status or the transport failure.
 pub async fn ready(api: &Api, ca: &Path) -> Result<(), ApiError> {
-    let (status, _, url) = get(api, "/readyz", ca).await?;
+    let (status, body, url) = get(api, "/readyz", ca).await?;
     if status == 200 {
         Ok(())
     } else {
-        Err(ApiError::Request {
-            url,
-            cause: format!("HTTP {status}"),
-        })
+        Err(refused(status, &body, url))
+    }
+}
+
+/// A non-success answer, with what the API said (its first 300 characters).
+fn refused(status: u16, body: &[u8], url: String) -> ApiError {
+    let body = String::from_utf8_lossy(body);
+    let body = body.trim();
+    ApiError::Request {
+        url,
+        cause: if body.is_empty() {
+            format!("HTTP {status}")
+        } else {
+            format!("HTTP {status}: {body:.300}")
+        },
     }
 }
 

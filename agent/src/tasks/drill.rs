@@ -177,7 +177,10 @@ impl Drill {
         }
 
         let started = Instant::now();
-        let files = check_files(&extract);
+        let mut files = check_files(&extract);
+        if let Some(manifest) = &verified.manifest {
+            check_keys(&extract, &manifest.encryption_key_ids, &mut files);
+        }
         report.files_checked = files.checked;
         let outcome = if files.failures.is_empty() {
             Ok(format!(
@@ -397,6 +400,39 @@ fn check_files(extract: &Path) -> ferry_certs::tree::TreeReport {
         }
     }
     report
+}
+
+/// Every key id the database's encrypted values and canaries use (v1.3) must be a key the archive
+/// declares, and its key file must be in the archive's `encryption/`: else the restored API would
+/// refuse to start.
+fn check_keys(extract: &Path, used: &[String], report: &mut ferry_certs::tree::TreeReport) {
+    if used.is_empty() {
+        return;
+    }
+    let config =
+        std::fs::read_to_string(extract.join("config/service-config.yaml")).unwrap_or_default();
+    let declared = ferry_proto::archive::encryption_keys(&config);
+    for id in used {
+        match declared.get(id) {
+            None => report.failures.push(format!(
+                "encryption: the database's encrypted values and canaries use key id {id}, which config/service-config.yaml does not declare (it declares: {})",
+                declared.keys().cloned().collect::<Vec<_>>().join(", ")
+            )),
+            Some(path) => {
+                let name = path
+                    .as_deref()
+                    .and_then(|p| Path::new(p).file_name())
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "key".into());
+                let file = extract.join("encryption").join(&name);
+                if !file.is_file() {
+                    report.failures.push(format!(
+                        "encryption/{name}: missing, so key {id}'s canary cannot decrypt"
+                    ));
+                }
+            }
+        }
+    }
 }
 
 /// Every regular file under `dir`, by its path relative to `base`, with its contents.

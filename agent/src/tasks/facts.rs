@@ -66,6 +66,8 @@ pub struct Facts {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Identity {
     pub base_domain: String,
+    /// Encryption key ids the host's service-config.yaml declares (v1.3+).
+    pub encryption_key_ids: Vec<String>,
     pub certificates: Vec<Certificate>,
 }
 
@@ -157,6 +159,7 @@ fn identity(host: &Host) -> Identity {
     certificates.sort();
     Identity {
         base_domain: ferry_proto::archive::base_domain(&config),
+        encryption_key_ids: ferry_proto::archive::encryption_key_ids(&config),
         certificates,
     }
 }

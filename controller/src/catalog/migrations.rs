@@ -196,6 +196,8 @@ CREATE TABLE drills (
 );
 CREATE INDEX drills_archive ON drills (archive_id, finished_at DESC);
 ALTER TABLE archives ADD COLUMN drilled_at timestamptz;
+-- v1.3: the encryption key ids the archive's database uses (its enc:v1:<keyid>: values).
+ALTER TABLE archives ADD COLUMN db_key_ids text[];
 "#,
     ),
 ];

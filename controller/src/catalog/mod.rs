@@ -158,6 +158,9 @@ pub struct ArchiveRecord {
     /// When a drill last restored it and found it whole ("verified by restore").
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub drilled_at: Option<OffsetDateTime>,
+    /// The encryption key ids its database uses (v1.3+), from its manifest.
+    #[serde(default)]
+    pub db_key_ids: Vec<String>,
 }
 
 /// One drill of an archive.
@@ -244,6 +247,7 @@ impl ArchiveRecord {
             deleted_reason: None,
             sealed: None,
             drilled_at: None,
+            db_key_ids: manifest.encryption_key_ids,
         }
     }
 
@@ -274,7 +278,7 @@ pub struct Catalog {
 
 const ARCHIVE_COLUMNS: &str = "id, host, name, size, sha256, compression, flightctl_version, deployment_type, \
      database_included, created_at, duration_ms, row_counts, warnings, source_facts, run_id, pinned, suspect, verified_at, \
-     deleted_at, deleted_reason, plain_size, plain_sha256, key_ids, drilled_at";
+     deleted_at, deleted_reason, plain_size, plain_sha256, key_ids, drilled_at, db_key_ids";
 
 impl Catalog {
     /// Connects to `config.catalog`, or to (starting if needed) the private cluster, and migrates.
@@ -399,9 +403,9 @@ impl Catalog {
             .query_opt(
                 "INSERT INTO archives (host, name, size, sha256, compression, flightctl_version, deployment_type,
                      database_included, created_at, duration_ms, row_counts, warnings, source_facts, run_id, pinned, suspect,
-                     verified_at, plain_size, plain_sha256, key_ids)
+                     verified_at, plain_size, plain_sha256, key_ids, db_key_ids)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-                     CASE WHEN $16::text IS NULL THEN now() END, $17, $18, $19)
+                     CASE WHEN $16::text IS NULL THEN now() END, $17, $18, $19, $20)
                  ON CONFLICT (host, name) DO NOTHING RETURNING id",
                 &[
                     &a.host, &a.name, &a.size, &a.sha256, &a.compression, &a.flightctl_version, &a.deployment_type,
@@ -410,6 +414,7 @@ impl Catalog {
                     &a.sealed.as_ref().map(|s| s.plain_size),
                     &a.sealed.as_ref().map(|s| s.plain_sha256.clone()),
                     &a.sealed.as_ref().map(|s| s.key_ids.clone()),
+                    &a.db_key_ids,
                 ],
             )
             .await?;
@@ -610,6 +615,7 @@ fn archive_from_row(r: &tokio_postgres::Row) -> ArchiveRecord {
                 key_ids: r.get::<_, Option<Vec<String>>>(22).unwrap_or_default(),
             }),
         drilled_at: r.get(23),
+        db_key_ids: r.get::<_, Option<Vec<String>>>(24).unwrap_or_default(),
     }
 }
 

@@ -41,6 +41,9 @@ pub struct Manifest {
     pub entries: Vec<Entry>,
     /// Rows per table, counted in the dump itself (so they match it exactly).
     pub row_counts: BTreeMap<String, u64>,
+    /// The encryption key ids the dump's `enc:v1:<keyid>:` values use (v1.3+), found in the dump.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub encryption_key_ids: Vec<String>,
     /// The source host's facts at backup time.
     pub facts: serde_json::Value,
     pub warnings: Vec<String>,

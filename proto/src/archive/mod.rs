@@ -16,7 +16,7 @@ mod seal;
 mod writer;
 
 pub use compress::{Codec, CompressedSpool, ParallelCompressor};
-pub use config::base_domain;
+pub use config::{base_domain, encrypted_value_key_ids, encryption_key_ids, encryption_keys};
 pub use manifest::{Entry, EntryKind, MANIFEST_NAME, Manifest};
 pub use metadata::{METADATA_NAME, Metadata};
 pub use names::{

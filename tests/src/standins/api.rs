@@ -42,6 +42,13 @@ pub async fn serve(layout: Layout) -> anyhow::Result<()> {
 }
 
 async fn route(layout: &Layout, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    // v1.3: a service whose canary does not decrypt refuses to run, so nothing answers but why.
+    if let Err(why) = canaries_decrypt(layout).await {
+        return json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({"status": "not running", "encryption": why}),
+        );
+    }
     match req.uri().path() {
         "/api/version" => match Spec::load(layout) {
             Ok(spec) => json(StatusCode::OK, serde_json::json!({"version": spec.version})),
@@ -85,6 +92,39 @@ async fn db_reachable(layout: &Layout) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     Ok(())
+}
+
+/// v1.3: every key's canary decrypts with the keys on the host (no canaries before v1.3, or while
+/// the database cannot be read: readiness says so).
+async fn canaries_decrypt(layout: &Layout) -> Result<(), String> {
+    let Ok(units) = Units::load(layout) else {
+        return Ok(());
+    };
+    let Ok(spec) = Spec::load(layout) else {
+        return Ok(());
+    };
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host_path(layout.pg_socket_dir())
+        .port(super::services::db_port(&units, &spec))
+        .user("postgres")
+        .dbname("flightctl")
+        .connect_timeout(std::time::Duration::from_secs(2));
+    let Ok((client, conn)) = config.connect(tokio_postgres::NoTls).await else {
+        return Ok(());
+    };
+    tokio::spawn(conn);
+    let Ok(rows) = client
+        .query("SELECT key_id, value FROM encryption_canaries", &[])
+        .await
+    else {
+        return Ok(()); // no canary table: before v1.3
+    };
+    let canaries: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    match crate::encryption::canary_failure(layout, &canaries) {
+        Some(why) => Err(why),
+        None => Ok(()),
+    }
 }
 
 fn json(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {

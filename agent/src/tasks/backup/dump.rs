@@ -20,6 +20,8 @@ pub struct DumpResult {
     pub sha256: String,
     pub compressed_size: u64,
     pub row_counts: BTreeMap<String, u64>,
+    /// Key ids of the dump's `enc:v1:` values.
+    pub key_ids: Vec<String>,
     pub spool: PathBuf,
 }
 
@@ -92,6 +94,7 @@ impl DumpJob {
                 raw_size: spool.raw_size,
                 sha256: ferry_proto::archive::hex(&hasher.finalize()),
                 compressed_size: spool.compressed_size,
+                key_ids: rows.key_ids.into_iter().collect(),
                 row_counts: rows.counts,
                 spool: spool_path,
             })
@@ -145,6 +148,8 @@ pub struct CopyRowCounter {
     table: Option<String>,
     partial: Vec<u8>,
     pub counts: BTreeMap<String, u64>,
+    /// Key ids of the `enc:v1:<keyid>:` values in the rows (v1.3's encrypted fields, canaries).
+    pub key_ids: std::collections::BTreeSet<String>,
 }
 
 impl CopyRowCounter {
@@ -170,6 +175,7 @@ impl CopyRowCounter {
                     self.table = None;
                 } else if let Some(count) = self.counts.get_mut(table) {
                     *count += 1;
+                    ferry_proto::archive::encrypted_value_key_ids(line, &mut self.key_ids);
                 }
             }
             None => {

@@ -300,6 +300,7 @@ fn write_archive(
             files::add_file(&mut w, pam, "volumes/pam-issuer-etc.tar").map_err(&files)?;
         }
         let mut row_counts = Default::default();
+        let mut encryption_key_ids = Vec::new();
         if let Some(job) = dump.take() {
             // Send what we have: the controller sees progress while the dump finishes.
             w.flush().map_err(io)?;
@@ -319,6 +320,7 @@ fn write_archive(
             w.splice("db/dump.sql", 0o600, done.raw_size, &done.sha256, spool)
                 .map_err(io)?;
             row_counts = done.row_counts;
+            encryption_key_ids = done.key_ids;
         }
         let manifest = Manifest {
             format: Manifest::FORMAT.into(),
@@ -328,6 +330,7 @@ fn write_archive(
             compression: job.codec.name().into(),
             entries: w.entries().to_vec(),
             row_counts,
+            encryption_key_ids,
             facts: serde_json::to_value(&job.facts).unwrap_or_default(),
             warnings,
         };

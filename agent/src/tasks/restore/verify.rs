@@ -105,6 +105,23 @@ pub async fn run(ctx: &RestoreContext, dir: &Path, j: &mut Journal) -> Result<St
             ));
         }
     }
+    if let Some(manifest) = &verified.manifest {
+        let archive_keys = std::fs::read_to_string(extract.join("config/service-config.yaml"))
+            .map(|c| ferry_proto::archive::encryption_key_ids(&c))
+            .unwrap_or_default();
+        let missing = ferry_proto::restore::missing_keys(
+            &manifest.encryption_key_ids,
+            &archive_keys,
+            &facts.identity.encryption_key_ids,
+            &j.components(),
+        );
+        if !missing.is_empty() {
+            return refuse(ferry_proto::restore::missing_keys_problem(
+                &missing,
+                !j.wants(Component::Encryption),
+            ));
+        }
+    }
     let plan = plan(&j.components(), false, access);
     if access == DatabaseAccess::External && plan.contains(&Step::PrepareDevices) {
         // What device preparation will reach is checked now, before any change: the database the

@@ -593,6 +593,29 @@ fn preflight(
         problems
             .push("the archive holds a database but the host has no flightctl-db.service".into());
     }
+    let archive_keys: Vec<String> = archive.source_facts["identity"]["encryption_key_ids"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|k| k.as_str().map(str::to_string))
+        .collect();
+    let host_keys = facts
+        .identity
+        .as_ref()
+        .map(|i| i.encryption_key_ids.clone())
+        .unwrap_or_default();
+    let missing = ferry_proto::restore::missing_keys(
+        &archive.db_key_ids,
+        &archive_keys,
+        &host_keys,
+        components,
+    );
+    if !missing.is_empty() {
+        problems.push(ferry_proto::restore::missing_keys_problem(
+            &missing,
+            !ferry_proto::restore::chosen(components).contains(&Component::Encryption),
+        ));
+    }
     let free = facts.staging.as_ref().map(|s| s.free_bytes).unwrap_or(0);
     let needed = (archive.size as u64)
         .saturating_mul(3)
