@@ -188,6 +188,24 @@ async fn a_publication_ends_when_its_time_runs_out_or_its_controller_goes() {
     let e = entries(&fleet, "ports-unpublish");
     assert_eq!(e.len(), 1);
     assert_eq!(e[0]["outcome"], "succeeded");
+    // 5. The agent restarts mid-publication: the new agent takes it down before it listens.
+    let child = spawn(&fleet, &["ports", "publish", "cp01", "--for", "10m"]);
+    wait("the ports", Duration::from_secs(30), || {
+        published(host) == (true, true)
+    });
+    let from = host.calls().len();
+    simhost::fleet::kill_agent(host);
+    simhost::fleet::start_agent(host).unwrap();
+    assert_eq!(dropins(host), 0, "down before the agent listens again");
+    taken_down(host, from);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        matches!(out.status.code(), Some(0) | Some(2)),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(entries(&fleet, "ports-publish").len(), 5);
+
     // The host is free again.
     fleet.ferry_ok(&["backup", "cp01"]).unwrap();
 }

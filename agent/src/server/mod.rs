@@ -89,6 +89,15 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     create_staging_dir(&config.staging_dir)?;
     let acceptor = TlsAcceptor::from(ferry_certs::tls::server_config(&config.tls_files())?);
+    let service = service(config);
+    // Before listening: a new drill's scratch database is never taken for a stale one, and a
+    // publication the previous agent left is down before anyone can ask.
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(15),
+        crate::tasks::drill::drop_scratch_databases(&service.host),
+    )
+    .await;
+    service.ports.recover().await;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Bind {
@@ -98,14 +107,6 @@ pub async fn serve(
     tracing::info!(listen = %config.listen, "ferry-agent serving over mTLS");
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let accept = tokio::spawn(accept_loop(listener, acceptor, tx));
-    let service = service(config);
-    // Before serving, so a new drill's scratch database is never taken for a stale one.
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(15),
-        crate::tasks::drill::drop_scratch_databases(&service.host),
-    )
-    .await;
-    service.ports.recover().await;
     let restores = service.restores.clone();
     let ports = service.ports.clone();
     let watchdog = tokio::spawn(async move {

@@ -456,6 +456,11 @@ fn collect(base: &Path, dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
 /// Drops the scratch databases drills killed with their agent left (their directories go with the
 /// rest of the staging area's scratch when the agent starts).
 pub async fn drop_scratch_databases(host: &Host) {
+    // A host without a running DB container (an external database) has none.
+    let running = host.podman().container_state("flightctl-db").await;
+    if !matches!(running.as_ref().map(|s| s.as_deref()), Ok(Some("running"))) {
+        return;
+    }
     let Ok(names) = database::names_like(host, SCRATCH_MARKER).await else {
         return;
     };
