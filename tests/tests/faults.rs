@@ -46,6 +46,7 @@ fn trigger(step: &str) -> Trigger {
         "stage" => After("preflight", "", ""),
         // The stage is slow: the next container inspection is verify's facts.
         "verify" => After("preflight", "podman", "inspect --type container"),
+        // The dump's psql, which stage runs as the archive streams in; load itself only records it.
         "load" => Call("podman", "ON_ERROR_STOP=1 -q -f"),
         "stop" => Call("systemctl", "stop flightctl-api"),
         "swap-db" => Call("podman", "RENAME TO"),

@@ -549,45 +549,57 @@ async fn unsafe_or_mismatched_archives_are_refused_before_anything_changes() {
     let truncated = catalogue(&fleet, &truncated_path).await;
 
     let before = Untouched::take(&fleet).await;
-    let cases: Vec<(&str, Vec<String>, &str)> = vec![
+    // Entries are checked as the archive streams in (stage); what they say, once it is in (verify).
+    let cases: Vec<(&str, Vec<String>, &str, &str)> = vec![
         (
             "version",
             vec!["--archive".into(), version.to_string()],
             "restore only onto the same version",
+            "verify",
         ),
         (
             "deployment type",
             vec!["--archive".into(), kube.to_string()],
             "only podman to podman is supported",
+            "verify",
         ),
         (
             "missing pki/",
             vec!["--archive".into(), no_pki.to_string()],
             "no pki/",
+            "verify",
         ),
-        ("..", vec!["--archive".into(), dotdot.to_string()], "'..'"),
+        (
+            "..",
+            vec!["--archive".into(), dotdot.to_string()],
+            "'..'",
+            "stage",
+        ),
         (
             "absolute path",
             vec!["--archive".into(), absolute.to_string()],
             "absolute path",
+            "stage",
         ),
         (
             "symlink",
             vec!["--archive".into(), symlink.to_string()],
             "symbolic link",
+            "stage",
         ),
         (
             "truncated",
             vec!["--archive".into(), truncated.to_string()],
             "truncated or corrupt",
+            "stage",
         ),
     ];
-    for (case, args, reason) in &cases {
+    for (case, args, reason, task) in &cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let (code, output) = restore(&fleet, &args);
         assert_eq!(code, 2, "{case}: {output}");
         assert!(
-            output.contains("REFUSED: [cp01] task verify") && output.contains(reason),
+            output.contains(&format!("REFUSED: [cp01] task {task}")) && output.contains(reason),
             "{case}: {output}"
         );
         assert!(output.contains("host state: unchanged"), "{case}: {output}");

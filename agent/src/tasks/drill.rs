@@ -1,6 +1,6 @@
 //! Drills: proving that an archive restores, without touching the live control plane. The archive is
-//! received into its own directory in the staging area and verified; its dump is loaded into a
-//! scratch database inside the DB container (the live database, units and API are never touched,
+//! received once into its own directory in the staging area, every entry checked, its dump streamed
+//! straight into a scratch database inside the DB container (the live database, units and API are never touched,
 //! nothing is published); device preparation runs on it; every table's rows are counted against the
 //! manifest; the PKI, config and encryption files are parsed; then the scratch database and the
 //! directory go, whatever happened. What an agent killed mid-drill left behind goes when it starts.
@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use ferry_proto::archive::{EntryKind, ReadOptions, read_archive};
+use ferry_proto::archive::EntryKind;
 
 use crate::host::Host;
 use crate::tasks::facts::{DatabaseKind, Facts};
@@ -115,7 +115,7 @@ impl Drill {
             .await;
         let started = Instant::now();
         let mut dropped = Vec::new();
-        if report.phases.iter().any(|p| p.name == "load") {
+        if req.database_included {
             match database::drop_database(&self.host, &scratch).await {
                 Ok(()) => dropped.push(format!("scratch database {scratch} dropped")),
                 Err(e) => report
@@ -138,36 +138,57 @@ impl Drill {
         rest: impl tokio_stream::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
         report: &mut Report,
     ) {
-        let started = Instant::now();
-        let received =
-            staging::receive_archive(dir, &req.expected_sha256, req.expected_size, first, rest)
-                .await
-                .map(|(size, _)| format!("{size} bytes, sha256 matches the catalog"));
-        if !phase(report, "receive", started, received) {
-            return;
-        }
-
+        // One pass: digest, every entry, files extracted, the dump straight into the scratch database.
         let started = Instant::now();
         let extract = dir.join("extract");
-        let verified = verify(dir, &extract, &req.expected_sha256).await;
-        let summary = verified.as_ref().map(|v| {
-            format!(
-                "{} entries safe, Flight Control {}",
-                v.entries.len(),
-                v.metadata.as_ref().map_or("?", |m| m.version.as_str())
-            )
-        });
-        if !phase(report, "verify", started, summary.map_err(Clone::clone)) {
+        let load = req.database_included.then_some(scratch);
+        let received = staging::receive_once(
+            &self.host,
+            &extract,
+            &req.expected_sha256,
+            req.expected_size,
+            load,
+            first,
+            rest,
+        )
+        .await;
+        let (name, summary) = match (&received, load) {
+            (Ok(r), Some(db)) => (
+                "load",
+                Ok(format!(
+                    "{} bytes received, every entry checked, db/dump.sql loaded into {db} inside flightctl-db, in one pass",
+                    r.size
+                )),
+            ),
+            (Ok(r), None) => (
+                "receive",
+                Ok(format!("{} bytes received, every entry checked", r.size)),
+            ),
+            (Err(e), Some(_)) if e.starts_with("psql") => {
+                ("load", Err(format!("db/dump.sql does not load: {e}")))
+            }
+            (Err(e), Some(_)) => ("load", Err(e.clone())),
+            (Err(e), None) => ("receive", Err(e.clone())),
+        };
+        if !phase(report, name, started, summary) {
             return;
         }
-        let Ok(verified) = verified else { return };
+        let Ok(staged) = received else { return };
 
-        if verified
-            .entries
-            .iter()
-            .any(|e| e.path == "db/dump.sql" && e.kind == EntryKind::File)
-        {
-            self.database(&extract, scratch, verified.manifest.as_ref(), report)
+        let started = Instant::now();
+        let checked = verify(&staged).map(|()| {
+            format!(
+                "{} entries, Flight Control {}",
+                staged.entries.len(),
+                staged.metadata.as_ref().map_or("?", |m| m.version.as_str())
+            )
+        });
+        if !phase(report, "verify", started, checked) {
+            return;
+        }
+
+        if load.is_some() {
+            self.database(&extract, scratch, staged.manifest.as_ref(), report)
                 .await;
         } else {
             report.notes.push(
@@ -178,7 +199,7 @@ impl Drill {
 
         let started = Instant::now();
         let mut files = check_files(&extract);
-        if let Some(manifest) = &verified.manifest {
+        if let Some(manifest) = &staged.manifest {
             check_keys(&extract, &manifest.encryption_key_ids, &mut files);
         }
         report.files_checked = files.checked;
@@ -193,7 +214,7 @@ impl Drill {
         phase(report, "files", started, outcome);
     }
 
-    /// Load, count, prepare: the scratch database's part.
+    /// Count and prepare: the scratch database's part, once the dump is in it.
     async fn database(
         &self,
         extract: &Path,
@@ -201,15 +222,6 @@ impl Drill {
         manifest: Option<&ferry_proto::archive::Manifest>,
         report: &mut Report,
     ) {
-        let started = Instant::now();
-        let loaded = database::load(&self.host, scratch, &extract.join("db/dump.sql"))
-            .await
-            .map(|()| format!("db/dump.sql loaded into {scratch} inside flightctl-db"))
-            .map_err(|e| format!("db/dump.sql does not load: {e}"));
-        if !phase(report, "load", started, loaded) {
-            return;
-        }
-
         let started = Instant::now();
         let counted = match manifest {
             None => Ok("no ferry manifest (an upstream archive): row counts not compared".into()),
@@ -299,36 +311,16 @@ fn short(id: &str) -> String {
         .to_ascii_lowercase()
 }
 
-async fn verify(
-    dir: &Path,
-    extract: &Path,
-    expected: &str,
-) -> Result<ferry_proto::archive::Verified, String> {
-    let archive = dir.join("archive");
-    let target = extract.to_path_buf();
-    let expected = expected.to_string();
-    let verified = tokio::task::spawn_blocking(move || {
-        let file = std::fs::File::open(&archive).map_err(|e| e.to_string())?;
-        read_archive(
-            std::io::BufReader::new(file),
-            &ReadOptions {
-                extract_to: Some(&target),
-                expected_sha256: Some(&expected),
-                keep: None,
-            },
-        )
-        .map_err(|e| format!("the archive does not read: {e}"))
-    })
-    .await
-    .map_err(|e| e.to_string())??;
-    if verified.metadata.is_none() {
+/// What a restore's verify requires of the archive's contents.
+fn verify(staged: &staging::Staged) -> Result<(), String> {
+    if staged.metadata.is_none() {
         return Err("metadata.json: missing from the archive".into());
     }
     for (path, kind) in [
         ("pki", EntryKind::Dir),
         ("config/service-config.yaml", EntryKind::File),
     ] {
-        if !verified
+        if !staged
             .entries
             .iter()
             .any(|e| e.path == path && e.kind == kind)
@@ -336,7 +328,7 @@ async fn verify(
             return Err(format!("{path}: missing from the archive"));
         }
     }
-    Ok(verified)
+    Ok(())
 }
 
 /// Rows of every table of the public schema, in one statement.

@@ -23,7 +23,7 @@ pub use names::{
     SEALED_SUFFIX, archive_name, archive_time, key_object_name, parse_archive_timestamp,
     parse_sidecar, sidecar_line,
 };
-pub use reader::{ArchiveError, ReadOptions, Verified, read_archive};
+pub use reader::{ArchiveError, ReadOptions, Verified, read_archive, read_archive_into};
 pub use seal::{DataKey, Identities, Recipients, SealError};
 pub use writer::ArchiveWriter;
 

@@ -59,6 +59,17 @@ const SMALL_FILE_LIMIT: u64 = 16 << 20;
 
 /// Reads a whole archive. Links, devices, absolute paths and `..` are refused.
 pub fn read_archive(input: impl Read, options: &ReadOptions<'_>) -> Result<Verified, ArchiveError> {
+    read_archive_into(input, options, None)
+}
+
+/// [`read_archive`], with the content of the entry at `divert.0` written to `divert.1` instead of
+/// being extracted (a dump streamed straight into `psql`). Its size and digest are checked all the
+/// same; a write error ends the read.
+pub fn read_archive_into(
+    input: impl Read,
+    options: &ReadOptions<'_>,
+    mut divert: Option<(&str, &mut dyn Write)>,
+) -> Result<Verified, ArchiveError> {
     let mut hashed = Hashing {
         inner: BufReader::with_capacity(1 << 20, input),
         hasher: Sha256::new(),
@@ -103,8 +114,11 @@ pub fn read_archive(input: impl Read, options: &ReadOptions<'_>) -> Result<Verif
             let wanted = options.keep.is_some_and(|keep| keep(&clean));
             let keep = wanted || clean == METADATA_NAME || clean == MANIFEST_NAME;
             let mut small = Vec::new();
+            let diverted = divert.as_ref().is_some_and(|(path, _)| *path == clean);
             let mut file = match options.extract_to {
-                Some(dest) if clean != MANIFEST_NAME => Some(create_file(&dest.join(&clean))?),
+                Some(dest) if clean != MANIFEST_NAME && !diverted => {
+                    Some(create_file(&dest.join(&clean))?)
+                }
                 _ => None,
             };
             let mut hasher = Sha256::new();
@@ -119,6 +133,9 @@ pub fn read_archive(input: impl Read, options: &ReadOptions<'_>) -> Result<Verif
                 size += n as u64;
                 if let Some(f) = file.as_mut() {
                     f.write_all(&buf[..n])?;
+                }
+                if diverted && let Some((_, sink)) = divert.as_mut() {
+                    sink.write_all(&buf[..n])?;
                 }
                 if keep && size <= SMALL_FILE_LIMIT {
                     small.extend_from_slice(&buf[..n]);

@@ -39,54 +39,82 @@ pub async fn exists(host: &Host, name: &str) -> Result<bool, String> {
     Ok(psql(host, "postgres", &sql).await?.trim() == "1")
 }
 
-/// Creates `temp` afresh and streams the dump into it (`psql -v ON_ERROR_STOP=1 -f -`).
+/// Creates `temp` afresh and streams the dump file into it (`psql -v ON_ERROR_STOP=1 -f -`).
 pub async fn load(host: &Host, temp: &str, dump: &std::path::Path) -> Result<(), String> {
-    psql(
-        host,
-        "postgres",
-        &format!("DROP DATABASE IF EXISTS {}", ident(temp)),
-    )
-    .await?;
-    psql(
-        host,
-        "postgres",
-        &format!("CREATE DATABASE {}", ident(temp)),
-    )
-    .await?;
     let file = std::fs::File::open(dump).map_err(|e| format!("{}: {e}", dump.display()))?;
-    let mut command = host.podman().exec_command(
-        "flightctl-db",
-        &[
-            "psql",
-            "-U",
-            "postgres",
-            "-d",
-            temp,
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-q",
-            "-f",
-            "-",
-        ],
-    );
-    command
-        .stdin(file)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
+    let loader = Loader::start(host, temp).await?;
+    let mut stdin = loader.stdin;
+    let mut file = file;
     // The load takes as long as the database is big: off the async workers, which keep serving.
-    let output = tokio::task::spawn_blocking(move || command.output())
+    let copied = tokio::task::spawn_blocking(move || std::io::copy(&mut file, &mut stdin))
         .await
-        .map_err(|e| format!("loading the dump: {e}"))?
         .map_err(|e| format!("loading the dump: {e}"))?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
-        return Err(format!(
-            "psql stopped at the first error: {}",
-            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
-        ));
+    let ended = Loader::finish(loader.child).await;
+    ended?;
+    copied
+        .map(|_| ())
+        .map_err(|e| format!("loading the dump: {e}"))
+}
+
+/// A `psql` loading into a fresh database, fed through `stdin`.
+pub struct Loader {
+    pub stdin: std::process::ChildStdin,
+    pub child: std::process::Child,
+}
+
+impl Loader {
+    /// Creates `db` afresh and starts `psql -v ON_ERROR_STOP=1 -f -` into it inside the DB container.
+    pub async fn start(host: &Host, db: &str) -> Result<Loader, String> {
+        psql(
+            host,
+            "postgres",
+            &format!("DROP DATABASE IF EXISTS {}", ident(db)),
+        )
+        .await?;
+        psql(host, "postgres", &format!("CREATE DATABASE {}", ident(db))).await?;
+        let mut command = host.podman().exec_command(
+            "flightctl-db",
+            &[
+                "psql",
+                "-U",
+                "postgres",
+                "-d",
+                db,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-q",
+                "-f",
+                "-",
+            ],
+        );
+        command
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let mut child = command.spawn().map_err(|e| format!("starting psql: {e}"))?;
+        let stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| "starting psql: no stdin".to_string())?;
+        Ok(Loader { stdin, child })
     }
-    Ok(())
+
+    /// Waits for `psql` (its stdin closed); psql's own words when it stopped at an error.
+    pub async fn finish(child: std::process::Child) -> Result<(), String> {
+        let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+            .await
+            .map_err(|e| format!("loading the dump: {e}"))?
+            .map_err(|e| format!("loading the dump: {e}"))?;
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let tail: Vec<&str> = stderr.lines().rev().take(3).collect();
+            return Err(format!(
+                "psql stopped at the first error: {}",
+                tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// live → old, temp → live. Sessions on the live database are terminated, retrying for 30 s while

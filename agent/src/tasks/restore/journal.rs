@@ -66,6 +66,9 @@ pub struct Journal {
     /// The lease's length, to arm it again after the agent restarts.
     #[serde(default)]
     pub lease_seconds: u32,
+    /// `stage` loaded the dump into the temporary database as it received the archive (seconds).
+    #[serde(default)]
+    pub loaded_seconds: Option<f64>,
 }
 
 impl Journal {

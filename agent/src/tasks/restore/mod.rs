@@ -331,6 +331,22 @@ impl Restores {
             }
             Err(cause) => {
                 drop(lease);
+                // The journal names the temporary database a failed pass may have left.
+                let undone = match Journal::load(&dir) {
+                    Ok(j) => rollback::rollback(ctx, &dir, &j).await.map(|_| ()),
+                    Err(_) => Ok(()),
+                };
+                if let Err(e) = undone {
+                    // The journal stays: the lease lapses and tries again, or an operator rolls back.
+                    tracing::error!(restore = %req.restore_id, error = %e, "could not undo a failed stage");
+                    return Err(StepFailure {
+                        step: Step::Stage,
+                        cause: format!("{cause}; undoing the stage failed too: {e}"),
+                        status: self.status().map(Box::new),
+                        next: vec![format!("ferry rollback {}", ctx.host_name)],
+                        refused: false,
+                    });
+                }
                 let _ = std::fs::remove_dir_all(&dir);
                 self.release();
                 Err(StepFailure {
@@ -589,6 +605,12 @@ async fn execute(
     match step {
         Step::Verify => verify::run(ctx, dir, j).await,
         Step::Load => {
+            if let Some(seconds) = j.loaded_seconds {
+                return Ok(summary(&format!(
+                    "dump loaded into {} as the archive arrived ({seconds:.1}s, one pass) while the control plane kept running",
+                    j.temp_db
+                )));
+            }
             let started = std::time::Instant::now();
             database::load(host, &j.temp_db, &extract.join("db/dump.sql")).await?;
             Ok(summary(&format!(

@@ -1,15 +1,20 @@
-//! `stage`: the archive streamed into the restore's directory in the staging area, its size and
-//! digest checked, and the journal created; or, for device preparation alone, only the journal.
-//! Nothing on the host changes here.
+//! `stage`: the archive streamed once into the restore's directory in the staging area — size,
+//! digest and every entry checked, files extracted, the dump loaded into the temporary database on
+//! the way — and the journal created first; or, for device preparation alone, only the journal.
+//! Nothing live changes here: a mismatch found at the end drops the temporary database.
 
 use std::path::Path;
 
+use ferry_proto::archive::{
+    ArchiveError, Entry, Manifest, Metadata, ReadOptions, read_archive_into,
+};
 use ferry_proto::restore::{DatabaseAccess, plan};
 use ferry_proto::v1::Component;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncWriteExt;
 
 use super::RestoreContext;
+use super::database::Loader;
 use super::journal::Journal;
 use crate::tasks::database::{Endpoint, Override};
 use crate::tasks::facts::DatabaseKind;
@@ -27,7 +32,9 @@ pub struct StageRequest {
     pub lease_seconds: u32,
 }
 
-/// Writes the streamed archive into `dir/archive`, checking size and digest; creates the journal.
+/// Receives the archive in one pass (§ [`receive_once`]) into the restore's directory, loading the
+/// dump into the temporary database on the way when the restore puts the built-in database back;
+/// the journal, with the temporary database's name, is written before anything else.
 pub async fn receive<E: std::fmt::Display>(
     ctx: &RestoreContext,
     dir: &Path,
@@ -36,13 +43,23 @@ pub async fn receive<E: std::fmt::Display>(
     rest: impl tokio_stream::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
 ) -> Result<(u64, String), String> {
     room_for(&ctx.staging_dir, req.expected_size, ctx.keep_free)?;
-    let (size, sha256) =
-        receive_archive(dir, &req.expected_sha256, req.expected_size, first, rest).await?;
+    // From service-config.yaml alone: stage makes no calls of its own on the host.
+    let database = crate::tasks::facts::database(&ctx.host);
+    let access = if database.kind == DatabaseKind::External {
+        DatabaseAccess::External
+    } else {
+        DatabaseAccess::Builtin
+    };
+    let load = access == DatabaseAccess::Builtin
+        && ferry_proto::restore::chosen(&req.components).contains(&Component::Db);
     let io = |e: std::io::Error| format!("staging: {e}");
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let (temp_db, old_db) = temporary_names(&req.restore_id, &database.name);
     let mut journal = Journal {
         restore_id: req.restore_id.clone(),
-        archive_sha256: sha256.clone(),
-        archive_size: size,
+        archive_sha256: req.expected_sha256.clone(),
+        archive_size: req.expected_size,
         keep_old_db: req.keep_old_db,
         components: ferry_proto::restore::chosen(&req.components)
             .iter()
@@ -50,11 +67,195 @@ pub async fn receive<E: std::fmt::Display>(
             .collect(),
         lease_seconds: req.lease_seconds,
         partial: !req.components.is_empty(),
+        db_name: database.name.clone(),
+        temp_db,
+        old_db,
+        restores_database: load,
         ..Default::default()
     };
-    journal.set_plan(&plan(&req.components, false, DatabaseAccess::Builtin));
+    journal.set_plan(&plan(&req.components, false, access));
+    // Journal first: the temporary database is on record before it exists.
     journal.save(dir).map_err(io)?;
-    Ok((size, sha256))
+    let staged = receive_once(
+        &ctx.host,
+        &dir.join("extract"),
+        &req.expected_sha256,
+        req.expected_size,
+        load.then_some(journal.temp_db.as_str()),
+        first,
+        rest,
+    )
+    .await?;
+    std::fs::write(
+        dir.join(STAGED),
+        serde_json::to_vec(&staged).map_err(|e| e.to_string())?,
+    )
+    .map_err(io)?;
+    journal.loaded_seconds = staged.loaded_seconds;
+    journal.save(dir).map_err(io)?;
+    Ok((staged.size, staged.sha256))
+}
+
+/// `<db>_restore_<8 hex>` and `<db>_old_<8 hex>`, from the restore id (upstream's 4 random bytes).
+pub fn temporary_names(restore_id: &str, db: &str) -> (String, String) {
+    let digest = Sha256::digest(restore_id.as_bytes());
+    let tag = ferry_proto::archive::hex(&digest[..4]);
+    (format!("{db}_restore_{tag}"), format!("{db}_old_{tag}"))
+}
+
+/// Where `stage` keeps what its pass over the archive found, for `verify`.
+pub const STAGED: &str = "staged.json";
+
+/// What one pass over an incoming archive found.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Staged {
+    pub size: u64,
+    pub sha256: String,
+    pub metadata: Option<Metadata>,
+    pub manifest: Option<Manifest>,
+    pub entries: Vec<Entry>,
+    /// How long the pass took when it loaded the dump into a database.
+    pub loaded_seconds: Option<f64>,
+}
+
+impl Staged {
+    pub fn load(dir: &Path) -> Result<Staged, String> {
+        let path = dir.join(STAGED);
+        let text = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+/// Streams an archive from the controller once: its size and digest, every entry checked and
+/// extracted under `extract`, and, when `load_into` names a database, `db/dump.sql` piped into
+/// `psql` inside the DB container instead of onto disk. Whatever does not match is an error; the
+/// caller drops the database, which the live control plane never saw.
+pub async fn receive_once<E: std::fmt::Display>(
+    host: &crate::host::Host,
+    extract: &Path,
+    expected_sha256: &str,
+    expected_size: u64,
+    load_into: Option<&str>,
+    first: bytes::Bytes,
+    mut rest: impl tokio_stream::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+) -> Result<Staged, String> {
+    use tokio_stream::StreamExt;
+    let _ = std::fs::remove_dir_all(extract);
+    std::fs::create_dir_all(extract).map_err(|e| format!("staging: {e}"))?;
+    let started = std::time::Instant::now();
+    let (child, stdin) = match load_into {
+        Some(db) => {
+            let loader = Loader::start(host, db).await?;
+            (Some(loader.child), Some(loader.stdin))
+        }
+        None => (None, None),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
+    let target = extract.to_path_buf();
+    let reader = tokio::task::spawn_blocking(move || {
+        let mut stdin = stdin;
+        let divert = stdin
+            .as_mut()
+            .map(|s| ("db/dump.sql", s as &mut dyn std::io::Write));
+        let options = ReadOptions {
+            extract_to: Some(&target),
+            expected_sha256: None,
+            keep: None,
+        };
+        let read = read_archive_into(ChannelReader::new(rx), &options, divert);
+        drop(stdin); // end of input for psql
+        read
+    });
+    // The digest of every byte received, also after the reader stopped at an error: a byte that
+    // differs from the catalog's archive is reported as that, whatever it broke.
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut reading = true;
+    let mut broke = None;
+    let mut chunk = Some(first);
+    loop {
+        if let Some(data) = chunk.take() {
+            hasher.update(&data);
+            size += data.len() as u64;
+            if reading && !data.is_empty() && tx.send(data).await.is_err() {
+                reading = false; // the reader stopped at an error it reports
+            }
+        }
+        match rest.next().await {
+            Some(Ok(data)) => chunk = Some(data),
+            None => break,
+            Some(Err(e)) => {
+                broke = Some(format!("the stream from the controller broke: {e}"));
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let read = reader
+        .await
+        .map_err(|e| format!("reading the archive: {e}"))?;
+    let loaded = match child {
+        Some(child) => Loader::finish(child).await,
+        None => Ok(()),
+    };
+    if let Some(broke) = broke {
+        return Err(broke);
+    }
+    let sha256 = ferry_proto::archive::hex(&hasher.finalize());
+    if size != expected_size || sha256 != expected_sha256 {
+        return Err(format!(
+            "digest mismatch: received {size} bytes sha256 {sha256}, the catalog says {expected_size} bytes sha256 {expected_sha256}; nothing was changed"
+        ));
+    }
+    let verified = match (read, loaded) {
+        (Ok(v), Ok(())) => v,
+        // psql stopped first (the SQL failed); the reader only saw the pipe close.
+        (Err(ArchiveError::Io(e)), Err(psql)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            return Err(psql);
+        }
+        (Ok(_), Err(psql)) => return Err(psql),
+        // The archive itself is wrong (psql may have choked on the same truncated input).
+        (Err(e), _) => return Err(format!("archive refused: {e}")),
+    };
+    Ok(Staged {
+        size: verified.size,
+        sha256: verified.sha256,
+        metadata: verified.metadata,
+        manifest: verified.manifest,
+        entries: verified.entries,
+        loaded_seconds: load_into.map(|_| started.elapsed().as_secs_f64()),
+    })
+}
+
+/// The bytes the async side forwards, read on a blocking thread.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    buf: bytes::Bytes,
+}
+
+impl ChannelReader {
+    fn new(rx: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> Self {
+        ChannelReader {
+            rx,
+            buf: bytes::Bytes::new(),
+        }
+    }
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        use bytes::Buf;
+        while self.buf.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(data) => self.buf = data,
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.buf.len());
+        out[..n].copy_from_slice(&self.buf[..n]);
+        self.buf.advance(n);
+        Ok(n)
+    }
 }
 
 /// Starts a device-preparation-only run on the host's current database; an external one must answer
@@ -136,48 +337,4 @@ pub fn room_for(staging: &Path, size: u64, keep_free: u64) -> Result<(), String>
         ));
     }
     Ok(())
-}
-
-/// Streams an archive into `dir/archive` (created afresh), checking its size and digest.
-pub async fn receive_archive<E: std::fmt::Display>(
-    dir: &Path,
-    expected_sha256: &str,
-    expected_size: u64,
-    first: bytes::Bytes,
-    mut rest: impl tokio_stream::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
-) -> Result<(u64, String), String> {
-    use tokio_stream::StreamExt;
-    let io = |e: std::io::Error| format!("staging: {e}");
-    let _ = std::fs::remove_dir_all(dir);
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let part = dir.join("archive.part");
-    let mut file = tokio::io::BufWriter::with_capacity(
-        1 << 20,
-        tokio::fs::File::create(&part).await.map_err(io)?,
-    );
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    let mut chunk = Some(first);
-    loop {
-        if let Some(data) = chunk.take() {
-            hasher.update(&data);
-            size += data.len() as u64;
-            file.write_all(&data).await.map_err(io)?;
-        }
-        match rest.next().await {
-            Some(Ok(data)) => chunk = Some(data),
-            None => break,
-            Some(Err(e)) => return Err(format!("the stream from the controller broke: {e}")),
-        }
-    }
-    file.flush().await.map_err(io)?;
-    file.into_inner().sync_all().await.map_err(io)?;
-    let sha256 = ferry_proto::archive::hex(&hasher.finalize());
-    if size != expected_size || sha256 != expected_sha256 {
-        return Err(format!(
-            "digest mismatch: received {size} bytes sha256 {sha256}, the catalog says {expected_size} bytes sha256 {expected_sha256}; nothing was changed"
-        ));
-    }
-    std::fs::rename(&part, dir.join("archive")).map_err(io)?;
-    Ok((size, sha256))
 }

@@ -1,11 +1,11 @@
-//! `verify`: reads the staged archive once (digest, every entry, manifest, metadata), applies the
-//! shared compatibility rules against this host, and fixes the restore's plan. It extracts into the
-//! restore's own directory, never onto the host.
+//! `verify`: what `stage`'s pass over the archive found (digest, every entry, manifest, metadata)
+//! against the shared compatibility rules and this host; fixes the restore's plan. Nothing was
+//! extracted anywhere but the restore's own directory.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use ferry_proto::archive::{EntryKind, ReadOptions, read_archive};
+use ferry_proto::archive::EntryKind;
 use ferry_proto::restore::{ArchiveSide, DatabaseAccess, HostSide, incompatibilities, plan};
 use ferry_proto::v1::{Component, Step};
 use serde_json::json;
@@ -17,34 +17,11 @@ use crate::tasks::facts::{DatabaseKind, DeploymentKind};
 
 pub async fn run(ctx: &RestoreContext, dir: &Path, j: &mut Journal) -> Result<StepOutcome, String> {
     let facts = ctx.facts().await;
-    let archive = dir.join("archive");
     let extract = dir.join("extract");
-    let _ = std::fs::remove_dir_all(&extract);
-    let expected = j.archive_sha256.clone();
-    let target = extract.clone();
-    let verified = tokio::task::spawn_blocking(move || {
-        let file = std::fs::File::open(&archive)?;
-        read_archive(
-            std::io::BufReader::new(file),
-            &ReadOptions {
-                extract_to: Some(&target),
-                expected_sha256: Some(&expected),
-                keep: None,
-            },
-        )
-        .map_err(std::io::Error::other)
-    })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| {
-        let _ = std::fs::remove_dir_all(&extract);
-        format!("archive refused: {e}")
-    })?;
-    let refuse = |why: String| {
-        let _ = std::fs::remove_dir_all(&extract);
-        Err(format!("archive refused: {why}"))
-    };
-    let Some(metadata) = verified.metadata else {
+    // `stage` read the archive once (digest, every entry, manifest cross-check): its findings.
+    let verified = super::staging::Staged::load(dir)?;
+    let refuse = |why: String| Err(format!("archive refused: {why}"));
+    let Some(metadata) = verified.metadata.clone() else {
         return refuse("no metadata.json".into());
     };
     let has = |path: &str, kind: EntryKind| {
@@ -152,11 +129,7 @@ pub async fn run(ctx: &RestoreContext, dir: &Path, j: &mut Journal) -> Result<St
     j.external_database = access == DatabaseAccess::External;
     j.set_plan(&plan);
     j.db_name = facts.database.name.clone();
-    // 8 hex of the restore id's digest, as upstream's 4 random bytes: unique per restore.
-    let digest = <sha2::Sha256 as sha2::Digest>::digest(j.restore_id.as_bytes());
-    let tag = ferry_proto::archive::hex(&digest[..4]);
-    j.temp_db = format!("{}_restore_{tag}", j.db_name);
-    j.old_db = format!("{}_old_{tag}", j.db_name);
+    (j.temp_db, j.old_db) = super::staging::temporary_names(&j.restore_id, &j.db_name);
     Ok(StepOutcome {
         summary: format!(
             "{} entries safe, sha256 {}…, Flight Control {}, podman, database {}",

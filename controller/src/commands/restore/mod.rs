@@ -311,6 +311,7 @@ async fn restore(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
         OffsetDateTime::now_utc().unix_timestamp()
     );
     let staged_at = OffsetDateTime::now_utc();
+    play.step_begins("stage");
     if let Err(e) = stage(
         conn,
         &store,
