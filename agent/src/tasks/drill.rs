@@ -337,25 +337,7 @@ async fn count_rows(
     db: &str,
 ) -> Result<std::collections::BTreeMap<String, u64>, String> {
     const COUNTS: &str = "SELECT COALESCE(json_object_agg(c.relname, (xpath('/row/n/text()', query_to_xml(format('SELECT count(*) AS n FROM %I.%I', n.nspname, c.relname), false, true, '')))[1]::text::bigint), '{}')::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')";
-    let out = host
-        .podman()
-        .exec(
-            "flightctl-db",
-            &[
-                "psql",
-                "-U",
-                "postgres",
-                "-d",
-                db,
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-tAc",
-                COUNTS,
-            ],
-            b"",
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+    let out = database::psql(host, db, COUNTS).await?;
     serde_json::from_str(out.trim()).map_err(|e| format!("unexpected answer ({e}): {out:.200}"))
 }
 

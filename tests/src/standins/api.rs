@@ -72,7 +72,8 @@ async fn route(layout: &Layout, req: Request<hyper::body::Incoming>) -> Response
     }
 }
 
-async fn db_reachable(layout: &Layout) -> Result<(), String> {
+/// The Flight Control database over the container network (its socket), as the services reach it.
+async fn connect(layout: &Layout) -> Result<tokio_postgres::Client, String> {
     let spec = Spec::load(layout).map_err(|e| e.to_string())?;
     let units = Units::load(layout).map_err(|e| e.to_string())?;
     let mut config = tokio_postgres::Config::new();
@@ -87,7 +88,12 @@ async fn db_reachable(layout: &Layout) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     tokio::spawn(conn);
-    client
+    Ok(client)
+}
+
+async fn db_reachable(layout: &Layout) -> Result<(), String> {
+    connect(layout)
+        .await?
         .simple_query("SELECT 1")
         .await
         .map_err(|e| e.to_string())?;
@@ -97,23 +103,9 @@ async fn db_reachable(layout: &Layout) -> Result<(), String> {
 /// v1.3: every key's canary decrypts with the keys on the host (no canaries before v1.3, or while
 /// the database cannot be read: readiness says so).
 async fn canaries_decrypt(layout: &Layout) -> Result<(), String> {
-    let Ok(units) = Units::load(layout) else {
+    let Ok(client) = connect(layout).await else {
         return Ok(());
     };
-    let Ok(spec) = Spec::load(layout) else {
-        return Ok(());
-    };
-    let mut config = tokio_postgres::Config::new();
-    config
-        .host_path(layout.pg_socket_dir())
-        .port(super::services::db_port(&units, &spec))
-        .user("postgres")
-        .dbname("flightctl")
-        .connect_timeout(std::time::Duration::from_secs(2));
-    let Ok((client, conn)) = config.connect(tokio_postgres::NoTls).await else {
-        return Ok(());
-    };
-    tokio::spawn(conn);
     let Ok(rows) = client
         .query("SELECT key_id, value FROM encryption_canaries", &[])
         .await

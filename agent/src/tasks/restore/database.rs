@@ -10,7 +10,9 @@ pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-async fn psql(host: &Host, db: &str, sql: &str) -> Result<String, String> {
+/// One statement as `postgres` in database `db` inside the DB container (its socket: nothing is
+/// published); its unaligned, tuples-only output.
+pub async fn psql(host: &Host, db: &str, sql: &str) -> Result<String, String> {
     host.podman()
         .exec(
             "flightctl-db",

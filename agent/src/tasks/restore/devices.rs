@@ -80,23 +80,7 @@ pub async fn prepare_in_container(
     db: &str,
     keys_file: &Path,
 ) -> Result<Prepared, String> {
-    let out = host
-        .podman()
-        .exec(
-            "flightctl-db",
-            &[
-                "psql",
-                "-U",
-                "postgres",
-                "-d",
-                db,
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-tAc",
-                PREPARE,
-            ],
-            b"",
-        )
+    let out = super::database::psql(host, db, PREPARE)
         .await
         .map_err(|e| format!("device preparation in {db}: {e}"))?;
     record(out.trim(), keys_file)
