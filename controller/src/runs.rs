@@ -100,8 +100,15 @@ pub fn next_after_interruption() -> Vec<String> {
                 ));
                 continue;
             }
-            "restore-check" => continue,
-            _ => {}
+            "drill" => {
+                next.push(format!(
+                    "`ferry drill {}` again: each agent finishes its drill and drops the scratch database on its own",
+                    run.pattern
+                ));
+                continue;
+            }
+            "restore" | "rollback" | "prepare-devices" => {}
+            _ => continue,
         }
         for host in run.hosts.keys() {
             next.push(format!(

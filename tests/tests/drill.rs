@@ -437,4 +437,57 @@ async fn a_damaged_dump_fails_its_drill_naming_the_table_and_a_killed_drill_leav
     let good = id(&std::fs::read(&original).unwrap());
     let (code, output) = run(&fleet, &["drill", "cp01", "--archive", &good]);
     assert_eq!(code, Some(0), "{output}");
+    let drilled = |list: &Value| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["id"] == good.as_str())
+            .unwrap()
+            .clone()
+    };
+    let (_, list) = json(&fleet, &["archives", "list"]);
+    assert!(drilled(&list)["drilled_at"].is_string());
+
+    // A sidecar that disagrees: restore would refuse the archive, so the drill does not pass it.
+    let sidecar = original.with_file_name(format!(
+        "{}.sha256",
+        original.file_name().unwrap().to_string_lossy()
+    ));
+    let good_sidecar = std::fs::read(&sidecar).unwrap();
+    std::fs::write(
+        &sidecar,
+        ferry_proto::archive::sidecar_line(&"0".repeat(64), "x.tar.gz"),
+    )
+    .unwrap();
+    let (code, output) = run(&fleet, &["drill", "cp01", "--archive", &good]);
+    assert_eq!(code, Some(2), "{output}");
+    assert!(
+        output.contains("drill/sidecar")
+            && output.contains(&format!("ferry archives verify {good}")),
+        "{output}"
+    );
+    std::fs::write(&sidecar, good_sidecar).unwrap();
+
+    // The stored copy damaged after it was drilled: the drill fails, the archive is no longer
+    // "verified by restore" and is marked suspect, so restore and retention stop counting on it.
+    let mut bytes = std::fs::read(&original).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&original, &bytes).unwrap();
+    let (code, output) = run(&fleet, &["drill", "cp01", "--archive", &good]);
+    assert_eq!(code, Some(2), "{output}");
+    assert!(
+        output.contains("drill/store") && output.contains("is damaged in the store"),
+        "{output}"
+    );
+    let (_, list) = json(&fleet, &["archives", "list"]);
+    let a = drilled(&list);
+    assert!(a["drilled_at"].is_null(), "{a}");
+    assert!(
+        a["suspect"].as_str().unwrap().contains("stored copy"),
+        "{a}"
+    );
+    let (code, output) = run(&fleet, &["archives", "list"]);
+    assert_eq!(code, Some(0));
+    assert!(output.contains("SUSPECT"), "{output}");
 }

@@ -299,9 +299,14 @@ impl Agent for AgentService {
         request: Request<pb::UnpublishPortsRequest>,
     ) -> Result<Response<pb::UnpublishPortsReply>, Status> {
         let who = caller(&request);
-        let reason = request.into_inner().reason;
-        let why = format!("unpublished by {who} ({reason})");
-        let summary = self.ports.unpublish(&why).await.map_err(Status::internal)?;
+        let req = request.into_inner();
+        let why = format!("unpublished by {who} ({})", req.reason);
+        let only = (!req.publication_id.is_empty()).then_some(req.publication_id.as_str());
+        let summary = self
+            .ports
+            .unpublish(only, &why)
+            .await
+            .map_err(Status::internal)?;
         tracing::info!("{summary}");
         Ok(Response::new(pb::UnpublishPortsReply { summary }))
     }

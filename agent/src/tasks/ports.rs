@@ -177,9 +177,16 @@ impl Ports {
         }
         if let Some(a) = active.as_mut() {
             if a.record.id != id {
+                let until = time::OffsetDateTime::from_unix_timestamp(a.record.until as i64)
+                    .ok()
+                    .and_then(|t| {
+                        t.format(&time::format_description::well_known::Rfc3339)
+                            .ok()
+                    })
+                    .unwrap_or_default();
                 return Err(format!(
-                    "the data services are already published (publication {}) until {}; end it with `ferry ports unpublish`",
-                    a.record.id, a.record.until
+                    "the data services are already published by publication {} until {until}; end it with `ferry ports unpublish` first",
+                    a.record.id
                 ));
             }
             a.heard = Instant::now();
@@ -189,6 +196,14 @@ impl Ports {
                 until_unix: a.record.until,
                 renewed: true,
             });
+        }
+        if crate::tasks::facts::database(&self.host).kind
+            == crate::tasks::facts::DatabaseKind::External
+        {
+            return Err(
+                "this host uses an external database (db.type: external): there is no flightctl-db to publish; reach the database where its DBA runs it"
+                    .into(),
+            );
         }
         let loopback = self
             .local_address
@@ -245,15 +260,23 @@ impl Ports {
         })
     }
 
-    /// Ends the publication (`id`, or whichever there is): drop-ins removed, data services
-    /// restarted, the slot freed. Returns what was done.
-    pub async fn unpublish(&self, why: &str) -> Result<String, String> {
+    /// Ends the publication (`only` that one, when given; else whichever there is): drop-ins
+    /// removed, data services restarted, the slot freed. Returns what was done.
+    pub async fn unpublish(&self, only: Option<&str>, why: &str) -> Result<String, String> {
         let mut active = self.active.lock().await;
+        if let (Some(only), Some(a)) = (only, active.as_ref())
+            && a.record.id != only
+        {
+            return Ok(format!(
+                "publication {only} had already ended; publication {} is not this command's and stays",
+                a.record.id
+            ));
+        }
         let dropins = match active.as_ref() {
             Some(a) => a.record.dropins.clone(),
             None => match self.on_disk() {
                 Some(record) => record.dropins,
-                None => return Ok("nothing was published".into()),
+                None => return Ok("nothing is published (it was already taken down)".into()),
             },
         };
         unpublish(&self.host, &dropins).await?;
@@ -282,7 +305,7 @@ impl Ports {
                 return;
             }
         };
-        match self.unpublish(why).await {
+        match self.unpublish(None, why).await {
             Ok(note) => tracing::warn!("{note}"),
             Err(e) => {
                 tracing::error!(error = %e, "could not take the published ports down; trying again")
@@ -294,7 +317,7 @@ impl Ports {
     pub async fn recover(&self) {
         if self.on_disk().is_some() {
             match self
-                .unpublish("the agent restarted during a publication")
+                .unpublish(None, "the agent restarted during a publication")
                 .await
             {
                 Ok(note) => tracing::warn!("{note}"),

@@ -529,16 +529,16 @@ impl Catalog {
         Ok(())
     }
 
-    /// Records a drill of archive `archive_id` on host `ran_on`; a passing one marks the archive
-    /// verified by restore.
+    /// Records a drill of archive `archive_id` on host `ran_on`: a passing one marks the archive
+    /// verified by restore, a failing one takes that mark away.
     pub async fn record_drill(&self, d: &DrillRecord) -> Result<(), CatalogError> {
         self.client
             .execute(
                 "WITH drill AS (
                      INSERT INTO drills (archive_id, ran_on, run_id, started_at, finished_at, passed, failures, detail)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING archive_id, passed, finished_at)
-                 UPDATE archives a SET drilled_at = d.finished_at FROM drill d
-                 WHERE a.id = d.archive_id AND d.passed",
+                 UPDATE archives a SET drilled_at = CASE WHEN d.passed THEN d.finished_at END
+                 FROM drill d WHERE a.id = d.archive_id",
                 &[
                     &d.archive_id, &d.ran_on, &d.run_id, &d.started, &d.finished, &d.passed,
                     &d.failures, &d.detail,

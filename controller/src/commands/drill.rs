@@ -195,6 +195,22 @@ impl Ctx<'_> {
                 };
             }
         };
+        // Restore refuses an archive whose sidecar disagrees; a drill says so rather than pass it.
+        let object = archive.object();
+        match self.store.sidecar_digest(&archive.host, &object).await {
+            Ok(Some(side)) if side == archive.sha256 => {}
+            Ok(other) => {
+                let id = archive.short_id().to_string();
+                let cause = format!(
+                    "the .sha256 sidecar of {} says {}, the catalog says {}: restore would refuse it; run `ferry archives verify {id}`",
+                    archive.name,
+                    other.as_deref().unwrap_or("nothing (it is missing)"),
+                    archive.sha256
+                );
+                return failed("sidecar", cause, Some(archive));
+            }
+            Err(e) => return failed("store", e.to_string(), Some(archive)),
+        }
         let opened = match crate::keys::open(self.store, &archive, self.identities.as_ref()).await {
             Ok(o) => o,
             Err(e) => return failed("store", e, Some(archive)),
@@ -216,12 +232,49 @@ impl Ctx<'_> {
         });
         let reply = conn.client.clone().drill(rx).await;
         let location = self.store.location(&archive.host, &archive.object());
-        match reader.await {
-            Ok(Ok(())) => {}
+        let sent = match reader.await {
+            Ok(Ok(sent)) => sent,
             Ok(Err(e)) => {
                 return failed("store", format!("reading {location}: {e}"), Some(archive));
             }
             Err(e) => return failed("store", e.to_string(), Some(archive)),
+        };
+        // A stored copy that no longer matches the catalog is not the archive that was backed up:
+        // marked suspect (restore, retention and the RPO stop counting on it), and said so.
+        let expected = match &archive.sealed {
+            Some(s) => (s.plain_size as u64, s.plain_sha256.clone()),
+            None => (archive.size as u64, archive.sha256.clone()),
+        };
+        if let Some(sent) = sent
+            && sent != expected
+        {
+            let why = format!(
+                "its stored copy {location} hashes to {} ({} bytes), the catalog says {} ({} bytes)",
+                sent.1, sent.0, expected.1, expected.0
+            );
+            if let Err(e) = self
+                .catalog
+                .mark_suspect(&archive.host, &archive.name, &why)
+                .await
+            {
+                errln!(
+                    "ferry drill: [{}] marking the archive suspect: {e}",
+                    target.name
+                );
+            }
+            let id = archive.short_id().to_string();
+            let cause = format!(
+                "archive {id} is damaged in the store: {why}; it is marked SUSPECT. Restore another archive (`ferry archives list`), or put a good copy back and run `ferry archives verify {id}`"
+            );
+            return Ended {
+                outcome: Outcome::Failed {
+                    task: "drill/store".into(),
+                    cause,
+                },
+                archive: Some(archive),
+                reply: reply.ok().map(|r| r.into_inner()),
+                ran_on: on.name.clone(),
+            };
         }
         let reply = match reply {
             Ok(reply) => reply.into_inner(),

@@ -169,7 +169,7 @@ async fn publish(config: &Config, global: &GlobalArgs, host: &str, duration: &st
         Ok(reply) => reply.into_inner(),
         Err(status) => {
             let cause = status.message().to_string();
-            errln!("FAILED: [{host}] task publish: {cause}; nothing is published");
+            errln!("FAILED: [{host}] task publish: {cause}; nothing was changed by this command");
             record.task("publish", started, "failed", &cause);
             record
                 .end("failed", Some(format!("publish: {cause}")))
@@ -225,11 +225,19 @@ async fn publish(config: &Config, global: &GlobalArgs, host: &str, duration: &st
         Ended::Gone(cause) => cause.clone(),
     };
     let started = OffsetDateTime::now_utc();
+    if let Ended::Gone(cause) = &ended {
+        // Ended elsewhere (unpublish, the agent's own expiry or restart): nothing left to end here.
+        outln!("[{host}] {cause}");
+        record.task("unpublish", started, "ok", cause);
+        record.end("succeeded", None).await;
+        return exit::OK;
+    }
     let unpublished = conn
         .client
         .clone()
         .unpublish_ports(UnpublishPortsRequest {
             reason: why.clone(),
+            publication_id: id.clone(),
         })
         .await;
     let (code, outcome, error) = match (&ended, unpublished) {
@@ -287,6 +295,7 @@ async fn unpublish(config: &Config, global: &GlobalArgs, host: &str) -> i32 {
         .clone()
         .unpublish_ports(UnpublishPortsRequest {
             reason: "ferry ports unpublish".into(),
+            publication_id: String::new(),
         })
         .await
     {

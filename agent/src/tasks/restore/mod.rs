@@ -229,12 +229,17 @@ impl Restores {
             .running
             .map(|s| format!(", step {} running", s.name()))
             .unwrap_or_default();
+        let next = if running.kind == "ports" {
+            vec![format!("ferry ports unpublish {host}")]
+        } else {
+            Vec::new()
+        };
         (
             format!(
                 "{host} is busy: {} operation {} started by {} at {started}{step}; wait for it to finish",
                 running.kind, running.id, running.started_by
             ),
-            Vec::new(),
+            next,
         )
     }
 
@@ -607,7 +612,7 @@ async fn execute(
         Step::Load => {
             if let Some(seconds) = j.loaded_seconds {
                 return Ok(summary(&format!(
-                    "dump loaded into {} as the archive arrived ({seconds:.1}s, one pass) while the control plane kept running",
+                    "the dump is in {}: stage loaded it as the archive arrived, in one pass of {seconds:.1}s, while the control plane kept running",
                     j.temp_db
                 )));
             }

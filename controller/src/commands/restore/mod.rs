@@ -690,6 +690,7 @@ async fn stage(
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("reading {location}: {e}"))?;
+    // (A stored copy that no longer matches is reported by the host, which checks every byte.)
     let reply = reply.map_err(|status| match step_failure(&status) {
         Some(failure) if failure.next.is_empty() => failure.cause,
         Some(failure) => format!(
@@ -710,32 +711,38 @@ async fn stage(
 }
 
 /// Streams an opened archive's plaintext as messages (`first`, then `wrap` of each 1 MiB piece),
-/// read off the async workers. The handle says whether the store could be read to its end.
+/// read off the async workers. The handle gives the size and sha256 of the whole plaintext (None
+/// when the receiver stopped reading first), or why the store could not be read to its end.
 pub(crate) fn send_archive<T: Send + 'static>(
     opened: crate::keys::Opened,
     first: T,
     wrap: impl Fn(bytes::Bytes) -> T + Send + 'static,
 ) -> (
     tokio_stream::wrappers::ReceiverStream<T>,
-    tokio::task::JoinHandle<std::io::Result<()>>,
+    tokio::task::JoinHandle<std::io::Result<Option<(u64, String)>>>,
 ) {
+    use sha2::Digest;
     let (tx, rx) = tokio::sync::mpsc::channel::<T>(8);
-    let reader = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+    let reader = tokio::task::spawn_blocking(move || -> std::io::Result<Option<(u64, String)>> {
         if tx.blocking_send(first).is_err() {
-            return Ok(());
+            return Ok(None);
         }
+        let mut hasher = sha2::Sha256::new();
+        let mut size = 0u64;
         let mut file = opened.plaintext().map_err(std::io::Error::other)?;
         let mut buf = vec![0u8; 1 << 20];
         loop {
             let n = file.read(&mut buf)?;
             if n == 0 {
-                return Ok(());
+                return Ok(Some((size, ferry_proto::archive::hex(&hasher.finalize()))));
             }
+            hasher.update(&buf[..n]);
+            size += n as u64;
             if tx
                 .blocking_send(wrap(bytes::Bytes::copy_from_slice(&buf[..n])))
                 .is_err()
             {
-                return Ok(());
+                return Ok(None);
             }
         }
     });
