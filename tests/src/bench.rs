@@ -149,7 +149,9 @@ async fn run_restore(fleet: &SimFleet) -> anyhow::Result<()> {
         })
     };
     let started = Instant::now();
-    let out = fleet.ferry(&["drill", "cp01"]).output()?;
+    let out = fleet
+        .ferry(&["drill", "cp01", "--timeout", "3600"])
+        .output()?;
     let c = started.elapsed();
     probing.store(false, std::sync::atomic::Ordering::Relaxed);
     let (probes, not_ready) = prober.join().unwrap_or_default();

@@ -89,21 +89,21 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     create_staging_dir(&config.staging_dir)?;
     let acceptor = TlsAcceptor::from(ferry_certs::tls::server_config(&config.tls_files())?);
-    let service = service(config);
-    // Before listening: a new drill's scratch database is never taken for a stale one, and a
-    // publication the previous agent left is down before anyone can ask.
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(15),
-        crate::tasks::drill::drop_scratch_databases(&service.host),
-    )
-    .await;
-    service.ports.recover().await;
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| ServeError::Bind {
             addr: config.listen,
             source,
         })?;
+    let service = service(config);
+    // Before accepting (callers wait in the backlog): a new drill's scratch database is never taken
+    // for a stale one, and a publication the previous agent left is down before anyone can ask.
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(15),
+        crate::tasks::drill::drop_scratch_databases(&service.host),
+    )
+    .await;
+    service.ports.recover().await;
     tracing::info!(listen = %config.listen, "ferry-agent serving over mTLS");
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let accept = tokio::spawn(accept_loop(listener, acceptor, tx));

@@ -79,7 +79,7 @@ pub async fn run(config: &Config, global: &GlobalArgs, pattern: &str, args: &Dri
         run_id,
         archive: args.archive.as_deref(),
         sandbox,
-        limit: fleet.options.timeout,
+        limit: limit(global.timeout, fleet.options.timeout),
     };
     // A sandbox holds one operation at a time: its drills run one after the other.
     let options = crate::fanout::FanoutOptions {
@@ -111,6 +111,14 @@ pub async fn run(config: &Config, global: &GlobalArgs, pattern: &str, args: &Dri
         errln!("ferry drill: recording the run: {e}");
     }
     report::finish(format, "drill", &play, crate::output::Stdout)
+}
+
+/// A drill loads a whole database: it takes about as long as a restore, far more than the fleet
+/// commands' default `--timeout`. Bounded by `--timeout` when given, else by at least four hours.
+pub(crate) const DRILL_FLOOR: Duration = Duration::from_secs(4 * 3600);
+
+pub(crate) fn limit(explicit: Option<u64>, default: Duration) -> Duration {
+    explicit.map_or(default.max(DRILL_FLOOR), Duration::from_secs)
 }
 
 /// The one host `--on` names.

@@ -57,17 +57,24 @@ pub async fn run(cli: Cli) -> i32 {
 }
 
 /// SIGINT or SIGTERM: its name and the exit code a shell expects.
-pub(crate) async fn signal() -> (&'static str, i32) {
+async fn signal() -> (&'static str, i32) {
+    signals().await
+}
+
+/// [`signal`], with the handlers installed now rather than when first awaited: a command that
+/// handles its own signals takes them from its very start.
+pub(crate) fn signals() -> impl std::future::Future<Output = (&'static str, i32)> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => ("SIGINT", 130),
-        _ = term.recv() => ("SIGTERM", 143),
+    let int = signal(SignalKind::interrupt());
+    let term = signal(SignalKind::terminate());
+    async move {
+        let (Ok(mut int), Ok(mut term)) = (int, term) else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = int.recv() => ("SIGINT", 130),
+            _ = term.recv() => ("SIGTERM", 143),
+        }
     }
 }
 

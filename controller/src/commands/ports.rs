@@ -136,6 +136,9 @@ async fn publish(config: &Config, global: &GlobalArgs, host: &str, duration: &st
             return exit::ERROR;
         }
     };
+    // Handlers first: a Ctrl-C at any moment from here unpublishes rather than killing the process.
+    let signal = super::signals();
+    tokio::pin!(signal);
     let opened = match super::restore::open(config, global, host).await {
         Ok(opened) => opened,
         Err(code) => return code,
@@ -205,8 +208,6 @@ async fn publish(config: &Config, global: &GlobalArgs, host: &str, duration: &st
     );
     // Renew until the time runs out, the publication ends elsewhere, or a signal arrives.
     let deadline = tokio::time::Instant::now() + length;
-    let signal = super::signal();
-    tokio::pin!(signal);
     let ended = loop {
         tokio::select! {
             (name, code) = &mut signal => break Ended::Signal(name, code),

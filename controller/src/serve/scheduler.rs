@@ -330,7 +330,10 @@ impl Service {
             run_id,
             archive: None,
             sandbox: None,
-            limit: Duration::from_secs(settings.config.timeout_seconds),
+            limit: crate::commands::drill::limit(
+                None,
+                Duration::from_secs(settings.config.timeout_seconds),
+            ),
         };
         let outcome = ctx.drill_within(target).await;
         let ok = matches!(outcome, Outcome::Ok { .. });

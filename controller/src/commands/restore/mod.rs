@@ -710,6 +710,9 @@ async fn stage(
     Ok(())
 }
 
+/// What [`send_archive`]'s reader ends with: the plaintext's size and sha256 when read to the end.
+pub(crate) type Sent = std::io::Result<Option<(u64, String)>>;
+
 /// Streams an opened archive's plaintext as messages (`first`, then `wrap` of each 1 MiB piece),
 /// read off the async workers. The handle gives the size and sha256 of the whole plaintext (None
 /// when the receiver stopped reading first), or why the store could not be read to its end.
@@ -719,11 +722,11 @@ pub(crate) fn send_archive<T: Send + 'static>(
     wrap: impl Fn(bytes::Bytes) -> T + Send + 'static,
 ) -> (
     tokio_stream::wrappers::ReceiverStream<T>,
-    tokio::task::JoinHandle<std::io::Result<Option<(u64, String)>>>,
+    tokio::task::JoinHandle<Sent>,
 ) {
     use sha2::Digest;
     let (tx, rx) = tokio::sync::mpsc::channel::<T>(8);
-    let reader = tokio::task::spawn_blocking(move || -> std::io::Result<Option<(u64, String)>> {
+    let reader = tokio::task::spawn_blocking(move || -> Sent {
         if tx.blocking_send(first).is_err() {
             return Ok(None);
         }
