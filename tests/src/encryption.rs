@@ -1,4 +1,5 @@
-//! v1.3's field-level encryption, as far as a restore can break it (FLIGHTCTL.md §9): a host of
+//! v1.3's field-level encryption (upstream flightctl commits 69cdb5e2, c36f68b1, 9e265338;
+//! docs/user/installing/configuring-encryption.md), as far as a restore can break it: a host of
 //! v1.3 or later has a key under `/etc/flightctl/encryption/` that `service-config.yaml` declares,
 //! a canary row per key and `enc:v1:<keyid>:…` values in its database, and an API that is never
 //! ready while a canary does not decrypt with the keys on the host. The "decryption" is a digest

@@ -104,11 +104,12 @@ impl SimFleet {
             fleet.hosts.push(host);
         }
         // All agents start at once, then each is waited for: hundreds start in seconds.
+        let mut started = Vec::with_capacity(fleet.hosts.len());
         for host in &fleet.hosts {
-            spawn_agent(host)?;
+            started.push(spawn_agent(host)?);
         }
-        for host in &fleet.hosts {
-            wait_for_agent(host)?;
+        for (host, before) in fleet.hosts.iter().zip(started) {
+            wait_for_agent(host, before)?;
             // Tests read the log from here: the agent's own start-up checks are not theirs.
             host.clear_calls();
         }
@@ -249,12 +250,14 @@ fn agent_config(host: &SimHost) -> String {
 
 /// Starts `ferry-agent` for `host` in the background and waits until it listens.
 pub fn start_agent(host: &SimHost) -> anyhow::Result<()> {
-    spawn_agent(host)?;
-    wait_for_agent(host)
+    let before = spawn_agent(host)?;
+    wait_for_agent(host, before)
 }
 
 /// Starts `ferry-agent` for `host` in the background.
-fn spawn_agent(host: &SimHost) -> anyhow::Result<()> {
+/// Returns how many times an agent had said it serves before this one started.
+fn spawn_agent(host: &SimHost) -> anyhow::Result<usize> {
+    let before = serving(host);
     let agent_dir = host.layout.agent_dir();
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -271,16 +274,24 @@ fn spawn_agent(host: &SimHost) -> anyhow::Result<()> {
         .spawn()
         .context("starting ferry-agent (build the workspace first: cargo build --workspace)")?;
     std::fs::write(agent_dir.join("agent.pid"), child.id().to_string())?;
-    Ok(())
+    Ok(before)
 }
 
-/// Waits until `host`'s agent listens.
-fn wait_for_agent(host: &SimHost) -> anyhow::Result<()> {
+/// How many times the host's agent log says an agent serves: an agent says so once its start-up
+/// work (which calls the stand-ins) is done.
+fn serving(host: &SimHost) -> usize {
+    std::fs::read_to_string(host.layout.agent_dir().join("agent.log"))
+        .map(|log| log.matches("ferry-agent serving over mTLS").count())
+        .unwrap_or(0)
+}
+
+/// Waits until `host`'s agent listens and has finished its start-up work.
+fn wait_for_agent(host: &SimHost, before: usize) -> anyhow::Result<()> {
     let agent_dir = host.layout.agent_dir();
     let addr = format!("{}:{AGENT_PORT}", host.spec.address);
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
-        if std::net::TcpStream::connect(&addr).is_ok() {
+        if serving(host) > before && std::net::TcpStream::connect(&addr).is_ok() {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(20));

@@ -8,8 +8,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use ferry_proto::archive::EntryKind;
-
 use crate::host::Host;
 use crate::tasks::facts::{DatabaseKind, Facts};
 use crate::tasks::restore::{database, devices, staging};
@@ -176,11 +174,11 @@ impl Drill {
         let Ok(staged) = received else { return };
 
         let started = Instant::now();
-        let checked = verify(&staged).map(|()| {
+        let checked = staged.required().map(|metadata| {
             format!(
                 "{} entries, Flight Control {}",
                 staged.entries.len(),
-                staged.metadata.as_ref().map_or("?", |m| m.version.as_str())
+                metadata.version
             )
         });
         if !phase(report, "verify", started, checked) {
@@ -309,26 +307,6 @@ fn short(id: &str) -> String {
         .take(12)
         .collect::<String>()
         .to_ascii_lowercase()
-}
-
-/// What a restore's verify requires of the archive's contents.
-fn verify(staged: &staging::Staged) -> Result<(), String> {
-    if staged.metadata.is_none() {
-        return Err("metadata.json: missing from the archive".into());
-    }
-    for (path, kind) in [
-        ("pki", EntryKind::Dir),
-        ("config/service-config.yaml", EntryKind::File),
-    ] {
-        if !staged
-            .entries
-            .iter()
-            .any(|e| e.path == path && e.kind == kind)
-        {
-            return Err(format!("{path}: missing from the archive"));
-        }
-    }
-    Ok(())
 }
 
 /// Rows of every table of the public schema, in one statement.

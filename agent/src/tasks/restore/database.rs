@@ -10,25 +10,18 @@ pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// `psql` as `postgres` in `db`, stopping at the first error, then `rest`.
+fn psql_args<'a>(db: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["psql", "-U", "postgres", "-d", db, "-v", "ON_ERROR_STOP=1"];
+    args.extend_from_slice(rest);
+    args
+}
+
 /// One statement as `postgres` in database `db` inside the DB container (its socket: nothing is
 /// published); its unaligned, tuples-only output.
 pub async fn psql(host: &Host, db: &str, sql: &str) -> Result<String, String> {
     host.podman()
-        .exec(
-            "flightctl-db",
-            &[
-                "psql",
-                "-U",
-                "postgres",
-                "-d",
-                db,
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-tAc",
-                sql,
-            ],
-            b"",
-        )
+        .exec("flightctl-db", &psql_args(db, &["-tAc", sql]), b"")
         .await
         .map_err(|e| e.to_string())
 }
@@ -74,21 +67,9 @@ impl Loader {
         )
         .await?;
         psql(host, "postgres", &format!("CREATE DATABASE {}", ident(db))).await?;
-        let mut command = host.podman().exec_command(
-            "flightctl-db",
-            &[
-                "psql",
-                "-U",
-                "postgres",
-                "-d",
-                db,
-                "-v",
-                "ON_ERROR_STOP=1",
-                "-q",
-                "-f",
-                "-",
-            ],
-        );
+        let mut command = host
+            .podman()
+            .exec_command("flightctl-db", &psql_args(db, &["-q", "-f", "-"]));
         command
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())

@@ -119,6 +119,29 @@ pub struct Staged {
 }
 
 impl Staged {
+    /// Whether the archive has an entry of `kind` at `path`.
+    pub fn has(&self, path: &str, kind: ferry_proto::archive::EntryKind) -> bool {
+        self.entries
+            .iter()
+            .any(|e| e.path == path && e.kind == kind)
+    }
+
+    /// What every restorable archive holds, or the first thing missing: metadata, PKI, config.
+    pub fn required(&self) -> Result<&Metadata, String> {
+        use ferry_proto::archive::EntryKind;
+        let metadata = self.metadata.as_ref().ok_or("no metadata.json")?;
+        if !self.has("pki", EntryKind::Dir) {
+            return Err(
+                "it has no pki/: restoring without the CA would force every device to re-enroll"
+                    .into(),
+            );
+        }
+        if !self.has("config/service-config.yaml", EntryKind::File) {
+            return Err("it has no config/service-config.yaml".into());
+        }
+        Ok(metadata)
+    }
+
     pub fn load(dir: &Path) -> Result<Staged, String> {
         let path = dir.join(STAGED);
         let text = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;

@@ -21,24 +21,11 @@ pub async fn run(ctx: &RestoreContext, dir: &Path, j: &mut Journal) -> Result<St
     // `stage` read the archive once (digest, every entry, manifest cross-check): its findings.
     let verified = super::staging::Staged::load(dir)?;
     let refuse = |why: String| Err(format!("archive refused: {why}"));
-    let Some(metadata) = verified.metadata.clone() else {
-        return refuse("no metadata.json".into());
+    let metadata = match verified.required() {
+        Ok(m) => m.clone(),
+        Err(why) => return refuse(why),
     };
-    let has = |path: &str, kind: EntryKind| {
-        verified
-            .entries
-            .iter()
-            .any(|e| e.path == path && e.kind == kind)
-    };
-    if !has("pki", EntryKind::Dir) {
-        return refuse(
-            "it has no pki/: restoring without the CA would force every device to re-enroll".into(),
-        );
-    }
-    if !has("config/service-config.yaml", EntryKind::File) {
-        return refuse("it has no config/service-config.yaml".into());
-    }
-    let dump = has("db/dump.sql", EntryKind::File);
+    let dump = verified.has("db/dump.sql", EntryKind::File);
     if metadata.database_included != dump {
         return refuse(format!(
             "metadata says databaseIncluded={} but db/dump.sql is {}",
