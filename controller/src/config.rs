@@ -35,6 +35,29 @@ struct RawConfig {
 pub struct Serve {
     /// Address of `/metrics` (and `/healthz`).
     pub listen: std::net::SocketAddr,
+    /// How often the leader checks that each host's newest good archive is still in the store
+    /// (a HEAD or stat): `1h` unless set.
+    pub archive_check: Option<String>,
+    /// MiB of archives the leader re-hashes per day, oldest evidence first (default 10240; 0 turns
+    /// deep verification off).
+    pub verify_mib_per_day: Option<u64>,
+}
+
+impl Serve {
+    /// The presence check's period.
+    pub fn archive_check(&self) -> std::time::Duration {
+        self.archive_check
+            .as_deref()
+            .and_then(|t| crate::schedule::Span::parse(t).ok())
+            .map_or(std::time::Duration::from_secs(3600), |s| s.0)
+    }
+
+    /// Bytes deep-verified per day.
+    pub fn verify_bytes_per_day(&self) -> u64 {
+        self.verify_mib_per_day
+            .unwrap_or(10_240)
+            .saturating_mul(1 << 20)
+    }
 }
 
 /// One `alerts:` entry.
@@ -227,6 +250,10 @@ impl Config {
             line: key_line(key),
             message: format!("{key}: {message}"),
         };
+        if let Some(t) = raw.serve.as_ref().and_then(|s| s.archive_check.as_deref()) {
+            crate::schedule::Span::parse(t)
+                .map_err(|e| invalid("serve", format!("archive_check: {e}")))?;
+        }
         let store = match &raw.store {
             Some(text) => Some(StoreLocation::parse(text, base).map_err(|e| invalid("store", e))?),
             None => None,

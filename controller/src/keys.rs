@@ -55,10 +55,14 @@ pub fn recipients(config: &Config) -> Result<Option<Recipients>, SealError> {
 /// An archive about to be read: the stored object and, for an encrypted one, its key.
 pub struct Opened {
     body: Box<dyn Read + Send>,
-    key: Option<DataKey>,
+    key: Option<std::sync::Arc<DataKey>>,
 }
 
 impl Opened {
+    pub(crate) fn new(body: Box<dyn Read + Send>, key: Option<std::sync::Arc<DataKey>>) -> Opened {
+        Opened { body, key }
+    }
+
     /// The upstream archive's bytes. Blocking: call it on a blocking thread. Every chunk of an
     /// encrypted body is authenticated before it is returned.
     pub fn plaintext(self) -> Result<Box<dyn Read + Send>, SealError> {
@@ -69,31 +73,15 @@ impl Opened {
     }
 }
 
-/// Opens an archive for reading its plaintext. An encrypted archive needs `identities`; the error
-/// says which key is missing or does not match, and what to configure.
-pub async fn open(
-    store: &Store,
-    archive: &ArchiveRecord,
-    identities: Option<&Identities>,
-) -> Result<Opened, String> {
-    let key = match &archive.sealed {
-        None => None,
-        Some(sealed) => Some(data_key(store, archive, identities, &sealed.key_ids).await?),
-    };
-    let body = store
-        .reader(&archive.host, &archive.object())
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(Opened { body, key })
-}
-
-/// Opens an archive's stored object as it is (the ciphertext of an encrypted one).
-pub async fn open_stored(store: &Store, archive: &ArchiveRecord) -> Result<Opened, String> {
-    let body = store
-        .reader(&archive.host, &archive.object())
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(Opened { body, key: None })
+/// Why an archive's key could not be had.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum KeyError {
+    /// Configuration: no private key, or not one the key is wrapped for.
+    #[error("{0}")]
+    NotConfigured(String),
+    /// The stored key file is missing, swapped or does not open: the archive's copy.
+    #[error("{0}")]
+    Bad(String),
 }
 
 /// Unwraps an archive's key with the operator's private key.
@@ -102,23 +90,23 @@ pub async fn data_key(
     archive: &ArchiveRecord,
     identities: Option<&Identities>,
     key_ids: &[String],
-) -> Result<DataKey, String> {
+) -> Result<DataKey, KeyError> {
     let Some(identities) = identities else {
-        return Err(format!(
+        return Err(KeyError::NotConfigured(format!(
             "archive {} is encrypted and no private key is configured: set encryption.identity in ferry.yaml to an age identity file whose public key is one of {}",
             archive.short_id(),
             key_ids.join(", ")
-        ));
+        )));
     };
     stored_key(store, &archive.host, &archive.name, identities)
         .await
         .map_err(|e| match e {
-            SealError::NotARecipient { keys, .. } => format!(
+            SealError::NotARecipient { keys, .. } => KeyError::NotConfigured(format!(
                 "the configured private key ({keys}) is not a recipient of archive {}: its key is wrapped for {}; set encryption.identity to one of those keys",
                 archive.short_id(),
                 key_ids.join(", ")
-            ),
-            other => format!("archive {}: {other}", archive.short_id()),
+            )),
+            other => KeyError::Bad(format!("archive {}: {other}", archive.short_id())),
         })
 }
 
@@ -168,7 +156,9 @@ pub async fn rewrap(
         .as_ref()
         .map(|s| s.key_ids.clone())
         .unwrap_or_default();
-    let mut key = data_key(store, archive, Some(identities), &current).await?;
+    let mut key = data_key(store, archive, Some(identities), &current)
+        .await
+        .map_err(|e| e.to_string())?;
     let mut ids: Vec<String> = key
         .recipients
         .iter()
@@ -204,7 +194,7 @@ pub enum Through {
     /// Size and digest of the stored bytes only (an encrypted archive without its key).
     HashOnly,
     /// Also the archive itself, read to its end: decrypted with the key when there is one.
-    Archive(Option<DataKey>),
+    Archive(Option<std::sync::Arc<DataKey>>),
 }
 
 /// What one pass over a stored object found.
@@ -220,18 +210,12 @@ pub struct Pass {
 /// authenticating each chunk when encrypted). `expected_plain` makes a different plaintext digest an
 /// error; `keep` keeps small files, as [`ferry_proto::archive::ReadOptions`].
 pub async fn pass(
-    store: &Store,
-    host: &str,
-    object: &str,
+    body: Box<dyn Read + Send>,
+    location: String,
     through: Through,
     expected_plain: Option<String>,
     keep: Option<fn(&str) -> bool>,
 ) -> Result<Pass, String> {
-    let body = store
-        .reader(host, object)
-        .await
-        .map_err(|e| e.to_string())?;
-    let location = store.location(host, object);
     tokio::task::spawn_blocking(move || {
         let state = std::sync::Arc::new(std::sync::Mutex::new(Tee::default()));
         let tee = TeeReader {

@@ -14,6 +14,7 @@ pub mod inventory;
 pub mod keys;
 pub mod pattern;
 pub mod progress;
+pub mod proof;
 pub mod prune;
 pub mod report;
 pub mod runs;

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
+use crate::catalog::evidence::{Finding, Reason, Source};
 use crate::catalog::ledger::{Event, TaskRecord};
 use crate::catalog::{ArchiveRecord, Catalog, CatalogError, Operator};
 use crate::schedule::Retention;
@@ -36,9 +37,13 @@ impl HostPrune {
 }
 
 /// Decides every catalogued archive of the hosts in `policies` (keyed by the name archives are
-/// filed under). An archive is kept when any of its host's policies keeps it.
+/// filed under) in store `store`. An archive is kept when any of its host's policies keeps it.
+/// Only copies proven good in `store` count toward the policies; a missing or suspect one is left
+/// alone and never counted, and an archive recorded only in another store is not this store's to
+/// delete.
 pub async fn plan(
     catalog: &Catalog,
+    store: &str,
     policies: &BTreeMap<String, Vec<Retention>>,
 ) -> Result<Vec<HostPrune>, CatalogError> {
     let archives = catalog.archives().await?;
@@ -52,16 +57,13 @@ pub async fn plan(
         let Some(list) = by_host.get(host.as_str()) else {
             continue;
         };
-        // Newest first (the catalog's order); the first verified one is protected.
-        let newest_verified = list
-            .iter()
-            .find(|a| a.suspect.is_none() && a.verified_at.is_some())
-            .map(|a| a.id);
-        let newest_drilled = list
-            .iter()
-            .find(|a| a.suspect.is_none() && a.drilled_at.is_some())
-            .map(|a| a.id);
-        let candidates: Vec<Candidate> = list
+        // Only good copies are candidates; the rest are left alone, each with why.
+        let (good, left): (Vec<&ArchiveRecord>, Vec<&ArchiveRecord>) =
+            list.iter().partition(|a| a.standing(store).is_good());
+        // Newest first (the catalog's order); the first good one is protected.
+        let newest_verified = good.first().map(|a| a.id);
+        let newest_drilled = good.iter().find(|a| a.drilled_at.is_some()).map(|a| a.id);
+        let candidates: Vec<Candidate> = good
             .iter()
             .map(|a| {
                 let mut protected = Vec::new();
@@ -96,6 +98,16 @@ pub async fn plan(
         let verdicts = list
             .iter()
             .map(|a| {
+                if left.iter().any(|l| l.id == a.id) {
+                    return Verdict {
+                        archive: (*a).clone(),
+                        keep: true,
+                        reasons: vec![format!(
+                            "{}: not counted, left alone",
+                            a.standing(store).why_not()
+                        )],
+                    };
+                }
                 let reasons = reasons.remove(&a.id).unwrap_or_default();
                 Verdict {
                     archive: (*a).clone(),
@@ -113,9 +125,58 @@ pub async fn plan(
     Ok(plans)
 }
 
-/// Deletes one archive: marks it in the catalog (exactly one caller wins), removes the object and
-/// its sidecar, and appends an `archive-delete` ledger entry. Returns false when it was already
-/// deleted. A failed removal takes the mark back and is on the ledger too.
+/// [`plan`], with what it keeps looked at first: before a host's archives are deleted for being
+/// older than the ones kept, each kept copy must still be in the store, the size the catalog says
+/// (a HEAD or stat each). One found missing or changed is recorded and the host planned again.
+pub async fn plan_checked(
+    catalog: &Catalog,
+    store: &Store,
+    policies: &BTreeMap<String, Vec<Retention>>,
+) -> Result<Vec<HostPrune>, CatalogError> {
+    let here = store.id();
+    let mut hosts = plan(catalog, &here, policies).await?;
+    for _ in 0..3 {
+        let mut found = false;
+        for host in hosts.iter().filter(|h| h.to_delete().next().is_some()) {
+            for v in host
+                .verdicts
+                .iter()
+                .filter(|v| v.keep && v.archive.standing(&here).is_good())
+            {
+                let a = &v.archive;
+                let finding = match store.version(&a.host, &a.object()).await {
+                    Ok(Some(version)) if version.size() == a.size as u64 => continue,
+                    Ok(Some(version)) => Finding::Suspect(
+                        Reason::BodyDiffers,
+                        format!(
+                            "{} is {} bytes, the catalog says {}",
+                            store.location(&a.host, &a.object()),
+                            version.size(),
+                            a.size
+                        ),
+                    ),
+                    Ok(None) => Finding::Missing(format!(
+                        "{} is not in the store",
+                        store.location(&a.host, &a.object())
+                    )),
+                    Err(_) => continue,
+                };
+                crate::proof::record(catalog, store, a, &finding, Source::Retention).await;
+                found = true;
+            }
+        }
+        if !found {
+            break;
+        }
+        hosts = plan(catalog, &here, policies).await?;
+    }
+    Ok(hosts)
+}
+
+/// Deletes one archive's copy in `store`, which must be recorded there: removes the object, its
+/// key and sidecar, then the copy's record (the archive is marked deleted when it was its last
+/// copy; exactly one caller wins), and appends an `archive-delete` ledger entry. Returns false
+/// when another caller deleted it first. A failed removal leaves it catalogued, on the ledger too.
 pub async fn delete(
     catalog: &Catalog,
     store: &Store,
@@ -124,20 +185,28 @@ pub async fn delete(
     reason: &str,
     flags: Value,
 ) -> Result<bool, String> {
-    let started = OffsetDateTime::now_utc();
-    if !catalog
-        .mark_deleted(archive.id, reason)
-        .await
-        .map_err(|e| e.to_string())?
-    {
-        return Ok(false);
+    let here = store.id();
+    // Nothing is deleted through a store the archive is not recorded in.
+    if archive.copy_in(&here).is_none() {
+        return Err(format!(
+            "[{}] {}: {}; nothing was deleted (set `store:` to the store that holds it)",
+            archive.host,
+            archive.short_id(),
+            archive.standing(&here).why_not()
+        ));
     }
+    let started = OffsetDateTime::now_utc();
     let removed = store
         .delete(&archive.host, &archive.object())
         .await
         .map_err(|e| e.to_string());
-    if removed.is_err() {
-        let _ = catalog.unmark_deleted(archive.id).await;
+    if removed.is_ok()
+        && !catalog
+            .remove_copy(archive.id, &here, reason)
+            .await
+            .map_err(|e| e.to_string())?
+    {
+        return Ok(false);
     }
     let finished = OffsetDateTime::now_utc();
     let error = removed.as_ref().err().cloned();
@@ -147,7 +216,7 @@ pub async fn delete(
         operator: operator.clone(),
         target: archive.host.clone(),
         archive: archive.ledger_json(),
-        flags: json!({"reason": reason, "flags": flags}),
+        flags: json!({"reason": reason, "store": here, "flags": flags}),
         started,
         finished,
         outcome: if error.is_none() {
@@ -162,9 +231,9 @@ pub async fn delete(
             started,
             finished,
             outcome: if error.is_none() { "ok" } else { "failed" }.into(),
-            detail: error.clone().unwrap_or_else(|| {
-                format!("archive and sidecar removed from the store ({reason})")
-            }),
+            detail: error
+                .clone()
+                .unwrap_or_else(|| format!("archive and sidecar removed from {here} ({reason})")),
         }],
     };
     if let Err(e) = catalog.append(&event).await {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use crate::catalog::serve::{GoodArchive, LastFailure};
+use crate::catalog::serve::{ArchiveProblem, GoodArchive, LastFailure};
 use crate::catalog::{Catalog, CatalogError};
 use crate::schedule::rpo::RpoState;
 use crate::schedule::{HostPlan, jitter};
@@ -18,8 +18,11 @@ pub struct HostStatus {
     pub schedules: Vec<String>,
     pub rpo_seconds: u64,
     pub state: RpoState,
-    /// The newest archive a restore could use.
+    /// The newest archive a restore could use (a copy proven good).
     pub last_success: Option<GoodArchive>,
+    /// The host's newest archive, when it is newer than that and went missing or bad: the host is
+    /// at least at risk while it lasts.
+    pub archive_problem: Option<ArchiveProblem>,
     /// Its age; None when the host has none.
     pub age_seconds: Option<u64>,
     /// What the state is judged on: the age, or how long the host has been scheduled without an
@@ -39,6 +42,7 @@ pub async fn gather(
     now: OffsetDateTime,
 ) -> Result<Vec<HostStatus>, CatalogError> {
     let archives = catalog.newest_good_archives().await?;
+    let problems = catalog.newest_archive_problems().await?;
     let failures = catalog.last_backup_failures().await?;
     let states = catalog.host_states().await?;
     let due = catalog.next_due().await?;
@@ -51,7 +55,16 @@ pub async fn gather(
     }
     Ok(by_host
         .into_iter()
-        .map(|(host, plans)| status(host, &plans, &archives, &failures, &states, &due, now))
+        .map(|(host, plans)| {
+            let mut s = status(host, &plans, &archives, &failures, &states, &due, now);
+            let agent_name = plans.first().map_or(host, |p| p.agent_name.as_str());
+            s.archive_problem = problems.get(agent_name).cloned();
+            // Its newest archive gone or bad: never ok, whatever the age of the one before.
+            if s.archive_problem.is_some() && s.state == RpoState::Ok {
+                s.state = RpoState::AtRisk;
+            }
+            s
+        })
         .collect())
 }
 
@@ -93,6 +106,7 @@ fn status(
         rpo_seconds: rpo.as_secs(),
         state: RpoState::of(gap, rpo),
         last_success,
+        archive_problem: None,
         age_seconds: age.map(|a| a.as_secs()),
         gap_seconds: gap.as_secs(),
         next_run,

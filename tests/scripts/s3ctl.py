@@ -7,6 +7,7 @@ server, and looks at or changes what ferry wrote, as an operator with the AWS SD
   s3ctl.py ENDPOINT uploads BUCKET          -> [{"key": ..., "upload_id": ...}, ...]
   s3ctl.py ENDPOINT get BUCKET KEY          -> the object's bytes on stdout
   s3ctl.py ENDPOINT put BUCKET KEY          <- the object's bytes from stdin
+  s3ctl.py ENDPOINT rm BUCKET KEY           (as a lifecycle rule or an operator would)
 Credentials for all but setup come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY.
 """
 import json
@@ -55,5 +56,7 @@ elif command == "get":
         sys.stdout.buffer.write(chunk)
 elif command == "put":
     client("s3").put_object(Bucket=bucket, Key=sys.argv[4], Body=sys.stdin.buffer.read())
+elif command == "rm":
+    client("s3").delete_object(Bucket=bucket, Key=sys.argv[4])
 else:
     sys.exit(f"unknown command {command}")

@@ -137,6 +137,10 @@ impl S3Server {
     pub fn put(&self, key: &str, data: &[u8]) {
         self.ctl(&["put", &self.bucket, key], Some(data));
     }
+
+    pub fn rm(&self, key: &str) {
+        self.ctl(&["rm", &self.bucket, key], None);
+    }
 }
 
 impl Drop for S3Server {

@@ -290,7 +290,9 @@ async fn every_operation_is_on_a_verifiable_append_only_ledger() {
     // Entries outlive their archives.
     catalog
         .client()
-        .batch_execute("UPDATE host_results SET archive_id = NULL; DELETE FROM archives")
+        .batch_execute(
+            "UPDATE host_results SET archive_id = NULL; DELETE FROM archive_copies; DELETE FROM archives",
+        )
         .await
         .unwrap();
     std::fs::remove_dir_all(fleet.dir.join("controller/store")).unwrap();

@@ -462,32 +462,54 @@ async fn a_damaged_dump_fails_its_drill_naming_the_table_and_a_killed_drill_leav
     let (code, output) = run(&fleet, &["drill", "cp01", "--archive", &good]);
     assert_eq!(code, Some(2), "{output}");
     assert!(
-        output.contains("drill/sidecar")
+        output.contains("drill/store")
+            && output.contains("sidecar-differs")
             && output.contains(&format!("ferry archives verify {good}")),
         "{output}"
     );
     std::fs::write(&sidecar, good_sidecar).unwrap();
+    // Its sidecar put right, a verify proves it good again.
+    let (code, output) = run(&fleet, &["archives", "verify", &good]);
+    assert_eq!(code, Some(0), "{output}");
 
-    // The stored copy damaged after it was drilled: the drill fails, the archive is no longer
-    // "verified by restore" and is marked suspect, so restore and retention stop counting on it.
+    // The stored copy damaged after it was drilled: the controller's proof refuses it before the
+    // agent receives a byte, and marks it suspect (body-differs), so restore, retention and the
+    // RPO stop counting on it; no longer shown as verified by restore.
     let mut bytes = std::fs::read(&original).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x40;
     std::fs::write(&original, &bytes).unwrap();
+    fleet.host("cp01").clear_calls();
     let (code, output) = run(&fleet, &["drill", "cp01", "--archive", &good]);
     assert_eq!(code, Some(2), "{output}");
     assert!(
-        output.contains("drill/store") && output.contains("is damaged in the store"),
+        output.contains("drill/store")
+            && output.contains("body-differs")
+            && output.contains("the drill was not started"),
         "{output}"
     );
+    let loads: Vec<String> = fleet
+        .host("cp01")
+        .calls()
+        .into_iter()
+        .filter(|c| c.contains("ON_ERROR_STOP=1 -q -f"))
+        .collect();
+    assert!(loads.is_empty(), "a load ran: {loads:?}");
     let (_, list) = json(&fleet, &["archives", "list"]);
     let a = drilled(&list);
-    assert!(a["drilled_at"].is_null(), "{a}");
+    assert_eq!(a["state"], "suspect", "{a}");
+    assert_eq!(a["reason"], "body-differs", "{a}");
     assert!(
-        a["suspect"].as_str().unwrap().contains("stored copy"),
+        a["suspect"]
+            .as_str()
+            .unwrap()
+            .contains("differs from the catalog's"),
         "{a}"
     );
     let (code, output) = run(&fleet, &["archives", "list"]);
     assert_eq!(code, Some(0));
-    assert!(output.contains("SUSPECT"), "{output}");
+    assert!(
+        output.contains("SUSPECT:body-differs") && !output.contains("verified by restore"),
+        "{output}"
+    );
 }

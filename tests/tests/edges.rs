@@ -439,7 +439,9 @@ async fn check_rereads_the_stored_archive_and_is_recorded_as_a_check() {
     let (code, output) = run(&fleet, &["restore", "cp01", "--archive", &id]);
     assert_eq!(code, 2, "{output}");
     assert!(
-        output.contains("REFUSED: [cp01] task preflight: the .sha256 sidecar"),
+        output.contains(&format!(
+            "REFUSED: [cp01] task preflight: archive {id} is suspect (sidecar-differs): the .sha256 sidecar"
+        )),
         "{output}"
     );
     std::fs::write(&sidecar, good_sidecar).unwrap();
@@ -448,8 +450,18 @@ async fn check_rereads_the_stored_archive_and_is_recorded_as_a_check() {
     std::fs::rename(&stored, &aside).unwrap();
     let (code, output) = run(&fleet, &["restore", "cp01", "--check", "--archive", &id]);
     assert_eq!(code, 2, "{output}");
-    assert!(output.contains("cannot be read from the store"), "{output}");
+    assert!(output.contains("is missing from the store"), "{output}");
     std::fs::rename(&aside, &stored).unwrap();
+    // Recorded missing, it is not picked again until a verify finds it back.
+    let (code, output) = run(&fleet, &["restore", "cp01", "--check"]);
+    assert_eq!(code, 2, "{output}");
+    assert!(
+        output.contains(&format!("skipped archive {id}"))
+            && output.contains("archives verify --all"),
+        "{output}"
+    );
+    let (code, output) = run(&fleet, &["archives", "verify", &id]);
+    assert_eq!(code, 0, "{output}");
 
     // --from shows whose identity the host takes.
     let (code, doc) = json_run(&fleet, &["restore", "cp02", "--from", "cp01", "--check"]);
@@ -474,7 +486,7 @@ async fn check_rereads_the_stored_archive_and_is_recorded_as_a_check() {
 
     // Checks are on record as checks, never as restores.
     let checks = ledger(&fleet, "restore-check");
-    assert_eq!(checks.len(), 6, "{checks:?}");
+    assert_eq!(checks.len(), 7, "{checks:?}");
     assert_eq!(
         checks.iter().filter(|c| c["outcome"] == "checked").count(),
         3

@@ -606,7 +606,8 @@ async fn unsafe_or_mismatched_archives_are_refused_before_anything_changes() {
         before.check(&fleet, case).await;
     }
 
-    // A digest mismatch: the stored archive no longer matches the catalog.
+    // A digest mismatch: the stored archive no longer matches the catalog. The controller's proof
+    // finds it before the host receives a byte, and marks it suspect.
     let mut bytes = std::fs::read(&good_path).unwrap();
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x01;
@@ -614,7 +615,9 @@ async fn unsafe_or_mismatched_archives_are_refused_before_anything_changes() {
     let (code, output) = restore(&fleet, &["--archive", &good.to_string()]);
     assert_eq!(code, 2, "{output}");
     assert!(
-        output.contains("REFUSED: [cp01] task stage: digest mismatch"),
+        output.contains("REFUSED: [cp01] task preflight: archive")
+            && output.contains("is suspect (body-differs)")
+            && output.contains("differs from the catalog's"),
         "{output}"
     );
     before.check(&fleet, "digest mismatch").await;
@@ -1057,7 +1060,7 @@ async fn partial_restores_device_preparation_alone_and_cross_host() {
         .unwrap();
     assert_eq!(refused.status.code(), Some(2));
     assert!(
-        text(&refused).contains("pass --from cp01"),
+        text(&refused).contains(&format!("`ferry restore cp02 --from cp01 --archive {id}`")),
         "{}",
         text(&refused)
     );

@@ -163,7 +163,7 @@ async fn retention_keeps_what_gfs_min_keep_pins_and_protections_say_and_ledgers_
         .iter()
         .map(|t| put_archive(&s.store, "cp01", *t, true)[..12].to_string())
         .collect();
-    // cp02: three, the newest with a sidecar that disagrees (suspect: never "verified").
+    // cp02: three, the newest with a sidecar that disagrees (suspect: never counted).
     let b: Vec<String> = [
         (datetime!(2026-11-28 03:00 UTC), true),
         (datetime!(2026-11-29 03:00 UTC), true),
@@ -202,8 +202,12 @@ async fn retention_keeps_what_gfs_min_keep_pins_and_protections_say_and_ledgers_
     assert_eq!(reasons(&a[4]), ["monthly"]);
     assert_eq!(reasons(&a[3]), ["monthly"]);
     assert_eq!(reasons(&a[2]), ["yearly"]);
-    assert_eq!(reasons(&b[2]), ["last"]);
-    assert_eq!(reasons(&b[1]), ["newest verified"]);
+    // A suspect archive is never counted (nor deleted): the last good one is b[1].
+    assert_eq!(
+        reasons(&b[2]),
+        ["suspect: sidecar-differs: not counted, left alone"]
+    );
+    assert_eq!(reasons(&b[1]), ["last", "newest verified"]);
     let expected: BTreeSet<String> = [&a[0], &a[1], &a[5], &a[6], &a[8], &b[0]]
         .into_iter()
         .cloned()

@@ -191,5 +191,5 @@ fn the_operator_guides_alert_rules_pass_promtool() {
         .output()
         .expect("promtool (apt-get install prometheus)");
     assert!(out.status.success(), "{}", text(&out));
-    assert!(text(&out).contains("6 rules found"), "{}", text(&out));
+    assert!(text(&out).contains("7 rules found"), "{}", text(&out));
 }

@@ -587,6 +587,14 @@ async fn encrypted_archives_restore_verify_export_rotate_and_break_glass() {
         text(&out)
     );
     s3.put(&format!("site1/cp01/{name}.key.age"), &own_key);
+    // Its own key back, a verify proves it good again (the swap had marked it suspect).
+    let out = ferry_with(&fleet, &good, &["archives", "verify", id]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("the suspect mark is lifted"),
+        "{}",
+        text(&out)
+    );
     let body_key = format!("site1/cp01/{name}.age");
     let mut tampered = s3.get(&body_key);
     let at = tampered.len() - 300;

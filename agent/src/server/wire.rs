@@ -247,5 +247,6 @@ pub fn drill_reply(report: crate::tasks::drill::Report) -> pb::DrillReply {
         devices_prepared: report.devices_prepared,
         scratch_database: report.scratch_database,
         notes: report.notes,
+        environment: report.environment,
     }
 }

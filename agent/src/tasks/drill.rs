@@ -11,6 +11,7 @@ use std::time::Instant;
 use crate::host::Host;
 use crate::tasks::facts::{DatabaseKind, Facts};
 use crate::tasks::restore::{database, devices, staging};
+use staging::ReceiveError;
 
 /// What the controller asks for with the first chunk.
 #[derive(Debug, Clone, Default)]
@@ -49,6 +50,8 @@ pub struct Report {
     pub devices_prepared: u64,
     pub scratch_database: String,
     pub notes: Vec<String>,
+    /// The drill failed for the host's reasons, not the archive's.
+    pub environment: bool,
 }
 
 /// What a drill works with.
@@ -162,11 +165,18 @@ impl Drill {
                 "receive",
                 Ok(format!("{} bytes received, every entry checked", r.size)),
             ),
-            (Err(e), Some(_)) if e.starts_with("psql") => {
+            (Err(ReceiveError::Environment(e)), _) => {
+                report.environment = true;
+                (
+                    if load.is_some() { "load" } else { "receive" },
+                    Err(format!("{e} (the host's, not the archive's)")),
+                )
+            }
+            (Err(ReceiveError::Archive(e)), Some(_)) if e.starts_with("psql") => {
                 ("load", Err(format!("db/dump.sql does not load: {e}")))
             }
-            (Err(e), Some(_)) => ("load", Err(e.clone())),
-            (Err(e), None) => ("receive", Err(e.clone())),
+            (Err(ReceiveError::Archive(e)), Some(_)) => ("load", Err(e.clone())),
+            (Err(ReceiveError::Archive(e)), None) => ("receive", Err(e.clone())),
         };
         if !phase(report, name, started, summary) {
             return;

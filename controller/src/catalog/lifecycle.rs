@@ -15,29 +15,6 @@ impl Catalog {
         Ok(n == 1)
     }
 
-    /// Marks an archive deleted; false when it already was (another replica or command got there
-    /// first), so exactly one caller goes on to delete the object and write the ledger entry.
-    pub async fn mark_deleted(&self, id: i64, reason: &str) -> Result<bool, CatalogError> {
-        let n = self
-            .client()
-            .execute(
-                "UPDATE archives SET deleted_at = now(), deleted_reason = $2 WHERE id = $1 AND deleted_at IS NULL",
-                &[&id, &reason],
-            )
-            .await?;
-        Ok(n == 1)
-    }
-
-    /// Takes back a deletion mark whose object could not be removed.
-    pub async fn unmark_deleted(&self, id: i64) -> Result<(), CatalogError> {
-        self.execute(
-            "UPDATE archives SET deleted_at = NULL, deleted_reason = NULL WHERE id = $1",
-            &[&id],
-        )
-        .await?;
-        Ok(())
-    }
-
     /// Records the archive an open run (a restore) works with.
     pub async fn run_uses_archive(&self, run_id: i64, archive_id: i64) -> Result<(), CatalogError> {
         self.execute(

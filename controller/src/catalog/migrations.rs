@@ -200,6 +200,28 @@ ALTER TABLE archives ADD COLUMN drilled_at timestamptz;
 ALTER TABLE archives ADD COLUMN db_key_ids text[];
 "#,
     ),
+    (
+        7,
+        r#"
+-- Evidence per archive and store: every copy, the first one included, with the state its bytes
+-- were last found in (good: hashed equal to the catalog; suspect, with a reason; missing), what
+-- found it and when. An archive counts as good only where a copy says so.
+ALTER TABLE archive_copies
+    ADD COLUMN state text NOT NULL DEFAULT 'good',
+    ADD COLUMN reason text,
+    ADD COLUMN detail text,
+    ADD COLUMN evidence text NOT NULL DEFAULT 'copy',
+    ADD COLUMN state_at timestamptz NOT NULL DEFAULT now(),
+    ADD COLUMN proven_at timestamptz,
+    ADD COLUMN seen_at timestamptz;
+UPDATE archive_copies SET state_at = copied_at, proven_at = copied_at;
+-- Archives catalogued before stores were recorded: the store that holds them is found by listing
+-- it (the next ferry that opens a store), never assumed.
+ALTER TABLE archives ADD COLUMN stores_known boolean NOT NULL DEFAULT true;
+UPDATE archives SET stores_known = false;
+CREATE INDEX archive_copies_store ON archive_copies (store, state);
+"#,
+    ),
 ];
 
 /// Applies every migration not yet applied; concurrent ferry processes serialise on an advisory lock.

@@ -2,6 +2,7 @@
 //! ferry's private cluster in the state directory ([`embedded`]).
 
 pub mod embedded;
+pub mod evidence;
 pub mod ledger;
 mod lifecycle;
 mod migrations;
@@ -142,11 +143,9 @@ pub struct ArchiveRecord {
     pub source_facts: Value,
     pub run_id: Option<i64>,
     pub pinned: bool,
-    /// Why the archive cannot be trusted as it is (its sidecar disagrees), if it cannot.
-    pub suspect: Option<String>,
-    /// When its digest was last proven: on arrival, by `archives verify`.
-    #[serde(default, with = "time::serde::rfc3339::option")]
-    pub verified_at: Option<OffsetDateTime>,
+    /// Its copies, one per store that holds it, each with the evidence of its bytes.
+    #[serde(default)]
+    pub copies: Vec<evidence::Copy>,
     /// When it was deleted from the store (its record stays).
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub deleted_at: Option<OffsetDateTime>,
@@ -241,8 +240,7 @@ impl ArchiveRecord {
             source_facts: manifest.facts,
             run_id: None,
             pinned: false,
-            suspect: None,
-            verified_at: None,
+            copies: Vec::new(),
             deleted_at: None,
             deleted_reason: None,
             sealed: None,
@@ -277,8 +275,13 @@ pub struct Catalog {
 }
 
 const ARCHIVE_COLUMNS: &str = "id, host, name, size, sha256, compression, flightctl_version, deployment_type, \
-     database_included, created_at, duration_ms, row_counts, warnings, source_facts, run_id, pinned, suspect, verified_at, \
-     deleted_at, deleted_reason, plain_size, plain_sha256, key_ids, drilled_at, db_key_ids";
+     database_included, created_at, duration_ms, row_counts, warnings, source_facts, run_id, pinned, deleted_at, \
+     deleted_reason, plain_size, plain_sha256, key_ids, drilled_at, db_key_ids";
+
+/// [`ARCHIVE_COLUMNS`] and the archive's copies, for [`archive_from_row`].
+fn archive_select() -> String {
+    format!("{ARCHIVE_COLUMNS}, {}", evidence::COPIES_JSON)
+}
 
 impl Catalog {
     /// Connects to `config.catalog`, or to (starting if needed) the private cluster, and migrates.
@@ -398,23 +401,32 @@ impl Catalog {
     }
 
     async fn insert_archive_now(&self, a: &ArchiveRecord) -> Result<Option<i64>, CatalogError> {
+        let copies = serde_json::to_value(&a.copies).unwrap_or_default();
         let row = self
             .client
             .query_opt(
-                "INSERT INTO archives (host, name, size, sha256, compression, flightctl_version, deployment_type,
-                     database_included, created_at, duration_ms, row_counts, warnings, source_facts, run_id, pinned, suspect,
-                     verified_at, plain_size, plain_sha256, key_ids, db_key_ids)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-                     CASE WHEN $16::text IS NULL THEN now() END, $17, $18, $19, $20)
-                 ON CONFLICT (host, name) DO NOTHING RETURNING id",
+                "WITH archive AS (
+                     INSERT INTO archives (host, name, size, sha256, compression, flightctl_version, deployment_type,
+                         database_included, created_at, duration_ms, row_counts, warnings, source_facts, run_id, pinned,
+                         plain_size, plain_sha256, key_ids, db_key_ids)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
+                     ON CONFLICT (host, name) DO NOTHING RETURNING id),
+                 copies AS (
+                     INSERT INTO archive_copies (archive_id, store, size, sha256, copied_at, state, reason, detail, evidence,
+                                                 state_at, proven_at, seen_at)
+                     SELECT archive.id, c.store, $3, $4, c.state_at, c.state, c.reason, c.detail, c.evidence, c.state_at,
+                            c.proven_at, c.seen_at
+                     FROM archive, jsonb_to_recordset($20::jsonb) AS c(store text, state text, reason text, detail text,
+                          evidence text, state_at timestamptz, proven_at timestamptz, seen_at timestamptz))
+                 SELECT id FROM archive",
                 &[
                     &a.host, &a.name, &a.size, &a.sha256, &a.compression, &a.flightctl_version, &a.deployment_type,
                     &a.database_included, &a.created_at, &a.duration_ms, &a.row_counts, &a.warnings, &a.source_facts,
-                    &a.run_id, &a.pinned, &a.suspect,
+                    &a.run_id, &a.pinned,
                     &a.sealed.as_ref().map(|s| s.plain_size),
                     &a.sealed.as_ref().map(|s| s.plain_sha256.clone()),
                     &a.sealed.as_ref().map(|s| s.key_ids.clone()),
-                    &a.db_key_ids,
+                    &a.db_key_ids, &copies,
                 ],
             )
             .await?;
@@ -427,7 +439,8 @@ impl Catalog {
             .client
             .query(
                 &format!(
-                    "SELECT {ARCHIVE_COLUMNS} FROM archives WHERE deleted_at IS NULL ORDER BY created_at DESC, id DESC"
+                    "SELECT {} FROM archives WHERE deleted_at IS NULL ORDER BY created_at DESC, id DESC",
+                    archive_select()
                 ),
                 &[],
             )
@@ -452,7 +465,8 @@ impl Catalog {
                 .client
                 .query(
                     &format!(
-                        "SELECT {ARCHIVE_COLUMNS} FROM archives WHERE sha256 LIKE $1 || '%' ORDER BY id LIMIT 5"
+                        "SELECT {} FROM archives WHERE sha256 LIKE $1 || '%' ORDER BY id LIMIT 5",
+                        archive_select()
                     ),
                     &[&text],
                 )
@@ -501,34 +515,6 @@ impl Catalog {
         }
     }
 
-    /// Marks an archive already catalogued as suspect (a rebuild found its sidecar disagreeing).
-    pub async fn mark_suspect(
-        &self,
-        host: &str,
-        name: &str,
-        why: &str,
-    ) -> Result<(), CatalogError> {
-        self.client
-            .execute(
-                "UPDATE archives SET suspect = $3 WHERE host = $1 AND name = $2",
-                &[&host, &name, &why],
-            )
-            .await?;
-        Ok(())
-    }
-
-    /// `archives verify` found the archive, its sidecar and the catalog in agreement: it is proven
-    /// now, and no longer suspect.
-    pub async fn mark_verified(&self, id: i64) -> Result<(), CatalogError> {
-        self.client
-            .execute(
-                "UPDATE archives SET suspect = NULL, verified_at = now() WHERE id = $1",
-                &[&id],
-            )
-            .await?;
-        Ok(())
-    }
-
     /// Records a drill of archive `archive_id` on host `ran_on`: a passing one marks the archive
     /// verified by restore, a failing one takes that mark away.
     pub async fn record_drill(&self, d: &DrillRecord) -> Result<(), CatalogError> {
@@ -573,11 +559,30 @@ impl Catalog {
             .collect())
     }
 
+    /// The archive catalogued as `host`'s `name`, deleted or not.
+    pub async fn archive_named(
+        &self,
+        host: &str,
+        name: &str,
+    ) -> Result<Option<ArchiveRecord>, CatalogError> {
+        let row = self
+            .client
+            .query_opt(
+                &format!(
+                    "SELECT {} FROM archives WHERE host = $1 AND name = $2",
+                    archive_select()
+                ),
+                &[&host, &name],
+            )
+            .await?;
+        Ok(row.as_ref().map(archive_from_row))
+    }
+
     pub async fn archive(&self, id: i64) -> Result<Option<ArchiveRecord>, CatalogError> {
         let row = self
             .client
             .query_opt(
-                &format!("SELECT {ARCHIVE_COLUMNS} FROM archives WHERE id = $1"),
+                &format!("SELECT {} FROM archives WHERE id = $1", archive_select()),
                 &[&id],
             )
             .await?;
@@ -603,19 +608,18 @@ fn archive_from_row(r: &tokio_postgres::Row) -> ArchiveRecord {
         source_facts: r.get(13),
         run_id: r.get(14),
         pinned: r.get(15),
-        suspect: r.get(16),
-        verified_at: r.get(17),
-        deleted_at: r.get(18),
-        deleted_reason: r.get(19),
+        deleted_at: r.get(16),
+        deleted_reason: r.get(17),
         sealed: r
-            .get::<_, Option<String>>(21)
+            .get::<_, Option<String>>(19)
             .map(|plain_sha256| SealedRecord {
-                plain_size: r.get::<_, Option<i64>>(20).unwrap_or_default(),
+                plain_size: r.get::<_, Option<i64>>(18).unwrap_or_default(),
                 plain_sha256,
-                key_ids: r.get::<_, Option<Vec<String>>>(22).unwrap_or_default(),
+                key_ids: r.get::<_, Option<Vec<String>>>(20).unwrap_or_default(),
             }),
-        drilled_at: r.get(23),
-        db_key_ids: r.get::<_, Option<Vec<String>>>(24).unwrap_or_default(),
+        drilled_at: r.get(21),
+        db_key_ids: r.get::<_, Option<Vec<String>>>(22).unwrap_or_default(),
+        copies: evidence::copies_from_json(r.get(23)),
     }
 }
 
@@ -684,34 +688,5 @@ impl Catalog {
         )
         .await
         .map(|_| ())
-    }
-
-    /// Records a copy of an archive in another store, with the digest it had on arrival.
-    pub async fn record_copy(
-        &self,
-        id: i64,
-        store: &str,
-        size: i64,
-        sha256: &str,
-    ) -> Result<(), CatalogError> {
-        self.execute(
-            "INSERT INTO archive_copies (archive_id, store, size, sha256) VALUES ($1, $2, $3, $4)
-             ON CONFLICT (archive_id, store) DO UPDATE SET size = $3, sha256 = $4, copied_at = now()",
-            &[&id, &store, &size, &sha256],
-        )
-        .await
-        .map(|_| ())
-    }
-
-    /// The stores an archive has been copied to.
-    pub async fn copies(&self, id: i64) -> Result<Vec<String>, CatalogError> {
-        let rows = self
-            .client
-            .query(
-                "SELECT store FROM archive_copies WHERE archive_id = $1 ORDER BY store",
-                &[&id],
-            )
-            .await?;
-        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 }

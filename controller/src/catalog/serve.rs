@@ -72,6 +72,17 @@ pub struct GoodArchive {
     pub duration_ms: Option<i64>,
 }
 
+/// A host's newest archive, when no store holds a good copy of it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ArchiveProblem {
+    pub id: String,
+    pub name: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// Its copies' states: "missing", "suspect (body-differs)", …
+    pub state: String,
+}
+
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LastFailure {
     #[serde(with = "time::serde::rfc3339")]
@@ -638,8 +649,10 @@ impl Catalog {
         let rows = self
             .client()
             .query(
-                "SELECT DISTINCT ON (host) host, sha256, name, size, created_at, duration_ms FROM archives
-                 WHERE deleted_at IS NULL AND suspect IS NULL ORDER BY host, created_at DESC, id DESC",
+                "SELECT DISTINCT ON (host) host, sha256, name, size, created_at, duration_ms FROM archives a
+                 WHERE deleted_at IS NULL
+                   AND EXISTS (SELECT 1 FROM archive_copies c WHERE c.archive_id = a.id AND c.state = 'good')
+                 ORDER BY host, created_at DESC, id DESC",
                 &[],
             )
             .await?;
@@ -655,6 +668,45 @@ impl Catalog {
                         size: r.get(3),
                         created_at: r.get(4),
                         duration_ms: r.get(5),
+                    },
+                )
+            })
+            .collect())
+    }
+
+    /// Each host's newest archive when no store holds a good copy of it and it is newer than the
+    /// host's newest good one: what ferry status names as the archive that went missing or bad.
+    pub async fn newest_archive_problems(
+        &self,
+    ) -> Result<BTreeMap<String, ArchiveProblem>, CatalogError> {
+        let rows = self
+            .client()
+            .query(
+                "SELECT DISTINCT ON (host) host, sha256, name, created_at,
+                        coalesce((SELECT string_agg(c.state || coalesce(' (' || c.reason || ')', ''), ', ' ORDER BY c.store)
+                                  FROM archive_copies c WHERE c.archive_id = a.id), 'no store recorded')
+                 FROM archives a
+                 WHERE deleted_at IS NULL
+                   AND NOT EXISTS (SELECT 1 FROM archive_copies c WHERE c.archive_id = a.id AND c.state = 'good')
+                   AND created_at > coalesce((SELECT max(g.created_at) FROM archives g
+                        WHERE g.host = a.host AND g.deleted_at IS NULL
+                          AND EXISTS (SELECT 1 FROM archive_copies c WHERE c.archive_id = g.id AND c.state = 'good')),
+                        '-infinity')
+                 ORDER BY host, created_at DESC, id DESC",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let sha: String = r.get(1);
+                (
+                    r.get(0),
+                    ArchiveProblem {
+                        id: sha.get(..12).unwrap_or(&sha).to_string(),
+                        name: r.get(2),
+                        created_at: r.get(3),
+                        state: r.get(4),
                     },
                 )
             })

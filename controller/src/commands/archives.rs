@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
 use super::backup::human_bytes;
+use crate::catalog::evidence::{Finding, Source, Standing};
 use crate::catalog::ledger::Event;
 use crate::catalog::{ArchiveRecord, Catalog, Operator};
 use crate::cli::{ArchivesCommand, CatalogCommand, GlobalArgs};
@@ -30,6 +31,7 @@ async fn open(config: &Config) -> Result<(Store, Catalog), i32> {
         errln!("ferry: {e}");
         exit::ERROR
     })?;
+    crate::proof::adopt(&catalog, &store).await;
     Ok((store, catalog))
 }
 
@@ -41,9 +43,9 @@ pub async fn run(config: &Config, global: &GlobalArgs, command: ArchivesCommand)
     };
     let result = match command {
         ArchivesCommand::List { pattern } => {
-            list(&catalog, config, global, format, pattern.as_deref()).await
+            list(&catalog, &store, config, global, format, pattern.as_deref()).await
         }
-        ArchivesCommand::Show { id } => show(&catalog, format, &id).await,
+        ArchivesCommand::Show { id } => show(&catalog, &store, format, &id).await,
         ArchivesCommand::Verify {
             id,
             all,
@@ -95,11 +97,48 @@ fn rfc3339(t: OffsetDateTime) -> String {
         .unwrap_or_default()
 }
 
-fn archive_json(a: &ArchiveRecord) -> serde_json::Value {
+/// An archive as JSON, with where it stands in `store` (the configured one).
+pub(crate) fn archive_json(a: &ArchiveRecord, store: &str) -> serde_json::Value {
     let mut doc = serde_json::to_value(a).unwrap_or_default();
     doc["catalog_number"] = json!(a.id);
     doc["id"] = json!(a.short_id());
+    let standing = a.standing(store);
+    let copy = a.copy_in(store);
+    doc["store"] = json!(store);
+    doc["state"] = json!(standing.word());
+    doc["reason"] = json!(match &standing {
+        Standing::Suspect(r) => Some(r.as_str()),
+        _ => None,
+    });
+    doc["evidence"] = json!(copy.map(|c| c.evidence.as_str()));
+    doc["state_at"] = json!(copy.map(|c| rfc3339(c.state_at)));
+    doc["proven_at"] = json!(copy.and_then(|c| c.proven_at).map(rfc3339));
+    doc["suspect"] = json!(match &standing {
+        Standing::Suspect(_) => copy.and_then(|c| c.detail.clone()),
+        _ => None,
+    });
     doc
+}
+
+/// The STATE column: the copy's state here and the age of its evidence.
+fn state_cell(a: &ArchiveRecord, store: &str, now: OffsetDateTime) -> String {
+    let copy = a.copy_in(store);
+    match (a.standing(store), copy) {
+        (Standing::Good, Some(c)) => format!(
+            "good {}",
+            crate::catalog::evidence::ago(now, c.proven_at.unwrap_or(c.state_at))
+        ),
+        (Standing::Suspect(r), Some(c)) => format!(
+            "SUSPECT:{} {}",
+            r.as_str(),
+            crate::catalog::evidence::ago(now, c.state_at)
+        ),
+        (Standing::Missing, Some(c)) => {
+            format!("MISSING {}", crate::catalog::evidence::ago(now, c.state_at))
+        }
+        (Standing::Elsewhere(_), _) => "other store".into(),
+        _ => "unrecorded".into(),
+    }
 }
 
 /// The hosts `pattern` names: an inventory pattern, where hosts only the catalog knows (retired
@@ -127,6 +166,7 @@ fn select_hosts(
 
 async fn list(
     catalog: &Catalog,
+    store: &Store,
     config: &Config,
     global: &GlobalArgs,
     format: Format,
@@ -144,29 +184,36 @@ async fn list(
         };
         archives.retain(|a| hosts.contains(&a.host));
     }
+    let here = store.id();
+    let now = OffsetDateTime::now_utc();
     match format {
         Format::Json => crate::output::json(&json!(
-            archives.iter().map(archive_json).collect::<Vec<_>>()
+            archives
+                .iter()
+                .map(|a| archive_json(a, &here))
+                .collect::<Vec<_>>()
         )),
         Format::Text | Format::Csv => {
             outln!(
-                "{:<12}  {:<12} {:<44} {:>10}  {:<8} {:<3}",
+                "{:<12}  {:<12} {:<44} {:>10}  {:<8} {:<3} {:<24}",
                 "ID",
                 "HOST",
                 "ARCHIVE",
                 "SIZE",
                 "VERSION",
-                "DB"
+                "DB",
+                "STATE"
             );
             for a in &archives {
                 outln!(
-                    "{:<12}  {:<12} {:<44} {:>10}  {:<8} {:<3}{}",
+                    "{:<12}  {:<12} {:<44} {:>10}  {:<8} {:<3} {:<24}{}",
                     a.short_id(),
                     a.host,
                     a.name,
                     human_bytes(a.size as u64),
                     a.flightctl_version,
                     if a.database_included { "yes" } else { "no" },
+                    state_cell(a, &here, now),
                     format!(
                         "{}{}{}",
                         if a.sealed.is_some() {
@@ -174,28 +221,30 @@ async fn list(
                         } else {
                             ""
                         },
+                        // A drill's pass speaks for the bytes it read: shown while they are good.
                         a.drilled_at
+                            .filter(|_| a.standing(&here).is_good())
                             .map(|t| format!(" (verified by restore {})", rfc3339(t)))
                             .unwrap_or_default(),
-                        match (a.pinned, a.suspect.is_some()) {
-                            (true, true) => " (pinned) SUSPECT: its sidecar disagreed",
-                            (false, true) => " SUSPECT: its sidecar disagreed",
-                            (true, false) => " (pinned)",
-                            (false, false) => "",
-                        }
+                        if a.pinned { " (pinned)" } else { "" }
                     )
                 );
             }
-            outln!("{} archive(s)", archives.len());
+            outln!(
+                "{} archive(s) (states are of copies in {here})",
+                archives.len()
+            );
         }
     }
     Ok(exit::OK)
 }
 
-async fn show(catalog: &Catalog, format: Format, id: &str) -> Result<i32, String> {
+async fn show(catalog: &Catalog, store: &Store, format: Format, id: &str) -> Result<i32, String> {
     let a = catalog.resolve(id).await?;
+    let here = store.id();
+    let now = OffsetDateTime::now_utc();
     match format {
-        Format::Json => crate::output::json(&archive_json(&a)),
+        Format::Json => crate::output::json(&archive_json(&a, &here)),
         Format::Text | Format::Csv => {
             outln!("id:                {}", a.short_id());
             outln!("catalog number:    {}", a.id);
@@ -207,9 +256,17 @@ async fn show(catalog: &Catalog, format: Format, id: &str) -> Result<i32, String
                 a.size
             );
             outln!("sha256:            {}", a.sha256);
-            if let Some(why) = &a.suspect {
+            outln!("created:           {}", rfc3339(a.created_at));
+            match a.copy_in(&here) {
+                Some(c) => outln!("state:             {} in {here}", c.describe(now)),
+                None => outln!(
+                    "state:             {} (configured store: {here})",
+                    a.standing(&here).why_not()
+                ),
+            }
+            if !a.standing(&here).is_good() && a.deleted_at.is_none() {
                 outln!(
-                    "SUSPECT:           {why}; restore and verify refuse it until `ferry archives verify {}` finds its sidecar agreeing",
+                    "                   restore, drills, retention and the RPO skip it; `ferry archives verify {}` checks it again",
                     a.short_id()
                 );
             }
@@ -228,10 +285,6 @@ async fn show(catalog: &Catalog, format: Format, id: &str) -> Result<i32, String
                 outln!("key wrapped for:   {}", sealed.key_ids.join(", "));
             }
             outln!("compression:       {}", a.compression);
-            outln!("created:           {}", a.created_at);
-            if let Some(at) = a.verified_at {
-                outln!("verified:          {at}");
-            }
             if let Some(at) = a.drilled_at {
                 outln!(
                     "verified by restore: {} (a drill loaded, counted and checked it)",
@@ -245,9 +298,8 @@ async fn show(catalog: &Catalog, format: Format, id: &str) -> Result<i32, String
                 outln!("duration:          {:.1}s", ms as f64 / 1000.0);
             }
             outln!("pinned:            {}", a.pinned);
-            let copies = catalog.copies(a.id).await.map_err(|e| e.to_string())?;
-            if !copies.is_empty() {
-                outln!("copies:            {}", copies.join(", "));
+            for c in &a.copies {
+                outln!("copy:              {}: {}", c.store, c.describe(now));
             }
             if let Some(counts) = a.row_counts.as_object() {
                 outln!("row counts:");
@@ -318,110 +370,90 @@ async fn verify(
     };
     let identities =
         crate::keys::identities(config).map_err(|e| format!("encryption.identity: {e}"))?;
-    let mut problems = 0;
+    let here = store.id();
+    let (mut problems, mut elsewhere) = (0, 0);
     let mut report = Vec::new();
     for a in archives {
-        let started = OffsetDateTime::now_utc();
-        let object = a.object();
-        let sidecar = store
-            .sidecar_digest(&a.host, &object)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut issues = Vec::new();
-        let mut trusted = Vec::new();
-        let mut notes = Vec::new();
-        // An encrypted archive is decrypted and read through when the key is here; without it, only
-        // its ciphertext is checked (and said so).
-        let through = match (&a.sealed, &identities) {
-            (None, _) => crate::keys::Through::HashOnly,
-            (Some(sealed), Some(ids)) => {
-                match crate::keys::data_key(store, &a, Some(ids), &sealed.key_ids).await {
-                    Ok(key) => crate::keys::Through::Archive(Some(key)),
-                    Err(e) => {
-                        issues.push(e);
-                        crate::keys::Through::HashOnly
-                    }
-                }
-            }
-            (Some(_), None) => {
-                notes.push(
-                    "ciphertext checked; the plaintext was not (no encryption.identity)"
-                        .to_string(),
+        let before = a.standing(&here);
+        // Another store's copies are that store's to check: configure it to verify them.
+        if let Standing::Elsewhere(stores) = &before {
+            elsewhere += 1;
+            if format == Format::Text {
+                outln!(
+                    "skipped: [{}] archive {} {}: recorded in {}, not in {here}",
+                    a.host,
+                    a.short_id(),
+                    a.name,
+                    stores.join(", ")
                 );
-                crate::keys::Through::HashOnly
             }
-        };
-        let expected_plain = a.sealed.as_ref().map(|s| s.plain_sha256.clone());
-        let actual = match crate::keys::pass(store, &a.host, &object, through, expected_plain, None)
-            .await
-        {
-            // A read that failed part-way has no digest to compare: its error is the finding.
-            Ok(crate::keys::Pass {
-                archive: Some(Err(e)),
-                ..
-            }) => {
-                issues.push(e);
-                None
-            }
-            Ok(pass) => {
-                if pass.size != a.size as u64 {
-                    issues.push(format!("size {} bytes, catalog says {}", pass.size, a.size));
-                }
-                if pass.sha256 != a.sha256 {
-                    issues.push(format!(
-                        "sha256 {} differs from the catalog's {}",
-                        pass.sha256, a.sha256
-                    ));
-                }
-                let sha = pass.sha256;
-                let sidecar_issue = match &sidecar {
-                    None => Some("the .sha256 sidecar is missing or unreadable".to_string()),
-                    Some(side) if *side != sha => {
-                        Some(format!("sha256 {sha} differs from the sidecar's {side}"))
-                    }
-                    Some(_) => None,
-                };
-                // Trusting the catalog's digest over the sidecar is the operator's call, on record.
-                match sidecar_issue {
-                    Some(issue) if trust_archive_digest && sha == a.sha256 => trusted.push(issue),
-                    Some(issue) => issues.push(issue),
-                    None => {}
-                }
-                Some(sha)
-            }
-            Err(e) => {
-                issues.push(format!(
-                    "cannot read {}: {e}",
-                    store.location(&a.host, &object)
-                ));
-                None
-            }
-        };
-        let ok = issues.is_empty();
-        // Proven (and a suspect mark cleared) only when the sidecar itself agrees now, not when it
-        // is trusted over.
-        let cleared = ok && trusted.is_empty() && a.suspect.is_some();
-        if ok && trusted.is_empty() {
-            catalog
-                .mark_verified(a.id)
-                .await
-                .map_err(|e| e.to_string())?;
+            report.push(
+                json!({"id": a.short_id(), "catalog_number": a.id, "host": a.host, "name": a.name,
+                               "ok": null, "state": "elsewhere", "stores": stores}),
+            );
+            continue;
         }
-        let error = (!ok).then(|| issues.join("; "));
+        let started = OffsetDateTime::now_utc();
+        let options = crate::proof::Options {
+            trust_archive_digest,
+            ciphertext_without_key: true,
+            ..Default::default()
+        };
+        let proved = crate::proof::prove(
+            store,
+            catalog,
+            &a,
+            identities.as_ref(),
+            Source::Verify,
+            options,
+        )
+        .await;
+        let (ok, state, reason, issues, notes, trusted) = match &proved {
+            Ok(p) => (
+                true,
+                if p.trusted_over.is_some() {
+                    "suspect"
+                } else {
+                    "good"
+                },
+                p.trusted_over.as_ref().map(|_| "sidecar-differs"),
+                Vec::new(),
+                p.notes.clone(),
+                p.trusted_over.clone(),
+            ),
+            Err(u) => {
+                let (state, reason) = match &u.finding {
+                    Some(Finding::Suspect(r, _)) => ("suspect", Some(r.as_str())),
+                    Some(Finding::Missing(_)) => ("missing", None),
+                    _ => ("unknown", None),
+                };
+                (
+                    false,
+                    state,
+                    reason,
+                    vec![u.cause.clone()],
+                    Vec::new(),
+                    None,
+                )
+            }
+        };
+        // Proven good now, where the copy was not: the mark is lifted, on record.
+        let lifted = (ok && trusted.is_none() && !before.is_good()).then(|| before.why_not());
         audit(
             catalog,
             config,
             "archive-verify",
             &a,
             json!({"trust_archive_digest": trust_archive_digest, "trusted_over": trusted,
-                   "suspect_cleared": cleared.then_some(&a.suspect), "notes": notes}),
+                   "store": here, "state": state, "reason": reason,
+                   "suspect_cleared": lifted, "notes": notes}),
             started,
-            error,
+            (!ok).then(|| issues.join("; ")),
         )
         .await;
-        for t in &trusted {
+        if let Some(t) = &trusted {
             outln!(
-                "[WARNING] [{}] archive {}: {t} (accepted: --trust-archive-digest)",
+                "[WARNING] [{}] archive {}: {t} (accepted: --trust-archive-digest; it stays marked suspect until its sidecar agrees)",
                 a.host,
                 a.short_id()
             );
@@ -447,15 +479,14 @@ async fn verify(
                     a.short_id(),
                     a.name
                 );
-                if cleared {
+                if let Some(was) = &lifted {
                     outln!(
-                        "  its sidecar agrees now: the suspect mark ({}) is lifted",
-                        a.suspect.as_deref().unwrap_or_default()
+                        "  it was {was}; its bytes and sidecar agree now: the suspect mark is lifted"
                     );
                 }
             } else {
                 outln!(
-                    "FAILED: [{}] archive {} {}: {}",
+                    "FAILED: [{}] archive {} {}: {state}: {}",
                     a.host,
                     a.short_id(),
                     a.name,
@@ -463,17 +494,28 @@ async fn verify(
                 );
             }
         }
-        report.push(json!({"id": a.short_id(), "catalog_number": a.id, "host": a.host, "name": a.name, "ok": ok, "sha256": actual,
-                           "catalog_sha256": a.sha256, "sidecar_sha256": sidecar, "encrypted": a.sealed.is_some(),
+        report.push(json!({"id": a.short_id(), "catalog_number": a.id, "host": a.host, "name": a.name, "ok": ok,
+                           "state": state, "reason": reason, "store": here,
+                           "catalog_sha256": a.sha256, "encrypted": a.sealed.is_some(),
                            "issues": issues, "notes": notes}));
     }
     if format == Format::Json {
         crate::output::json(&serde_json::to_value(&report).unwrap_or_default());
     } else {
+        let other = if elsewhere > 0 {
+            format!(", {elsewhere} in other stores skipped")
+        } else {
+            String::new()
+        };
         outln!(
-            "{} archive(s) verified, {problems} with problems",
-            report.len()
+            "{} archive(s) verified, {problems} with problems{other}",
+            report.len() - elsewhere
         );
+        if problems > 0 {
+            outln!(
+                "next: `ferry archives list` shows each archive's state; restore, drills, retention and the RPO now skip the ones found missing or suspect"
+            );
+        }
     }
     Ok(if problems == 0 {
         exit::OK
@@ -493,7 +535,7 @@ async fn export(
     let started = OffsetDateTime::now_utc();
     let a = catalog.resolve_live(id).await?;
     let flags = json!({"dir": dir.display().to_string(), "decrypt": decrypt});
-    let copied = export_one(store, config, &a, dir, decrypt).await;
+    let copied = export_one(store, catalog, config, &a, dir, decrypt).await;
     audit(
         catalog,
         config,
@@ -520,34 +562,46 @@ async fn export(
 /// digest before it gets its final name; the sidecar comes last.
 async fn export_one(
     store: &Store,
+    catalog: &Catalog,
     config: &Config,
     a: &ArchiveRecord,
     dir: &Path,
     decrypt: bool,
 ) -> Result<Vec<String>, String> {
     let dir = dir.join(&a.host);
-    let (object, name, expected, opened) = match (&a.sealed, decrypt) {
-        (Some(sealed), true) => {
-            let ids =
-                crate::keys::identities(config).map_err(|e| format!("encryption.identity: {e}"))?;
-            let opened = crate::keys::open(store, a, ids.as_ref()).await?;
-            (
-                a.object(),
-                a.name.clone(),
-                sealed.plain_sha256.clone(),
-                opened,
-            )
-        }
-        (None, true) => {
-            return Err(format!(
-                "archive {} is not encrypted: export it without --decrypt",
+    if decrypt && a.sealed.is_none() {
+        return Err(format!(
+            "archive {} is not encrypted: export it without --decrypt",
+            a.short_id()
+        ));
+    }
+    let ids = crate::keys::identities(config).map_err(|e| format!("encryption.identity: {e}"))?;
+    // Proven first (and recorded), then exactly that version is written out.
+    let options = crate::proof::Options {
+        ciphertext_without_key: !decrypt,
+        ..Default::default()
+    };
+    let proof = crate::proof::prove(store, catalog, a, ids.as_ref(), Source::Export, options)
+        .await
+        .map_err(|u| {
+            format!(
+                "{u}; not exported (`ferry archives verify {}` records what it finds)",
                 a.short_id()
-            ));
-        }
-        (_, false) => {
-            let opened = crate::keys::open_stored(store, a).await?;
-            (a.object(), a.object(), a.sha256.clone(), opened)
-        }
+            )
+        })?;
+    let (object, name, expected, opened) = match (&a.sealed, decrypt) {
+        (Some(sealed), true) => (
+            a.object(),
+            a.name.clone(),
+            sealed.plain_sha256.clone(),
+            proof.open(store, a).await?,
+        ),
+        _ => (
+            a.object(),
+            a.object(),
+            a.sha256.clone(),
+            proof.open_stored(store, a).await?,
+        ),
     };
     let mut written = Vec::new();
     if a.sealed.is_some() && !decrypt {
@@ -656,6 +710,12 @@ async fn copy(
         .await
         .map_err(|e| format!("--to: {e}"))?;
     let label = dest.describe();
+    let (here, there) = (store.id(), dest.id());
+    if here == there {
+        return Err(format!(
+            "--to {to} is the store itself; name another bucket or directory"
+        ));
+    }
     let archives = match (id, all) {
         (Some(id), _) => vec![catalog.resolve_live(id).await?],
         (None, true) => catalog.archives().await.map_err(|e| e.to_string())?,
@@ -664,12 +724,19 @@ async fn copy(
     let (mut copied, mut skipped, mut failed) = (0, 0, 0);
     for a in archives {
         let started = OffsetDateTime::now_utc();
+        if let Standing::Elsewhere(stores) = a.standing(&here) {
+            skipped += 1;
+            outln!(
+                "skipped: [{}] archive {} {}: recorded in {}, not in the configured store; configure that store to copy from it",
+                a.host,
+                a.short_id(),
+                a.name,
+                stores.join(", ")
+            );
+            continue;
+        }
         // Skipped only when the catalog recorded the copy and it is still there, whole.
-        let recorded = catalog
-            .copies(a.id)
-            .await
-            .map_err(|e| e.to_string())?
-            .contains(&label);
+        let recorded = a.copy_in(&there).is_some();
         let present = recorded
             && dest
                 .sidecar_digest(&a.host, &a.object())
@@ -693,12 +760,19 @@ async fn copy(
                 .map_err(|e| e.to_string())?;
         }
         let result = copy_one(store, &dest, &a).await;
-        if let Ok(size) = &result {
-            catalog
-                .record_copy(a.id, &label, *size as i64, &a.sha256)
-                .await
-                .map_err(|e| e.to_string())?;
+        // The read was a full pass over the source: what it found is evidence for both copies.
+        let source = match &result {
+            Ok(_) => Some(Finding::Good),
+            Err(CopyError::Source(finding, _)) => Some(finding.clone()),
+            Err(CopyError::Other(_)) => None,
+        };
+        if let Some(finding) = &source {
+            crate::proof::record(catalog, store, &a, finding, Source::Copy).await;
         }
+        if result.is_ok() {
+            crate::proof::record(catalog, &dest, &a, &Finding::Good, Source::Copy).await;
+        }
+        let result = result.map_err(|e| e.to_string());
         audit(
             catalog,
             config,
@@ -739,26 +813,50 @@ async fn copy(
     Ok(if failed == 0 { exit::OK } else { exit::FAILED })
 }
 
-async fn copy_one(store: &Store, dest: &Store, a: &ArchiveRecord) -> Result<u64, String> {
+/// Why a copy failed: the source's bytes (a finding about its copy), or anything else.
+enum CopyError {
+    Source(Finding, String),
+    Other(String),
+}
+
+impl std::fmt::Display for CopyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CopyError::Source(_, e) | CopyError::Other(e) => f.write_str(e),
+        }
+    }
+}
+
+async fn copy_one(store: &Store, dest: &Store, a: &ArchiveRecord) -> Result<u64, CopyError> {
+    use crate::store::StoreError;
     let object = a.object();
+    let source = store.location(&a.host, &object);
+    // Errors of the destination, or of the store as a whole: not findings about the source copy.
+    let other = |e: StoreError| CopyError::Other(e.to_string());
     let mut extras = Vec::new();
     if a.sealed.is_some() {
         let key_name = ferry_proto::archive::key_object_name(&a.name);
         let key = store
             .get_small(&a.host, &key_name)
             .await
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("its key {} is missing", store.location(&a.host, &key_name)))?;
+            .map_err(other)?
+            .ok_or_else(|| {
+                let e = format!("its key {} is missing", store.location(&a.host, &key_name));
+                CopyError::Source(
+                    Finding::Suspect(crate::catalog::evidence::Reason::AuthFailed, e.clone()),
+                    e,
+                )
+            })?;
         extras.push((key_name, key));
     }
-    let mut incoming = dest
-        .begin(&a.host, &object)
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut reader = store
-        .reader(&a.host, &object)
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut incoming = dest.begin(&a.host, &object).await.map_err(other)?;
+    let mut reader = store.reader(&a.host, &object).await.map_err(|e| match e {
+        StoreError::Missing { .. } => CopyError::Source(
+            Finding::Missing(format!("{source} is not in the store")),
+            e.to_string(),
+        ),
+        e => other(e),
+    })?;
     // Read on a blocking thread, write here: a bounded channel keeps memory flat.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<std::io::Result<Vec<u8>>>(4);
     let read = tokio::task::spawn_blocking(move || {
@@ -779,19 +877,37 @@ async fn copy_one(store: &Store, dest: &Store, a: &ArchiveRecord) -> Result<u64,
         }
     });
     while let Some(chunk) = rx.recv().await {
-        let chunk =
-            chunk.map_err(|e| format!("reading {}: {e}", store.location(&a.host, &object)))?;
-        incoming
-            .write_chunk(&chunk)
-            .await
-            .map_err(|e| e.to_string())?;
+        let chunk = chunk.map_err(|e| {
+            let e = format!("reading {source}: {e}");
+            CopyError::Source(
+                Finding::Suspect(crate::catalog::evidence::Reason::Unreadable, e.clone()),
+                e,
+            )
+        })?;
+        incoming.write_chunk(&chunk).await.map_err(other)?;
     }
     let _ = read.await;
-    let committed = incoming
-        .commit(a.size as u64, &a.sha256, &extras)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(committed.size)
+    match incoming.commit(a.size as u64, &a.sha256, &extras).await {
+        Ok(committed) => Ok(committed.size),
+        Err(StoreError::Mismatch {
+            actual_size,
+            actual_sha,
+            ..
+        }) => {
+            let detail = format!(
+                "{source} read as {actual_size} bytes sha256 {actual_sha}, the catalog says {} bytes sha256 {}",
+                a.size, a.sha256
+            );
+            Err(CopyError::Source(
+                Finding::Suspect(
+                    crate::catalog::evidence::Reason::BodyDiffers,
+                    detail.clone(),
+                ),
+                format!("{detail}: the source copy differs from the catalog; nothing was copied"),
+            ))
+        }
+        Err(e) => Err(other(e)),
+    }
 }
 
 pub async fn run_catalog(config: &Config, command: CatalogCommand) -> i32 {
@@ -813,7 +929,8 @@ async fn rebuild(store: &Store, catalog: &Catalog, config: &Config) -> Result<i3
     let objects = store.list().await.map_err(|e| e.to_string())?;
     let identities =
         crate::keys::identities(config).map_err(|e| format!("encryption.identity: {e}"))?;
-    let (mut added, mut known, mut bad) = (0, 0, 0);
+    let (mut added, mut known, mut bad, mut relinked_count) = (0, 0, 0, 0);
+    let here = store.id();
     let mut report = Vec::new();
     for object in objects {
         let name = object.archive_name().to_string();
@@ -845,11 +962,18 @@ async fn rebuild(store: &Store, catalog: &Catalog, config: &Config) -> Result<i3
             None
         };
         let key_ids = key.as_ref().map(|k| k.recipients.clone());
+        let body = match store.reader(&object.host, &object.object).await {
+            Ok(body) => body,
+            Err(e) => {
+                bad += 1;
+                unreadable(e.to_string(), &mut report);
+                continue;
+            }
+        };
         let pass = crate::keys::pass(
-            store,
-            &object.host,
-            &object.object,
-            crate::keys::Through::Archive(key),
+            body,
+            store.location(&object.host, &object.object),
+            crate::keys::Through::Archive(key.map(std::sync::Arc::new)),
             None,
             None,
         )
@@ -927,7 +1051,22 @@ async fn rebuild(store: &Store, catalog: &Catalog, config: &Config) -> Result<i3
             metadata,
             verified.manifest.unwrap_or_default(),
         );
-        record.suspect = suspect;
+        let finding = match &suspect {
+            None => Finding::Good,
+            Some(why) => Finding::Suspect(
+                crate::catalog::evidence::Reason::SidecarDiffers,
+                why.clone(),
+            ),
+        };
+        let mut copy = crate::catalog::evidence::Copy::arrived(&here);
+        copy.evidence = Source::Rebuild;
+        if let Finding::Suspect(reason, why) = &finding {
+            copy.state = crate::catalog::evidence::State::Suspect;
+            copy.reason = Some(*reason);
+            copy.detail = Some(why.clone());
+            copy.proven_at = None;
+        }
+        record.copies = vec![copy];
         record.sealed = key_ids.map(|key_ids| crate::catalog::SealedRecord {
             plain_size: verified.size as i64,
             plain_sha256: verified.sha256.clone(),
@@ -948,29 +1087,68 @@ async fn rebuild(store: &Store, catalog: &Catalog, config: &Config) -> Result<i3
                 );
                 report.push(
                     json!({"host": object.host, "name": name, "id": record.short_id(),
-                                   "outcome": "added", "suspect": record.suspect, "encrypted": record.sealed.is_some()}),
+                                   "outcome": "added", "suspect": suspect, "encrypted": record.sealed.is_some()}),
                 );
             }
             None => {
                 known += 1;
-                if let Some(why) = &record.suspect {
-                    catalog
-                        .mark_suspect(&object.host, &name, why)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                // Already catalogued: its copy here is recorded with what this read found against
+                // the catalog's own digest, and a wrong deletion mark is lifted.
+                let Some(existing) = catalog
+                    .archive_named(&object.host, &name)
+                    .await
+                    .map_err(|e| e.to_string())?
+                else {
+                    continue;
+                };
+                let finding = if existing.sha256 == sha256 && existing.size as u64 == size {
+                    finding
+                } else {
+                    Finding::Suspect(
+                        crate::catalog::evidence::Reason::BodyDiffers,
+                        format!(
+                            "{} hashes to {sha256} ({size} bytes), the catalog says {} ({} bytes)",
+                            store.location(&object.host, &object.object),
+                            existing.sha256,
+                            existing.size
+                        ),
+                    )
+                };
+                let relinked = catalog
+                    .relink(existing.id, &here, &finding)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if relinked {
+                    relinked_count += 1;
+                    outln!(
+                        "relinked: [{}] archive {} {}: the catalog had it deleted, but it is here",
+                        object.host,
+                        existing.short_id(),
+                        name
+                    );
                 }
-                report.push(json!({"host": object.host, "name": name, "id": record.short_id(), "outcome": "known", "suspect": record.suspect}));
+                let suspect = match &finding {
+                    Finding::Suspect(_, why) => Some(why.clone()),
+                    _ => None,
+                };
+                report.push(json!({"host": object.host, "name": name, "id": existing.short_id(),
+                                   "outcome": if relinked { "relinked" } else { "known" }, "suspect": suspect}));
             }
         }
     }
+    let relinked = if relinked_count > 0 {
+        format!("; {relinked_count} relinked (the catalog had them deleted)")
+    } else {
+        String::new()
+    };
     outln!(
-        "catalog rebuilt from {}: {added} added, {known} already catalogued, {bad} unreadable",
+        "catalog rebuilt from {}: {added} added, {known} already catalogued, {bad} unreadable{relinked}",
         store.describe()
     );
     let code = if bad == 0 { exit::OK } else { exit::FAILED };
     if crate::output::is_json() {
         crate::output::json(
-            &json!({"command": "catalog rebuild", "added": added, "known": known,
+            &json!({"command": "catalog rebuild", "added": added, "known": known, "relinked": relinked_count,
                                     "unreadable": bad, "archives": report, "exit_code": code}),
         );
     }

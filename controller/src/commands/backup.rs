@@ -392,6 +392,8 @@ impl<'a> Ctx<'a> {
         record.duration_ms = Some(clock.elapsed().as_millis() as i64);
         record.run_id = Some(self.run_id);
         record.warnings = json!(trailer.warnings);
+        // Its first evidence: the store checked size and digest on arrival.
+        record.copies = vec![crate::catalog::evidence::Copy::arrived(&self.store.id())];
         record.sealed = sealed.map(|s| crate::catalog::SealedRecord {
             plain_size: s.plain_size as i64,
             plain_sha256: s.plain_sha256.clone(),

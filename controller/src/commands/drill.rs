@@ -11,6 +11,7 @@ use ferry_proto::v1::{DrillChunk, DrillReply};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
+use crate::catalog::evidence::Source;
 use crate::catalog::ledger::{Event, TaskRecord};
 use crate::catalog::{ArchiveRecord, Catalog, DrillRecord, HostRecord, Operator};
 use crate::cli::{DrillArgs, GlobalArgs};
@@ -51,16 +52,16 @@ pub async fn run(config: &Config, global: &GlobalArgs, pattern: &str, args: &Dri
         errln!("ferry drill: {e}");
         report::exit::ERROR
     };
-    let store = match Store::open(&config.store, &config.state_dir).await {
-        Ok(store) => store,
-        Err(e) => return fail(&e),
-    };
     let identities = match crate::keys::identities(config) {
         Ok(ids) => ids,
         Err(e) => return fail(&format!("encryption.identity: {e}")),
     };
     let catalog = match Catalog::connect(config).await {
         Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let store = match crate::proof::open_store(config, &catalog).await {
+        Ok(store) => store,
         Err(e) => return fail(&e),
     };
     let operator = Operator::current(config);
@@ -203,23 +204,32 @@ impl Ctx<'_> {
                 };
             }
         };
-        // Restore refuses an archive whose sidecar disagrees; a drill says so rather than pass it.
-        let object = archive.object();
-        match self.store.sidecar_digest(&archive.host, &object).await {
-            Ok(Some(side)) if side == archive.sha256 => {}
-            Ok(other) => {
+        // The stored bytes are proven against the catalog (and the sidecar) before a byte reaches
+        // the agent, exactly as for a restore; what the proof finds is the archive's evidence.
+        let proof = match crate::proof::prove(
+            self.store,
+            self.catalog,
+            &archive,
+            self.identities.as_ref(),
+            Source::Drill,
+            crate::proof::Options::default(),
+        )
+        .await
+        {
+            Ok(p) => p,
+            Err(u) => {
                 let id = archive.short_id().to_string();
-                let cause = format!(
-                    "the .sha256 sidecar of {} says {}, the catalog says {}: restore would refuse it; run `ferry archives verify {id}`",
-                    archive.name,
-                    other.as_deref().unwrap_or("nothing (it is missing)"),
-                    archive.sha256
-                );
-                return failed("sidecar", cause, Some(archive));
+                let cause = match &u.finding {
+                    Some(_) => format!(
+                        "{}; it is marked so in the catalog and the drill was not started. Drill the newest good archive (`ferry drill {}`), or put a good copy back and run `ferry archives verify {id}`",
+                        u.cause, target.name
+                    ),
+                    None => u.cause.clone(),
+                };
+                return failed("store", cause, Some(archive));
             }
-            Err(e) => return failed("store", e.to_string(), Some(archive)),
-        }
-        let opened = match crate::keys::open(self.store, &archive, self.identities.as_ref()).await {
+        };
+        let opened = match proof.open(self.store, &archive).await {
             Ok(o) => o,
             Err(e) => return failed("store", e, Some(archive)),
         };
@@ -240,49 +250,12 @@ impl Ctx<'_> {
         });
         let reply = conn.client.clone().drill(rx).await;
         let location = self.store.location(&archive.host, &archive.object());
-        let sent = match reader.await {
-            Ok(Ok(sent)) => sent,
+        match reader.await {
+            Ok(Ok(_)) => {}
             Ok(Err(e)) => {
                 return failed("store", format!("reading {location}: {e}"), Some(archive));
             }
             Err(e) => return failed("store", e.to_string(), Some(archive)),
-        };
-        // A stored copy that no longer matches the catalog is not the archive that was backed up:
-        // marked suspect (restore, retention and the RPO stop counting on it), and said so.
-        let expected = match &archive.sealed {
-            Some(s) => (s.plain_size as u64, s.plain_sha256.clone()),
-            None => (archive.size as u64, archive.sha256.clone()),
-        };
-        if let Some(sent) = sent
-            && sent != expected
-        {
-            let why = format!(
-                "its stored copy {location} hashes to {} ({} bytes), the catalog says {} ({} bytes)",
-                sent.1, sent.0, expected.1, expected.0
-            );
-            if let Err(e) = self
-                .catalog
-                .mark_suspect(&archive.host, &archive.name, &why)
-                .await
-            {
-                errln!(
-                    "ferry drill: [{}] marking the archive suspect: {e}",
-                    target.name
-                );
-            }
-            let id = archive.short_id().to_string();
-            let cause = format!(
-                "archive {id} is damaged in the store: {why}; it is marked SUSPECT. Restore another archive (`ferry archives list`), or put a good copy back and run `ferry archives verify {id}`"
-            );
-            return Ended {
-                outcome: Outcome::Failed {
-                    task: "drill/store".into(),
-                    cause,
-                },
-                archive: Some(archive),
-                reply: reply.ok().map(|r| r.into_inner()),
-                ran_on: on.name.clone(),
-            };
         }
         let reply = match reply {
             Ok(reply) => reply.into_inner(),
@@ -303,7 +276,18 @@ impl Ctx<'_> {
             }
         };
         let data = reply_json(&archive, on, &reply);
-        let outcome = if reply.passed {
+        let outcome = if reply.environment {
+            // The sandbox, not the archive: nothing is recorded against the archive.
+            Outcome::Failed {
+                task: "drill/environment".into(),
+                cause: format!(
+                    "the drill could not run on {}: {}; this says nothing about archive {} (its state is unchanged); fix the host and drill again",
+                    on.name,
+                    reply.failures.join("; "),
+                    archive.short_id()
+                ),
+            }
+        } else if reply.passed {
             Outcome::Ok {
                 changed: false,
                 summary: summary(&archive, on, target, &reply),
@@ -332,23 +316,29 @@ impl Ctx<'_> {
         }
     }
 
-    /// The archive to drill: `--archive ID` (it must be this host's) or the host's newest.
+    /// The archive to drill: `--archive ID` (it must be this host's) or the host's newest archive
+    /// that is good in the store (the newer ones passed over are named).
     async fn choose(&self, target: &Target) -> Result<ArchiveRecord, String> {
         let host = &target.agent_name;
+        let here = self.store.id();
         match self.archive {
-            None | Some("latest") => self
-                .catalog
-                .archives()
-                .await
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .find(|a| &a.host == host)
-                .ok_or_else(|| {
-                    format!(
+            None | Some("latest") => {
+                let archives = self.catalog.archives().await.map_err(|e| e.to_string())?;
+                let (newest, skipped) =
+                    crate::catalog::evidence::newest_good(&archives, host, &here);
+                for s in &skipped {
+                    outln!("[WARNING] [{}] {}", target.name, s.describe());
+                }
+                newest.ok_or_else(|| match skipped.len() {
+                    0 => format!(
                         "the catalog has no archive of {host}; run `ferry backup {}` first",
                         target.name
-                    )
-                }),
+                    ),
+                    n => format!(
+                        "{host} has no archive proven good in {here} ({n} skipped); `ferry archives verify --all` re-checks them"
+                    ),
+                })
+            }
             Some(id) => {
                 let a = self.catalog.resolve_live(id).await?;
                 if &a.host != host {
@@ -357,6 +347,13 @@ impl Ctx<'_> {
                         a.short_id(),
                         a.host,
                         a.host
+                    ));
+                }
+                if let crate::catalog::evidence::Standing::Elsewhere(stores) = a.standing(&here) {
+                    return Err(format!(
+                        "archive {} is recorded in {}, not in the configured store {here}; set `store:` to it to drill it",
+                        a.short_id(),
+                        stores.join(", ")
                     ));
                 }
                 Ok(a)
@@ -386,7 +383,9 @@ impl Ctx<'_> {
         if let Err(e) = self.catalog.record_host(self.run_id, &host_record).await {
             errln!("ferry drill: [{}] recording the result: {e}", target.name);
         }
-        if let (Some(archive), Some(reply)) = (&ended.archive, &ended.reply) {
+        if let (Some(archive), Some(reply)) = (&ended.archive, &ended.reply)
+            && !reply.environment
+        {
             let drill = DrillRecord {
                 archive_id: archive.id,
                 ran_on: ended.ran_on.clone(),

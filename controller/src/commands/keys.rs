@@ -9,7 +9,6 @@ use crate::catalog::{Catalog, Operator};
 use crate::cli::KeysCommand;
 use crate::config::Config;
 use crate::report::exit;
-use crate::store::Store;
 
 pub async fn run(config: &Config, command: KeysCommand) -> i32 {
     match command {
@@ -38,17 +37,34 @@ async fn rotate(config: &Config, add: &[String], retire: &[String]) -> Result<i3
     let identities = crate::keys::identities(config)
         .map_err(|e| format!("encryption.identity: {e}; nothing was changed"))?
         .ok_or("no private key is configured: set encryption.identity to a key that opens the archives' keys; nothing was changed")?;
-    let store = Store::open(&config.store, &config.state_dir)
+    let catalog = Catalog::connect(config).await.map_err(|e| e.to_string())?;
+    let store = crate::proof::open_store(config, &catalog)
         .await
         .map_err(|e| e.to_string())?;
-    let catalog = Catalog::connect(config).await.map_err(|e| e.to_string())?;
     let started = OffsetDateTime::now_utc();
+    // The key files of the archives this store holds (another store's are rotated with it).
+    let here = store.id();
     let archives: Vec<_> = catalog
         .archives()
         .await
         .map_err(|e| e.to_string())?
         .into_iter()
         .filter(|a| a.sealed.is_some())
+        .filter(|a| {
+            let elsewhere = matches!(
+                a.standing(&here),
+                crate::catalog::evidence::Standing::Elsewhere(_)
+            );
+            if elsewhere {
+                outln!(
+                    "skipped: [{}] archive {} {}: recorded in another store; rotate it with that store configured",
+                    a.host,
+                    a.short_id(),
+                    a.name
+                );
+            }
+            !elsewhere
+        })
         .collect();
     let (mut rotated, mut failed) = (0usize, Vec::new());
     let mut tasks = Vec::new();

@@ -40,9 +40,13 @@ pub async fn prune(
         .filter(|h| !plans.iter().any(|p| &p.host == *h))
         .collect();
     let policies = crate::schedule::policies(&plans);
-    let hosts = crate::prune::plan(catalog, &policies)
-        .await
-        .map_err(|e| e.to_string())?;
+    // A dry run only reads the catalog; a real one first looks at what it keeps.
+    let planned = if dry_run {
+        crate::prune::plan(catalog, &store.id(), &policies).await
+    } else {
+        crate::prune::plan_checked(catalog, store, &policies).await
+    };
+    let hosts = planned.map_err(|e| e.to_string())?;
     let operator = Operator::current(config);
     let mut deleted = 0;
     let mut failed = Vec::new();
@@ -219,13 +223,14 @@ pub async fn delete(
         ));
     }
     let archives = catalog.archives().await.map_err(|e| e.to_string())?;
+    let here = store.id();
     let newest = |proven: fn(&crate::catalog::ArchiveRecord) -> bool| {
         archives
             .iter()
-            .find(|x| x.host == a.host && x.suspect.is_none() && proven(x))
+            .find(|x| x.host == a.host && x.standing(&here).is_good() && proven(x))
             .map(|x| x.id)
     };
-    let protection = if newest(|x| x.verified_at.is_some()) == Some(a.id) {
+    let protection = if newest(|_| true) == Some(a.id) {
         Some("newest verified")
     } else if newest(|x| x.drilled_at.is_some()) == Some(a.id) {
         Some("newest drilled")

@@ -56,6 +56,7 @@ pub async fn run(path: PathBuf, explicit: bool, global: &GlobalArgs, args: Serve
             return exit::ERROR;
         }
     };
+    crate::proof::adopt(&catalog, &settings.store).await;
     let listen = settings.listen();
     let listener = match tokio::net::TcpListener::bind(listen).await {
         Ok(l) => l,

@@ -60,11 +60,13 @@ pub async fn run(config: &Config, global: &GlobalArgs, pattern: Option<&str>) ->
     };
     let count = |s: RpoState| hosts.iter().filter(|h| h.state == s).count();
     let breached = count(RpoState::Breached);
+    let problems = hosts.iter().filter(|h| h.archive_problem.is_some()).count();
     match global.output {
         Format::Json => crate::output::json(&json!({
             "hosts": hosts,
             "unscheduled": unscheduled,
-            "summary": {"ok": count(RpoState::Ok), "at_risk": count(RpoState::AtRisk), "breached": breached},
+            "summary": {"ok": count(RpoState::Ok), "at_risk": count(RpoState::AtRisk), "breached": breached,
+                        "archive_problems": problems},
             "replicas": replicas,
             "undelivered_alerts": alerts,
         })),
@@ -107,7 +109,12 @@ pub async fn run(config: &Config, global: &GlobalArgs, pattern: Option<&str>) ->
             }
         }
     }
-    if breached > 0 { exit::FAILED } else { exit::OK }
+    // A breach, or a newest archive that went missing or bad: monitoring must see it.
+    if breached > 0 || problems > 0 {
+        exit::FAILED
+    } else {
+        exit::OK
+    }
 }
 
 fn print_table(hosts: &[HostStatus], now: OffsetDateTime) {
@@ -156,5 +163,15 @@ fn print_table(hosts: &[HostStatus], now: OffsetDateTime) {
             format_span(std::time::Duration::from_secs(h.rpo_seconds)),
             next
         );
+        if let Some(p) = &h.archive_problem {
+            outln!(
+                "  ! its newest archive {} {} is {}: not counted; the age above is of the newest good one (next: `ferry archives show {}`, then `ferry backup {}`)",
+                p.id,
+                p.name,
+                p.state,
+                p.id,
+                h.host
+            );
+        }
     }
 }

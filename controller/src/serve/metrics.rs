@@ -147,18 +147,28 @@ async fn render(service: &Service) -> Result<String, String> {
             catalog.replicas().await?,
             catalog.undelivered_alerts().await?,
             catalog.last_drills().await?,
+            catalog.archive_problems().await?,
         ))
     }
     .await;
-    let (hosts, failures, (archives, bytes), scheduled, queue, replicas, undelivered, drills) =
-        match fleet {
-            Ok(all) => all,
-            Err(e) => {
-                tracing::warn!("metrics: the catalog did not answer: {e}");
-                up.with_label_values::<&str>(&[]).set(0);
-                return encode(&registry);
-            }
-        };
+    let (
+        hosts,
+        failures,
+        (archives, bytes),
+        scheduled,
+        queue,
+        replicas,
+        undelivered,
+        drills,
+        problems,
+    ) = match fleet {
+        Ok(all) => all,
+        Err(e) => {
+            tracing::warn!("metrics: the catalog did not answer: {e}");
+            up.with_label_values::<&str>(&[]).set(0);
+            return encode(&registry);
+        }
+    };
     up.with_label_values::<&str>(&[]).set(1);
 
     let last_success = gauge(
@@ -249,6 +259,24 @@ async fn render(service: &Service) -> Result<String, String> {
         if let Some(r) = h.reachable {
             reachable.with_label_values(&[host]).set(i64::from(r));
         }
+    }
+    let archive_problems = int_gauge(
+        &registry,
+        "ferry_archive_problems",
+        "Archive copies last found missing or suspect in a store (archives not deleted), by host.",
+        &["host", "state"],
+    )?;
+    for h in &hosts {
+        for state in ["missing", "suspect"] {
+            archive_problems
+                .with_label_values(&[h.host.as_str(), state])
+                .set(0);
+        }
+    }
+    for (host, state, n) in &problems {
+        archive_problems
+            .with_label_values(&[host.as_str(), state.as_str()])
+            .set(*n);
     }
     let failed = counter(
         &registry,

@@ -179,6 +179,11 @@ pub struct Service {
     last_watch: watch::Last,
     last_probe: watch::Last,
     last_housekeeping: watch::Last,
+    last_archive_check: watch::Last,
+    /// Bytes of deep verification earned and not yet spent (it accrues per check).
+    verify_budget: Mutex<u64>,
+    /// An archive check is running (they never overlap).
+    checking: AtomicBool,
     tasks: tokio::sync::Mutex<tokio::task::JoinSet<()>>,
 }
 
@@ -216,6 +221,9 @@ impl Service {
             last_watch: Mutex::new(None),
             last_probe: Mutex::new(None),
             last_housekeeping: Mutex::new(None),
+            last_archive_check: Mutex::new(None),
+            verify_budget: Mutex::new(0),
+            checking: AtomicBool::new(false),
             tasks: tokio::sync::Mutex::new(tokio::task::JoinSet::new()),
         })
     }

@@ -411,7 +411,7 @@ impl Service {
             .map(|p| p.retention.clone())
             .collect();
         let map = BTreeMap::from([(plan.agent_name.clone(), policies)]);
-        let hosts = match crate::prune::plan(catalog, &map).await {
+        let hosts = match crate::prune::plan_checked(catalog, &settings.store, &map).await {
             Ok(h) => h,
             Err(e) => {
                 tracing::warn!(host = %plan.host, "retention: {e}");

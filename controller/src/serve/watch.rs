@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 
 use super::Service;
 use super::scheduler::now_rfc3339;
+use crate::catalog::evidence::{Finding, Reason, Source, State};
 use crate::schedule::format_span;
 use crate::schedule::rpo::RpoState;
 
@@ -53,6 +54,165 @@ impl Service {
         if due(&self.last_probe, PROBE_EVERY) {
             let service = Arc::clone(self);
             tokio::spawn(async move { service.probe().await });
+        }
+        let check_every = self
+            .settings()
+            .config
+            .serve
+            .as_ref()
+            .map_or(Duration::from_secs(3600), |s| s.archive_check());
+        if due(&self.last_archive_check, check_every)
+            && !self
+                .checking
+                .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            let service = Arc::clone(self);
+            tokio::spawn(async move {
+                service.check_archives(check_every).await;
+                service
+                    .checking
+                    .store(false, std::sync::atomic::Ordering::Release);
+            });
+        }
+    }
+
+    /// Keeps the evidence fresh: each scheduled host's newest good archive must still be in the
+    /// store (a HEAD or stat), and a rolling share of the good archives, oldest evidence first, is
+    /// hashed again within the daily byte budget. Findings are recorded; a copy that goes missing
+    /// or suspect alerts once (`archive-missing`, `archive-suspect`).
+    async fn check_archives(&self, period: Duration) {
+        let settings = self.settings();
+        let catalog = self.catalog();
+        let store = &settings.store;
+        let here = store.id();
+        let archives = match catalog.archives().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!("archive check: {e}");
+                return;
+            }
+        };
+        let mut hosts: Vec<&str> = settings
+            .plans
+            .iter()
+            .map(|p| p.agent_name.as_str())
+            .collect();
+        hosts.sort();
+        hosts.dedup();
+        for host in hosts {
+            let (Some(archive), _) = crate::catalog::evidence::newest_good(&archives, host, &here)
+            else {
+                continue;
+            };
+            let finding = match store.version(&archive.host, &archive.object()).await {
+                Ok(Some(v)) if v.size() == archive.size as u64 => Finding::Present,
+                Ok(Some(v)) => Finding::Suspect(
+                    Reason::BodyDiffers,
+                    format!(
+                        "{} is {} bytes, the catalog says {}",
+                        store.location(&archive.host, &archive.object()),
+                        v.size(),
+                        archive.size
+                    ),
+                ),
+                Ok(None) => Finding::Missing(format!(
+                    "{} is not in the store",
+                    store.location(&archive.host, &archive.object())
+                )),
+                Err(e) => {
+                    tracing::warn!(host, "archive check: {e}");
+                    continue;
+                }
+            };
+            self.found(&catalog, store, &archive, &finding).await;
+        }
+        // Deep verification: the budget accrues per check (a day's worth spread over the day).
+        let per_day = settings
+            .config
+            .serve
+            .as_ref()
+            .map_or(10_240u64 << 20, |s| s.verify_bytes_per_day());
+        if per_day == 0 {
+            return;
+        }
+        let earned = (per_day as f64 * period.as_secs_f64() / 86_400.0) as u64;
+        let mut budget = {
+            let mut b = self.verify_budget.lock().unwrap_or_else(|p| p.into_inner());
+            // Never more than a day's worth banked.
+            *b = (*b + earned.max(1)).min(per_day);
+            *b
+        };
+        let mut due: Vec<&crate::catalog::ArchiveRecord> = archives
+            .iter()
+            .filter(|a| a.standing(&here).is_good())
+            .collect();
+        due.sort_by_key(|a| a.copy_in(&here).and_then(|c| c.proven_at));
+        let identities = crate::keys::identities(&settings.config).ok().flatten();
+        for archive in due {
+            if archive.size as u64 > budget {
+                break;
+            }
+            budget -= archive.size as u64;
+            let options = crate::proof::Options {
+                ciphertext_without_key: true,
+                ..Default::default()
+            };
+            // Recorded here, so that a good copy turning bad alerts once.
+            let finding =
+                match crate::proof::prove_unrecorded(store, archive, identities.as_ref(), options)
+                    .await
+                {
+                    Ok(_) => Some(Finding::Good),
+                    Err(u) => u.finding,
+                };
+            if let Some(finding) = &finding {
+                self.found(&catalog, store, archive, finding).await;
+            }
+        }
+        *self.verify_budget.lock().unwrap_or_else(|p| p.into_inner()) = budget;
+    }
+
+    /// Records a housekeeping finding; a good copy that turns missing or suspect alerts once.
+    async fn found(
+        &self,
+        catalog: &crate::catalog::Catalog,
+        store: &crate::store::Store,
+        archive: &crate::catalog::ArchiveRecord,
+        finding: &Finding,
+    ) {
+        let before =
+            crate::proof::record(catalog, store, archive, finding, Source::Housekeeping).await;
+        let (kind, state) = match finding {
+            Finding::Missing(_) => ("archive-missing", "missing"),
+            Finding::Suspect(..) => ("archive-suspect", "suspect"),
+            _ => return,
+        };
+        if before != Some(State::Good) {
+            return;
+        }
+        let detail = match finding {
+            Finding::Missing(d) | Finding::Suspect(_, d) => d.clone(),
+            _ => String::new(),
+        };
+        let summary = format!(
+            "ferry: archive {} of {} is {state} in {}: {detail}",
+            archive.short_id(),
+            archive.host,
+            store.describe()
+        );
+        tracing::error!(host = %archive.host, archive = %archive.short_id(), "{summary}");
+        let payload = json!({
+            "kind": kind, "host": archive.host, "state": state,
+            "reason": match finding { Finding::Suspect(r, _) => Some(r.as_str()), _ => None },
+            "archive": archive.ledger_json(), "store": store.id(), "detail": detail,
+            "replica": self.replica, "at": now_rfc3339(), "summary": summary,
+        });
+        let urls = self.settings().alert_urls();
+        if let Err(e) = catalog
+            .enqueue_alert(kind, &archive.host, &payload, &urls)
+            .await
+        {
+            tracing::error!(host = %archive.host, "queueing the {kind} alert: {e}");
         }
     }
 

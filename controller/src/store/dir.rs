@@ -26,6 +26,17 @@ pub(super) fn io_error(path: &Path, source: io::Error) -> StoreError {
     }
 }
 
+/// A file's version: inode, size and modification time.
+pub(super) fn version(meta: &std::fs::Metadata) -> super::Version {
+    use std::os::unix::fs::MetadataExt;
+    super::Version::File {
+        dev: meta.dev(),
+        ino: meta.ino(),
+        size: meta.len(),
+        mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+    }
+}
+
 /// A local-directory store.
 #[derive(Debug, Clone)]
 pub struct DirStore {

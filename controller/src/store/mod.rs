@@ -46,6 +46,37 @@ pub enum StoreError {
     BadName(String),
     #[error("store {store}: {object} is missing")]
     Missing { store: String, object: String },
+    /// The object is no longer the version that was proven (replaced or rewritten since).
+    #[error(
+        "store {store}: {object} changed after ferry proved it (replaced or rewritten in between); nothing was sent"
+    )]
+    Changed { store: String, object: String },
+}
+
+/// Which bytes of an object were read: [`Store::reader_at`] refuses any other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Version {
+    /// A file: the same inode, size and modification time.
+    File {
+        dev: u64,
+        ino: u64,
+        size: u64,
+        mtime_ns: i128,
+    },
+    /// A bucket object: its ETag and version id (when the bucket versions), read with If-Match.
+    Object {
+        e_tag: Option<String>,
+        version: Option<String>,
+        size: u64,
+    },
+}
+
+impl Version {
+    pub fn size(&self) -> u64 {
+        match self {
+            Version::File { size, .. } | Version::Object { size, .. } => *size,
+        }
+    }
 }
 
 /// One archive object in the store.
@@ -101,6 +132,70 @@ impl Store {
             StoreLocation::S3(s3) => Ok(Store::Bucket(
                 s3::BucketStore::open(s3, &state_dir.join("uploads")).await?,
             )),
+        }
+    }
+
+    /// The store's stable id, under which the catalog records the copies it holds: its directory
+    /// (symbolic links resolved) or `s3://bucket/prefix` (the endpoint and region are how it is
+    /// reached, not what it is).
+    pub fn id(&self) -> String {
+        match self {
+            Store::Dir(d) => std::fs::canonicalize(d.root())
+                .unwrap_or_else(|_| d.root().to_path_buf())
+                .display()
+                .to_string(),
+            Store::Bucket(b) => b.url(),
+        }
+    }
+
+    /// The version of an object as it is now, or None when it is not there.
+    pub async fn version(&self, host: &str, object: &str) -> Result<Option<Version>, StoreError> {
+        match self {
+            Store::Dir(d) => {
+                let path = d.path(host, object);
+                match std::fs::metadata(&path) {
+                    Ok(meta) => Ok(Some(dir::version(&meta))),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(dir::io_error(&path, e)),
+                }
+            }
+            Store::Bucket(b) => b.version(host, object).await,
+        }
+    }
+
+    /// A blocking reader of exactly `version` of an object: refused ([`StoreError::Changed`]) when
+    /// the object was replaced or rewritten since.
+    pub async fn reader_at(
+        &self,
+        host: &str,
+        object: &str,
+        version: &Version,
+    ) -> Result<Box<dyn Read + Send>, StoreError> {
+        let changed = || StoreError::Changed {
+            store: self.describe(),
+            object: format!("{host}/{object}"),
+        };
+        match self {
+            Store::Dir(d) => {
+                let path = d.path(host, object);
+                let file = match std::fs::File::open(&path) {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(changed()),
+                    Err(e) => return Err(dir::io_error(&path, e)),
+                };
+                let now = file.metadata().map_err(|e| dir::io_error(&path, e))?;
+                if dir::version(&now) != *version {
+                    return Err(changed());
+                }
+                Ok(Box::new(std::io::BufReader::with_capacity(1 << 20, file)))
+            }
+            Store::Bucket(b) => b
+                .reader_at(host, object, version)
+                .await
+                .map_err(|e| match e {
+                    StoreError::Missing { .. } => changed(),
+                    other => other,
+                }),
         }
     }
 

@@ -308,6 +308,59 @@ impl BucketStore {
         }
     }
 
+    pub async fn version(
+        &self,
+        host: &str,
+        name: &str,
+    ) -> Result<Option<super::Version>, StoreError> {
+        match self.s3.head(&self.key(host, name)).await {
+            Ok(meta) => Ok(Some(super::Version::Object {
+                e_tag: meta.e_tag,
+                version: meta.version,
+                size: meta.size,
+            })),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.error("reading", e)),
+        }
+    }
+
+    /// A reader of exactly `version`: the GET carries If-Match (and the version id), so an object
+    /// replaced since is refused by the bucket, not read.
+    pub async fn reader_at(
+        &self,
+        host: &str,
+        name: &str,
+        version: &super::Version,
+    ) -> Result<Box<dyn Read + Send>, StoreError> {
+        let changed = || StoreError::Changed {
+            store: self.url(),
+            object: format!("{host}/{name}"),
+        };
+        let super::Version::Object { e_tag, version, .. } = version else {
+            return Err(changed());
+        };
+        let options = object_store::GetOptions {
+            if_match: e_tag.clone(),
+            version: version.clone(),
+            ..Default::default()
+        };
+        let got = match self.s3.get_opts(&self.key(host, name), options).await {
+            Ok(got) => got,
+            Err(
+                object_store::Error::NotFound { .. }
+                | object_store::Error::Precondition { .. }
+                | object_store::Error::NotModified { .. },
+            ) => return Err(changed()),
+            Err(e) => return Err(self.error("reading", e)),
+        };
+        if e_tag.is_some() && got.meta.e_tag != *e_tag {
+            return Err(changed());
+        }
+        let stream = got.into_stream().map_err(std::io::Error::other);
+        let reader = tokio_util::io::StreamReader::new(stream);
+        Ok(Box::new(tokio_util::io::SyncIoBridge::new(reader)))
+    }
+
     pub async fn get_small(&self, host: &str, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         match self.s3.get(&self.key(host, name)).await {
             Ok(got) => Ok(Some(

@@ -13,6 +13,7 @@ mod metadata;
 mod names;
 mod reader;
 mod seal;
+mod sql;
 mod writer;
 
 pub use compress::{Codec, CompressedSpool, ParallelCompressor};
@@ -25,6 +26,7 @@ pub use names::{
 };
 pub use reader::{ArchiveError, ReadOptions, Verified, read_archive, read_archive_into};
 pub use seal::{DataKey, Identities, Recipients, SealError};
+pub use sql::{DumpGuard, Refused as DumpRefused};
 pub use writer::ArchiveWriter;
 
 /// Hex of a SHA-256 digest.

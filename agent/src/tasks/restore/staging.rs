@@ -85,7 +85,8 @@ pub async fn receive<E: std::fmt::Display>(
         first,
         rest,
     )
-    .await?;
+    .await
+    .map_err(|e| e.to_string())?;
     std::fs::write(
         dir.join(STAGED),
         serde_json::to_vec(&staged).map_err(|e| e.to_string())?,
@@ -161,14 +162,17 @@ pub async fn receive_once<E: std::fmt::Display>(
     load_into: Option<&str>,
     first: bytes::Bytes,
     mut rest: impl tokio_stream::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
-) -> Result<Staged, String> {
+) -> Result<Staged, ReceiveError> {
     use tokio_stream::StreamExt;
+    let env = ReceiveError::Environment;
     let _ = std::fs::remove_dir_all(extract);
-    std::fs::create_dir_all(extract).map_err(|e| format!("staging: {e}"))?;
+    std::fs::create_dir_all(extract).map_err(|e| env(format!("staging: {e}")))?;
     let started = std::time::Instant::now();
     let (child, stdin) = match load_into {
         Some(db) => {
-            let loader = Loader::start(host, db).await?;
+            let loader = Loader::start(host, db)
+                .await
+                .map_err(|e| env(format!("creating the database {db}: {e}")))?;
             (Some(loader.child), Some(loader.stdin))
         }
         None => (None, None),
@@ -176,18 +180,24 @@ pub async fn receive_once<E: std::fmt::Display>(
     let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(16);
     let target = extract.to_path_buf();
     let reader = tokio::task::spawn_blocking(move || {
-        let mut stdin = stdin;
-        let divert = stdin
+        // psql sees the dump only through the guard: a line asking for a meta-command stops the
+        // load before it is passed on.
+        let mut guard = stdin.map(ferry_proto::archive::DumpGuard::new);
+        let divert = guard
             .as_mut()
-            .map(|s| ("db/dump.sql", s as &mut dyn std::io::Write));
+            .map(|g| ("db/dump.sql", g as &mut dyn std::io::Write));
         let options = ReadOptions {
             extract_to: Some(&target),
             expected_sha256: None,
             keep: None,
         };
         let read = read_archive_into(ChannelReader::new(rx), &options, divert);
-        drop(stdin); // end of input for psql
-        read
+        // A last line without a newline is checked and passed on only when all went well; the
+        // guard (and psql's stdin) is closed either way: end of input for psql.
+        match (read, guard) {
+            (Ok(v), Some(g)) => g.finish().map(|_| v).map_err(ArchiveError::Io),
+            (read, _) => read,
+        }
     });
     // The digest of every byte received, also after the reader stopped at an error: a byte that
     // differs from the catalog's archive is reported as that, whatever it broke.
@@ -216,29 +226,54 @@ pub async fn receive_once<E: std::fmt::Display>(
     drop(tx);
     let read = reader
         .await
-        .map_err(|e| format!("reading the archive: {e}"))?;
+        .map_err(|e| ReceiveError::Archive(format!("reading the archive: {e}")))?;
     let loaded = match child {
         Some(child) => Loader::finish(child).await,
         None => Ok(()),
     };
     if let Some(broke) = broke {
-        return Err(broke);
+        return Err(env(broke));
     }
     let sha256 = ferry_proto::archive::hex(&hasher.finalize());
     if size != expected_size || sha256 != expected_sha256 {
-        return Err(format!(
+        return Err(ReceiveError::Archive(format!(
             "digest mismatch: received {size} bytes sha256 {sha256}, the catalog says {expected_size} bytes sha256 {expected_sha256}; nothing was changed"
-        ));
+        )));
     }
+    // psql's own failure: the host's (its disk, its memory) or the SQL's.
+    let psql = |e: String| {
+        if [
+            "No space left on device",
+            "could not extend file",
+            "out of memory",
+            "could not write",
+        ]
+        .iter()
+        .any(|m| e.contains(m))
+        {
+            env(e)
+        } else {
+            ReceiveError::Archive(e)
+        }
+    };
     let verified = match (read, loaded) {
         (Ok(v), Ok(())) => v,
         // psql stopped first (the SQL failed); the reader only saw the pipe close.
-        (Err(ArchiveError::Io(e)), Err(psql)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-            return Err(psql);
+        (Err(ArchiveError::Io(e)), Err(failed)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+            return Err(psql(failed));
         }
-        (Ok(_), Err(psql)) => return Err(psql),
+        (Ok(_), Err(failed)) => return Err(psql(failed)),
+        // Extraction that ran out of room is the host's.
+        (Err(ArchiveError::Io(e)), _)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            ) =>
+        {
+            return Err(env(format!("staging: {e}")));
+        }
         // The archive itself is wrong (psql may have choked on the same truncated input).
-        (Err(e), _) => return Err(format!("archive refused: {e}")),
+        (Err(e), _) => return Err(ReceiveError::Archive(format!("archive refused: {e}"))),
     };
     Ok(Staged {
         size: verified.size,
@@ -248,6 +283,16 @@ pub async fn receive_once<E: std::fmt::Display>(
         entries: verified.entries,
         loaded_seconds: load_into.map(|_| started.elapsed().as_secs_f64()),
     })
+}
+
+/// Why an archive was not received: the archive's fault, or the host's (its staging space, its
+/// database server, a broken stream), which says nothing of the archive.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReceiveError {
+    #[error("{0}")]
+    Archive(String),
+    #[error("{0}")]
+    Environment(String),
 }
 
 /// The bytes the async side forwards, read on a blocking thread.

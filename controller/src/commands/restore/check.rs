@@ -14,10 +14,10 @@ use time::OffsetDateTime;
 use super::play::{Ending, Play};
 use super::{choose_archive, components, database_access, preflight};
 use crate::catalog::ArchiveRecord;
+use crate::catalog::evidence::Source;
 use crate::cli::RestoreArgs;
 use crate::config::Config;
 use crate::dial::AgentConn;
-use crate::store::Store;
 
 /// What each of the agent's steps does.
 fn describe(step: Step, access: DatabaseAccess, keep_old_db: bool) -> &'static str {
@@ -60,13 +60,17 @@ fn identity_file(path: &str) -> bool {
 
 pub async fn run(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &RestoreArgs) -> i32 {
     let host = play.host().to_string();
-    let archive = match choose_archive(play.catalog, play.identity(), args).await {
-        Ok(a) => a,
+    let store = match crate::proof::open_store(config, play.catalog).await {
+        Ok(s) => s,
         Err(e) => {
             return play
-                .refuse("check", &e, "pick an archive from `ferry archives list`")
+                .refuse("check", &e.to_string(), "check `store:` in ferry.yaml")
                 .await;
         }
+    };
+    let archive = match choose_archive(play, &store, args).await {
+        Ok(a) => a,
+        Err((e, next)) => return play.refuse("check", &e, &next).await,
     };
     play.set_archive(&archive).await;
     play.header(&format!(
@@ -96,32 +100,47 @@ pub async fn run(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
             unfinished.summary
         ));
     }
-    let read = match (
-        Store::open(&config.store, &config.state_dir).await,
-        crate::keys::identities(config),
-    ) {
-        (Ok(store), Ok(ids)) => read_stored(&store, &archive, ids.as_ref()).await,
-        (Err(e), _) => Err(e.to_string()),
-        (_, Err(e)) => Err(format!("encryption.identity: {e}")),
+    // The same proof a restore makes, reading the archive through as well (entries, metadata,
+    // manifest); what it finds is recorded as evidence.
+    let options = crate::proof::Options {
+        read_archive: true,
+        keep: Some(identity_file),
+        trust_archive_digest: args.trust_archive_digest,
+        ..Default::default()
+    };
+    let proved = match crate::keys::identities(config) {
+        Ok(ids) => crate::proof::prove(
+            &store,
+            play.catalog,
+            &archive,
+            ids.as_ref(),
+            Source::Restore,
+            options,
+        )
+        .await
+        .map_err(|u| (u.cause.clone(), Some(u))),
+        Err(e) => Err((format!("encryption.identity: {e}"), None)),
     };
     let mut digest = "sha256 matches the catalog and the sidecar";
-    let mut sidecar_disagrees = false;
-    let verified = match read {
-        Ok((v, None)) => Some(v),
-        Ok((v, Some(distrust))) if args.trust_archive_digest => {
-            play.warn(&format!(
-                "{distrust}; a restore would go ahead: --trust-archive-digest"
-            ));
-            digest = "sha256 matches the catalog (the sidecar does not: trusted by --trust-archive-digest)";
-            Some(v)
+    let mut next = format!(
+        "`ferry archives verify {}`, or pick another archive from `ferry archives list`",
+        archive.short_id()
+    );
+    let verified = match proved {
+        Ok(proof) => {
+            if let Some(distrust) = &proof.trusted_over {
+                play.warn(&format!(
+                    "{distrust}; a restore would go ahead: --trust-archive-digest"
+                ));
+                digest = "sha256 matches the catalog (the sidecar does not: trusted by --trust-archive-digest)";
+            }
+            proof.verified
         }
-        Ok((v, Some(distrust))) => {
-            problems.push(distrust);
-            sidecar_disagrees = true;
-            Some(v)
-        }
-        Err(e) => {
-            problems.push(e);
+        Err((cause, unproven)) => {
+            problems.push(cause);
+            if let Some(u) = unproven {
+                next = super::unproven_next(&host, &archive, &u, args);
+            }
             None
         }
     };
@@ -141,21 +160,7 @@ pub async fn run(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
         }
     }
     if !problems.is_empty() {
-        return play
-            .refuse(
-                "check",
-                &problems.join("; "),
-                &format!(
-                    "`ferry archives verify {}`, or pick another archive from `ferry archives list`{}",
-                    archive.short_id(),
-                    if sidecar_disagrees {
-                        "; if the catalog's digest is the one to trust, add --trust-archive-digest"
-                    } else {
-                        ""
-                    }
-                ),
-            )
-            .await;
+        return play.refuse("check", &problems.join("; "), &next).await;
     }
     play.task(
         "check",
@@ -194,73 +199,6 @@ pub async fn run(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
         json!(plan.iter().map(|s| s.name()).collect::<Vec<_>>()),
     );
     play.succeed(Ending::Checked, "unchanged").await
-}
-
-/// Reads the stored archive once: digest, every entry, metadata, manifest; and its sidecar. An
-/// encrypted archive is decrypted and authenticated on the way (nothing is written anywhere). Returns
-/// why the archive is not to be trusted as it is (its sidecar disagrees), if so.
-pub(super) async fn read_stored(
-    store: &Store,
-    archive: &ArchiveRecord,
-    identities: Option<&ferry_proto::archive::Identities>,
-) -> Result<(Verified, Option<String>), String> {
-    let object = archive.object();
-    let location = store.location(&archive.host, &object);
-    let (through, expected) = match &archive.sealed {
-        Some(sealed) => (
-            crate::keys::Through::Archive(Some(
-                crate::keys::data_key(store, archive, identities, &sealed.key_ids).await?,
-            )),
-            sealed.plain_sha256.clone(),
-        ),
-        None => (crate::keys::Through::Archive(None), archive.sha256.clone()),
-    };
-    let pass = crate::keys::pass(
-        store,
-        &archive.host,
-        &object,
-        through,
-        Some(expected),
-        Some(identity_file),
-    )
-    .await
-    .map_err(|e| {
-        format!(
-            "archive {} is catalogued but cannot be read from the store ({e})",
-            archive.short_id()
-        )
-    })?;
-    let verified = pass
-        .archive
-        .unwrap_or_else(|| Err("not read".into()))
-        .map_err(|e| format!("the stored archive {location}: {e}"))?;
-    if pass.size != archive.size as u64 || pass.sha256 != archive.sha256 {
-        return Err(format!(
-            "the stored archive {location} is {} bytes sha256 {}, the catalog says {} bytes sha256 {}",
-            pass.size, pass.sha256, archive.size, archive.sha256
-        ));
-    }
-    match store
-        .sidecar_digest(&archive.host, &object)
-        .await
-        .map_err(|e| e.to_string())?
-    {
-        Some(side) if side == pass.sha256 => {
-            let suspect = archive.suspect.clone();
-            Ok((verified, suspect))
-        }
-        Some(side) => {
-            let why = format!(
-                "the .sha256 sidecar says {side}, the archive hashes to {}",
-                pass.sha256
-            );
-            Ok((verified, Some(why)))
-        }
-        None => {
-            let why = format!("the .sha256 sidecar of {location} is missing");
-            Ok((verified, Some(why)))
-        }
-    }
 }
 
 /// The archive's own metadata against the catalog and the host.

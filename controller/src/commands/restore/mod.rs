@@ -11,6 +11,7 @@ use ferry_proto::v1::{
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
+use crate::catalog::evidence::Source;
 use crate::catalog::{ArchiveRecord, Catalog, Operator};
 use crate::cli::{GlobalArgs, RestoreArgs};
 use crate::config::Config;
@@ -133,17 +134,17 @@ pub async fn run(config: &Config, global: &GlobalArgs, host: &str, args: &Restor
 
 async fn restore(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &RestoreArgs) -> i32 {
     let host = play.host();
-    let archive = match choose_archive(play.catalog, play.identity(), args).await {
-        Ok(a) => a,
+    let store = match crate::proof::open_store(config, play.catalog).await {
+        Ok(s) => s,
         Err(e) => {
             return play
-                .refuse(
-                    "preflight",
-                    &e,
-                    "pick an archive from `ferry archives list`",
-                )
+                .refuse("preflight", &e.to_string(), "check `store:` in ferry.yaml")
                 .await;
         }
+    };
+    let archive = match choose_archive(play, &store, args).await {
+        Ok(a) => a,
+        Err((e, next)) => return play.refuse("preflight", &e, &next).await,
     };
     play.set_archive(&archive).await;
     play.header(&format!(
@@ -178,39 +179,6 @@ async fn restore(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
     if !problems.is_empty() {
         return play.refuse("preflight", &problems.join("; "), "").await;
     }
-    let store = match Store::open(&config.store, &config.state_dir).await {
-        Ok(s) => s,
-        Err(e) => return play.refuse("preflight", &e.to_string(), "").await,
-    };
-    let object = archive.object();
-    let stored = store.location(&archive.host, &object);
-    match store.size(&archive.host, &object).await {
-        Ok(Some(size)) if size == archive.size as u64 => {}
-        Ok(Some(size)) => {
-            return play
-                .refuse(
-                    "preflight",
-                    &format!(
-                        "{stored} is {size} bytes in the store, the catalog says {}",
-                        archive.size
-                    ),
-                    &format!("`ferry archives verify {}`", archive.short_id()),
-                )
-                .await;
-        }
-        Ok(None) => {
-            return play
-                .refuse(
-                    "preflight",
-                    &format!("{stored} is missing from the store"),
-                    "`ferry catalog rebuild`, or pick another archive from `ferry archives list`",
-                )
-                .await;
-        }
-        Err(e) => return play.refuse("preflight", &e.to_string(), "").await,
-    }
-    // An encrypted archive is decrypted and authenticated whole here, before a byte reaches the
-    // host: a tampered chunk anywhere stops the restore now, not halfway through staging.
     let identities = match crate::keys::identities(config) {
         Ok(ids) => ids,
         Err(e) => {
@@ -219,59 +187,41 @@ async fn restore(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
                 .await;
         }
     };
-    if archive.sealed.is_some()
-        && let Err(e) = check::read_stored(&store, &archive, identities.as_ref()).await
+    // Nothing unproven reaches the host: the stored bytes are hashed against the catalog (an
+    // encrypted archive decrypted and authenticated whole) and the sidecar checked, here, before
+    // a byte is sent; the stage streams exactly the version proven.
+    let proving = std::time::Instant::now();
+    let options = crate::proof::Options {
+        trust_archive_digest: args.trust_archive_digest,
+        ..Default::default()
+    };
+    let proof = match crate::proof::prove(
+        &store,
+        play.catalog,
+        &archive,
+        identities.as_ref(),
+        Source::Restore,
+        options,
+    )
+    .await
     {
-        return play
-            .refuse(
-                "preflight",
-                &e,
-                &format!(
-                    "`ferry archives verify {}`, or pick another archive from `ferry archives list`",
-                    archive.short_id()
-                ),
-            )
-            .await;
-    }
-    // The documented rule: never restore an archive whose .sha256 disagrees with it.
-    let distrust = match store.sidecar_digest(&archive.host, &object).await {
-        Ok(Some(side)) if side == archive.sha256 => archive.suspect.as_ref().map(|why| {
-            format!(
-                "archive {} is marked suspect ({why}); its sidecar agrees now: `ferry archives verify {}` lifts the mark",
-                archive.short_id(),
-                archive.short_id()
-            )
-        }),
-        Ok(other) => Some(format!(
-            "the .sha256 sidecar of {} says {}, the catalog says {}",
-            archive.name,
-            other.as_deref().unwrap_or("nothing (it is missing)"),
-            archive.sha256
-        )),
-        Err(e) => return play.refuse("preflight", &e.to_string(), "").await,
-    };
-    let sidecar = if distrust.is_some() {
-        "sidecar disagrees (trusted over: --trust-archive-digest)"
-    } else {
-        "sidecar agrees"
-    };
-    if let Some(why) = distrust {
-        if !args.trust_archive_digest {
-            return play
-                .refuse(
-                    "preflight",
-                    &why,
-                    &format!(
-                        "`ferry archives verify {}`; if the catalog's digest is the one to trust, pass --trust-archive-digest (recorded in the ledger)",
-                        archive.short_id()
-                    ),
-                )
-                .await;
+        Ok(p) => p,
+        Err(u) => {
+            let next = unproven_next(host, &archive, &u, args);
+            return play.refuse("preflight", &u.cause, &next).await;
         }
-        play.warn(&format!(
-            "{why}; restoring anyway: --trust-archive-digest (the archive is checked against the catalog's digest on the host)"
-        ));
-    }
+    };
+    let proof_seconds = proving.elapsed().as_secs_f64();
+    play.set("proof_seconds", json!(proof_seconds));
+    let sidecar = match &proof.trusted_over {
+        Some(why) => {
+            play.warn(&format!(
+                "{why}; restoring anyway: --trust-archive-digest (the bytes were proven against the catalog's digest)"
+            ));
+            "sidecar disagrees (trusted over: --trust-archive-digest)"
+        }
+        None => "sidecar agrees",
+    };
     if archive.host != play.identity() {
         let taken: Vec<&str> = components(args)
             .into_iter()
@@ -296,7 +246,7 @@ async fn restore(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
         started,
         "ok",
         &format!(
-            "version {}, podman, units present, {sidecar}, {} MiB free for staging",
+            "stored bytes proven equal to the catalog in {proof_seconds:.1}s, {sidecar}; version {}, podman, units present, {} MiB free for staging",
             archive.flightctl_version,
             facts
                 .staging
@@ -312,16 +262,7 @@ async fn restore(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
     );
     let staged_at = OffsetDateTime::now_utc();
     play.step_begins("stage");
-    if let Err(e) = stage(
-        conn,
-        &store,
-        &archive,
-        identities.as_ref(),
-        &restore_id,
-        args,
-    )
-    .await
-    {
+    if let Err(e) = stage(conn, &store, &archive, &proof, &restore_id, args).await {
         return play
             .refuse(
                 "stage",
@@ -525,31 +466,119 @@ pub(crate) fn status_json(s: &pb::RestoreStatus) -> Value {
     })
 }
 
-async fn choose_archive(
-    catalog: &Catalog,
-    host: &str,
+/// The archive a restore (or its `--check`) uses: `--archive ID`, or the newest of the source
+/// host's archives that is good in the configured store, naming each newer one it passed over and
+/// why. Errors carry the next command.
+pub(crate) async fn choose_archive(
+    play: &Play<'_>,
+    store: &Store,
     args: &RestoreArgs,
-) -> Result<ArchiveRecord, String> {
+) -> Result<ArchiveRecord, (String, String)> {
+    let host = play.identity();
     let source = args.from.as_deref().unwrap_or(host);
+    let here = store.id();
+    let list = || "pick an archive from `ferry archives list`".to_string();
     let archive = match args.archive.as_deref() {
-        None | Some("latest") => catalog
-            .archives()
+        None | Some("latest") => {
+            let archives = play
+                .catalog
+                .archives()
+                .await
+                .map_err(|e| (e.to_string(), list()))?;
+            let (newest, skipped) = crate::catalog::evidence::newest_good(&archives, source, &here);
+            for s in &skipped {
+                play.warn(&s.describe());
+            }
+            play.set(
+                "skipped",
+                json!(
+                    skipped
+                        .iter()
+                        .map(
+                            |s| json!({"id": s.archive.short_id(), "name": s.archive.name,
+                    "state": s.standing.word(), "why": s.standing.why_not()})
+                        )
+                        .collect::<Vec<_>>()
+                ),
+            );
+            match newest {
+                Some(a) => a,
+                None if skipped.is_empty() => {
+                    return Err((
+                        format!("the catalog has no archive of {source}"),
+                        format!("`ferry backup {source}`, or `ferry archives list`"),
+                    ));
+                }
+                None => {
+                    return Err((
+                        format!(
+                            "{source} has no archive proven good in {here}: {} archive(s) skipped",
+                            skipped.len()
+                        ),
+                        "`ferry archives verify --all` to re-check them, `ferry archives list` for their states".into(),
+                    ));
+                }
+            }
+        }
+        Some(id) => play
+            .catalog
+            .resolve_live(id)
             .await
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .find(|a| a.host == source)
-            .ok_or_else(|| format!("the catalog has no archive of {source}"))?,
-        Some(id) => catalog.resolve_live(id).await?,
+            .map_err(|e| (e, list()))?,
     };
     if archive.host != source {
-        return Err(format!(
-            "archive {} is of {}, not {source}; pass --from {} to restore it onto {host}",
-            archive.short_id(),
-            archive.host,
-            archive.host
+        return Err((
+            format!(
+                "archive {} is of {}, not {source}",
+                archive.short_id(),
+                archive.host
+            ),
+            format!(
+                "`ferry restore {} --from {} --archive {}` to restore it onto {}",
+                play.host(),
+                archive.host,
+                archive.short_id(),
+                play.host()
+            ),
+        ));
+    }
+    if let crate::catalog::evidence::Standing::Elsewhere(stores) = archive.standing(&here) {
+        return Err((
+            format!(
+                "archive {} is recorded in {}, not in the configured store {here}",
+                archive.short_id(),
+                stores.join(", ")
+            ),
+            format!(
+                "set `store:` to {} to restore it, or `ferry archives copy --all --to {here}` from there first",
+                stores[0]
+            ),
         ));
     }
     Ok(archive)
+}
+
+/// The next command when an archive's stored bytes are not proven.
+pub(crate) fn unproven_next(
+    host: &str,
+    archive: &ArchiveRecord,
+    u: &crate::proof::Unproven,
+    args: &RestoreArgs,
+) -> String {
+    use crate::catalog::evidence::{Finding, Reason};
+    match &u.finding {
+        Some(Finding::Suspect(Reason::SidecarDiffers, _)) => format!(
+            "`ferry archives verify {}`; if the catalog's digest is the one to trust, pass --trust-archive-digest (recorded in the ledger)",
+            archive.short_id()
+        ),
+        Some(_) if args.archive.is_some() => format!(
+            "it is marked so in the catalog; `ferry restore {host}` without --archive picks the newest good archive"
+        ),
+        Some(_) => format!(
+            "it is marked so in the catalog; run `ferry restore {host}` again to pick the newest good archive"
+        ),
+        None => "fix the cause above and run the command again".into(),
+    }
 }
 
 /// Everything that must hold before the host is touched: the shared compatibility rules, the units
@@ -657,12 +686,12 @@ async fn stage(
     conn: &AgentConn,
     store: &Store,
     archive: &ArchiveRecord,
-    identities: Option<&ferry_proto::archive::Identities>,
+    proof: &crate::proof::Proof,
     restore_id: &str,
     args: &RestoreArgs,
 ) -> Result<(), String> {
     let location = store.location(&archive.host, &archive.object());
-    let opened = crate::keys::open(store, archive, identities).await?;
+    let opened = proof.open(store, archive).await?;
     let (expected_sha256, expected_size) = match &archive.sealed {
         Some(s) => (s.plain_sha256.clone(), s.plain_size as u64),
         None => (archive.sha256.clone(), archive.size as u64),
