@@ -123,6 +123,27 @@ pub async fn prove_unrecorded(
     examine(store, archive, identities, options).await
 }
 
+/// The cheap look (a HEAD or a stat): `Present` at the catalog's size, `Missing`, or
+/// `Suspect(BodyDiffers)` at another size. Nothing is read or recorded.
+pub async fn presence(store: &Store, archive: &ArchiveRecord) -> Result<Finding, StoreError> {
+    let location = || store.location(&archive.host, &archive.object());
+    Ok(
+        match store.version(&archive.host, &archive.object()).await? {
+            Some(v) if v.size() == archive.size as u64 => Finding::Present,
+            Some(v) => Finding::Suspect(
+                Reason::BodyDiffers,
+                format!(
+                    "{} is {} bytes, the catalog says {}",
+                    location(),
+                    v.size(),
+                    archive.size
+                ),
+            ),
+            None => Finding::Missing(format!("{} is not in the store", location())),
+        },
+    )
+}
+
 /// Records a finding about `archive`'s copy in `store`; a catalog that cannot take it is warned
 /// about (the operation's own record still says what happened).
 pub async fn record(

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-use crate::catalog::evidence::{Finding, Reason, Source};
+use crate::catalog::evidence::{Finding, Source};
 use crate::catalog::ledger::{Event, TaskRecord};
 use crate::catalog::{ArchiveRecord, Catalog, CatalogError, Operator};
 use crate::schedule::Retention;
@@ -144,22 +144,9 @@ pub async fn plan_checked(
                 .filter(|v| v.keep && v.archive.standing(&here).is_good())
             {
                 let a = &v.archive;
-                let finding = match store.version(&a.host, &a.object()).await {
-                    Ok(Some(version)) if version.size() == a.size as u64 => continue,
-                    Ok(Some(version)) => Finding::Suspect(
-                        Reason::BodyDiffers,
-                        format!(
-                            "{} is {} bytes, the catalog says {}",
-                            store.location(&a.host, &a.object()),
-                            version.size(),
-                            a.size
-                        ),
-                    ),
-                    Ok(None) => Finding::Missing(format!(
-                        "{} is not in the store",
-                        store.location(&a.host, &a.object())
-                    )),
-                    Err(_) => continue,
+                let finding = match crate::proof::presence(store, a).await {
+                    Ok(Finding::Present) | Err(_) => continue,
+                    Ok(finding) => finding,
                 };
                 crate::proof::record(catalog, store, a, &finding, Source::Retention).await;
                 found = true;

@@ -113,6 +113,17 @@ fn host_status<'a>(doc: &'a Value, host: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("{host} not in {doc}"))
 }
 
+/// A small fleet: cp01, and with two hosts cp02 on an external database.
+async fn small_fleet(hosts: usize) -> TempFleet {
+    TempFleet::up(SimFleetOptions {
+        hosts,
+        external_db: if hosts > 1 { vec![1] } else { Vec::new() },
+        devices: 20,
+        ..Default::default()
+    })
+    .await
+}
+
 /// Where the archives are, to change them behind ferry's back.
 enum Objects<'a> {
     Dir(PathBuf),
@@ -268,13 +279,7 @@ fn newest_missing_then_damaged(fleet: &TempFleet, config: &Path, objects: &Objec
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn directory_store_never_counts_a_missing_or_damaged_archive() {
-    let fleet = TempFleet::up(SimFleetOptions {
-        hosts: 2,
-        external_db: vec![1],
-        devices: 20,
-        ..Default::default()
-    })
-    .await;
+    let fleet = small_fleet(2).await;
     let config = config_with(&fleet, "truth.yaml", YEARLY);
     let objects = Objects::Dir(fleet.dir.join("controller/store"));
     newest_missing_then_damaged(&fleet, &config, &objects, "body-differs");
@@ -283,13 +288,7 @@ async fn directory_store_never_counts_a_missing_or_damaged_archive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn encrypted_bucket_never_counts_a_missing_or_damaged_archive() {
     let s3 = S3Server::start("ferry-truth");
-    let fleet = TempFleet::up(SimFleetOptions {
-        hosts: 2,
-        external_db: vec![1],
-        devices: 20,
-        ..Default::default()
-    })
-    .await;
+    let fleet = small_fleet(2).await;
     let identity = fleet.dir.join("archive-key.txt");
     let out = std::process::Command::new("age-keygen")
         .arg("-o")
@@ -324,12 +323,7 @@ async fn encrypted_bucket_never_counts_a_missing_or_damaged_archive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_switched_without_copying_deletes_nothing_and_switching_back_restores_all() {
     let s3 = S3Server::start("ferry-switch");
-    let fleet = TempFleet::up(SimFleetOptions {
-        hosts: 1,
-        devices: 20,
-        ..Default::default()
-    })
-    .await;
+    let fleet = small_fleet(1).await;
     let dir_config = config_with(&fleet, "dir.yaml", YEARLY);
     for _ in 0..3 {
         backup(&fleet, &dir_config, "cp01");
@@ -517,12 +511,7 @@ fn with_dump_line(path: &Path, line: &str, size: Option<usize>) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tampered_or_hostile_dump_never_runs() {
-    let fleet = TempFleet::up(SimFleetOptions {
-        hosts: 1,
-        devices: 20,
-        ..Default::default()
-    })
-    .await;
+    let fleet = small_fleet(1).await;
     let config = fleet.config_path();
     backup(&fleet, &config, "cp01");
     let good = listed(&fleet, &config, "cp01").remove(0);
@@ -617,12 +606,7 @@ async fn a_tampered_or_hostile_dump_never_runs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_finds_a_missing_archive_and_alerts_once() {
-    let fleet = TempFleet::up(SimFleetOptions {
-        hosts: 1,
-        devices: 20,
-        ..Default::default()
-    })
-    .await;
+    let fleet = small_fleet(1).await;
     let hooks = Webhook::start(&fleet.dir, 0);
     let port = free_port();
     let config = config_with(
@@ -691,12 +675,7 @@ async fn serve_finds_a_missing_archive_and_alerts_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drill_that_cannot_create_its_database_blames_the_host_not_the_archive() {
-    let fleet = TempFleet::up(SimFleetOptions {
-        hosts: 1,
-        devices: 20,
-        ..Default::default()
-    })
-    .await;
+    let fleet = small_fleet(1).await;
     let config = fleet.config_path();
     backup(&fleet, &config, "cp01");
     let archive = listed(&fleet, &config, "cp01").remove(0);

@@ -408,8 +408,9 @@ impl Catalog {
                 "WITH archive AS (
                      INSERT INTO archives (host, name, size, sha256, compression, flightctl_version, deployment_type,
                          database_included, created_at, duration_ms, row_counts, warnings, source_facts, run_id, pinned,
-                         plain_size, plain_sha256, key_ids, db_key_ids)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
+                         plain_size, plain_sha256, key_ids, db_key_ids, stores_known)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19,
+                             jsonb_array_length($20::jsonb) > 0)
                      ON CONFLICT (host, name) DO NOTHING RETURNING id),
                  copies AS (
                      INSERT INTO archive_copies (archive_id, store, size, sha256, copied_at, state, reason, detail, evidence,

@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 
 use super::Service;
 use super::scheduler::now_rfc3339;
-use crate::catalog::evidence::{Finding, Reason, Source, State};
+use crate::catalog::evidence::{Finding, Source, State};
 use crate::schedule::format_span;
 use crate::schedule::rpo::RpoState;
 
@@ -104,21 +104,8 @@ impl Service {
             else {
                 continue;
             };
-            let finding = match store.version(&archive.host, &archive.object()).await {
-                Ok(Some(v)) if v.size() == archive.size as u64 => Finding::Present,
-                Ok(Some(v)) => Finding::Suspect(
-                    Reason::BodyDiffers,
-                    format!(
-                        "{} is {} bytes, the catalog says {}",
-                        store.location(&archive.host, &archive.object()),
-                        v.size(),
-                        archive.size
-                    ),
-                ),
-                Ok(None) => Finding::Missing(format!(
-                    "{} is not in the store",
-                    store.location(&archive.host, &archive.object())
-                )),
+            let finding = match crate::proof::presence(store, &archive).await {
+                Ok(finding) => finding,
                 Err(e) => {
                     tracing::warn!(host, "archive check: {e}");
                     continue;

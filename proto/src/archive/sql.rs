@@ -76,28 +76,38 @@ impl<W: Write> DumpGuard<W> {
     }
 
     fn pass(&mut self, line: &[u8]) -> io::Result<()> {
-        self.line += 1;
-        if let Err(why) = self.check(line) {
-            let refused = Refused {
-                line: self.line,
-                why,
-            };
-            self.refused = Some(refused.clone());
-            return Err(io::Error::new(io::ErrorKind::InvalidData, refused));
-        }
+        self.admit(line)?;
         self.inner.write_all(line)
+    }
+
+    /// Checks one line; a refusal is kept and returned as an error.
+    fn admit(&mut self, line: &[u8]) -> io::Result<()> {
+        self.line += 1;
+        match self.check(line) {
+            Ok(()) => Ok(()),
+            Err(why) => {
+                let refused = Refused {
+                    line: self.line,
+                    why,
+                };
+                self.refused = Some(refused.clone());
+                Err(io::Error::new(io::ErrorKind::InvalidData, refused))
+            }
+        }
     }
 
     /// One line (with its newline, if any) against psql's lexer.
     fn check(&mut self, raw: &[u8]) -> Result<(), String> {
-        let text = String::from_utf8_lossy(raw);
-        let line = text.trim_end_matches(['\n', '\r']);
         if self.copy {
-            if line == "\\." {
+            // COPY data: only its end matters (the bulk of a dump, so bytes, not text).
+            let line = raw.strip_suffix(b"\n").unwrap_or(raw);
+            if line.strip_suffix(b"\r").unwrap_or(line) == b"\\." {
                 self.copy = false;
             }
             return Ok(());
         }
+        let text = String::from_utf8_lossy(raw);
+        let line = text.trim_end_matches(['\n', '\r']);
         let chars: Vec<char> = line.chars().collect();
         let mut copy_starts = false;
         let mut i = 0;
@@ -303,18 +313,29 @@ impl<W: Write> Write for DumpGuard<W> {
             return Err(io::Error::new(io::ErrorKind::InvalidData, r.clone()));
         }
         let mut rest = buf;
-        while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
-            let (head, tail) = rest.split_at(pos + 1);
-            if self.pending.is_empty() {
-                self.pass(head)?;
-            } else {
-                let mut line = std::mem::take(&mut self.pending);
-                line.extend_from_slice(head);
-                self.pass(&line)?;
-            }
-            rest = tail;
+        // A line begun in an earlier write ends first.
+        if !self.pending.is_empty() {
+            let Some(pos) = memchr::memchr(b'\n', rest) else {
+                self.pending.extend_from_slice(rest);
+                return Ok(buf.len());
+            };
+            let mut line = std::mem::take(&mut self.pending);
+            line.extend_from_slice(&rest[..=pos]);
+            self.pass(&line)?;
+            rest = &rest[pos + 1..];
         }
-        self.pending.extend_from_slice(rest);
+        // Whole lines: each checked, the run of checked ones passed on in one write.
+        let mut checked = 0;
+        while let Some(pos) = memchr::memchr(b'\n', &rest[checked..]) {
+            let end = checked + pos + 1;
+            if let Err(e) = self.admit(&rest[checked..end]) {
+                self.inner.write_all(&rest[..checked])?;
+                return Err(e);
+            }
+            checked = end;
+        }
+        self.inner.write_all(&rest[..checked])?;
+        self.pending.extend_from_slice(&rest[checked..]);
         Ok(buf.len())
     }
 
