@@ -249,9 +249,13 @@ async fn examine(
     {
         Ok(pass) => pass,
         Err(e) => {
-            // Gone between the look and the read, or a read that broke part-way.
+            // Gone between the look and the read, or a read that broke part-way: a file that does
+            // not read is the copy's fault; a bucket's broken GET is the link's, and says nothing.
             return match store.version(&archive.host, &object).await {
                 Ok(None) => Err(missing()),
+                _ if matches!(store, Store::Bucket(_)) => Err(env(format!(
+                    "archive {id}: reading {location} broke: {e}; run the command again"
+                ))),
                 _ => Err(suspect(Reason::Unreadable, e)),
             };
         }

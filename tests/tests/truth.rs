@@ -617,6 +617,24 @@ async fn serve_finds_a_missing_archive_and_alerts_once() {
             hooks.url()
         ),
     );
+    // A typo'd period stops serve before it starts, naming the line.
+    let typo = config_with(
+        &fleet,
+        "typo.yaml",
+        "serve:\n  listen: 127.0.0.1:1\n  archive_check: 2x\n",
+    );
+    let mut bad = Serve::start(
+        &typo,
+        &fleet.inventory_path(),
+        &[],
+        &fleet.dir.join("typo.log"),
+    );
+    assert_eq!(bad.wait(Duration::from_secs(30)), Some(1));
+    assert!(
+        bad.log_text().contains("typo.yaml:") && bad.log_text().contains("archive_check: \"2x\""),
+        "{}",
+        bad.log_text()
+    );
     backup(&fleet, &config, "cp01");
     backup(&fleet, &config, "cp01");
     let serve = Serve::start(

@@ -61,6 +61,8 @@ pub enum Source {
     Arrival,
     Verify,
     Restore,
+    /// `ferry restore --check`.
+    Check,
     Drill,
     Export,
     Copy,
@@ -79,6 +81,7 @@ impl Source {
             Source::Arrival => "arrival",
             Source::Verify => "verify",
             Source::Restore => "restore",
+            Source::Check => "check",
             Source::Drill => "drill",
             Source::Export => "export",
             Source::Copy => "copy",

@@ -114,7 +114,7 @@ pub async fn run(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
             play.catalog,
             &archive,
             ids.as_ref(),
-            Source::Restore,
+            Source::Check,
             options,
         )
         .await
