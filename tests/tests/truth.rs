@@ -731,3 +731,60 @@ async fn a_drill_that_cannot_create_its_database_blames_the_host_not_the_archive
     let (_, doc) = json(&fleet, &config, &["archives", "show", &archive.id]);
     assert!(doc["drilled_at"].is_string(), "{doc}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_cut_during_the_proof_blames_nothing_and_sends_nothing() {
+    let s3 = S3Server::start("ferry-cut");
+    let fleet = small_fleet(1).await;
+    let direct = config_with(&fleet, "direct.yaml", &s3.config("cut"));
+    backup(&fleet, &direct, "cp01");
+    let archive = listed(&fleet, &direct, "cp01").remove(0);
+    // The same bucket through a slow link, cut while the controller reads the archive to prove it.
+    let proxy = simhost::testing::Proxy::start(
+        "127.0.0.1:0",
+        format!("127.0.0.1:{}", s3.port).parse().unwrap(),
+        16 << 10,
+    )
+    .await;
+    let slow = config_with(
+        &fleet,
+        "slow.yaml",
+        &s3.config("cut")
+            .replace(&s3.endpoint(), &format!("http://{}", proxy.addr)),
+    );
+    let host = fleet.host("cp01");
+    host.clear_calls();
+    let restore = std::process::Command::new(simhost::bins::path("ferry"))
+        .arg("--config")
+        .arg(&slow)
+        .arg("-i")
+        .arg(fleet.inventory_path())
+        .args(["restore", "cp01"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    proxy.wait_for(12 << 10).await;
+    proxy.cut();
+    let out = restore.wait_with_output().unwrap();
+    let output = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{output}");
+    assert!(
+        output.contains("REFUSED: [cp01] task preflight") && output.contains("broke"),
+        "{output}"
+    );
+    // Nothing reached the host, and the archive is as good as it was: the link failed, not it.
+    let loads: Vec<String> = host
+        .calls()
+        .into_iter()
+        .filter(|c| c.contains("ON_ERROR_STOP=1 -q -f"))
+        .collect();
+    assert!(loads.is_empty(), "{loads:?}");
+    let now = listed(&fleet, &direct, "cp01").remove(0);
+    assert_eq!(
+        (now.id.as_str(), now.state.as_str()),
+        (archive.id.as_str(), "good")
+    );
+    let (code, out) = run(&fleet, &direct, &["restore", "cp01"]);
+    assert_eq!(code, Some(0), "{out}");
+}
