@@ -251,8 +251,16 @@ impl Config {
             message: format!("{key}: {message}"),
         };
         if let Some(t) = raw.serve.as_ref().and_then(|s| s.archive_check.as_deref()) {
-            crate::schedule::Span::parse(t)
-                .map_err(|e| invalid("serve", format!("archive_check: {e}")))?;
+            crate::schedule::Span::parse(t).map_err(|e| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                // The key's own line under `serve:`.
+                line: text.as_deref().and_then(|t| {
+                    t.lines()
+                        .position(|l| l.trim_start().starts_with("archive_check:"))
+                        .map(|i| i + 1)
+                }),
+                message: format!("serve: archive_check: {e}"),
+            })?;
         }
         let store = match &raw.store {
             Some(text) => Some(StoreLocation::parse(text, base).map_err(|e| invalid("store", e))?),

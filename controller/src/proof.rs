@@ -104,7 +104,7 @@ pub async fn prove(
             trusted_over: Some(detail),
             ..
         }) => Some(Finding::Suspect(Reason::SidecarDiffers, detail.clone())),
-        Ok(_) => Some(Finding::Good),
+        Ok(p) => Some(Finding::Good(Some(p.version.fingerprint()))),
         Err(u) => u.finding.clone(),
     };
     if let Some(finding) = finding {
@@ -123,13 +123,18 @@ pub async fn prove_unrecorded(
     examine(store, archive, identities, options).await
 }
 
-/// The cheap look (a HEAD or a stat): `Present` at the catalog's size, `Missing`, or
+/// The cheap look (a HEAD or a stat): `Present` at the catalog's size and the version last proven,
+/// `Changed` when another version is there (to be proven again), `Missing`, or
 /// `Suspect(BodyDiffers)` at another size. Nothing is read or recorded.
 pub async fn presence(store: &Store, archive: &ArchiveRecord) -> Result<Finding, StoreError> {
     let location = || store.location(&archive.host, &archive.object());
+    let proven = archive.copy_in(&store.id()).and_then(|c| c.version.clone());
     Ok(
         match store.version(&archive.host, &archive.object()).await? {
-            Some(v) if v.size() == archive.size as u64 => Finding::Present,
+            Some(v) if v.size() == archive.size as u64 => match proven {
+                Some(p) if p != v.fingerprint() => Finding::Changed,
+                _ => Finding::Present,
+            },
             Some(v) => Finding::Suspect(
                 Reason::BodyDiffers,
                 format!(

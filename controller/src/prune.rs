@@ -14,6 +14,9 @@ use crate::schedule::Retention;
 use crate::schedule::retention::{Candidate, decide};
 use crate::store::Store;
 
+/// The protection of a host's newest good archive.
+const NEWEST_VERIFIED: &str = "newest verified";
+
 /// One archive's fate.
 #[derive(Debug, Clone)]
 pub struct Verdict {
@@ -68,7 +71,7 @@ pub async fn plan(
             .map(|a| {
                 let mut protected = Vec::new();
                 if Some(a.id) == newest_verified {
-                    protected.push("newest verified".to_string());
+                    protected.push(NEWEST_VERIFIED.to_string());
                 }
                 if Some(a.id) == newest_drilled {
                     protected.push("newest drilled (verified by restore)".to_string());
@@ -126,8 +129,10 @@ pub async fn plan(
 }
 
 /// [`plan`], with what it keeps looked at first: before a host's archives are deleted for being
-/// older than the ones kept, each kept copy must still be in the store, the size the catalog says
-/// (a HEAD or stat each). One found missing or changed is recorded and the host planned again.
+/// older than the ones kept, each kept copy must still be in the store at the size and version last
+/// proven (a HEAD or stat each); one that changed since, and the newest kept when no version of it
+/// was recorded, is proven again (read whole). Whatever is found is recorded and the host planned
+/// again.
 pub async fn plan_checked(
     catalog: &Catalog,
     store: &Store,
@@ -144,8 +149,35 @@ pub async fn plan_checked(
                 .filter(|v| v.keep && v.archive.standing(&here).is_good())
             {
                 let a = &v.archive;
+                let newest = v.reasons.iter().any(|r| r == NEWEST_VERIFIED);
+                let unversioned = a.copy_in(&here).is_none_or(|c| c.version.is_none());
                 let finding = match crate::proof::presence(store, a).await {
-                    Ok(Finding::Present) | Err(_) => continue,
+                    Err(_) => continue,
+                    Ok(Finding::Present) if !(newest && unversioned) => continue,
+                    Ok(Finding::Present | Finding::Changed) => {
+                        // Read whole: the proof records what it finds.
+                        let options = crate::proof::Options {
+                            ciphertext_without_key: true,
+                            ..Default::default()
+                        };
+                        match crate::proof::prove(
+                            store,
+                            catalog,
+                            a,
+                            None,
+                            Source::Retention,
+                            options,
+                        )
+                        .await
+                        {
+                            Ok(_) => continue,
+                            Err(u) if u.finding.is_none() => continue,
+                            Err(_) => {
+                                found = true;
+                                continue;
+                            }
+                        }
+                    }
                     Ok(finding) => finding,
                 };
                 crate::proof::record(catalog, store, a, &finding, Source::Retention).await;

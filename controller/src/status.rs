@@ -36,13 +36,16 @@ pub struct HostStatus {
 }
 
 /// The status of every host the plans cover, in plan order.
+/// Archives count where `store` (the configured store's id) holds a copy proven good: the ones a
+/// restore can use.
 pub async fn gather(
     catalog: &Catalog,
+    store: &str,
     plans: &[HostPlan],
     now: OffsetDateTime,
 ) -> Result<Vec<HostStatus>, CatalogError> {
-    let archives = catalog.newest_good_archives().await?;
-    let problems = catalog.newest_archive_problems().await?;
+    let archives = catalog.newest_good_archives(store).await?;
+    let problems = catalog.newest_archive_problems(store).await?;
     let failures = catalog.last_backup_failures().await?;
     let states = catalog.host_states().await?;
     let due = catalog.next_due().await?;
@@ -59,9 +62,13 @@ pub async fn gather(
             let mut s = status(host, &plans, &archives, &failures, &states, &due, now);
             let agent_name = plans.first().map_or(host, |p| p.agent_name.as_str());
             s.archive_problem = problems.get(agent_name).cloned();
-            // Its newest archive gone or bad: never ok, whatever the age of the one before.
-            if s.archive_problem.is_some() && s.state == RpoState::Ok {
-                s.state = RpoState::AtRisk;
+            // Its newest archive gone or bad: never ok, whatever the age of the one before; and
+            // with nothing good left, nothing is restorable.
+            if s.archive_problem.is_some() {
+                s.state = match s.last_success {
+                    None => RpoState::Breached,
+                    Some(_) => s.state.max(RpoState::AtRisk),
+                };
             }
             s
         })

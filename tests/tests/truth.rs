@@ -269,6 +269,23 @@ fn newest_missing_then_damaged(fleet: &TempFleet, config: &Path, objects: &Objec
 
     let (code, out) = run(fleet, config, &["restore", "cp01"]);
     assert_eq!(code, Some(0), "{out}");
+    let restored = out.clone();
+    // Damaged again behind ferry's back, with nothing run since: the proof finds it, records it,
+    // and a plain restore goes on with the next good archive, saying so.
+    backup(fleet, config, "cp01");
+    let a6 = listed(fleet, config, "cp01").remove(0);
+    objects.flip_bit("cp01", &a6.object);
+    let (code, out) = run(fleet, config, &["restore", "cp01", "--check"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(&format!("skipped archive {} ({})", a6.id, a6.name))
+            && out.contains("trying the next good archive")
+            && out.contains(&format!("from archive {}", a4.id)),
+        "{out}"
+    );
+    let now = listed(fleet, config, "cp01");
+    assert_eq!(now[0].state, "suspect");
+    let out = restored;
     assert!(
         out.contains(&format!("skipped archive {}", a5.id))
             && out.contains(&format!("suspect: {damaged}"))
@@ -356,6 +373,21 @@ async fn a_store_switched_without_copying_deletes_nothing_and_switching_back_res
         elsewhere.iter().all(|a| a.state == "elsewhere"),
         "{elsewhere:?}"
     );
+    // Status counts what the configured store holds: nothing good there, so breached, and why.
+    let (code, doc) = json(&fleet, &bucket_config, &["status"]);
+    assert_eq!(code, Some(2), "{doc}");
+    let cp01 = host_status(&doc, "cp01");
+    assert_eq!(cp01["state"], "breached", "{cp01}");
+    assert!(
+        cp01["archive_problem"]["state"]
+            .as_str()
+            .unwrap()
+            .starts_with("in another store"),
+        "{cp01}"
+    );
+    let (code, out) = run(&fleet, &bucket_config, &["restore", "cp01"]);
+    assert_eq!(code, Some(2), "{out}");
+    assert!(out.contains("set `store:` to that store"), "{out}");
     // A restore of one of them names the store that holds it.
     let (code, out) = run(
         &fleet,
@@ -787,4 +819,86 @@ async fn a_link_cut_during_the_proof_blames_nothing_and_sends_nothing() {
     );
     let (code, out) = run(&fleet, &direct, &["restore", "cp01"]);
     assert_eq!(code, Some(0), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_reproves_what_changed_and_copy_checks_the_source_sidecar() {
+    let fleet = small_fleet(1).await;
+    let config = config_with(&fleet, "truth.yaml", YEARLY);
+    for _ in 0..3 {
+        backup(&fleet, &config, "cp01");
+    }
+    let list = listed(&fleet, &config, "cp01");
+    let (a3, a2, a1) = (&list[0], &list[1], &list[2]);
+    let objects = Objects::Dir(fleet.dir.join("controller/store"));
+    // The newest damaged behind ferry's back, nothing verified since: it is no longer the version
+    // proven on arrival, so retention reads it again before trusting it, in the dry run as in the
+    // real one.
+    objects.flip_bit("cp01", &a3.object);
+    let (code, doc) = json(&fleet, &config, &["archives", "prune", "cp01", "--dry-run"]);
+    assert_eq!(code, Some(0), "{doc}");
+    let plan = doc["hosts"][0]["archives"].as_array().unwrap().clone();
+    let verdict = |id: &str| plan.iter().find(|a| a["id"] == id).unwrap().clone();
+    assert_eq!(verdict(&a3.id)["keep"], true);
+    assert!(
+        verdict(&a3.id)["reasons"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("suspect: body-differs"),
+        "{doc}"
+    );
+    assert!(
+        verdict(&a2.id)["reasons"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("newest verified")),
+        "{doc}"
+    );
+    assert_eq!(verdict(&a1.id)["keep"], false);
+    let (code, out) = run(&fleet, &config, &["archives", "prune", "cp01"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        deleted_on_record(&fleet, &config, "cp01"),
+        vec![a1.id.clone()]
+    );
+    assert!(objects.exists("cp01", &a2.object) && objects.exists("cp01", &a3.object));
+
+    // A copy reads the body whole, but good also needs the sidecar: one that is gone stays a
+    // finding, at the source; the destination's copy, sidecar written by ferry, is good.
+    let sidecar = fleet
+        .dir
+        .join("controller/store/cp01")
+        .join(format!("{}.sha256", a2.object));
+    std::fs::remove_file(&sidecar).unwrap();
+    let offsite = fleet.dir.join("offsite");
+    let (code, out) = run(
+        &fleet,
+        &config,
+        &[
+            "archives",
+            "copy",
+            "--all",
+            "--to",
+            offsite.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, Some(2), "the damaged a3 is not copied: {out}");
+    assert!(
+        out.contains(&format!("copied: [cp01] archive {}", a2.id)),
+        "{out}"
+    );
+    let now = listed(&fleet, &config, "cp01");
+    let a2_now = now.iter().find(|a| a.id == a2.id).unwrap();
+    assert_eq!(
+        (a2_now.state.as_str(), a2_now.reason.as_deref()),
+        ("suspect", Some("sidecar-differs"))
+    );
+    let (_, shown) = json(&fleet, &config, &["archives", "show", &a2.id]);
+    let copies = shown["copies"].as_array().unwrap();
+    assert!(
+        copies
+            .iter()
+            .any(|c| c["store"].as_str().unwrap().ends_with("/offsite") && c["state"] == "good"),
+        "{shown}"
+    );
 }

@@ -103,6 +103,9 @@ pub struct Copy {
     /// The finding in words (digests, the error).
     pub detail: Option<String>,
     pub evidence: Source,
+    /// The object version its last proof read (see [`crate::store::Version::fingerprint`]).
+    #[serde(default)]
+    pub version: Option<String>,
     /// Since when the copy is in this state.
     #[serde(with = "time::serde::rfc3339")]
     pub state_at: OffsetDateTime,
@@ -124,6 +127,7 @@ impl Copy {
             reason: None,
             detail: None,
             evidence: Source::Arrival,
+            version: None,
             state_at: now,
             proven_at: Some(now),
             seen_at: Some(now),
@@ -169,10 +173,13 @@ pub fn ago(now: OffsetDateTime, then: OffsetDateTime) -> String {
 /// What one look at a copy found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finding {
-    /// Its bytes hashed equal to the catalog (and the sidecar agrees).
-    Good,
-    /// Present, the size the catalog says (not hashed).
+    /// Its bytes hashed equal to the catalog (and the sidecar agrees); the object version read,
+    /// when known.
+    Good(Option<String>),
+    /// Present, the size the catalog says, the version last proven (or none recorded): not hashed.
     Present,
+    /// Present, but not the version last proven: rewritten or replaced since, to be proven again.
+    Changed,
     Suspect(Reason, String),
     Missing(String),
 }
@@ -180,8 +187,8 @@ pub enum Finding {
 impl Finding {
     pub fn state(&self) -> Option<State> {
         match self {
-            Finding::Good => Some(State::Good),
-            Finding::Present => None,
+            Finding::Good(_) => Some(State::Good),
+            Finding::Present | Finding::Changed => None,
             Finding::Suspect(..) => Some(State::Suspect),
             Finding::Missing(_) => Some(State::Missing),
         }
@@ -308,7 +315,8 @@ impl Catalog {
         by: Source,
     ) -> Result<Option<State>, CatalogError> {
         let (state, reason, detail) = match finding {
-            Finding::Good => ("good", None, None),
+            Finding::Good(_) => ("good", None, None),
+            Finding::Changed => return Ok(None),
             Finding::Present => {
                 let row = self
                     .client()
@@ -326,6 +334,10 @@ impl Catalog {
             Finding::Missing(detail) => ("missing", None, Some(detail.as_str())),
         };
         let good = state == "good";
+        let version = match finding {
+            Finding::Good(v) => v.clone(),
+            _ => None,
+        };
         // The old state is read under the row's lock, so of two concurrent findings exactly one
         // sees the transition (an alert is sent once).
         let updated = self
@@ -335,9 +347,10 @@ impl Catalog {
                  UPDATE archive_copies c SET state = $3, reason = $4, detail = $5, evidence = $6,
                      state_at = CASE WHEN c.state = $3 AND c.reason IS NOT DISTINCT FROM $4 THEN c.state_at ELSE now() END,
                      proven_at = CASE WHEN $7 THEN now() ELSE c.proven_at END,
-                     seen_at = CASE WHEN $3 <> 'missing' THEN now() ELSE c.seen_at END
+                     seen_at = CASE WHEN $3 <> 'missing' THEN now() ELSE c.seen_at END,
+                     version = CASE WHEN $7 THEN $8 ELSE c.version END
                  FROM old WHERE c.archive_id = $1 AND c.store = $2 RETURNING old.state",
-                &[&id, &store, &state, &reason, &detail, &by.as_str(), &good],
+                &[&id, &store, &state, &reason, &detail, &by.as_str(), &good, &version],
             )
             .await?;
         if let Some(row) = updated {
@@ -346,12 +359,12 @@ impl Catalog {
         self.client()
             .execute(
                 "INSERT INTO archive_copies (archive_id, store, size, sha256, state, reason, detail, evidence,
-                                             state_at, proven_at, seen_at)
+                                             state_at, proven_at, seen_at, version)
                  SELECT a.id, $2, a.size, a.sha256, $3, $4, $5, $6, now(),
-                        CASE WHEN $7 THEN now() END, CASE WHEN $3 <> 'missing' THEN now() END
+                        CASE WHEN $7 THEN now() END, CASE WHEN $3 <> 'missing' THEN now() END, $8
                  FROM archives a WHERE a.id = $1
                  ON CONFLICT (archive_id, store) DO NOTHING",
-                &[&id, &store, &state, &reason, &detail, &by.as_str(), &good],
+                &[&id, &store, &state, &reason, &detail, &by.as_str(), &good, &version],
             )
             .await?;
         Ok(None)
@@ -503,5 +516,6 @@ pub(super) const COPIES_JSON: &str = "(SELECT jsonb_agg(jsonb_build_object(
         'store', c.store, 'state', c.state, 'reason', c.reason, 'detail', c.detail, 'evidence', c.evidence,
         'state_at', to_char(c.state_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
         'proven_at', to_char(c.proven_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
-        'seen_at', to_char(c.seen_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')) ORDER BY c.store)
+        'seen_at', to_char(c.seen_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'),
+        'version', c.version) ORDER BY c.store)
      FROM archive_copies c WHERE c.archive_id = archives.id)";

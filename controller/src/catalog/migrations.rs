@@ -213,7 +213,10 @@ ALTER TABLE archive_copies
     ADD COLUMN evidence text NOT NULL DEFAULT 'copy',
     ADD COLUMN state_at timestamptz NOT NULL DEFAULT now(),
     ADD COLUMN proven_at timestamptz,
-    ADD COLUMN seen_at timestamptz;
+    ADD COLUMN seen_at timestamptz,
+    -- The object version the last proof read (inode/size/mtime, or ETag): a presence check that
+    -- finds another one knows the copy changed since it was proven.
+    ADD COLUMN version text;
 UPDATE archive_copies SET state_at = copied_at, proven_at = copied_at;
 -- Archives catalogued before stores were recorded: the store that holds them is found by listing
 -- it (the next ferry that opens a store), never assumed.

@@ -414,11 +414,11 @@ impl Catalog {
                      ON CONFLICT (host, name) DO NOTHING RETURNING id),
                  copies AS (
                      INSERT INTO archive_copies (archive_id, store, size, sha256, copied_at, state, reason, detail, evidence,
-                                                 state_at, proven_at, seen_at)
+                                                 state_at, proven_at, seen_at, version)
                      SELECT archive.id, c.store, $3, $4, c.state_at, c.state, c.reason, c.detail, c.evidence, c.state_at,
-                            c.proven_at, c.seen_at
+                            c.proven_at, c.seen_at, c.version
                      FROM archive, jsonb_to_recordset($20::jsonb) AS c(store text, state text, reason text, detail text,
-                          evidence text, state_at timestamptz, proven_at timestamptz, seen_at timestamptz))
+                          evidence text, state_at timestamptz, proven_at timestamptz, seen_at timestamptz, version text))
                  SELECT id FROM archive",
                 &[
                     &a.host, &a.name, &a.size, &a.sha256, &a.compression, &a.flightctl_version, &a.deployment_type,

@@ -645,15 +645,16 @@ impl Catalog {
     /// Each host's newest archive that can be restored (in the store, not suspect).
     pub async fn newest_good_archives(
         &self,
+        store: &str,
     ) -> Result<BTreeMap<String, GoodArchive>, CatalogError> {
         let rows = self
             .client()
             .query(
                 "SELECT DISTINCT ON (host) host, sha256, name, size, created_at, duration_ms FROM archives a
                  WHERE deleted_at IS NULL
-                   AND EXISTS (SELECT 1 FROM archive_copies c WHERE c.archive_id = a.id AND c.state = 'good')
+                   AND EXISTS (SELECT 1 FROM archive_copies c WHERE c.archive_id = a.id AND c.store = $1 AND c.state = 'good')
                  ORDER BY host, created_at DESC, id DESC",
-                &[],
+                &[&store],
             )
             .await?;
         Ok(rows
@@ -674,26 +675,32 @@ impl Catalog {
             .collect())
     }
 
-    /// Each host's newest archive when no store holds a good copy of it and it is newer than the
-    /// host's newest good one: what ferry status names as the archive that went missing or bad.
+    /// Each host's newest archive when `store` holds no good copy of it and it is newer than the
+    /// host's newest good one there: what ferry status names as the archive that went missing, bad,
+    /// or elsewhere.
     pub async fn newest_archive_problems(
         &self,
+        store: &str,
     ) -> Result<BTreeMap<String, ArchiveProblem>, CatalogError> {
         let rows = self
             .client()
             .query(
                 "SELECT DISTINCT ON (host) host, sha256, name, created_at,
-                        coalesce((SELECT string_agg(c.state || coalesce(' (' || c.reason || ')', ''), ', ' ORDER BY c.store)
-                                  FROM archive_copies c WHERE c.archive_id = a.id), 'no store recorded')
+                        coalesce((SELECT c.state || coalesce(' (' || c.reason || ')', '') FROM archive_copies c
+                                  WHERE c.archive_id = a.id AND c.store = $1),
+                                 (SELECT 'in another store (' || string_agg(c.store, ', ') || ')' FROM archive_copies c
+                                  WHERE c.archive_id = a.id),
+                                 'with no store recorded')
                  FROM archives a
                  WHERE deleted_at IS NULL
-                   AND NOT EXISTS (SELECT 1 FROM archive_copies c WHERE c.archive_id = a.id AND c.state = 'good')
+                   AND NOT EXISTS (SELECT 1 FROM archive_copies c WHERE c.archive_id = a.id AND c.store = $1 AND c.state = 'good')
                    AND created_at > coalesce((SELECT max(g.created_at) FROM archives g
                         WHERE g.host = a.host AND g.deleted_at IS NULL
-                          AND EXISTS (SELECT 1 FROM archive_copies c WHERE c.archive_id = g.id AND c.state = 'good')),
+                          AND EXISTS (SELECT 1 FROM archive_copies c
+                                      WHERE c.archive_id = g.id AND c.store = $1 AND c.state = 'good')),
                         '-infinity')
                  ORDER BY host, created_at DESC, id DESC",
-                &[],
+                &[&store],
             )
             .await?;
         Ok(rows

@@ -371,7 +371,7 @@ async fn verify(
     let identities =
         crate::keys::identities(config).map_err(|e| format!("encryption.identity: {e}"))?;
     let here = store.id();
-    let (mut problems, mut elsewhere) = (0, 0);
+    let (mut problems, mut elsewhere, mut accepted) = (0, 0, 0);
     let mut report = Vec::new();
     for a in archives {
         let before = a.standing(&here);
@@ -452,6 +452,7 @@ async fn verify(
         )
         .await;
         if let Some(t) = &trusted {
+            accepted += 1;
             outln!(
                 "[WARNING] [{}] archive {}: {t} (accepted: --trust-archive-digest; it stays marked suspect until its sidecar agrees)",
                 a.host,
@@ -474,7 +475,8 @@ async fn verify(
                     ""
                 };
                 outln!(
-                    "ok: [{}] archive {} {}{sealed}{note}",
+                    "{}: [{}] archive {} {}{sealed}{note}",
+                    if trusted.is_some() { "accepted" } else { "ok" },
                     a.host,
                     a.short_id(),
                     a.name
@@ -507,8 +509,15 @@ async fn verify(
         } else {
             String::new()
         };
+        let trusted = if accepted > 0 {
+            format!(
+                ", {accepted} accepted on --trust-archive-digest (still SUSPECT: sidecar-differs)"
+            )
+        } else {
+            String::new()
+        };
         outln!(
-            "{} archive(s) verified, {problems} with problems{other}",
+            "{} archive(s) verified, {problems} with problems{trusted}{other}",
             report.len() - elsewhere
         );
         if problems > 0 {
@@ -762,7 +771,20 @@ async fn copy(
         let result = copy_one(store, &dest, &a).await;
         // The read was a full pass over the source: what it found is evidence for both copies.
         let source = match &result {
-            Ok(_) => Some(Finding::Good),
+            // The body hashed equal on the way; good only if its sidecar agrees too.
+            Ok(_) => Some(match store.sidecar_digest(&a.host, &a.object()).await {
+                Ok(Some(side)) if side == a.sha256 => Finding::Good(None),
+                Ok(other) => Finding::Suspect(
+                    crate::catalog::evidence::Reason::SidecarDiffers,
+                    format!(
+                        "the .sha256 sidecar of {} says {}, the archive hashes to {} as the catalog says",
+                        store.location(&a.host, &a.object()),
+                        other.as_deref().unwrap_or("nothing (it is missing)"),
+                        a.sha256
+                    ),
+                ),
+                Err(_) => Finding::Present,
+            }),
             Err(CopyError::Source(finding, _)) => Some(finding.clone()),
             Err(CopyError::Other(_)) => None,
         };
@@ -770,7 +792,7 @@ async fn copy(
             crate::proof::record(catalog, store, &a, finding, Source::Copy).await;
         }
         if result.is_ok() {
-            crate::proof::record(catalog, &dest, &a, &Finding::Good, Source::Copy).await;
+            crate::proof::record(catalog, &dest, &a, &Finding::Good(None), Source::Copy).await;
         }
         let result = result.map_err(|e| e.to_string());
         audit(
@@ -1052,7 +1074,7 @@ async fn rebuild(store: &Store, catalog: &Catalog, config: &Config) -> Result<i3
             verified.manifest.unwrap_or_default(),
         );
         let finding = match &suspect {
-            None => Finding::Good,
+            None => Finding::Good(None),
             Some(why) => Finding::Suspect(
                 crate::catalog::evidence::Reason::SidecarDiffers,
                 why.clone(),

@@ -392,8 +392,16 @@ impl<'a> Ctx<'a> {
         record.duration_ms = Some(clock.elapsed().as_millis() as i64);
         record.run_id = Some(self.run_id);
         record.warnings = json!(trailer.warnings);
-        // Its first evidence: the store checked size and digest on arrival.
-        record.copies = vec![crate::catalog::evidence::Copy::arrived(&self.store.id())];
+        // Its first evidence: the store checked size and digest on arrival, of this version.
+        let mut copy = crate::catalog::evidence::Copy::arrived(&self.store.id());
+        copy.version = self
+            .store
+            .version(&target.agent_name, &self.object_name(&trailer.archive_name))
+            .await
+            .ok()
+            .flatten()
+            .map(|v| v.fingerprint());
+        record.copies = vec![copy];
         record.sealed = sealed.map(|s| crate::catalog::SealedRecord {
             plain_size: s.plain_size as i64,
             plain_sha256: s.plain_sha256.clone(),

@@ -189,7 +189,8 @@ impl Ctx<'_> {
             reply: None,
             ran_on: on.name.clone(),
         };
-        let archive = match self.choose(target).await {
+        let mut said = Vec::new();
+        let mut archive = match self.choose(target, &mut said).await {
             Ok(a) => a,
             Err(e) => return failed("archive", e, None),
         };
@@ -205,28 +206,53 @@ impl Ctx<'_> {
             }
         };
         // The stored bytes are proven against the catalog (and the sidecar) before a byte reaches
-        // the agent, exactly as for a restore; what the proof finds is the archive's evidence.
-        let proof = match crate::proof::prove(
-            self.store,
-            self.catalog,
-            &archive,
-            self.identities.as_ref(),
-            Source::Drill,
-            crate::proof::Options::default(),
-        )
-        .await
-        {
-            Ok(p) => p,
-            Err(u) => {
-                let id = archive.short_id().to_string();
-                let cause = match &u.finding {
-                    Some(_) => format!(
-                        "{}; it is marked so in the catalog and the drill was not started. Drill the newest good archive (`ferry drill {}`), or put a good copy back and run `ferry archives verify {id}`",
-                        u.cause, target.name
-                    ),
-                    None => u.cause.clone(),
-                };
-                return failed("store", cause, Some(archive));
+        // the agent, exactly as for a restore; what the proof finds is the archive's evidence. The
+        // newest good archive found bad now gives way to the next good one.
+        let proof = loop {
+            match crate::proof::prove(
+                self.store,
+                self.catalog,
+                &archive,
+                self.identities.as_ref(),
+                Source::Drill,
+                crate::proof::Options::default(),
+            )
+            .await
+            {
+                Ok(p) => break p,
+                Err(u) if self.archive.is_none() && u.finding.is_some() => {
+                    outln!(
+                        "[WARNING] [{}] skipped archive {} ({}): {}; trying the next good archive",
+                        target.name,
+                        archive.short_id(),
+                        archive.name,
+                        u.cause
+                    );
+                    said.push(archive.id);
+                    archive = match self.choose(target, &mut said).await {
+                        Ok(a) if said.contains(&a.id) => {
+                            let cause = format!(
+                                "archive {} was found unusable but the catalog did not record it; run `ferry archives verify {}`",
+                                a.short_id(),
+                                a.short_id()
+                            );
+                            return failed("store", cause, Some(a));
+                        }
+                        Ok(a) => a,
+                        Err(e) => return failed("archive", e, Some(archive)),
+                    };
+                }
+                Err(u) => {
+                    let id = archive.short_id().to_string();
+                    let cause = match &u.finding {
+                        Some(_) => format!(
+                            "{}; it is marked so in the catalog and the drill was not started. Drill the newest good archive (`ferry drill {}`), or put a good copy back and run `ferry archives verify {id}`",
+                            u.cause, target.name
+                        ),
+                        None => u.cause.clone(),
+                    };
+                    return failed("store", cause, Some(archive));
+                }
             }
         };
         let opened = match proof.open(self.store, &archive).await {
@@ -317,8 +343,8 @@ impl Ctx<'_> {
     }
 
     /// The archive to drill: `--archive ID` (it must be this host's) or the host's newest archive
-    /// that is good in the store (the newer ones passed over are named).
-    async fn choose(&self, target: &Target) -> Result<ArchiveRecord, String> {
+    /// that is good in the store (the newer ones passed over are named, once: `said`).
+    async fn choose(&self, target: &Target, said: &mut Vec<i64>) -> Result<ArchiveRecord, String> {
         let host = &target.agent_name;
         let here = self.store.id();
         match self.archive {
@@ -327,15 +353,27 @@ impl Ctx<'_> {
                 let (newest, skipped) =
                     crate::catalog::evidence::newest_good(&archives, host, &here);
                 for s in &skipped {
-                    outln!("[WARNING] [{}] {}", target.name, s.describe());
+                    if !said.contains(&s.archive.id) {
+                        outln!("[WARNING] [{}] {}", target.name, s.describe());
+                        said.push(s.archive.id);
+                    }
                 }
+                let elsewhere = skipped
+                    .iter()
+                    .filter(|s| {
+                        matches!(s.standing, crate::catalog::evidence::Standing::Elsewhere(_))
+                    })
+                    .count();
                 newest.ok_or_else(|| match skipped.len() {
                     0 => format!(
                         "the catalog has no archive of {host}; run `ferry backup {}` first",
                         target.name
                     ),
+                    n if n == elsewhere => format!(
+                        "{host}'s archives are all in another store, none in {here}; set `store:` to that store to drill them"
+                    ),
                     n => format!(
-                        "{host} has no archive proven good in {here} ({n} skipped); `ferry archives verify --all` re-checks them"
+                        "{host} has no archive proven good in {here} ({n} skipped); `ferry archives list {host}` shows their states, `ferry archives verify --all` re-checks them"
                     ),
                 })
             }

@@ -40,13 +40,11 @@ pub async fn prune(
         .filter(|h| !plans.iter().any(|p| &p.host == *h))
         .collect();
     let policies = crate::schedule::policies(&plans);
-    // A dry run only reads the catalog; a real one first looks at what it keeps.
-    let planned = if dry_run {
-        crate::prune::plan(catalog, &store.id(), &policies).await
-    } else {
-        crate::prune::plan_checked(catalog, store, &policies).await
-    };
-    let hosts = planned.map_err(|e| e.to_string())?;
+    // A dry run looks at what it would keep as a real one does (and records what it finds), so its
+    // plan is the one a real run carries out.
+    let hosts = crate::prune::plan_checked(catalog, store, &policies)
+        .await
+        .map_err(|e| e.to_string())?;
     let operator = Operator::current(config);
     let mut deleted = 0;
     let mut failed = Vec::new();

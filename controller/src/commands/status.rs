@@ -45,7 +45,7 @@ pub async fn run(config: &Config, global: &GlobalArgs, pattern: Option<&str>) ->
     let now = OffsetDateTime::now_utc();
     let gathered = async {
         Ok::<_, crate::catalog::CatalogError>((
-            crate::status::gather(&catalog, &plans, now).await?,
+            crate::status::gather(&catalog, &config.store.id(), &plans, now).await?,
             catalog.replicas().await?,
             catalog.undelivered_alerts().await?,
         ))
@@ -164,8 +164,13 @@ fn print_table(hosts: &[HostStatus], now: OffsetDateTime) {
             next
         );
         if let Some(p) = &h.archive_problem {
+            let counted = if h.last_success.is_some() {
+                "the age above is of the newest good one"
+            } else {
+                "no archive of it is good in this store"
+            };
             outln!(
-                "  ! its newest archive {} {} is {}: not counted; the age above is of the newest good one (next: `ferry archives show {}`, then `ferry backup {}`)",
+                "  ! its newest archive {} {} is {}: not counted; {counted} (next: `ferry archives show {}`, then `ferry backup {}`)",
                 p.id,
                 p.name,
                 p.state,

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 /// `ok`, `at-risk` (less than a quarter of the RPO left), `breached` (older than the RPO).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+/// Ordered by severity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RpoState {
     Ok,

@@ -139,7 +139,7 @@ async fn render(service: &Service) -> Result<String, String> {
 
     let fleet = async {
         Ok::<_, crate::catalog::CatalogError>((
-            crate::status::gather(&catalog, &settings.plans, now).await?,
+            crate::status::gather(&catalog, &settings.store.id(), &settings.plans, now).await?,
             catalog.backup_failures_by_phase().await?,
             catalog.store_totals().await?,
             catalog.scheduled_counts().await?,

@@ -58,7 +58,7 @@ impl Service {
         if new.is_empty() {
             return Ok(());
         }
-        let newest = catalog.newest_good_archives().await?;
+        let newest = catalog.newest_good_archives(&settings.store.id()).await?;
         let replicas = lock(&self.replicas).clone();
         for (plan, recorded, slot, period) in new {
             let due = slot + jitter(&recorded, &plan.host, period);

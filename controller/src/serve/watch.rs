@@ -105,6 +105,11 @@ impl Service {
                 continue;
             };
             let finding = match crate::proof::presence(store, &archive).await {
+                // Rewritten or replaced since its proof: proven again, whole.
+                Ok(Finding::Changed) => match self.reprove(store, &archive).await {
+                    Some(finding) => finding,
+                    None => continue,
+                },
                 Ok(finding) => finding,
                 Err(e) => {
                     tracing::warn!(host, "archive check: {e}");
@@ -134,29 +139,36 @@ impl Service {
             .filter(|a| a.standing(&here).is_good())
             .collect();
         due.sort_by_key(|a| a.copy_in(&here).and_then(|c| c.proven_at));
-        let identities = crate::keys::identities(&settings.config).ok().flatten();
         for archive in due {
             if archive.size as u64 > budget {
                 break;
             }
             budget -= archive.size as u64;
-            let options = crate::proof::Options {
-                ciphertext_without_key: true,
-                ..Default::default()
-            };
-            // Recorded here, so that a good copy turning bad alerts once.
-            let finding =
-                match crate::proof::prove_unrecorded(store, archive, identities.as_ref(), options)
-                    .await
-                {
-                    Ok(_) => Some(Finding::Good),
-                    Err(u) => u.finding,
-                };
-            if let Some(finding) = &finding {
-                self.found(&catalog, store, archive, finding).await;
+            if let Some(finding) = self.reprove(store, archive).await {
+                self.found(&catalog, store, archive, &finding).await;
             }
         }
         *self.verify_budget.lock().unwrap_or_else(|p| p.into_inner()) = budget;
+    }
+
+    /// A copy read whole again; what it was found to be (None when the cause was not the copy's).
+    /// Not recorded here, so that a good copy turning bad alerts once ([`Self::found`]).
+    async fn reprove(
+        &self,
+        store: &crate::store::Store,
+        archive: &crate::catalog::ArchiveRecord,
+    ) -> Option<Finding> {
+        let identities = crate::keys::identities(&self.settings().config)
+            .ok()
+            .flatten();
+        let options = crate::proof::Options {
+            ciphertext_without_key: true,
+            ..Default::default()
+        };
+        match crate::proof::prove_unrecorded(store, archive, identities.as_ref(), options).await {
+            Ok(p) => Some(Finding::Good(Some(p.version.fingerprint()))),
+            Err(u) => u.finding,
+        }
     }
 
     /// Records a housekeeping finding; a good copy that turns missing or suspect alerts once.
@@ -208,7 +220,9 @@ impl Service {
         let catalog = self.catalog();
         catalog.track_hosts(&settings.hosts()).await?;
         let urls = settings.alert_urls();
-        for host in crate::status::gather(&catalog, &settings.plans, now).await? {
+        for host in
+            crate::status::gather(&catalog, &settings.store.id(), &settings.plans, now).await?
+        {
             let state = host.state.name();
             let rpo = format_span(Duration::from_secs(host.rpo_seconds));
             let age = host.age_seconds.map_or("no archive".to_string(), |s| {

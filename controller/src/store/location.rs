@@ -109,6 +109,16 @@ impl StoreLocation {
         Ok(StoreLocation::S3(location))
     }
 
+    /// The store's stable id, under which the catalog records the copies it holds: its directory
+    /// (symbolic links resolved) or `s3://bucket/prefix` (the endpoint and region are how it is
+    /// reached, not what it is). Computed without opening the store.
+    pub fn id(&self) -> String {
+        match self {
+            StoreLocation::Dir(p) => dir_id(p),
+            StoreLocation::S3(s3) => s3.url(),
+        }
+    }
+
     /// The store as an operator writes it, without credentials.
     pub fn describe(&self) -> String {
         match self {
@@ -116,6 +126,14 @@ impl StoreLocation {
             StoreLocation::S3(s3) => s3.url(),
         }
     }
+}
+
+/// A directory store's id: its path with symbolic links resolved (as written when it does not exist).
+pub fn dir_id(path: &Path) -> String {
+    std::fs::canonicalize(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
 }
 
 impl S3Location {

@@ -77,6 +77,27 @@ impl Version {
             Version::File { size, .. } | Version::Object { size, .. } => *size,
         }
     }
+
+    /// The version as the catalog keeps it, to tell later whether the object changed.
+    pub fn fingerprint(&self) -> String {
+        match self {
+            Version::File {
+                dev,
+                ino,
+                size,
+                mtime_ns,
+            } => format!("file:{dev}:{ino}:{size}:{mtime_ns}"),
+            Version::Object {
+                e_tag,
+                version,
+                size,
+            } => format!(
+                "object:{}:{}:{size}",
+                e_tag.as_deref().unwrap_or("-"),
+                version.as_deref().unwrap_or("-")
+            ),
+        }
+    }
 }
 
 /// One archive object in the store.
@@ -135,15 +156,10 @@ impl Store {
         }
     }
 
-    /// The store's stable id, under which the catalog records the copies it holds: its directory
-    /// (symbolic links resolved) or `s3://bucket/prefix` (the endpoint and region are how it is
-    /// reached, not what it is).
+    /// The store's stable id ([`StoreLocation::id`]).
     pub fn id(&self) -> String {
         match self {
-            Store::Dir(d) => std::fs::canonicalize(d.root())
-                .unwrap_or_else(|_| d.root().to_path_buf())
-                .display()
-                .to_string(),
+            Store::Dir(d) => location::dir_id(d.root()),
             Store::Bucket(b) => b.url(),
         }
     }

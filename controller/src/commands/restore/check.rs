@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use super::play::{Ending, Play};
-use super::{choose_archive, components, database_access, preflight};
+use super::{Chosen, choose_proven, components, database_access, preflight};
 use crate::catalog::ArchiveRecord;
 use crate::catalog::evidence::Source;
 use crate::cli::RestoreArgs;
@@ -68,17 +68,6 @@ pub async fn run(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
                 .await;
         }
     };
-    let archive = match choose_archive(play, &store, args).await {
-        Ok(a) => a,
-        Err((e, next)) => return play.refuse("check", &e, &next).await,
-    };
-    play.set_archive(&archive).await;
-    play.header(&format!(
-        "check: restore {host} from archive {} {} of {}",
-        archive.short_id(),
-        archive.name,
-        archive.host
-    ));
     let started = OffsetDateTime::now_utc();
     let facts = match conn.client.clone().facts(pb::FactsRequest {}).await {
         Ok(reply) => reply.into_inner(),
@@ -92,6 +81,36 @@ pub async fn run(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
                 .await;
         }
     };
+    let identities = match crate::keys::identities(config) {
+        Ok(ids) => ids,
+        Err(e) => {
+            return play
+                .refuse("check", &format!("encryption.identity: {e}"), "")
+                .await;
+        }
+    };
+    // The same choice and proof a restore makes, reading the archive through as well (entries,
+    // metadata, manifest); what it finds is recorded as evidence. Every other problem is gathered
+    // with it rather than stopping at the first.
+    let options = crate::proof::Options {
+        read_archive: true,
+        keep: Some(identity_file),
+        trust_archive_digest: args.trust_archive_digest,
+        ..Default::default()
+    };
+    let Chosen { archive, proof } = match choose_proven(
+        play,
+        &store,
+        args,
+        (identities.as_ref(), Source::Check, options),
+        "check: restore",
+        |_| Vec::new(),
+    )
+    .await
+    {
+        Ok(chosen) => chosen,
+        Err((e, next)) => return play.refuse("check", &e, &next).await,
+    };
     let chosen = components(args);
     let mut problems = preflight(&archive, &facts, &chosen);
     if let Some(unfinished) = &facts.restore {
@@ -100,33 +119,12 @@ pub async fn run(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
             unfinished.summary
         ));
     }
-    // The same proof a restore makes, reading the archive through as well (entries, metadata,
-    // manifest); what it finds is recorded as evidence.
-    let options = crate::proof::Options {
-        read_archive: true,
-        keep: Some(identity_file),
-        trust_archive_digest: args.trust_archive_digest,
-        ..Default::default()
-    };
-    let proved = match crate::keys::identities(config) {
-        Ok(ids) => crate::proof::prove(
-            &store,
-            play.catalog,
-            &archive,
-            ids.as_ref(),
-            Source::Check,
-            options,
-        )
-        .await
-        .map_err(|u| (u.cause.clone(), Some(u))),
-        Err(e) => Err((format!("encryption.identity: {e}"), None)),
-    };
     let mut digest = "sha256 matches the catalog and the sidecar";
     let mut next = format!(
         "`ferry archives verify {}`, or pick another archive from `ferry archives list`",
         archive.short_id()
     );
-    let verified = match proved {
+    let verified = match proof {
         Ok(proof) => {
             if let Some(distrust) = &proof.trusted_over {
                 play.warn(&format!(
@@ -136,10 +134,10 @@ pub async fn run(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
             }
             proof.verified
         }
-        Err((cause, unproven)) => {
+        Err((cause, unproven_next)) => {
             problems.push(cause);
-            if let Some(u) = unproven {
-                next = super::unproven_next(&host, &archive, &u, args);
+            if !unproven_next.is_empty() {
+                next = unproven_next;
             }
             None
         }

@@ -11,7 +11,7 @@ use ferry_proto::v1::{
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-use crate::catalog::evidence::Source;
+use crate::catalog::evidence::{Skipped, Source, Standing};
 use crate::catalog::{ArchiveRecord, Catalog, Operator};
 use crate::cli::{GlobalArgs, RestoreArgs};
 use crate::config::Config;
@@ -142,17 +142,6 @@ async fn restore(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
                 .await;
         }
     };
-    let archive = match choose_archive(play, &store, args).await {
-        Ok(a) => a,
-        Err((e, next)) => return play.refuse("preflight", &e, &next).await,
-    };
-    play.set_archive(&archive).await;
-    play.header(&format!(
-        "restore {host} from archive {} {} of {}",
-        archive.short_id(),
-        archive.name,
-        archive.host
-    ));
     let started = OffsetDateTime::now_utc();
     let facts = match conn.client.clone().facts(FactsRequest {}).await {
         Ok(reply) => reply.into_inner(),
@@ -166,7 +155,6 @@ async fn restore(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
                 .await;
         }
     };
-    let problems = preflight(&archive, &facts, &components(args));
     if let Some(unfinished) = &facts.restore {
         return play
             .refuse(
@@ -175,9 +163,6 @@ async fn restore(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
                 &format!("`ferry restore {host} --resume` or `ferry rollback {host}`"),
             )
             .await;
-    }
-    if !problems.is_empty() {
-        return play.refuse("preflight", &problems.join("; "), "").await;
     }
     let identities = match crate::keys::identities(config) {
         Ok(ids) => ids,
@@ -189,27 +174,31 @@ async fn restore(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
     };
     // Nothing unproven reaches the host: the stored bytes are hashed against the catalog (an
     // encrypted archive decrypted and authenticated whole) and the sidecar checked, here, before
-    // a byte is sent; the stage streams exactly the version proven.
+    // a byte is sent; the stage streams exactly the version proven. The cheap checks go first.
     let proving = std::time::Instant::now();
     let options = crate::proof::Options {
         trust_archive_digest: args.trust_archive_digest,
         ..Default::default()
     };
-    let proof = match crate::proof::prove(
+    let chosen = choose_proven(
+        play,
         &store,
-        play.catalog,
-        &archive,
-        identities.as_ref(),
-        Source::Restore,
-        options,
+        args,
+        (identities.as_ref(), Source::Restore, options),
+        "restore",
+        |archive| preflight(archive, &facts, &components(args)),
     )
-    .await
-    {
-        Ok(p) => p,
-        Err(u) => {
-            let next = unproven_next(host, &archive, &u, args);
-            return play.refuse("preflight", &u.cause, &next).await;
-        }
+    .await;
+    let (archive, proof) = match chosen {
+        Ok(Chosen {
+            archive,
+            proof: Ok(proof),
+        }) => (archive, proof),
+        Ok(Chosen {
+            proof: Err((cause, next)),
+            ..
+        })
+        | Err((cause, next)) => return play.refuse("preflight", &cause, &next).await,
     };
     let proof_seconds = proving.elapsed().as_secs_f64();
     play.set("proof_seconds", json!(proof_seconds));
@@ -469,11 +458,11 @@ pub(crate) fn status_json(s: &pb::RestoreStatus) -> Value {
 /// The archive a restore (or its `--check`) uses: `--archive ID`, or the newest of the source
 /// host's archives that is good in the configured store, naming each newer one it passed over and
 /// why. Errors carry the next command.
-pub(crate) async fn choose_archive(
+async fn choose_archive(
     play: &Play<'_>,
     store: &Store,
     args: &RestoreArgs,
-) -> Result<ArchiveRecord, (String, String)> {
+) -> Result<(ArchiveRecord, Vec<Skipped>), (String, String)> {
     let host = play.identity();
     let source = args.from.as_deref().unwrap_or(host);
     let here = store.id();
@@ -486,23 +475,8 @@ pub(crate) async fn choose_archive(
                 .await
                 .map_err(|e| (e.to_string(), list()))?;
             let (newest, skipped) = crate::catalog::evidence::newest_good(&archives, source, &here);
-            for s in &skipped {
-                play.warn(&s.describe());
-            }
-            play.set(
-                "skipped",
-                json!(
-                    skipped
-                        .iter()
-                        .map(
-                            |s| json!({"id": s.archive.short_id(), "name": s.archive.name,
-                    "state": s.standing.word(), "why": s.standing.why_not()})
-                        )
-                        .collect::<Vec<_>>()
-                ),
-            );
             match newest {
-                Some(a) => a,
+                Some(a) => (a, skipped),
                 None if skipped.is_empty() => {
                     return Err((
                         format!("the catalog has no archive of {source}"),
@@ -510,22 +484,42 @@ pub(crate) async fn choose_archive(
                     ));
                 }
                 None => {
+                    let elsewhere: Vec<String> = skipped
+                        .iter()
+                        .filter_map(|s| match &s.standing {
+                            Standing::Elsewhere(stores) => Some(stores.join(", ")),
+                            _ => None,
+                        })
+                        .collect();
+                    let next = if elsewhere.len() == skipped.len() {
+                        format!(
+                            "its archives are in {}: set `store:` to that store to restore from it, or copy them here with `ferry archives copy --all --to {here}` while it is configured",
+                            elsewhere[0]
+                        )
+                    } else {
+                        format!(
+                            "`ferry archives list {source}` shows each archive's state; `ferry archives verify --all` re-checks them; `ferry backup {source}` makes a new one"
+                        )
+                    };
                     return Err((
                         format!(
                             "{source} has no archive proven good in {here}: {} archive(s) skipped",
                             skipped.len()
                         ),
-                        "`ferry archives verify --all` to re-check them, `ferry archives list` for their states".into(),
+                        next,
                     ));
                 }
             }
         }
-        Some(id) => play
-            .catalog
-            .resolve_live(id)
-            .await
-            .map_err(|e| (e, list()))?,
+        Some(id) => (
+            play.catalog
+                .resolve_live(id)
+                .await
+                .map_err(|e| (e, list()))?,
+            Vec::new(),
+        ),
     };
+    let (archive, skipped) = archive;
     if archive.host != source {
         return Err((
             format!(
@@ -555,27 +549,112 @@ pub(crate) async fn choose_archive(
             ),
         ));
     }
-    Ok(archive)
+    Ok((archive, skipped))
+}
+
+/// An archive chosen for a restore or its check, with its proof (or why there is none).
+pub(crate) struct Chosen {
+    pub(crate) archive: ArchiveRecord,
+    pub(crate) proof: Result<crate::proof::Proof, (String, String)>,
+}
+
+/// The archive a restore (or check) uses, proven: `--archive ID`, or the newest good archive, and
+/// when its proof finds it bad (recorded) the next good one, each skip printed. `gate` is what must
+/// hold before an archive is worth reading (the cheap preflight). The outer error: no archive at
+/// all; the proof's: this archive cannot be used. Errors carry the next command.
+pub(crate) async fn choose_proven(
+    play: &Play<'_>,
+    store: &Store,
+    args: &RestoreArgs,
+    (identities, by, options): (
+        Option<&ferry_proto::archive::Identities>,
+        Source,
+        crate::proof::Options,
+    ),
+    verb: &str,
+    gate: impl Fn(&ArchiveRecord) -> Vec<String>,
+) -> Result<Chosen, (String, String)> {
+    let mut said: Vec<i64> = Vec::new();
+    let mut skipped_json = Vec::new();
+    loop {
+        let (archive, skipped) = choose_archive(play, store, args).await?;
+        for s in &skipped {
+            if said.contains(&s.archive.id) {
+                continue;
+            }
+            play.warn(&s.describe());
+            said.push(s.archive.id);
+            skipped_json.push(json!({"id": s.archive.short_id(), "name": s.archive.name,
+                "state": s.standing.word(), "why": s.standing.why_not()}));
+        }
+        play.set("skipped", json!(skipped_json));
+        if said.contains(&archive.id) {
+            // Found bad, yet chosen again: the catalog did not take the finding.
+            return Err((
+                format!(
+                    "archive {} was found unusable but the catalog did not record it",
+                    archive.short_id()
+                ),
+                format!("`ferry archives verify {}`", archive.short_id()),
+            ));
+        }
+        play.set_archive(&archive).await;
+        play.header(&format!(
+            "{verb} {} from archive {} {} of {}",
+            play.host(),
+            archive.short_id(),
+            archive.name,
+            archive.host
+        ));
+        let problems = gate(&archive);
+        if !problems.is_empty() {
+            return Ok(Chosen {
+                archive,
+                proof: Err((problems.join("; "), String::new())),
+            });
+        }
+        match crate::proof::prove(store, play.catalog, &archive, identities, by, options).await {
+            Ok(proof) => {
+                return Ok(Chosen {
+                    archive,
+                    proof: Ok(proof),
+                });
+            }
+            // Chosen as the newest good one, found otherwise now (and recorded): the next one.
+            Err(u) if args.archive.is_none() && u.finding.is_some() => {
+                play.warn(&format!(
+                    "skipped archive {} ({}): {}; trying the next good archive",
+                    archive.short_id(),
+                    archive.name,
+                    u.cause
+                ));
+                said.push(archive.id);
+                skipped_json.push(json!({"id": archive.short_id(), "name": archive.name,
+                    "state": u.finding.as_ref().and_then(|f| f.state()).map(|s| s.as_str()),
+                    "why": u.cause}));
+            }
+            Err(u) => {
+                let next = unproven_next(play.host(), &archive, &u);
+                return Ok(Chosen {
+                    archive,
+                    proof: Err((u.cause, next)),
+                });
+            }
+        }
+    }
 }
 
 /// The next command when an archive's stored bytes are not proven.
-pub(crate) fn unproven_next(
-    host: &str,
-    archive: &ArchiveRecord,
-    u: &crate::proof::Unproven,
-    args: &RestoreArgs,
-) -> String {
+fn unproven_next(host: &str, archive: &ArchiveRecord, u: &crate::proof::Unproven) -> String {
     use crate::catalog::evidence::{Finding, Reason};
     match &u.finding {
         Some(Finding::Suspect(Reason::SidecarDiffers, _)) => format!(
             "`ferry archives verify {}`; if the catalog's digest is the one to trust, pass --trust-archive-digest (recorded in the ledger)",
             archive.short_id()
         ),
-        Some(_) if args.archive.is_some() => format!(
-            "it is marked so in the catalog; `ferry restore {host}` without --archive picks the newest good archive"
-        ),
         Some(_) => format!(
-            "it is marked so in the catalog; run `ferry restore {host}` again to pick the newest good archive"
+            "it is marked so in the catalog; `ferry restore {host}` without --archive picks the newest good archive (`ferry archives list {}` shows their states)",
+            archive.host
         ),
         None => "fix the cause above and run the command again".into(),
     }
