@@ -60,6 +60,9 @@ fn init_logging(format: ferry::cli::LogFormat, default: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A log line that cannot be written (a closed pipe: `ferry serve 2>&1 | head -1`) is
+        // dropped; tracing's own report of that would print to the same closed stderr and panic.
+        .log_internal_errors(false)
         .with_writer(std::io::stderr);
     match format {
         ferry::cli::LogFormat::Text => builder.init(),

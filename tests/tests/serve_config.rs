@@ -193,3 +193,107 @@ fn the_operator_guides_alert_rules_pass_promtool() {
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("7 rules found"), "{}", text(&out));
 }
+
+#[test]
+fn serve_outlives_a_closed_log_pipe_and_stops_cleanly() {
+    // `ferry serve … 2>&1 | head -1`: its log pipe closes after one line. Its hosts do not answer
+    // (port 1), so it keeps logging failed backups into the closed pipe.
+    let d = Dir::new();
+    let port = free_port();
+    d.write(&format!(
+        "serve:\n  listen: 127.0.0.1:{port}\n{}",
+        GOOD.replace("0 2 * * *", "* * * * *")
+    ));
+    let mut serve = d
+        .ferry(&["-i", d.path().join("inventory.ini").to_str().unwrap()])
+        .args(["serve", "--replica", "piped"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::BufRead;
+        let mut first = String::new();
+        std::io::BufReader::new(serve.stderr.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert!(!first.is_empty());
+        drop(serve.stdout.take());
+        // The reader goes away here: the pipe is closed for every later line.
+    }
+    // Backups of both hosts fail and are logged (and retried) while the pipe is closed.
+    let catalog = || {
+        let out = d
+            .ferry(&["history", "--kind", "backup", "-o", "json"])
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()
+    };
+    wait_for(
+        Duration::from_secs(60),
+        "two failed scheduled backups",
+        || {
+            if let Some(status) = serve.try_wait().unwrap() {
+                panic!("serve died on its closed log pipe: {status:?}");
+            }
+            let doc = catalog();
+            let entries = doc
+                .as_array()
+                .or_else(|| doc["entries"].as_array())
+                .cloned()
+                .unwrap_or_default();
+            (entries
+                .iter()
+                .filter(|e| e["outcome"] != "succeeded")
+                .count()
+                >= 2)
+                .then_some(())
+        },
+    );
+    assert!(
+        serve.try_wait().unwrap().is_none(),
+        "serve died on its closed log pipe"
+    );
+    let (_, live) = {
+        let out = d.ferry(&["status", "-o", "json"]).output().unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        (out.status.code(), doc)
+    };
+    assert!(
+        live["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == "piped" && r["live"] == true),
+        "{live}"
+    );
+    // Ctrl-C with the pipe still closed: a clean stop, the replica recorded as stopped.
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&serve),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = serve.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "serve did not stop on SIGINT"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(0), "{status:?}");
+    let out = d.ferry(&["status", "-o", "json"]).output().unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        doc["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == "piped" && r["live"] == false),
+        "{doc}"
+    );
+}

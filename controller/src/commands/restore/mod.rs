@@ -503,8 +503,12 @@ async fn choose_archive(
                     };
                     return Err((
                         format!(
-                            "{source} has no archive proven good in {here}: {} archive(s) skipped",
-                            skipped.len()
+                            "{source} has no archive proven good in {here}: {}",
+                            skipped
+                                .iter()
+                                .map(Skipped::describe)
+                                .collect::<Vec<_>>()
+                                .join("; ")
                         ),
                         next,
                     ));
