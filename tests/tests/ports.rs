@@ -210,12 +210,51 @@ async fn a_publication_ends_when_its_time_runs_out_or_its_controller_goes() {
     );
     taken_down(host, from);
     let out = child.wait_with_output().unwrap();
+    // Ended by the new agent (0), or found unanswering during the restart (3, unreachable).
     assert!(
-        matches!(out.status.code(), Some(0) | Some(2)),
+        matches!(out.status.code(), Some(0) | Some(3)),
         "{}",
         text(&out)
     );
     assert_eq!(entries(&fleet, "ports-publish").len(), 5);
+
+    // 6. The agent dies and stays down: a loss, not an end. Non-zero, on record as unreachable with
+    // the state as far as it is known; the drop-ins go when the agent starts again.
+    let child = spawn(&fleet, &["ports", "publish", "cp01", "--for", "10m"]);
+    wait("the ports", Duration::from_secs(30), || {
+        published(host) == (true, true)
+    });
+    let from = host.calls().len();
+    simhost::fleet::kill_agent(host);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        text(&out).contains(
+            "UNREACHABLE: [cp01] the agent stopped answering while the ports were published"
+        ) && text(&out).contains("host state: unknown")
+            && text(&out).contains("next: `ferry facts cp01`"),
+        "{}",
+        text(&out)
+    );
+    let e = entries(&fleet, "ports-publish");
+    assert_eq!(e.len(), 6);
+    let last = e.iter().max_by_key(|x| x["seq"].as_i64()).unwrap();
+    assert_eq!(last["outcome"], "unreachable", "{last}");
+    assert!(
+        last["error"]
+            .as_str()
+            .unwrap()
+            .contains("host state: unknown"),
+        "{last}"
+    );
+    assert_eq!(dropins(host), 2, "still published while the agent is down");
+    simhost::fleet::start_agent(host).unwrap();
+    wait(
+        "the restarted agent to unpublish",
+        Duration::from_secs(30),
+        || dropins(host) == 0,
+    );
+    taken_down(host, from);
 
     // The host is free again.
     fleet.ferry_ok(&["backup", "cp01"]).unwrap();

@@ -217,15 +217,37 @@ async fn publish(config: &Config, global: &GlobalArgs, host: &str, duration: &st
             break Ended::Expired;
         }
         if let Err(status) = conn.client.clone().publish_ports(request(true)).await {
-            break Ended::Gone(status.message().to_string());
+            break match conn.transport_error(&status) {
+                Some(e) => Ended::Lost(e.to_string()),
+                None => Ended::Gone(status.message().to_string()),
+            };
         }
     };
     let why = match &ended {
         Ended::Signal(name, _) => format!("interrupted by {name}"),
         Ended::Expired => format!("--for {duration} ran out"),
-        Ended::Gone(cause) => cause.clone(),
+        Ended::Gone(cause) | Ended::Lost(cause) => cause.clone(),
     };
     let started = OffsetDateTime::now_utc();
+    if let Ended::Lost(cause) = &ended {
+        // The agent stopped answering with the ports published: not an end, a loss. What is known:
+        // a running agent unpublishes when its lease lapses; a dead one does when it starts again.
+        let state = format!(
+            "unknown: the ports may still be published; a running agent unpublishes within {}s of the last renewal, a stopped one as it starts again",
+            LEASE.as_secs()
+        );
+        record.task("renew", started, "unreachable", cause);
+        errln!(
+            "UNREACHABLE: [{host}] the agent stopped answering while the ports were published: {cause}\nhost state: {state}\nnext: `ferry facts {host}` (once the agent answers, it says whether anything is still published); start ferry-agent on {host} if it is down"
+        );
+        record
+            .end(
+                "unreachable",
+                Some(format!("renew: {cause}; host state: {state}")),
+            )
+            .await;
+        return exit::UNREACHABLE;
+    }
     if let Ended::Gone(cause) = &ended {
         // Ended elsewhere (unpublish, the agent's own expiry or restart): nothing left to end here.
         outln!("[{host}] {cause}");
@@ -271,6 +293,8 @@ enum Ended {
     Expired,
     /// The agent no longer holds it (unpublished from elsewhere, restarted).
     Gone(String),
+    /// The agent stopped answering: the publication's state is not known.
+    Lost(String),
 }
 
 async fn unpublish(config: &Config, global: &GlobalArgs, host: &str) -> i32 {
