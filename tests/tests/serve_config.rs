@@ -297,3 +297,91 @@ fn serve_outlives_a_closed_log_pipe_and_stops_cleanly() {
         "{doc}"
     );
 }
+
+#[test]
+fn a_live_replica_name_is_refused_and_free_again_once_it_stops() {
+    let d = Dir::new();
+    d.write(&format!(
+        "serve:\n  listen: 127.0.0.1:{}\n{GOOD}",
+        free_port()
+    ));
+    let inventory = d.path().join("inventory.ini");
+    let mut alpha = Serve::start(
+        &d.config(),
+        &inventory,
+        &["--replica", "alpha"],
+        &d.path().join("alpha.log"),
+    );
+    wait_for(Duration::from_secs(30), "alpha to start", || {
+        alpha
+            .log_text()
+            .contains("ferry serve started")
+            .then_some(())
+    });
+    // A second process under the live name: refused, and the live one untouched.
+    d.write(&format!(
+        "serve:\n  listen: 127.0.0.1:{}\n{GOOD}",
+        free_port()
+    ));
+    let out = d
+        .ferry(&[
+            "-i",
+            inventory.to_str().unwrap(),
+            "serve",
+            "--replica",
+            "alpha",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        text(&out).contains("replica name \"alpha\" is in use by a live replica")
+            && text(&out).contains("nothing was started"),
+        "{}",
+        text(&out)
+    );
+    let status = || -> serde_json::Value {
+        let out = d.ferry(&["status", "-o", "json"]).output().unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let alive = |doc: &serde_json::Value| {
+        doc["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["id"] == "alpha" && r["live"] == true)
+    };
+    assert!(alive(&status()), "{}", status());
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        alive(&status()),
+        "the refused one marked the live one stopped"
+    );
+    // Stopped, the name is free again.
+    alpha.signal(rustix::process::Signal::TERM);
+    assert_eq!(
+        alpha.wait(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        alpha.log_text()
+    );
+    let mut again = Serve::start(
+        &d.config(),
+        &inventory,
+        &["--replica", "alpha"],
+        &d.path().join("again.log"),
+    );
+    wait_for(Duration::from_secs(30), "alpha to start again", || {
+        again
+            .log_text()
+            .contains("ferry serve started")
+            .then_some(())
+    });
+    again.signal(rustix::process::Signal::TERM);
+    assert_eq!(
+        again.wait(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        again.log_text()
+    );
+}

@@ -112,32 +112,45 @@ fn secs(d: Duration) -> f64 {
 }
 
 impl Catalog {
-    pub async fn register_replica(&self, id: &str, host: &str) -> Result<(), CatalogError> {
-        self
+    /// Claims replica name `id` for this process; refused (the live one it belongs to is
+    /// returned) while another process holds it: stopped, or silent past the expiry, it is free.
+    pub async fn register_replica(
+        &self,
+        id: &str,
+        host: &str,
+    ) -> Result<Option<Replica>, CatalogError> {
+        let claimed = self
             .execute(
                 "INSERT INTO serve_replicas (id, controller_host, process) VALUES ($1, $2, $3)
                  ON CONFLICT (id) DO UPDATE SET controller_host = $2, process = $3, started_at = now(),
-                     heartbeat_at = now(), stopped_at = NULL, leader = false",
-                &[&id, &host, &crate::runs::this_process()],
+                     heartbeat_at = now(), stopped_at = NULL, leader = false
+                 WHERE serve_replicas.stopped_at IS NOT NULL
+                    OR serve_replicas.heartbeat_at <= now() - make_interval(secs => $4)",
+                &[&id, &host, &crate::runs::this_process(), &secs(REPLICA_EXPIRY)],
             )
             .await?;
-        Ok(())
+        if claimed == 1 {
+            return Ok(None);
+        }
+        Ok(self.replicas().await?.into_iter().find(|r| r.id == id))
     }
 
+    /// This process's heartbeat under its replica name (another process that took the name over
+    /// is not touched).
     pub async fn heartbeat(&self, id: &str, leader: bool) -> Result<(), CatalogError> {
-        self
-            .execute(
-                "UPDATE serve_replicas SET heartbeat_at = now(), leader = $2, stopped_at = NULL WHERE id = $1",
-                &[&id, &leader],
-            )
-            .await?;
+        self.execute(
+            "UPDATE serve_replicas SET heartbeat_at = now(), leader = $2, stopped_at = NULL
+                 WHERE id = $1 AND process = $3",
+            &[&id, &leader, &crate::runs::this_process()],
+        )
+        .await?;
         Ok(())
     }
 
     pub async fn replica_stopped(&self, id: &str) -> Result<(), CatalogError> {
         self.execute(
-            "UPDATE serve_replicas SET stopped_at = now(), leader = false WHERE id = $1",
-            &[&id],
+            "UPDATE serve_replicas SET stopped_at = now(), leader = false WHERE id = $1 AND process = $2",
+            &[&id, &crate::runs::this_process()],
         )
         .await?;
         Ok(())

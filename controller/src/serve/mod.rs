@@ -255,9 +255,26 @@ impl Service {
             return exit::ERROR;
         };
         let catalog = self.catalog();
-        if let Err(e) = catalog.register_replica(&self.replica, &host_name()).await {
-            errln!("ferry serve: registering this replica in the catalog: {e}");
-            return exit::ERROR;
+        match catalog.register_replica(&self.replica, &host_name()).await {
+            Ok(None) => {}
+            Ok(Some(live)) => {
+                errln!(
+                    "ferry serve: replica name {:?} is in use by a live replica on {} (started {}, last heartbeat {}); nothing was started: give this one another --replica, or stop that one first",
+                    self.replica,
+                    live.controller_host,
+                    live.started_at
+                        .replace_nanosecond(0)
+                        .unwrap_or(live.started_at),
+                    live.heartbeat_at
+                        .replace_nanosecond(0)
+                        .unwrap_or(live.heartbeat_at)
+                );
+                return exit::ERROR;
+            }
+            Err(e) => {
+                errln!("ferry serve: registering this replica in the catalog: {e}");
+                return exit::ERROR;
+            }
         }
         if let Err(e) = catalog.track_hosts(&self.settings().hosts()).await {
             errln!("ferry serve: {e}");
