@@ -20,22 +20,35 @@ pub fn identities(config: &Config) -> Result<Option<Identities>, SealError> {
     if let Ok(meta) = std::fs::metadata(path)
         && meta.permissions().mode() & 0o077 != 0
     {
+        let mode = meta.permissions().mode();
+        let who = match (mode & 0o070 != 0, mode & 0o007 != 0) {
+            (true, true) => "its group and others",
+            (true, false) => "its group",
+            _ => "others",
+        };
         errln!(
-            "[WARNING] {} (encryption.identity) is readable by others (mode {:o}): it opens every archive; chmod 600 it",
+            "[WARNING] {} (encryption.identity) is open to {who} (mode {:o}): it opens every archive; chmod 600 it",
             path.display(),
-            meta.permissions().mode() & 0o777
+            mode & 0o777
         );
     }
     Identities::read(path).map(Some)
 }
 
-/// Why the configuration cannot restore what it backs up, if so: `identity` is not one of the
-/// `recipients`.
+/// Why the configuration cannot restore what it backs up, if so: `identity` names no readable key,
+/// or one that is not among the `recipients`.
 pub fn identity_not_a_recipient(config: &Config) -> Option<String> {
     let encryption = config.encryption.as_ref()?;
-    let public = Identities::read(encryption.identity.as_ref()?)
-        .ok()?
-        .public();
+    let path = encryption.identity.as_ref()?;
+    let public = match Identities::read(path) {
+        Ok(ids) => ids.public(),
+        Err(e) => {
+            return Some(format!(
+                "encryption.identity ({}) cannot be read: {e}; archives are still encrypted to the recipients, but this controller cannot restore, verify or drill them until it can",
+                path.display()
+            ));
+        }
+    };
     (!public.iter().any(|p| encryption.recipients.contains(p))).then(|| {
         format!(
             "encryption.identity ({}) is not one of encryption.recipients: ferry could not decrypt these archives with it",

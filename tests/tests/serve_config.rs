@@ -122,6 +122,13 @@ fn bad_serve_configuration_is_refused_with_file_and_line_and_nothing_runs() {
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["replicas"], serde_json::json!([]), "{doc}");
     assert!(doc["hosts"][0]["last_success"].is_null(), "{doc}");
+    // With no serve running, no next run is promised.
+    assert!(doc["hosts"][0]["next_run"].is_null(), "{doc}");
+    let table = text(&d.ferry(&["status"]).output().unwrap());
+    assert!(
+        table.contains("no serve") && table.contains("ferry serve: no replica running"),
+        "{table}"
+    );
     assert_eq!(
         out.status.code(),
         Some(2),
@@ -268,6 +275,18 @@ fn serve_outlives_a_closed_log_pipe_and_stops_cleanly() {
             .any(|r| r["id"] == "piped" && r["live"] == true),
         "{live}"
     );
+    // Its metrics count each backup once: started apart, ended by outcome.
+    let (_, metrics) = simhost::serving::http_get(port, "/metrics").unwrap();
+    let value = |series: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{series} not in {metrics}"))
+    };
+    assert!(value("ferry_serve_backups_started_total{replica=\"piped\"}") >= 2.0);
+    assert!(value("ferry_serve_backups_total{outcome=\"failed\",replica=\"piped\"}") >= 1.0);
+    assert!(!metrics.contains("outcome=\"started\""), "{metrics}");
     // Ctrl-C with the pipe still closed: a clean stop, the replica recorded as stopped.
     rustix::process::kill_process(
         rustix::process::Pid::from_child(&serve),

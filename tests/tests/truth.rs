@@ -335,6 +335,23 @@ async fn encrypted_bucket_never_counts_a_missing_or_damaged_archive() {
     let objects = Objects::Bucket(&s3, "site1");
     // A flipped bit in the ciphertext fails authentication.
     newest_missing_then_damaged(&fleet, &config, &objects, "auth-failed");
+    // A private key that is not there is said at backup time, not found at 3 a.m.
+    let missing = fleet.dir.join("no-such-key.txt");
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &identity.display().to_string(),
+        &missing.display().to_string(),
+    );
+    let keyless = fleet.dir.join("keyless.yaml");
+    std::fs::write(&keyless, text).unwrap();
+    let (code, out) = run(&fleet, &keyless, &["backup", "cp01"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains(&format!(
+            "encryption.identity ({}) cannot be read",
+            missing.display()
+        )),
+        "{out}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

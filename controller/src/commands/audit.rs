@@ -113,15 +113,17 @@ pub async fn history(config: &Config, format: Format, args: HistoryArgs) -> i32 
             }
         }
         Format::Text => {
-            outln!(
-                "{:>5}  {:<20} {:<18} {:<8} {:<11} {:<26} ARCHIVE",
-                "ID",
-                "STARTED",
-                "KIND",
-                "TARGET",
-                "OUTCOME",
-                "OPERATOR"
-            );
+            // Columns as wide as their widest value: long host names or operators never run into
+            // the next column.
+            let mut rows: Vec<[String; 7]> = vec![[
+                "ID".into(),
+                "STARTED".into(),
+                "KIND".into(),
+                "TARGET".into(),
+                "OUTCOME".into(),
+                "OPERATOR".into(),
+                "ARCHIVE".into(),
+            ]];
             for (e, c) in &selected {
                 let archive = c["archive"]["sha256"]
                     .as_str()
@@ -129,18 +131,36 @@ pub async fn history(config: &Config, format: Format, args: HistoryArgs) -> i32 
                     .unwrap_or_default();
                 let operator = c["operator"]["subject"].as_str().unwrap_or_default();
                 let who = operator.rsplit("CN=").next().unwrap_or(operator);
-                outln!(
-                    "{:>5}  {:<20} {:<18} {:<8} {:<11} {:<26} {archive}",
-                    e.seq,
-                    field(c, "started").get(..19).unwrap_or_default(),
-                    field(c, "kind"),
-                    field(c, "target"),
-                    field(c, "outcome"),
+                rows.push([
+                    e.seq.to_string(),
+                    field(c, "started")
+                        .get(..19)
+                        .unwrap_or_default()
+                        .to_string(),
+                    field(c, "kind").to_string(),
+                    field(c, "target").to_string(),
+                    field(c, "outcome").to_string(),
                     format!(
                         "{who} ({})",
                         c["operator"]["os_user"].as_str().unwrap_or_default()
                     ),
-                );
+                    archive,
+                ]);
+            }
+            let widths: Vec<usize> = (0..7)
+                .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+                .collect();
+            for row in &rows {
+                let cells: Vec<String> = row
+                    .iter()
+                    .enumerate()
+                    .map(|(i, cell)| match i {
+                        0 => format!("{cell:>w$}", w = widths[0]),
+                        6 => cell.clone(),
+                        _ => format!("{cell:<w$}", w = widths[i]),
+                    })
+                    .collect();
+                outln!("{}", cells.join("  "));
             }
             outln!(
                 "{} entr{}",

@@ -68,12 +68,13 @@ pub async fn run(path: PathBuf, explicit: bool, global: &GlobalArgs, args: Serve
             return exit::ERROR;
         }
     };
+    // The host name: the same across restarts, so its metric series and catalog row carry on (a
+    // second serve on one host needs its own --replica; a live name is refused).
     let replica = args.replica.clone().unwrap_or_else(|| {
-        format!(
-            "{}-{}",
-            rustix::system::uname().nodename().to_string_lossy(),
-            std::process::id()
-        )
+        rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned()
     });
     let service = Service::new(
         replica,

@@ -51,13 +51,19 @@ pub async fn run(config: &Config, global: &GlobalArgs, pattern: Option<&str>) ->
         ))
     }
     .await;
-    let (hosts, replicas, alerts) = match gathered {
+    let (mut hosts, replicas, alerts) = match gathered {
         Ok(all) => all,
         Err(e) => {
             errln!("ferry status: {e}");
             return exit::ERROR;
         }
     };
+    // With no serve running, nothing runs next: no time is promised.
+    if !replicas.iter().any(|r| r.live) {
+        for h in &mut hosts {
+            h.next_run = None;
+        }
+    }
     let count = |s: RpoState| hosts.iter().filter(|h| h.state == s).count();
     let breached = count(RpoState::Breached);
     let problems = hosts.iter().filter(|h| h.archive_problem.is_some()).count();
@@ -134,7 +140,7 @@ fn print_table(hosts: &[HostStatus], now: OffsetDateTime) {
                 .format(&time::format_description::well_known::Rfc3339)
                 .unwrap_or_default()
         };
-        let next = h.next_run.map_or("-".to_string(), |t| {
+        let next = h.next_run.map_or("no serve".to_string(), |t| {
             if t <= now {
                 "due".into()
             } else {

@@ -109,8 +109,14 @@ async fn render(service: &Service) -> Result<String, String> {
     let own = counter(
         &registry,
         "ferry_serve_backups_total",
-        "Scheduled backups this replica ran since it started, by outcome.",
+        "Scheduled backups this replica ran to an end since it started, by outcome.",
         &["replica", "outcome"],
+    )?;
+    let started = counter(
+        &registry,
+        "ferry_serve_backups_started_total",
+        "Scheduled backups this replica started since it started.",
+        &["replica"],
     )?;
     let replica = service.replica.as_str();
     leader
@@ -119,8 +125,11 @@ async fn render(service: &Service) -> Result<String, String> {
     running
         .with_label_values(&[replica])
         .set(super::lock(&service.running).len() as i64);
+    started
+        .with_label_values(&[replica])
+        .inc_by(service.counters.started.load(Ordering::Relaxed));
+    // Ended outcomes only: summed, they count backups once.
     for (outcome, counter) in [
-        ("started", &service.counters.started),
         ("succeeded", &service.counters.succeeded),
         ("failed", &service.counters.failed),
     ] {

@@ -95,6 +95,8 @@ impl Settings {
         };
         let dialer = Dialer::new(tls, Duration::from_secs(config.connect_timeout_seconds));
         let operator = Operator::current(&config);
+        let mut warnings = plan.warnings;
+        warnings.extend(crate::keys::identity_not_a_recipient(&config));
         Ok((
             Settings {
                 plans: plan.plans,
@@ -104,7 +106,7 @@ impl Settings {
                 operator,
                 config,
             },
-            plan.warnings,
+            warnings,
         ))
     }
 
