@@ -177,6 +177,9 @@ impl ParallelCompressor {
                 });
             }
             drop(done_tx);
+            // The workers hold the only receivers: once they stop (the writer failed), sending a
+            // job fails instead of blocking the reader for ever.
+            drop(job_rx);
             let writer = scope.spawn(move || -> io::Result<u64> {
                 let mut pending = BTreeMap::new();
                 let mut next = 0u64;
@@ -270,5 +273,44 @@ mod tests {
                 .unwrap();
             assert!(back == source, "{codec:?} round trip");
         }
+    }
+
+    /// A sink that takes `room` bytes, then fails as a full disk does.
+    struct Full {
+        room: usize,
+    }
+
+    impl Write for Full {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.room < buf.len() {
+                return Err(io::Error::new(io::ErrorKind::StorageFull, "no space left"));
+            }
+            self.room -= buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_sink_that_fails_ends_the_run_with_its_error() {
+        // Far more input than the channels hold: the reader must not wait for ever on workers
+        // that stopped when the writer failed.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let source = std::io::repeat(7).take(64 << 20);
+            let compressor = ParallelCompressor {
+                codec: Codec::Gzip,
+                workers: 2,
+                chunk_size: 64 << 10,
+            };
+            let _ = tx.send(compressor.run(source, &mut Full { room: 1 << 10 }, |_| {}));
+        });
+        let result = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the compressor hung on a failed sink");
+        let e = result.expect_err("a full sink is an error");
+        assert_eq!(e.kind(), io::ErrorKind::StorageFull);
     }
 }

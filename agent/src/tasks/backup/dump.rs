@@ -113,6 +113,17 @@ impl DumpJob {
             .compressor
             .join()
             .map_err(|_| "dump compressor panicked".to_string())?;
+        // The spool could not be written (a full disk): that is the cause, not the pg_dump that
+        // died of the closed pipe after it.
+        if let Err(e) = &compressed {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let _ = self.stderr.join();
+            return Err(format!(
+                "writing the dump's spool {}: {e}; nothing was stored, the staging space is cleared",
+                self.spool.display()
+            ));
+        }
         let status = self
             .child
             .wait()
