@@ -110,3 +110,51 @@ async fn a_staging_disk_that_fills_during_a_backup_ends_it_and_frees_the_host() 
         "{doc}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_refused_by_a_busy_host_names_what_to_do_about_it() {
+    let fleet = TempFleet::up(SimFleetOptions {
+        hosts: 1,
+        devices: 20,
+        ..Default::default()
+    })
+    .await;
+    fleet.ferry_ok(&["backup", "cp01"]).unwrap();
+    let host = fleet.host("cp01");
+    // A DBA's publication holds the host.
+    let publisher = fleet
+        .ferry(&["ports", "publish", "cp01", "--for", "10m"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let published = || {
+        [5432, 6379]
+            .iter()
+            .all(|port| std::net::TcpStream::connect((host.spec.address.as_str(), *port)).is_ok())
+    };
+    while !published() {
+        assert!(Instant::now() < deadline, "never published");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = fleet.ferry(&["restore", "cp01"]).output().unwrap();
+    let output = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{output}");
+    assert!(
+        output.contains("REFUSED: [cp01] task stage: cp01 is busy: ports operation")
+            && output.contains("next: `ferry ports unpublish cp01`")
+            && !output.contains("archives verify"),
+        "{output}"
+    );
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&publisher),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    let out = publisher.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    // Free again, the same restore goes through.
+    let out = fleet.ferry(&["restore", "cp01"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}

@@ -232,7 +232,7 @@ impl Restores {
         let next = if running.kind == "ports" {
             vec![format!("ferry ports unpublish {host}")]
         } else {
-            Vec::new()
+            vec![format!("ferry ping {host}")]
         };
         (
             format!(
@@ -324,6 +324,7 @@ impl Restores {
             staging::prepare_only(ctx, &dir, &req)
                 .await
                 .map(|()| (0, String::new()))
+                .map_err(staging::ReceiveError::Environment)
         } else {
             staging::receive(ctx, &dir, &req, first, rest).await
         };
@@ -334,8 +335,17 @@ impl Restores {
                     Journal::load(&dir).map_err(|e| self.refusal(Step::Stage, e.to_string()))?;
                 Ok((size, sha256, self.status_of(&req.restore_id, &journal)))
             }
-            Err(cause) => {
+            Err(failed) => {
                 drop(lease);
+                // The host's own trouble (space, the database server) names where to look; the
+                // archive's is the controller's to name (it knows the archive's id).
+                let next = match &failed {
+                    staging::ReceiveError::Environment(_) => {
+                        vec![format!("ferry facts {}", ctx.host_name)]
+                    }
+                    staging::ReceiveError::Archive(_) => Vec::new(),
+                };
+                let cause = failed.to_string();
                 // The journal names the temporary database a failed pass may have left.
                 let undone = match Journal::load(&dir) {
                     Ok(j) => rollback::rollback(ctx, &dir, &j).await.map(|_| ()),
@@ -358,7 +368,7 @@ impl Restores {
                     step: Step::Stage,
                     cause,
                     status: None,
-                    next: Vec::new(),
+                    next,
                     refused: false,
                 })
             }

@@ -41,8 +41,9 @@ pub async fn receive<E: std::fmt::Display>(
     req: &StageRequest,
     first: bytes::Bytes,
     rest: impl tokio_stream::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
-) -> Result<(u64, String), String> {
-    room_for(&ctx.staging_dir, req.expected_size, ctx.keep_free)?;
+) -> Result<(u64, String), ReceiveError> {
+    room_for(&ctx.staging_dir, req.expected_size, ctx.keep_free)
+        .map_err(ReceiveError::Environment)?;
     // From service-config.yaml alone: stage makes no calls of its own on the host.
     let database = crate::tasks::facts::database(&ctx.host);
     let access = if database.kind == DatabaseKind::External {
@@ -52,7 +53,7 @@ pub async fn receive<E: std::fmt::Display>(
     };
     let load = access == DatabaseAccess::Builtin
         && ferry_proto::restore::chosen(&req.components).contains(&Component::Db);
-    let io = |e: std::io::Error| format!("staging: {e}");
+    let io = |e: std::io::Error| ReceiveError::Environment(format!("staging: {e}"));
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir).map_err(io)?;
     let (temp_db, old_db) = temporary_names(&req.restore_id, &database.name);
@@ -85,11 +86,10 @@ pub async fn receive<E: std::fmt::Display>(
         first,
         rest,
     )
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     std::fs::write(
         dir.join(STAGED),
-        serde_json::to_vec(&staged).map_err(|e| e.to_string())?,
+        serde_json::to_vec(&staged).map_err(|e| ReceiveError::Archive(e.to_string()))?,
     )
     .map_err(io)?;
     journal.loaded_seconds = staged.loaded_seconds;

@@ -251,14 +251,15 @@ async fn restore(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
     );
     let staged_at = OffsetDateTime::now_utc();
     play.step_begins("stage");
-    if let Err(e) = stage(conn, &store, &archive, &proof, &restore_id, args).await {
-        return play
-            .refuse(
-                "stage",
-                &e,
-                &format!("`ferry archives verify {}`", archive.short_id()),
-            )
-            .await;
+    if let Err((cause, next)) = stage(conn, &store, &archive, &proof, &restore_id, args).await {
+        // The agent names what to do about its own state (busy, space); a byte that differs is
+        // the archive's.
+        let next = if next.is_empty() {
+            format!("`ferry archives verify {}`", archive.short_id())
+        } else {
+            format!("`{}`", next.join("` or `"))
+        };
+        return play.refuse("stage", &cause, &next).await;
     }
     play.task(
         "stage",
@@ -772,9 +773,12 @@ async fn stage(
     proof: &crate::proof::Proof,
     restore_id: &str,
     args: &RestoreArgs,
-) -> Result<(), String> {
+) -> Result<(), (String, Vec<String>)> {
     let location = store.location(&archive.host, &archive.object());
-    let opened = proof.open(store, archive).await?;
+    let opened = proof
+        .open(store, archive)
+        .await
+        .map_err(|e| (e, Vec::new()))?;
     let (expected_sha256, expected_size) = match &archive.sealed {
         Some(s) => (s.plain_sha256.clone(), s.plain_size as u64),
         None => (archive.sha256.clone(), archive.size as u64),
@@ -800,23 +804,21 @@ async fn stage(
     let reply = conn.client.clone().stage(rx).await;
     reader
         .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("reading {location}: {e}"))?;
+        .map_err(|e| (e.to_string(), Vec::new()))?
+        .map_err(|e| (format!("reading {location}: {e}"), Vec::new()))?;
     // (A stored copy that no longer matches is reported by the host, which checks every byte.)
     let reply = reply.map_err(|status| match step_failure(&status) {
-        Some(failure) if failure.next.is_empty() => failure.cause,
-        Some(failure) => format!(
-            "{}; end it with `{}`",
-            failure.cause,
-            failure.next.join("` or `")
-        ),
-        None => status.message().to_string(),
+        Some(failure) => (failure.cause, failure.next),
+        None => (status.message().to_string(), Vec::new()),
     })?;
     let reply = reply.into_inner();
     if reply.sha256 != expected_sha256 {
-        return Err(format!(
-            "the host received sha256 {}, the catalog says {expected_sha256}",
-            reply.sha256
+        return Err((
+            format!(
+                "the host received sha256 {}, the catalog says {expected_sha256}",
+                reply.sha256
+            ),
+            Vec::new(),
         ));
     }
     Ok(())
