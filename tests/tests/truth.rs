@@ -13,28 +13,25 @@ use simhost::s3::S3Server;
 use simhost::serving::{Serve, Webhook, free_port, http_get, wait_for};
 use simhost::testing::{TempFleet, text};
 
-fn run(fleet: &TempFleet, config: &Path, args: &[&str]) -> (Option<i32>, String) {
-    let out = std::process::Command::new(simhost::bins::path("ferry"))
+/// `ferry --config CONFIG -i INVENTORY ARGS…`, run to its end.
+fn ferry(fleet: &TempFleet, config: &Path, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(simhost::bins::path("ferry"))
         .arg("--config")
         .arg(config)
         .arg("-i")
         .arg(fleet.inventory_path())
         .args(args)
         .output()
-        .unwrap();
+        .unwrap()
+}
+
+fn run(fleet: &TempFleet, config: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = ferry(fleet, config, args);
     (out.status.code(), text(&out))
 }
 
 fn json(fleet: &TempFleet, config: &Path, args: &[&str]) -> (Option<i32>, Value) {
-    let out = std::process::Command::new(simhost::bins::path("ferry"))
-        .arg("--config")
-        .arg(config)
-        .arg("-i")
-        .arg(fleet.inventory_path())
-        .args(args)
-        .args(["-o", "json"])
-        .output()
-        .unwrap();
+    let out = ferry(fleet, config, &[args, &["-o", "json"]].concat());
     let doc = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", text(&out)));
     (out.status.code(), doc)
