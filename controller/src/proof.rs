@@ -79,11 +79,6 @@ impl Proof {
             .map_err(|e| e.to_string())?;
         Ok(Opened::new(body, None))
     }
-
-    /// Whether the plaintext can be opened (the key was there).
-    pub fn has_key(&self) -> bool {
-        self.key.is_some()
-    }
 }
 
 /// Reads `archive`'s copy in `store` once: size and sha256 against the catalog, its sidecar, and
@@ -361,8 +356,8 @@ pub async fn adopt(catalog: &Catalog, store: &Store) {
     let listed = match store.list().await {
         Ok(objects) => objects
             .into_iter()
-            .map(|o| (o.host, o.object))
-            .collect::<std::collections::BTreeSet<_>>(),
+            .map(|o| ((o.host, o.object), o.size))
+            .collect::<std::collections::BTreeMap<_, _>>(),
         Err(e) => {
             errln!(
                 "[WARNING] listing {} to link older archives to it: {e}",

@@ -916,3 +916,50 @@ async fn prune_reproves_what_changed_and_copy_checks_the_source_sidecar() {
         "{shown}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archives_catalogued_before_stores_were_recorded_are_linked_by_what_the_store_lists() {
+    let fleet = small_fleet(1).await;
+    let config = fleet.config_path();
+    backup(&fleet, &config, "cp01");
+    backup(&fleet, &config, "cp01");
+    let list = listed(&fleet, &config, "cp01");
+    let (newer, older) = (&list[0], &list[1]);
+    // As an upgraded catalog has them: no copy recorded anywhere.
+    let catalog =
+        ferry::catalog::Catalog::connect(&ferry::config::Config::load(&config, true).unwrap())
+            .await
+            .unwrap();
+    catalog
+        .client()
+        .batch_execute("DELETE FROM archive_copies; UPDATE archives SET stores_known = false")
+        .await
+        .unwrap();
+    // Behind ferry's back, the newer one grew a byte.
+    let path = fleet.dir.join("controller/store/cp01").join(&newer.object);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes.push(0);
+    std::fs::write(&path, &bytes).unwrap();
+    let (code, out) = run(&fleet, &config, &["archives", "list"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("2 archive(s) catalogued before stores were recorded"),
+        "{out}"
+    );
+    let now = listed(&fleet, &config, "cp01");
+    let of = |id: &str| now.iter().find(|a| a.id == id).unwrap().clone();
+    assert_eq!(of(&older.id).state, "good");
+    assert_eq!(
+        (
+            of(&newer.id).state.as_str(),
+            of(&newer.id).reason.as_deref()
+        ),
+        ("suspect", Some("body-differs"))
+    );
+    // Linked once: the next command finds nothing left to link.
+    let (_, out) = run(&fleet, &config, &["archives", "list"]);
+    assert!(
+        !out.contains("catalogued before stores were recorded"),
+        "{out}"
+    );
+}

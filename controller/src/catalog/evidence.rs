@@ -407,11 +407,13 @@ impl Catalog {
     }
 
     /// Links archives catalogued before stores were recorded to `store` where `listed` (its
-    /// (host, object) pairs) has them; returns how many.
+    /// (host, object) → size) has them; returns how many. Their state is what the catalog last knew
+    /// (proven on arrival or by a verify, or its sidecar suspect), and suspect when the listed size
+    /// is not the catalog's.
     pub async fn adopt_unrecorded(
         &self,
         store: &str,
-        listed: &std::collections::BTreeSet<(String, String)>,
+        listed: &std::collections::BTreeMap<(String, String), u64>,
     ) -> Result<u64, CatalogError> {
         let rows = self
             .client()
@@ -428,21 +430,26 @@ impl Catalog {
             } else {
                 name
             };
-            if !listed.contains(&(host, object)) {
+            let Some(&size) = listed.get(&(host, object)) else {
                 continue;
-            }
-            let suspect: Option<String> = r.get(4);
+            };
+            let size = size as i64;
+            let sidecar: Option<String> = r.get(4);
             self.client()
                 .execute(
-                    "WITH link AS (
+                    "WITH a AS (SELECT *, CASE WHEN size <> $4 THEN 'body-differs'
+                                              WHEN $3::text IS NOT NULL THEN 'sidecar-differs' END AS why
+                                FROM archives WHERE id = $1),
+                     link AS (
                          INSERT INTO archive_copies (archive_id, store, size, sha256, state, reason, detail, evidence, state_at, proven_at, seen_at)
-                         SELECT id, $2, size, sha256, CASE WHEN $3::text IS NULL THEN 'good' ELSE 'suspect' END,
-                                CASE WHEN $3::text IS NULL THEN NULL ELSE 'sidecar-differs' END, $3, 'legacy',
-                                coalesce(verified_at, recorded_at), verified_at, now()
-                         FROM archives WHERE id = $1
+                         SELECT id, $2, size, sha256, CASE WHEN why IS NULL THEN 'good' ELSE 'suspect' END, why,
+                                CASE WHEN why = 'body-differs' THEN 'listed at ' || $4 || ' bytes, the catalog says ' || size
+                                     ELSE $3 END,
+                                $5, coalesce(verified_at, recorded_at), CASE WHEN why IS NULL THEN verified_at END, now()
+                         FROM a
                          ON CONFLICT (archive_id, store) DO NOTHING)
                      UPDATE archives SET stores_known = true, deleted_at = NULL, deleted_reason = NULL WHERE id = $1",
-                    &[&id, &store, &suspect],
+                    &[&id, &store, &sidecar, &size, &Source::Legacy.as_str()],
                 )
                 .await?;
             adopted += 1;

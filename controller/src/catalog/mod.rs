@@ -188,7 +188,7 @@ pub struct SealedRecord {
 impl ArchiveRecord {
     /// The id operators use: the first 12 hex digits of the sha256. It survives `catalog rebuild`.
     pub fn short_id(&self) -> &str {
-        self.sha256.get(..12).unwrap_or(&self.sha256)
+        short_id(&self.sha256)
     }
 
     /// The store object: the archive's name, plus `.age` when it is encrypted.
@@ -264,6 +264,11 @@ impl ArchiveRecord {
                 .unwrap_or("no reason recorded")
         ))
     }
+}
+
+/// The id operators use for a digest: its first 12 hex digits.
+pub fn short_id(sha256: &str) -> &str {
+    sha256.get(..12).unwrap_or(sha256)
 }
 
 /// A connected, migrated catalog.

@@ -677,7 +677,7 @@ impl Catalog {
                 (
                     r.get(0),
                     GoodArchive {
-                        id: sha.get(..12).unwrap_or(&sha).to_string(),
+                        id: super::short_id(&sha).to_string(),
                         name: r.get(2),
                         size: r.get(3),
                         created_at: r.get(4),
@@ -723,7 +723,7 @@ impl Catalog {
                 (
                     r.get(0),
                     ArchiveProblem {
-                        id: sha.get(..12).unwrap_or(&sha).to_string(),
+                        id: super::short_id(&sha).to_string(),
                         name: r.get(2),
                         created_at: r.get(3),
                         state: r.get(4),
