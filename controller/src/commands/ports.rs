@@ -170,6 +170,28 @@ async fn publish(config: &Config, global: &GlobalArgs, host: &str, duration: &st
     let started = OffsetDateTime::now_utc();
     let published = match conn.client.clone().publish_ports(request(false)).await {
         Ok(reply) => reply.into_inner(),
+        // The agent went away during the call: it may have published before it did.
+        Err(status) if conn.transport_error(&status).is_some() => {
+            let cause = conn
+                .transport_error(&status)
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            let state = format!(
+                "unknown: the ports may have been published; a running agent unpublishes within {}s, a stopped one as it starts again",
+                LEASE.as_secs()
+            );
+            errln!(
+                "UNREACHABLE: [{host}] task publish: {cause}\nhost state: {state}\nnext: `ferry facts {host}`"
+            );
+            record.task("publish", started, "unreachable", &cause);
+            record
+                .end(
+                    "unreachable",
+                    Some(format!("publish: {cause}; host state: {state}")),
+                )
+                .await;
+            return exit::UNREACHABLE;
+        }
         Err(status) => {
             let cause = status.message().to_string();
             errln!("FAILED: [{host}] task publish: {cause}; nothing was changed by this command");
