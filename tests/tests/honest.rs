@@ -158,3 +158,193 @@ async fn a_restore_refused_by_a_busy_host_names_what_to_do_about_it() {
     let out = fleet.ferry(&["restore", "cp01"]).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
 }
+
+/// Devices the live database marks awaiting reconnect.
+async fn annotated(host: &simhost::SimHost) -> usize {
+    let db = host.db().await.unwrap();
+    let n: i64 = db
+        .query_one(
+            "SELECT count(*) FROM devices WHERE deleted_at IS NULL AND annotations->>'device-controller/awaitingReconnect' = 'true'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    n as usize
+}
+
+fn facts_json(fleet: &TempFleet, host: &str) -> serde_json::Value {
+    let out = fleet
+        .ferry(&["facts", host, "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    doc["hosts"][host]["data"].clone()
+}
+
+async fn settle(what: &str, limit: Duration, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Item 1: `ferry prepare-devices` SIGKILLed after its UPDATE changed the live database, built-in and
+/// external: the lapse keeps the application units stopped and says why (never started with no
+/// keys), and `--resume` seeds every key and starts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepare_devices_killed_after_the_update_keeps_the_units_stopped_until_resumed() {
+    let fleet = TempFleet::up(SimFleetOptions {
+        hosts: 2,
+        devices: 20,
+        external_db: vec![1],
+        ..Default::default()
+    })
+    .await;
+    let run = async |name: &str| {
+        let host = fleet.host(name);
+        host.inject_fault("podman", "redis-cli --pipe", "sleep:6");
+        let mut controller = fleet
+            .ferry(&["prepare-devices", name, "--lease-seconds", "3"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        settle(
+            &format!("{name}: the seed"),
+            Duration::from_secs(60),
+            async || host.calls().iter().any(|c| c.contains("redis-cli --pipe")),
+        )
+        .await;
+        controller.kill().unwrap();
+        let _ = controller.wait();
+        host.clear_faults();
+        assert!(annotated(host).await > 0, "{name}: the UPDATE ran");
+        // The lease lapses: the host is made safe, not freed with keyless devices.
+        settle(
+            &format!("{name}: the lapse"),
+            Duration::from_secs(30),
+            async || facts_json(&fleet, name)["restore"]["lapsed"].is_string(),
+        )
+        .await;
+        let facts = facts_json(&fleet, name);
+        let restore = &facts["restore"];
+        assert!(
+            restore["lapsed"]
+                .as_str()
+                .unwrap()
+                .contains("application units kept stopped: devices were marked awaiting reconnect"),
+            "{name}: {restore}"
+        );
+        assert_eq!(restore["state"], "HOST_STATE_SWAPPED", "{name}: {restore}");
+        assert_eq!(
+            host.unit_state("flightctl-api.service"),
+            "inactive",
+            "{name}"
+        );
+        assert_eq!(host.unit_state("flightctl-kv.service"), "active", "{name}");
+        // The ledger has the interrupted run; --resume finishes it.
+        let out = fleet
+            .ferry(&["restore", name, "--resume"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{name}: {}", text(&out));
+        assert_eq!(host.unit_state("flightctl-api.service"), "active", "{name}");
+        let devices = annotated(host).await;
+        assert!(
+            simhost::testing::awaiting_reconnect_keys(host).await >= devices,
+            "{name}: every annotated device has its key"
+        );
+        let facts = facts_json(&fleet, name);
+        assert!(facts["restore"].is_null(), "{name}: {facts}");
+        assert_eq!(facts["reconnect"]["problem"], false, "{name}: {facts}");
+    };
+    tokio::join!(run("cp01"), run("cp02"));
+}
+
+/// Item 2: every KV restart ferry causes (a publication and its end) sets the keys of the devices
+/// still awaiting reconnect again; facts names keyless devices as a problem with the fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kv_restart_ferry_causes_keeps_the_awaiting_reconnect_keys() {
+    let fleet = TempFleet::up(SimFleetOptions {
+        hosts: 1,
+        devices: 25,
+        ..Default::default()
+    })
+    .await;
+    fleet.ferry_ok(&["backup", "cp01"]).unwrap();
+    fleet.ferry_ok(&["restore", "cp01"]).unwrap();
+    let host = fleet.host("cp01");
+    let devices = annotated(host).await;
+    assert!(devices > 0);
+    let keys = simhost::testing::awaiting_reconnect_keys(host).await;
+    assert!(keys >= devices, "{keys} keys for {devices} devices");
+
+    let publisher = fleet
+        .ferry(&["ports", "publish", "cp01", "--for", "10m"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    settle("the publication", Duration::from_secs(30), async || {
+        [5432, 6379]
+            .iter()
+            .all(|port| std::net::TcpStream::connect((host.spec.address.as_str(), *port)).is_ok())
+    })
+    .await;
+    settle(
+        "the keys after the publish restart",
+        Duration::from_secs(30),
+        async || simhost::testing::awaiting_reconnect_keys(host).await == devices,
+    )
+    .await;
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&publisher),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    let out = publisher.wait_with_output().unwrap();
+    let output = text(&out);
+    assert_eq!(out.status.code(), Some(130), "{output}");
+    assert!(
+        output.contains(&format!(
+            "{devices} awaiting-reconnect keys set again in the restarted KV"
+        )),
+        "{output}"
+    );
+    // The unpublish restarted the KV too; its reply is in the ledger.
+    assert_eq!(
+        simhost::testing::awaiting_reconnect_keys(host).await,
+        devices,
+        "after the unpublish restart"
+    );
+    let history = fleet
+        .ferry(&["history", "cp01", "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&history.stdout).contains("awaiting-reconnect keys set again"),
+        "{}",
+        text(&history)
+    );
+    let facts = facts_json(&fleet, "cp01");
+    assert_eq!(facts["reconnect"]["problem"], false, "{facts}");
+
+    // A KV emptied behind ferry's back: facts says so and names the fix.
+    let mut kv = host.kv().await.unwrap();
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut kv).await.unwrap();
+    let out = fleet.ferry(&["facts", "cp01"]).output().unwrap();
+    let output = text(&out);
+    assert!(
+        output.contains(&format!(
+            "PROBLEM: {devices} devices await reconnect but the KV holds 0 awaiting-reconnect keys"
+        )) && output.contains("next: ferry prepare-devices cp01"),
+        "{output}"
+    );
+    fleet.ferry_ok(&["prepare-devices", "cp01"]).unwrap();
+    let facts = facts_json(&fleet, "cp01");
+    assert_eq!(facts["reconnect"]["problem"], false, "{facts}");
+    assert_eq!(facts["reconnect"]["awaiting_devices"], devices, "{facts}");
+}

@@ -291,6 +291,7 @@ impl Agent for AgentService {
                 .collect(),
             until_unix: published.until_unix,
             renewed: published.renewed,
+            kv: published.kv,
         }))
     }
 
@@ -325,10 +326,21 @@ impl Agent for AgentService {
     async fn facts(&self, request: Request<FactsRequest>) -> Result<Response<FactsReply>, Status> {
         tracing::info!(caller = %caller(&request), "facts");
         let facts = self.gather_facts().await;
+        // An unreachable database is a fact, not a reason to keep the operator waiting.
+        let reconnect = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            crate::tasks::reconnect::standing(&self.host),
+        )
+        .await
+        .unwrap_or_else(|_| crate::tasks::reconnect::Standing {
+            unknown: "the database did not answer within 5s".into(),
+            ..Default::default()
+        });
         Ok(Response::new(wire::facts(
             facts,
             &self.staging_dir,
             self.restores.status(),
+            reconnect,
         )))
     }
 }

@@ -22,8 +22,14 @@ pub(super) fn facts(
     f: Facts,
     staging_dir: &Path,
     restore: Option<restore::Status>,
+    reconnect: crate::tasks::reconnect::Standing,
 ) -> pb::FactsReply {
     pb::FactsReply {
+        reconnect: Some(pb::Reconnect {
+            awaiting_devices: reconnect.awaiting,
+            kv_keys: reconnect.kv_keys,
+            unknown: reconnect.unknown,
+        }),
         host_name: f.host_name,
         os: Some(pb::OsRelease {
             id: f.os.id,

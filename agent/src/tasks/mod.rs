@@ -7,5 +7,6 @@ pub mod database;
 pub mod drill;
 pub mod facts;
 pub mod ports;
+pub mod reconnect;
 pub mod restore;
 pub mod units;

@@ -37,12 +37,13 @@ pub async fn dropin_path(host: &Host, unit: &str) -> Result<PathBuf, String> {
 }
 
 /// Writes one drop-in per (unit, port, path), reloads, restarts the units, and waits until every
-/// port answers on `local_address`.
+/// port answers on `local_address`; then sets the KV's awaiting-reconnect keys again (returns how,
+/// in words).
 pub async fn publish(
     host: &Host,
     local_address: &str,
     dropins: &[(&str, u16, PathBuf)],
-) -> Result<(), String> {
+) -> Result<String, String> {
     for (_, port, dropin) in dropins {
         if let Some(dir) = dropin.parent() {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -73,11 +74,12 @@ pub async fn publish(
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    Ok(())
+    Ok(crate::tasks::reconnect::after_kv_restart(host).await)
 }
 
-/// Removes ferry's drop-ins, reloads, and restarts the data services so nothing stays published.
-pub async fn unpublish(host: &Host, dropins: &[PathBuf]) -> Result<(), String> {
+/// Removes ferry's drop-ins, reloads, and restarts the data services so nothing stays published;
+/// then sets the KV's awaiting-reconnect keys again (returns how, in words).
+pub async fn unpublish(host: &Host, dropins: &[PathBuf]) -> Result<String, String> {
     for dropin in dropins {
         match std::fs::remove_file(dropin) {
             Ok(()) => {}
@@ -95,7 +97,8 @@ pub async fn unpublish(host: &Host, dropins: &[PathBuf]) -> Result<(), String> {
     host.systemd()
         .control("restart", &["flightctl-db.service", "flightctl-kv.service"])
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+    Ok(crate::tasks::reconnect::after_kv_restart(host).await)
 }
 
 /// A publication as it is kept on disk.
@@ -123,6 +126,8 @@ pub struct Published {
     pub until_unix: u64,
     /// The call renewed a running publication.
     pub renewed: bool,
+    /// What became of the KV's awaiting-reconnect keys after the restart (empty: none await).
+    pub kv: String,
 }
 
 /// The host's publication for a person, if any.
@@ -195,6 +200,7 @@ impl Ports {
                 ports,
                 until_unix: a.record.until,
                 renewed: true,
+                kv: String::new(),
             });
         }
         if crate::tasks::facts::database(&self.host).kind
@@ -237,14 +243,17 @@ impl Ports {
         let text = serde_json::to_vec_pretty(&record).map_err(|e| e.to_string())?;
         std::fs::write(&self.state_file, text)
             .map_err(|e| format!("{}: {e}", self.state_file.display()))?;
-        if let Err(e) = publish(&self.host, &self.local_address, &dropins).await {
-            let undone = unpublish(&self.host, &record.dropins).await;
-            let _ = std::fs::remove_file(&self.state_file);
-            return Err(match undone {
-                Ok(()) => format!("{e}; the drop-ins were removed again"),
-                Err(u) => format!("{e}; removing the drop-ins failed too: {u}"),
-            });
-        }
+        let kv = match publish(&self.host, &self.local_address, &dropins).await {
+            Ok(kv) => kv,
+            Err(e) => {
+                let undone = unpublish(&self.host, &record.dropins).await;
+                let _ = std::fs::remove_file(&self.state_file);
+                return Err(match undone {
+                    Ok(_) => format!("{e}; the drop-ins were removed again"),
+                    Err(u) => format!("{e}; removing the drop-ins failed too: {u}"),
+                });
+            }
+        };
         let until_unix = record.until;
         *active = Some(Active {
             record,
@@ -257,6 +266,7 @@ impl Ports {
             ports,
             until_unix,
             renewed: false,
+            kv,
         })
     }
 
@@ -279,11 +289,12 @@ impl Ports {
                 None => return Ok("nothing is published (it was already taken down)".into()),
             },
         };
-        unpublish(&self.host, &dropins).await?;
+        let kv = unpublish(&self.host, &dropins).await?;
         let _ = std::fs::remove_file(&self.state_file);
         *active = None;
+        let kv = if kv.is_empty() { kv } else { format!("; {kv}") };
         Ok(format!(
-            "{why}: drop-ins removed, flightctl-db and flightctl-kv restarted; nothing published"
+            "{why}: drop-ins removed, flightctl-db and flightctl-kv restarted; nothing published{kv}"
         ))
     }
 

@@ -75,6 +75,19 @@ fn outcome(f: FactsReply) -> Outcome {
     if let Some(restore) = &f.restore {
         summary.push_str(&format!("\n    {}", restore.summary));
     }
+    let reconnect = f.reconnect.clone().unwrap_or_default();
+    let keyless = reconnect.unknown.is_empty() && reconnect.kv_keys < reconnect.awaiting_devices;
+    if keyless {
+        summary.push_str(&format!(
+            "\n    PROBLEM: {} devices await reconnect but the KV holds {} awaiting-reconnect keys: those devices never clear; next: ferry prepare-devices {}",
+            reconnect.awaiting_devices, reconnect.kv_keys, f.host_name
+        ));
+    } else if reconnect.awaiting_devices > 0 {
+        summary.push_str(&format!(
+            "\n    {} devices await reconnect ({} keys in the KV)",
+            reconnect.awaiting_devices, reconnect.kv_keys
+        ));
+    }
     summary.push_str(&format!(
         "\n    staging {} free {} MiB",
         staging.path,
@@ -98,6 +111,9 @@ fn outcome(f: FactsReply) -> Outcome {
             "certificates": i.certificates.iter().map(|c| json!({"path": c.path, "subject": c.subject,
                 "issuer": c.issuer, "not_after": c.not_after, "sans": c.sans})).collect::<Vec<_>>(),
         })),
+        "reconnect": {"awaiting_devices": reconnect.awaiting_devices, "kv_keys": reconnect.kv_keys,
+                      "unknown": (!reconnect.unknown.is_empty()).then_some(&reconnect.unknown),
+                      "problem": keyless},
         "staging": {"path": staging.path, "free_bytes": staging.free_bytes, "total_bytes": staging.total_bytes},
     });
     Outcome::Ok {

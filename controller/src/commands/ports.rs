@@ -221,7 +221,12 @@ async fn publish(config: &Config, global: &GlobalArgs, host: &str, duration: &st
                 .ok()
         })
         .unwrap_or_default();
-    let detail = format!("{} published until {until}", ports.join(", "));
+    let kv = if published.kv.is_empty() {
+        String::new()
+    } else {
+        format!("; {}", published.kv)
+    };
+    let detail = format!("{} published until {until}{kv}", ports.join(", "));
     record.task("publish", started, "ok", &detail);
     outln!("[{host}] {detail}");
     outln!(

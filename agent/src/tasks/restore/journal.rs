@@ -30,6 +30,10 @@ pub struct Journal {
     pub components: Vec<String>,
     /// Steps done, in order.
     pub done: Vec<String>,
+    /// Steps whose body began (on record before it runs): a step begun but not done may have
+    /// changed what it changes.
+    #[serde(default)]
+    pub begun: Vec<String>,
     /// From the archive's metadata, once verified.
     pub version: String,
     /// This restore puts back the built-in database (loaded, swapped, dropped on rollback).
@@ -101,6 +105,16 @@ impl Journal {
         }
     }
 
+    pub fn began(&self, step: Step) -> bool {
+        self.begun.iter().any(|s| s == step.name()) || self.is_done(step)
+    }
+
+    pub fn begin(&mut self, step: Step) {
+        if !self.began(step) {
+            self.begun.push(step.name().into());
+        }
+    }
+
     pub fn unmark(&mut self, step: Step) {
         self.done.retain(|s| s != step.name());
     }
@@ -140,6 +154,12 @@ impl Journal {
         self.is_done(Step::SwapDb) || !self.swapped.is_empty()
     }
 
+    /// Whether the live control plane's data may have changed: swapped, or devices prepared in the
+    /// live database (which no rollback undoes).
+    pub fn live_changed(&self) -> bool {
+        self.swapped() || self.began(Step::PrepareDevices)
+    }
+
     /// A port is published right now.
     pub fn published(&self) -> bool {
         self.dropins.iter().any(|d| d.exists())
@@ -149,7 +169,7 @@ impl Journal {
     pub fn state(&self) -> HostState {
         if self.is_done(Step::Start) {
             HostState::Started
-        } else if self.swapped() {
+        } else if self.live_changed() {
             HostState::Swapped
         } else if self.is_done(Step::Stop) {
             HostState::Stopped

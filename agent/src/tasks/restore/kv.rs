@@ -27,6 +27,20 @@ pub async fn seed(host: &Host, password: &Secret, keys_file: &Path) -> Result<us
     let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
     let mut input = packed(&["AUTH", password.expose()]);
     input.extend(packed(&["FLUSHALL"]));
+    input.extend(msets(&keys));
+    pipe(host, &input).await?;
+    Ok(keys.len())
+}
+
+/// Sets `keys` to `true` without a flush (after a KV restart lost them).
+pub async fn set(host: &Host, password: &Secret, keys: &[&str]) -> Result<(), String> {
+    let mut input = packed(&["AUTH", password.expose()]);
+    input.extend(msets(keys));
+    pipe(host, &input).await
+}
+
+fn msets(keys: &[&str]) -> Vec<u8> {
+    let mut input = Vec::new();
     for batch in keys.chunks(PER_MSET) {
         let mut cmd = redis::cmd("MSET");
         for key in batch {
@@ -34,8 +48,7 @@ pub async fn seed(host: &Host, password: &Secret, keys_file: &Path) -> Result<us
         }
         input.extend(cmd.get_packed_command());
     }
-    pipe(host, &input).await?;
-    Ok(keys.len())
+    input
 }
 
 /// Sends packed commands through `redis-cli --pipe` inside the KV container.

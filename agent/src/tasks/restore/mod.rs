@@ -10,7 +10,7 @@ pub(crate) mod devices;
 mod files;
 mod health;
 pub mod journal;
-mod kv;
+pub(crate) mod kv;
 mod rollback;
 pub(crate) mod staging;
 mod verify;
@@ -584,6 +584,8 @@ impl Restores {
         if j.is_done(step) {
             return Ok(summary("already done"));
         }
+        j.begin(step);
+        j.save(&dir).map_err(|e| e.to_string())?;
         let result = execute(ctx, &dir, &mut j, step).await;
         match result {
             Ok(outcome) => {

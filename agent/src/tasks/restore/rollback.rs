@@ -7,7 +7,7 @@ use ferry_proto::v1::Step;
 
 use super::journal::Journal;
 use super::{RestoreContext, StepOutcome, database, files, kv};
-use crate::tasks::ports;
+use crate::tasks::{ports, reconnect};
 
 /// Returns the host to its pre-restore state: nothing published, the previous database and files
 /// back in place, the application units that were running started again. Then forgets the restore.
@@ -31,7 +31,9 @@ pub async fn rollback(
         ports::unpublish(host, &j.dropins).await?;
     }
     let keys = dir.join("kv-keys.txt");
-    let unseeded = if j.is_done(Step::SeedKv) && keys.is_file() {
+    // The restore's keys go with the restored database; a database that stays (prepared in place,
+    // or external) keeps its devices awaiting reconnect, and their keys are set again below.
+    let unseeded = if j.restores_database && j.began(Step::SeedKv) && keys.is_file() {
         let password = host
             .podman()
             .secret("flightctl-kv-password")
@@ -57,16 +59,30 @@ pub async fn rollback(
         .control("start", &names)
         .await
         .map_err(|e| e.to_string())?;
+    let reseeded = if j.began(Step::SeedKv) || j.began(Step::PrepareDevices) {
+        reconnect::reseed(host, &j.database_override).await?
+    } else {
+        0
+    };
     std::fs::remove_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let database = if j.restores_database {
         "previous database and files in place"
     } else {
         "previous files in place"
     };
-    let prepared = if j.external_database && j.is_done(Step::PrepareDevices) {
-        "; device preparation on the external database is not undone (it belongs to its DBA): devices stay awaiting reconnect until they check in"
+    let prepared = if !j.restores_database && j.began(Step::PrepareDevices) {
+        format!(
+            "; device preparation in the live database is not undone{}: its {reseeded} devices awaiting reconnect have their KV keys and clear as they check in",
+            if j.external_database {
+                " (the external database belongs to its DBA)"
+            } else {
+                ""
+            }
+        )
+    } else if reseeded > 0 {
+        format!("; {reseeded} awaiting-reconnect keys of the previous database's devices set again")
     } else {
-        ""
+        String::new()
     };
     let unseeded = if unseeded > 0 {
         format!(", {unseeded} awaiting-reconnect keys the restore seeded removed")
@@ -98,7 +114,7 @@ pub async fn lapse(ctx: &RestoreContext, dir: &Path) -> Result<String, String> {
         j.save(dir).map_err(|e| e.to_string())?;
         return Ok(note);
     }
-    if !j.swapped() {
+    if !j.live_changed() {
         rollback(ctx, dir, &j).await?;
         return Ok(
             "lease lapsed before the live data changed: temporary database dropped, staging cleared, application units running, host free"
@@ -124,6 +140,8 @@ pub async fn lapse(ctx: &RestoreContext, dir: &Path) -> Result<String, String> {
         .unwrap_or_default();
     let units = if j.is_done(Step::Start) {
         "application units running on the restored data"
+    } else if !j.swapped() {
+        "application units kept stopped: devices were marked awaiting reconnect in the live database and their KV keys are not all seeded"
     } else {
         "application units kept stopped with the restored data in place"
     };
