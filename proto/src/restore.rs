@@ -222,9 +222,11 @@ pub fn incompatibilities(
 }
 
 /// The encryption key ids a restored database would use that the host will not have afterwards
-/// (v1.3: its API refuses to start when a key's canary does not decrypt). The host keeps its own
-/// keys unless the restore puts the archive's `encryption/` in place. Empty when the database is
-/// not restored. Both sides apply it.
+/// (v1.3: its API refuses to start when a key's canary does not decrypt, and uses only the keys its
+/// service-config.yaml declares). After the restore the host has the archive's key files when
+/// `encryption` is restored (else its own), and declares the archive's ids when `config` is restored
+/// (else its own): a key needs both. Key files are known by the ids their config declares. Empty
+/// when the database is not restored. Both sides apply it.
 pub fn missing_keys(
     dump_uses: &[String],
     archive_has: &[String],
@@ -235,27 +237,71 @@ pub fn missing_keys(
     if !chosen.contains(&Component::Db) {
         return Vec::new();
     }
-    let after = if chosen.contains(&Component::Encryption) {
-        archive_has
-    } else {
-        host_has
+    let pick = |c: Component| {
+        if chosen.contains(&c) {
+            archive_has
+        } else {
+            host_has
+        }
     };
+    let (files, declared) = (pick(Component::Encryption), pick(Component::Config));
     dump_uses
         .iter()
-        .filter(|id| !after.contains(id))
+        .filter(|id| !files.contains(id) || !declared.contains(id))
         .cloned()
         .collect()
 }
 
-/// The refusal for [`missing_keys`], naming them and what to do.
-pub fn missing_keys_problem(missing: &[String], keeps_host_keys: bool) -> String {
-    let whose = if keeps_host_keys {
-        "the host keeps its own keys (encryption is not restored)"
+/// The refusal for [`missing_keys`], naming the ids, what the host will declare, and what to add.
+pub fn missing_keys_problem(
+    missing: &[String],
+    archive_has: &[String],
+    host_has: &[String],
+    components: &[Component],
+) -> String {
+    let chosen = chosen(components);
+    let (encryption, config) = (
+        chosen.contains(&Component::Encryption),
+        chosen.contains(&Component::Config),
+    );
+    let list = |ids: &[String]| {
+        if ids.is_empty() {
+            "none".to_string()
+        } else {
+            ids.join(", ")
+        }
+    };
+    let whose = match (encryption, config) {
+        (false, _) => format!(
+            "the host keeps its own keys ({}; encryption is not restored)",
+            list(host_has)
+        ),
+        (true, false) => format!(
+            "its service-config.yaml stays and declares only {} (config is not restored), so the restored key files would not be used",
+            list(host_has)
+        ),
+        (true, true) => format!(
+            "the archive's encryption/ and config declare only {}",
+            list(archive_has)
+        ),
+    };
+    let add: Vec<&str> = [
+        (!encryption).then_some("encryption"),
+        (!config).then_some("config"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let fix = if add.is_empty() {
+        "this archive cannot be restored onto the host as it is".to_string()
     } else {
-        "the archive's encryption/ does not hold them"
+        format!(
+            "restore the keys and the config that declares them with it (a full restore, or add {} to --only)",
+            add.join(" and ")
+        )
     };
     format!(
-        "the restored database uses encryption key id(s) {} that will not be on the host after this restore ({whose}): the API would refuse to start. Restore the encryption keys with it (a full restore, or add encryption to --only)",
+        "the restored database uses encryption key id(s) {} that the host will not have after this restore: {whose}; the API would refuse to start. {fix}",
         missing.join(", ")
     )
 }
@@ -383,14 +429,35 @@ mod tests {
         );
         assert!(missing_keys(&dump, &archive, &host, &[]).is_empty());
         assert!(missing_keys(&dump, &archive, &host, &[Component::Pki]).is_empty());
-        assert!(
+        // Key files without the config that declares them are not used.
+        assert_eq!(
             missing_keys(
                 &dump,
                 &archive,
                 &host,
                 &[Component::Db, Component::Encryption]
+            ),
+            ["a1"]
+        );
+        assert!(
+            missing_keys(
+                &dump,
+                &archive,
+                &host,
+                &[Component::Db, Component::Encryption, Component::Config]
             )
             .is_empty()
+        );
+        let problem = missing_keys_problem(
+            &["a1".into()],
+            &archive,
+            &host,
+            &[Component::Db, Component::Encryption],
+        );
+        assert!(
+            problem.contains("declares only b1 (config is not restored)")
+                && problem.contains("add config to --only"),
+            "{problem}"
         );
     }
 

@@ -73,8 +73,33 @@ async fn a_restore_that_would_lose_the_database_keys_is_refused_naming_them() {
             "{args:?}: {output}"
         );
     }
+    // --only db,encryption brings cp01's key file but cp02's config still declares only k2: the
+    // API would not use it. Refused, naming both ids and the component to add.
+    for extra in [&[][..], &["--check"][..]] {
+        let mut args = vec![
+            "restore",
+            "cp02",
+            "--from",
+            "cp01",
+            "--only",
+            "db,encryption",
+        ];
+        args.extend_from_slice(extra);
+        let out = fleet.ferry(&args).output().unwrap();
+        let output = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {output}");
+        assert!(
+            output.contains(&format!("encryption key id(s) {k1}"))
+                && output.contains(&format!("declares only {k2} (config is not restored)"))
+                && output.contains("add config to --only"),
+            "{args:?}: {output}"
+        );
+    }
     assert_eq!(repositories(&fleet, "cp02").await, cp02_before);
     assert_eq!(key_id(&fleet, "cp02"), k2, "cp02's key untouched");
+    let journal_left = std::fs::read_dir(fleet.host("cp02").layout.agent_dir().join("staging"))
+        .map_or(0, |d| d.count());
+    assert_eq!(journal_left, 0, "nothing staged");
 
     // The full restore brings cp01's keys with its database; the API starts (health passes).
     let out = fleet

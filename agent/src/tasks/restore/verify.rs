@@ -82,7 +82,9 @@ pub async fn run(ctx: &RestoreContext, dir: &Path, j: &mut Journal) -> Result<St
         if !missing.is_empty() {
             return refuse(ferry_proto::restore::missing_keys_problem(
                 &missing,
-                !j.wants(Component::Encryption),
+                &archive_keys,
+                &facts.identity.encryption_key_ids,
+                &j.components(),
             ));
         }
     }

@@ -727,7 +727,9 @@ fn preflight(
     if !missing.is_empty() {
         problems.push(ferry_proto::restore::missing_keys_problem(
             &missing,
-            !ferry_proto::restore::chosen(components).contains(&Component::Encryption),
+            &archive_keys,
+            &host_keys,
+            components,
         ));
     }
     let free = facts.staging.as_ref().map(|s| s.free_bytes).unwrap_or(0);
