@@ -142,9 +142,21 @@ async fn a_restore_refused_by_a_busy_host_names_what_to_do_about_it() {
     let output = text(&out);
     assert_eq!(out.status.code(), Some(2), "{output}");
     assert!(
-        output.contains("REFUSED: [cp01] task stage: cp01 is busy: ports operation")
+        output.contains("REFUSED: [cp01] task preflight: cp01 is busy: ports operation")
             && output.contains("next: `ferry ports unpublish cp01`")
             && !output.contains("archives verify"),
+        "{output}"
+    );
+    // --check asks the agent the same question and gets the same answer.
+    let out = fleet
+        .ferry(&["restore", "cp01", "--check"])
+        .output()
+        .unwrap();
+    let output = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{output}");
+    assert!(
+        output.contains("REFUSED: [cp01] task check: cp01 is busy: ports operation")
+            && output.contains("next: `ferry ports unpublish cp01`"),
         "{output}"
     );
     rustix::process::kill_process(
@@ -154,6 +166,50 @@ async fn a_restore_refused_by_a_busy_host_names_what_to_do_about_it() {
     .unwrap();
     let out = publisher.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+
+    // The database down: the stage could not load the dump, so --check and the restore refuse.
+    let stopped = host.systemctl(&["stop", "flightctl-db.service"]);
+    assert!(stopped.status.success());
+    for extra in [&["--check"][..], &[][..]] {
+        let mut args = vec!["restore", "cp01"];
+        args.extend_from_slice(extra);
+        let out = fleet.ferry(&args).output().unwrap();
+        let output = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {output}");
+        assert!(
+            output.contains("flightctl-db does not answer, so the dump cannot be loaded")
+                && output.contains("next: `ferry facts cp01`"),
+            "{args:?}: {output}"
+        );
+    }
+    assert_eq!(host.unit_state("flightctl-api.service"), "active");
+    let started = host.systemctl(&["start", "flightctl-db.service"]);
+    assert!(started.status.success());
+
+    // Staging space counts keep_free_bytes in --check exactly as in the stage.
+    let config = host.layout.agent_dir().join("agent.yaml");
+    let original = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!("{original}keep_free_bytes: 1125899906842624\n"),
+    )
+    .unwrap();
+    simhost::fleet::kill_agent(host);
+    simhost::fleet::start_agent(host).unwrap();
+    for extra in [&["--check"][..], &[][..]] {
+        let mut args = vec!["restore", "cp01"];
+        args.extend_from_slice(extra);
+        let out = fleet.ferry(&args).output().unwrap();
+        let output = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {output}");
+        assert!(
+            output.contains("not enough space in") && output.contains("keep_free_bytes"),
+            "{args:?}: {output}"
+        );
+    }
+    std::fs::write(&config, original).unwrap();
+    simhost::fleet::kill_agent(host);
+    simhost::fleet::start_agent(host).unwrap();
     // Free again, the same restore goes through.
     let out = fleet.ferry(&["restore", "cp01"]).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));

@@ -637,7 +637,8 @@ async fn unsafe_or_mismatched_archives_are_refused_before_anything_changes() {
     assert_eq!(code, 2, "{output}");
     assert!(
         output.contains("REFUSED: [cp01] task preflight")
-            && output.contains("MiB free for staging"),
+            && output.contains("not enough space in")
+            && output.contains("next: `ferry facts cp01`"),
         "{output}"
     );
     before.check(&fleet, "insufficient disk").await;
@@ -1075,4 +1076,89 @@ async fn partial_restores_device_preparation_alone_and_cross_host() {
     );
     assert_eq!(pki(cp02), pki_backup, "cp01's PKI now on cp02");
     assert_eq!(cp02.unit_state("flightctl-api.service"), "active");
+}
+
+/// Item 4: a full restore of a ferry archive makes the host's config exactly the archive's: a
+/// `conf.d` that was absent when the backup ran is removed (listed by --check, kept aside until
+/// commit, put back by rollback). An upstream archive, which never carries conf.d, leaves it alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_restore_removes_config_the_archive_lacks_and_rollback_puts_it_back() {
+    let fleet = TempFleet::up(SimFleetOptions {
+        hosts: 1,
+        devices: 10,
+        ..Default::default()
+    })
+    .await;
+    let host = fleet.host("cp01");
+    let confd = host.layout.host_path("/etc/flightctl/conf.d");
+    let _ = std::fs::remove_dir_all(&confd);
+    fleet.ferry_ok(&["backup", "cp01"]).unwrap();
+    let archive_path = std::fs::read_dir(fleet.dir.join("controller/store/cp01"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".tar.gz"))
+        .unwrap();
+    let bad = confd.join("99-bad-override.yaml");
+    let plant = || {
+        std::fs::create_dir_all(&confd).unwrap();
+        std::fs::write(&bad, "api:\n  baseUrl: https://wrong.example\n").unwrap();
+    };
+    plant();
+
+    let (code, output) = restore(&fleet, &["--check"]);
+    assert_eq!(code, 0, "{output}");
+    assert!(
+        output.contains("REMOVES (the archive's backup found none of these")
+            && output.contains("  /etc/flightctl/conf.d/99-bad-override.yaml"),
+        "{output}"
+    );
+    assert!(bad.is_file(), "--check changes nothing");
+
+    // A restore that fails after swap-files: the file is aside, and rollback puts it back.
+    host.inject_fault(
+        "systemctl",
+        "start flightctl-api",
+        "Job for flightctl-api.service failed",
+    );
+    let (code, output) = restore(&fleet, &[]);
+    assert_ne!(code, 0, "{output}");
+    assert!(!bad.exists(), "removed by swap-files: {output}");
+    host.clear_faults();
+    let out = fleet.ferry(&["rollback", "cp01"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        std::fs::read_to_string(&bad).unwrap(),
+        "api:\n  baseUrl: https://wrong.example\n",
+        "rollback puts it back"
+    );
+
+    let (code, output) = restore(&fleet, &[]);
+    assert_eq!(code, 0, "{output}");
+    assert!(
+        output
+            .contains("removed (the archive's backup found none; kept aside until commit): conf.d"),
+        "{output}"
+    );
+    assert!(
+        !confd.exists(),
+        "the restored tree is exactly the archive's"
+    );
+    let leftovers: Vec<String> = std::fs::read_dir(host.layout.host_path("/etc/flightctl"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("ferry-"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "commit dropped the copies: {leftovers:?}"
+    );
+
+    // An upstream archive (no manifest) never carries conf.d: the host's stays.
+    plant();
+    let upstream = forge(&fleet, &archive_path, "upstream", |_| {}).await;
+    let (code, output) = restore(&fleet, &["--archive", &upstream.to_string()]);
+    assert_eq!(code, 0, "{output}");
+    assert!(bad.is_file(), "upstream leaves conf.d alone: {output}");
 }

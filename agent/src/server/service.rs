@@ -104,6 +104,30 @@ impl Agent for AgentService {
         }))
     }
 
+    async fn check_stage(
+        &self,
+        request: Request<pb::StageCheckRequest>,
+    ) -> Result<Response<pb::StageCheckReply>, Status> {
+        tracing::info!(caller = %caller(&request), "check stage");
+        let req = request.into_inner();
+        let components: Vec<pb::Component> = req
+            .components
+            .iter()
+            .map(|c| pb::Component::try_from(*c).unwrap_or(pb::Component::Unspecified))
+            .collect();
+        let (refusals, removals) = self
+            .restores
+            .check(req.expected_size, &components, &req.captured, &req.present)
+            .await;
+        Ok(Response::new(pb::StageCheckReply {
+            refusals: refusals
+                .into_iter()
+                .map(|(cause, next)| pb::StageRefusal { cause, next })
+                .collect(),
+            removals,
+        }))
+    }
+
     async fn restore_step(
         &self,
         request: Request<RestoreStepRequest>,

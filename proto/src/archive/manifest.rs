@@ -44,6 +44,11 @@ pub struct Manifest {
     /// The encryption key ids the dump's `enc:v1:<keyid>:` values use (v1.3+), found in the dump.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub encryption_key_ids: Vec<String>,
+    /// The host paths the backup looked at, as archive entries (`config/conf.d`): one that is
+    /// not in the archive was absent on the host. Archives older than this field captured
+    /// [`Manifest::CAPTURED`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub captured: Vec<String>,
     /// The source host's facts at backup time.
     pub facts: serde_json::Value,
     pub warnings: Vec<String>,
@@ -51,6 +56,23 @@ pub struct Manifest {
 
 impl Manifest {
     pub const FORMAT: &'static str = "ferry-archive/1";
+
+    /// What every ferry backup captures of a podman host.
+    pub const CAPTURED: [&'static str; 4] = [
+        "config/service-config.yaml",
+        "config/conf.d",
+        "pki",
+        "encryption",
+    ];
+
+    /// The paths this archive's backup captured.
+    pub fn captured(&self) -> Vec<String> {
+        if self.captured.is_empty() {
+            Self::CAPTURED.iter().map(|p| p.to_string()).collect()
+        } else {
+            self.captured.clone()
+        }
+    }
 
     pub fn entry(&self, path: &str) -> Option<&Entry> {
         self.entries.iter().find(|e| e.path == path)

@@ -331,6 +331,7 @@ fn write_archive(
             entries: w.entries().to_vec(),
             row_counts,
             encryption_key_ids,
+            captured: Manifest::CAPTURED.iter().map(|p| p.to_string()).collect(),
             facts: serde_json::to_value(&job.facts).unwrap_or_default(),
             warnings,
         };

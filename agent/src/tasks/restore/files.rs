@@ -27,24 +27,111 @@ fn sibling(live: &Path, tag: &str, id: &str) -> PathBuf {
     live.with_file_name(format!(".{name}.ferry-{tag}-{id}"))
 }
 
-/// Swaps every item of the journal's components present in `extract`; records each in the journal
-/// before it is moved. Returns the components that had something to swap.
+/// What `swap` did.
+#[derive(Debug, Default)]
+pub struct Swap {
+    /// Components that had something to swap.
+    pub components: Vec<&'static str>,
+    /// Live paths moved aside because the archive's backup captured them absent.
+    pub removed: Vec<PathBuf>,
+}
+
+/// The live paths a restore of `components` removes: each captured by the archive's backup but not
+/// in it (absent on the source host), present on this host. An upstream archive captures nothing.
+pub fn removals(
+    components: &[String],
+    captured: &[String],
+    in_archive: impl Fn(&str) -> bool,
+    host_path: impl Fn(&str) -> PathBuf,
+) -> Vec<PathBuf> {
+    SWAPPED
+        .iter()
+        .filter(|(component, entry, _)| {
+            components.iter().any(|c| c == component)
+                && captured.iter().any(|c| c == entry)
+                && !in_archive(entry)
+        })
+        .map(|(_, _, live)| host_path(live))
+        .filter(|live| live.exists())
+        .collect()
+}
+
+/// `path` and every file under it, as absolute paths on the host (relative to its `root`).
+pub fn listed(path: &Path, root: &Path) -> Vec<String> {
+    let shown = |p: &Path| {
+        format!(
+            "/{}",
+            p.strip_prefix(root)
+                .unwrap_or(p)
+                .to_string_lossy()
+                .trim_start_matches('/')
+        )
+    };
+    let mut out = Vec::new();
+    if path.is_dir() {
+        let mut children: Vec<_> = std::fs::read_dir(path)
+            .into_iter()
+            .flatten()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .collect();
+        children.sort();
+        for child in children {
+            out.extend(listed(&child, root));
+        }
+        if out.is_empty() {
+            out.push(format!("{}/", shown(path)));
+        }
+    } else {
+        out.push(shown(path));
+    }
+    out
+}
+
+/// Swaps every item of the journal's components present in `extract`, and moves aside the ones
+/// the archive's backup captured absent; records each in the journal before it is moved.
 pub fn swap(
     journal: &mut Journal,
     dir: &Path,
     extract: &Path,
     host_path: impl Fn(&str) -> PathBuf,
     modes: &BTreeMap<String, u32>,
-) -> Result<Vec<&'static str>, String> {
-    let mut swapped = Vec::new();
+) -> Result<Swap, String> {
+    let mut done = Swap::default();
+    let removals = removals(
+        &journal.components,
+        &journal.captured,
+        |entry| extract.join(entry).exists(),
+        &host_path,
+    );
     for (component, entry, live) in SWAPPED {
         let source = extract.join(entry);
-        if !journal.components.iter().any(|c| c == component) || !source.exists() {
+        if !journal.components.iter().any(|c| c == component) {
             continue;
         }
         let live = host_path(live);
-        let new = sibling(&live, "new", &journal.restore_id);
         let old = sibling(&live, "old", &journal.restore_id);
+        if !source.exists() {
+            let recorded = journal.swapped.iter().any(|s| s.live == live);
+            if !removals.contains(&live) && !recorded {
+                continue;
+            }
+            if !recorded {
+                journal.swapped.push(Swapped {
+                    live: live.clone(),
+                    old: old.clone(),
+                    existed: Some(true),
+                });
+                journal.save(dir).map_err(|e| e.to_string())?;
+            }
+            if live.exists() && !old.exists() {
+                std::fs::rename(&live, &old)
+                    .map_err(|e| format!("moving {} aside: {e}", live.display()))?;
+            }
+            done.removed.push(live);
+            continue;
+        }
+        let new = sibling(&live, "new", &journal.restore_id);
         if !journal.swapped.iter().any(|s| s.live == live) {
             let _ = remove(&new);
             copy(&source, &new, entry, &|entry, meta| {
@@ -74,11 +161,11 @@ pub fn swap(
             std::fs::rename(&new, &live)
                 .map_err(|e| format!("putting {} in place: {e}", live.display()))?;
         }
-        if !swapped.contains(&component) {
-            swapped.push(component);
+        if !done.components.contains(&component) {
+            done.components.push(component);
         }
     }
-    Ok(swapped)
+    Ok(done)
 }
 
 /// The host's own part of the PKI tree: `db/` holds the external database's CA, which pairs with

@@ -67,6 +67,10 @@ pub struct Journal {
     /// `swap-files` kept the host's own `pki/db` (the external database's CA) in the new PKI tree.
     #[serde(default)]
     pub kept_host_pki: bool,
+    /// The paths (archive entries) the archive's backup captured, from its manifest; empty for an
+    /// upstream archive. A captured path the archive lacks was absent: a full restore removes it.
+    #[serde(default)]
+    pub captured: Vec<String>,
     /// The lease's length, to arm it again after the agent restarts.
     #[serde(default)]
     pub lease_seconds: u32,

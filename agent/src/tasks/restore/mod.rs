@@ -296,6 +296,58 @@ impl Restores {
         self.held().take();
     }
 
+    /// What `stage` would refuse for an archive of `size` restoring `components`, asked without
+    /// taking anything (`--check`, and the restore's preflight): each cause with its next commands.
+    /// And the host files such a restore removes (`captured` by the archive's backup, not `present`
+    /// in it).
+    pub async fn check(
+        &self,
+        size: u64,
+        components: &[Component],
+        captured: &[String],
+        present: &[String],
+    ) -> (Vec<(String, Vec<String>)>, Vec<String>) {
+        let ctx = self.ctx();
+        let host = &ctx.host_name;
+        let mut refusals = Vec::new();
+        if let Some((_, j)) = self.unfinished() {
+            refusals.push((
+                format!("{host} holds an unfinished restore ({})", j.describe()),
+                vec![
+                    format!("ferry restore {host} --resume"),
+                    format!("ferry rollback {host}"),
+                ],
+            ));
+        } else if let Some(running) = self.inner.operations.current() {
+            refusals.push(self.busy(&running));
+        }
+        if let Err(cause) = staging::room_for(&ctx.staging_dir, size, ctx.keep_free) {
+            refusals.push((cause, vec![format!("ferry facts {host}")]));
+        }
+        let database = crate::tasks::facts::database(&ctx.host);
+        let chosen = ferry_proto::restore::chosen(components);
+        if database.kind != crate::tasks::facts::DatabaseKind::External
+            && chosen.contains(&Component::Db)
+            && let Err(e) = database::psql(&ctx.host, "postgres", "SELECT 1").await
+        {
+            refusals.push((
+                format!("flightctl-db does not answer, so the dump cannot be loaded: {e}"),
+                vec![format!("ferry facts {host}")],
+            ));
+        }
+        let names: Vec<String> = chosen.iter().map(|c| c.name().to_string()).collect();
+        let removals = files::removals(
+            &names,
+            captured,
+            |entry| present.iter().any(|p| p == entry),
+            |p| ctx.host.path(p),
+        )
+        .iter()
+        .flat_map(|live| files::listed(live, &ctx.host.path("/")))
+        .collect();
+        (refusals, removals)
+    }
+
     /// `stage`: receives the archive (or, for device preparation alone, nothing) and creates the
     /// journal. The lease is armed from here. On any failure nothing changed and the host is free.
     pub async fn stage<E: std::fmt::Display>(
@@ -777,7 +829,10 @@ async fn swap_files(
     let host = &ctx.host;
     let extract = dir.join("extract");
     let modes = verify::manifest_modes(dir)?;
-    let mut swapped = files::swap(j, dir, &extract, |p| host.path(p), &modes)?;
+    let files::Swap {
+        components: mut swapped,
+        removed,
+    } = files::swap(j, dir, &extract, |p| host.path(p), &modes)?;
     let mut warnings = Vec::new();
     let pam = extract.join("volumes/pam-issuer-etc.tar");
     if j.wants(Component::Volumes) && pam.is_file() {
@@ -805,6 +860,14 @@ async fn swap_files(
         1 => "1 path".to_string(),
         n => format!("{n} paths"),
     };
+    let removed_text: Vec<String> = removed
+        .iter()
+        .map(|p| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
+        .collect();
     Ok(StepOutcome {
         summary: format!(
             "{} swapped ({paths}{}{}); pre-restore copies kept until commit",
@@ -818,9 +881,16 @@ async fn swap_files(
                 "; the host's own pki/db (its external database's CA) kept"
             } else {
                 ""
-            }
-        ),
-        details: json!({"warnings": warnings, "components": swapped}),
+            },
+        ) + &if removed_text.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; removed (the archive's backup found none; kept aside until commit): {}",
+                removed_text.join(", ")
+            )
+        },
+        details: json!({"warnings": warnings, "components": swapped, "removed": removed}),
         skipped: false,
     })
 }

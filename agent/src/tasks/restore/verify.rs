@@ -113,6 +113,11 @@ pub async fn run(ctx: &RestoreContext, dir: &Path, j: &mut Journal) -> Result<St
         serde_json::to_vec(&modes).unwrap_or_default(),
     )
     .map_err(|e| e.to_string())?;
+    j.captured = verified
+        .manifest
+        .as_ref()
+        .map(|m| m.captured())
+        .unwrap_or_default();
     j.version = metadata.version.clone();
     j.restores_database = plan.contains(&Step::SwapDb);
     j.external_database = access == DatabaseAccess::External;

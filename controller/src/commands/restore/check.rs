@@ -12,7 +12,9 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use super::play::{Ending, Play};
-use super::{Chosen, choose_proven, components, database_access, preflight};
+use super::{
+    Chosen, choose_proven, components, database_access, preflight, refusal_text, stage_check,
+};
 use crate::catalog::ArchiveRecord;
 use crate::catalog::evidence::Source;
 use crate::cli::RestoreArgs;
@@ -157,6 +159,15 @@ pub async fn run(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
             ));
         }
     }
+    // The host's own answers: what its stage would refuse, what the restore would remove.
+    let asked = stage_check(conn, &host, &archive, &chosen, verified.as_ref()).await;
+    if !asked.refusals.is_empty() {
+        let (cause, host_next) = refusal_text(&asked.refusals);
+        if problems.is_empty() {
+            next = host_next;
+        }
+        problems.push(cause);
+    }
     if !problems.is_empty() {
         return play.refuse("check", &problems.join("; "), &next).await;
     }
@@ -188,6 +199,15 @@ pub async fn run(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
             describe(*step, access, args.keep_old_db)
         );
     }
+    if !asked.removals.is_empty() {
+        outln!(
+            "\nREMOVES (the archive's backup found none of these; kept aside until commit, put back by rollback)"
+        );
+        for path in &asked.removals {
+            outln!("  {path}");
+        }
+    }
+    play.set("removals", json!(asked.removals));
     play.set(
         "components",
         json!(chosen.iter().map(|c| c.name()).collect::<Vec<_>>()),

@@ -200,6 +200,11 @@ async fn restore(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
         })
         | Err((cause, next)) => return play.refuse("preflight", &cause, &next).await,
     };
+    let asked = stage_check(conn, &host, &archive, &components(args), None).await;
+    if !asked.refusals.is_empty() {
+        let (cause, next) = refusal_text(&asked.refusals);
+        return play.refuse("preflight", &cause, &next).await;
+    }
     let proof_seconds = proving.elapsed().as_secs_f64();
     play.set("proof_seconds", json!(proof_seconds));
     let sidecar = match &proof.trusted_over {
@@ -732,18 +737,68 @@ fn preflight(
             components,
         ));
     }
-    let free = facts.staging.as_ref().map(|s| s.free_bytes).unwrap_or(0);
-    let needed = (archive.size as u64)
-        .saturating_mul(3)
-        .saturating_add(64 << 20);
-    if free < needed {
-        problems.push(format!(
-            "only {} MiB free for staging, {} MiB needed",
-            free >> 20,
-            needed >> 20
-        ));
-    }
     problems
+}
+
+/// What the host's stage would refuse for `archive` (busy, an unfinished restore, staging space,
+/// its database), asked of the agent itself, and the host files the restore would remove (known
+/// when the archive's manifest was read). A failed call is a refusal too.
+async fn stage_check(
+    conn: &AgentConn,
+    host: &str,
+    archive: &ArchiveRecord,
+    components: &[Component],
+    verified: Option<&ferry_proto::archive::Verified>,
+) -> pb::StageCheckReply {
+    let captured = verified
+        .and_then(|v| v.manifest.as_ref())
+        .map(|m| m.captured())
+        .unwrap_or_default();
+    let present = captured
+        .iter()
+        .filter(|p| verified.is_some_and(|v| v.entries.iter().any(|e| &e.path == *p)))
+        .cloned()
+        .collect();
+    let request = pb::StageCheckRequest {
+        expected_size: archive.size as u64,
+        components: components.iter().map(|c| *c as i32).collect(),
+        captured,
+        present,
+    };
+    match conn.client.clone().check_stage(request).await {
+        Ok(reply) => reply.into_inner(),
+        Err(status) => pb::StageCheckReply {
+            refusals: vec![pb::StageRefusal {
+                cause: format!(
+                    "asking the agent what its stage would refuse: {}",
+                    status.message()
+                ),
+                next: vec![format!("ferry facts {host}")],
+            }],
+            removals: Vec::new(),
+        },
+    }
+}
+
+/// Refusals as one cause and their next commands as one hint.
+fn refusal_text(refusals: &[pb::StageRefusal]) -> (String, String) {
+    let cause = refusals
+        .iter()
+        .map(|r| r.cause.as_str())
+        .collect::<Vec<_>>()
+        .join("; ");
+    let mut next: Vec<&str> = Vec::new();
+    for n in refusals.iter().flat_map(|r| &r.next) {
+        if !next.contains(&n.as_str()) {
+            next.push(n);
+        }
+    }
+    let next = if next.is_empty() {
+        String::new()
+    } else {
+        format!("`{}`", next.join("` or `"))
+    };
+    (cause, next)
 }
 
 /// The components a restore puts back.
