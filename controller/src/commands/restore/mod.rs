@@ -200,7 +200,7 @@ async fn restore(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
         })
         | Err((cause, next)) => return play.refuse("preflight", &cause, &next).await,
     };
-    let asked = stage_check(conn, &host, &archive, &components(args), None).await;
+    let asked = stage_check(conn, host, &archive, &components(args), None).await;
     if !asked.refusals.is_empty() {
         let (cause, next) = refusal_text(&asked.refusals);
         return play.refuse("preflight", &cause, &next).await;
