@@ -1,9 +1,12 @@
 //! The runs this process has open, so that an interruption still leaves their record: on SIGINT or
 //! SIGTERM every open run is closed as `interrupted`, with a host result and a ledger entry for each
 //! host still in flight; a process killed outright is found by the next ferry that connects to the
-//! catalog (its runs are open and their process is gone) and recorded the same way.
+//! catalog (its runs are open and their process is gone) and recorded the same way, with what
+//! this process had written down of each open run (its archive, the tasks so far) in the state
+//! directory as it went.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde_json::Value;
@@ -13,7 +16,7 @@ use crate::catalog::ledger::{Event, TaskRecord};
 use crate::catalog::{Catalog, HostRecord, Operator};
 
 /// A run this process started and has not ended.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct OpenRun {
     pub run_id: i64,
     pub kind: String,
@@ -26,7 +29,7 @@ pub struct OpenRun {
 }
 
 /// One host in flight: what an interruption's record says about it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct HostRun {
     pub started: OffsetDateTime,
     pub phase: String,
@@ -47,22 +50,69 @@ impl HostRun {
 }
 
 static OPEN: Mutex<Vec<OpenRun>> = Mutex::new(Vec::new());
+/// Where open runs are written down (`<state_dir>/runs`), once the catalog is connected.
+static KEPT: Mutex<Option<PathBuf>> = Mutex::new(None);
 
 fn open_runs() -> std::sync::MutexGuard<'static, Vec<OpenRun>> {
     OPEN.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+fn kept_dir() -> Option<PathBuf> {
+    KEPT.lock().unwrap_or_else(|p| p.into_inner()).clone()
+}
+
+/// Open runs are written down under `dir` from now on.
+pub fn keep_in(dir: PathBuf) {
+    *KEPT.lock().unwrap_or_else(|p| p.into_inner()) = Some(dir);
+}
+
+fn kept_file(dir: &Path, run_id: i64) -> PathBuf {
+    dir.join(format!("{run_id}.json"))
+}
+
+/// Writes `run` down (atomically: a kill leaves the previous version or this one).
+fn keep(run: &OpenRun) {
+    let Some(dir) = kept_dir() else { return };
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(&dir)?;
+        let tmp = dir.join(format!(".{}.json.tmp", run.run_id));
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec(run).map_err(std::io::Error::other)?,
+        )?;
+        std::fs::rename(tmp, kept_file(&dir, run.run_id))
+    };
+    if let Err(e) = write() {
+        tracing::warn!(run = run.run_id, error = %e, "could not write the open run down");
+    }
+}
+
+/// What a process (perhaps this one) wrote down of open run `run_id`.
+fn kept(run_id: i64) -> Option<OpenRun> {
+    let text = std::fs::read(kept_file(&kept_dir()?, run_id)).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+fn forget(run_id: i64) {
+    if let Some(dir) = kept_dir() {
+        let _ = std::fs::remove_file(kept_file(&dir, run_id));
+    }
+}
+
 pub fn opened(run: OpenRun) {
+    keep(&run);
     open_runs().push(run);
 }
 
 pub fn closed(run_id: i64) {
     open_runs().retain(|r| r.run_id != run_id);
+    forget(run_id);
 }
 
 fn with_host(run_id: i64, host: &str, change: impl FnOnce(&mut HostRun)) {
     if let Some(run) = open_runs().iter_mut().find(|r| r.run_id == run_id) {
         change(run.hosts.entry(host.into()).or_insert_with(HostRun::new));
+        keep(run);
     }
 }
 
@@ -84,6 +134,7 @@ pub fn host_task(run_id: i64, host: &str, task: &TaskRecord) {
 pub fn host_finished(run_id: i64, host: &str) {
     if let Some(run) = open_runs().iter_mut().find(|r| r.run_id == run_id) {
         run.hosts.remove(host);
+        keep(run);
     }
 }
 
@@ -265,6 +316,57 @@ impl Catalog {
             .get::<_, Value>(5)
             .get("schedule")
             .is_some_and(|s| !s.is_null());
+        let operator = Operator {
+            subject: row.get(2),
+            fingerprint: row.get(3),
+            os_user: row.get(4),
+            controller_host: row.get(7),
+        };
+        // What the dead process wrote down: each host's archive and tasks, recorded whole.
+        if let Some(run) = kept(run_id).filter(|r| !r.hosts.is_empty()) {
+            for (host, host_run) in run.hosts {
+                let mut tasks = host_run.tasks;
+                tasks.push(TaskRecord {
+                    name: host_run.phase.clone(),
+                    started: tasks.last().map_or(host_run.started, |t| t.finished),
+                    finished: now,
+                    outcome: "interrupted".into(),
+                    detail: error.to_string(),
+                });
+                let _ = self
+                    .record_host(
+                        run_id,
+                        &HostRecord {
+                            host: host.clone(),
+                            outcome: "interrupted".into(),
+                            phase: Some(host_run.phase.clone()),
+                            error: Some(error.to_string()),
+                            archive_id: None,
+                            started: host_run.started,
+                            finished: now,
+                        },
+                    )
+                    .await;
+                let _ = self
+                    .append(&Event {
+                        kind: kind.clone(),
+                        run_id: Some(run_id),
+                        operator: operator.clone(),
+                        target: host,
+                        archive: host_run.archive,
+                        flags: row.get::<_, Value>(5),
+                        started: host_run.started,
+                        finished: now,
+                        outcome: "interrupted".into(),
+                        error: Some(format!("{}: {error}", host_run.phase)),
+                        tasks,
+                    })
+                    .await;
+            }
+            forget(run_id);
+            return;
+        }
+        forget(run_id);
         if kind != "backup" || scheduled {
             // A single-host operation (or a scheduled backup): its pattern is the host.
             let _ = self
@@ -286,12 +388,7 @@ impl Catalog {
             .append(&Event {
                 kind,
                 run_id: Some(run_id),
-                operator: Operator {
-                    subject: row.get(2),
-                    fingerprint: row.get(3),
-                    os_user: row.get(4),
-                    controller_host: row.get(7),
-                },
+                operator,
                 target: pattern,
                 archive: Value::Null,
                 flags: row.get::<_, Value>(5),

@@ -404,3 +404,86 @@ async fn a_kv_restart_ferry_causes_keeps_the_awaiting_reconnect_keys() {
     assert_eq!(facts["reconnect"]["problem"], false, "{facts}");
     assert_eq!(facts["reconnect"]["awaiting_devices"], devices, "{facts}");
 }
+
+fn ledger(fleet: &TempFleet, host: &str) -> Vec<serde_json::Value> {
+    let out = fleet
+        .ferry(&["history", host, "-o", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// Item 10: a restore SIGKILLed after it swapped the live database is recorded whole by the next
+/// ferry: its archive and every task it finished, then the interruption.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_restore_is_recorded_with_its_archive_and_tasks() {
+    let fleet = TempFleet::up(SimFleetOptions {
+        hosts: 1,
+        devices: 10,
+        ..Default::default()
+    })
+    .await;
+    fleet.ferry_ok(&["backup", "cp01"]).unwrap();
+    let host = fleet.host("cp01");
+    host.inject_fault("systemctl", "start flightctl-api", "sleep:3");
+    let mut controller = fleet
+        .ferry(&["restore", "cp01", "--lease-seconds", "60"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    settle("the start step", Duration::from_secs(60), async || {
+        host.calls()
+            .iter()
+            .any(|c| c.contains("start flightctl-api"))
+    })
+    .await;
+    controller.kill().unwrap();
+    let _ = controller.wait();
+    host.clear_faults();
+    let entries = ledger(&fleet, "cp01");
+    let entry = entries
+        .iter()
+        .rev()
+        .find(|e| e["kind"] == "restore")
+        .unwrap_or_else(|| panic!("{entries:?}"));
+    assert_eq!(entry["outcome"], "interrupted", "{entry}");
+    assert!(
+        entry["archive"]["sha256"].is_string(),
+        "the archive it restored: {entry}"
+    );
+    let tasks: Vec<(String, String)> = entry["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["name"].as_str().unwrap().to_string(),
+                t["outcome"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for done in ["preflight", "stage", "verify", "stop", "swap-db", "seed-kv"] {
+        assert!(
+            tasks.iter().any(|(n, o)| n == done && o == "ok"),
+            "{done} ok: {tasks:?}"
+        );
+    }
+    let (last, outcome) = tasks.last().unwrap();
+    assert_eq!(outcome, "interrupted", "{tasks:?}");
+    assert!(last.contains("start"), "{tasks:?}");
+    // The host's unfinished restore is ended the usual way once its running step is over.
+    settle("the step to end", Duration::from_secs(30), async || {
+        facts_json(&fleet, "cp01")["restore"]["running"].is_null()
+    })
+    .await;
+    // A step that just ended well counts as driven for a moment (the next one is due).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let out = fleet.ferry(&["rollback", "cp01"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+}

@@ -300,6 +300,7 @@ impl Catalog {
             ledger,
             spool_dir: config.state_dir.join("spool"),
         };
+        crate::runs::keep_in(config.state_dir.join("runs"));
         catalog.replay_spool().await;
         catalog.interrupted_runs().await;
         Ok(catalog)
