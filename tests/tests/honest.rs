@@ -487,3 +487,172 @@ async fn a_killed_restore_is_recorded_with_its_archive_and_tasks() {
     let out = fleet.ferry(&["rollback", "cp01"]).output().unwrap();
     assert!(out.status.success(), "{}", text(&out));
 }
+
+/// An inventory that reaches `name` through a proxy slowed to `rate` bytes a second.
+async fn slowed(
+    fleet: &TempFleet,
+    name: &str,
+    rate: u64,
+) -> (simhost::testing::Proxy, std::path::PathBuf) {
+    let host = fleet.host(name);
+    let agent: std::net::SocketAddr =
+        format!("{}:{}", host.spec.address, simhost::fleet::AGENT_PORT)
+            .parse()
+            .unwrap();
+    let proxy =
+        simhost::testing::Proxy::start(&format!("{}:0", host.spec.address), agent, rate).await;
+    let inventory = fleet.dir.join(format!("{name}-slowed.ini"));
+    std::fs::write(
+        &inventory,
+        format!(
+            "{name} ansible_host={} ferry_port={}\n",
+            proxy.addr.ip(),
+            proxy.addr.port()
+        ),
+    )
+    .unwrap();
+    (proxy, inventory)
+}
+
+fn archive_size(fleet: &TempFleet, name: &str) -> u64 {
+    std::fs::read_dir(fleet.dir.join("controller/store").join(name))
+        .unwrap()
+        .flatten()
+        .map(|e| e.metadata().unwrap().len())
+        .max()
+        .unwrap()
+}
+
+/// Items 11 and 12: the agent killed (and restarted) during stage. The restore says the agent was
+/// lost and the state is unknown (exit 3), never "unchanged"; facts says the stage was interrupted
+/// (not "last completed step: stage"); `--resume` undoes the partial stage and says to start again,
+/// and the host is free and untouched. A Ctrl-C during stage ends the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_stage_is_reported_as_such_and_resume_undoes_it() {
+    let fleet = TempFleet::up(SimFleetOptions {
+        hosts: 1,
+        devices: 40,
+        payload_bytes: 4000,
+        ..Default::default()
+    })
+    .await;
+    fleet.ferry_ok(&["backup", "cp01"]).unwrap();
+    let host = fleet.host("cp01");
+    let size = archive_size(&fleet, "cp01");
+    let (_proxy, inventory) = slowed(&fleet, "cp01", (size / 6).max(4096)).await;
+    let run = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(simhost::bins::path("ferry"));
+        cmd.arg("--config")
+            .arg(fleet.config_path())
+            .arg("-i")
+            .arg(&inventory)
+            .args(args);
+        cmd
+    };
+    let restore = run(&["restore", "cp01", "--lease-seconds", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let staging = host.layout.agent_dir().join("staging");
+    let staging_begun = async || {
+        settle("the stage to begin", Duration::from_secs(60), async || {
+            std::fs::read_dir(&staging).is_ok_and(|mut d| {
+                d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("restore-")))
+            })
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    staging_begun().await;
+    simhost::fleet::kill_agent(host);
+    simhost::fleet::start_agent(host).unwrap();
+    let out = restore.wait_with_output().unwrap();
+    let output = text(&out);
+    assert_eq!(out.status.code(), Some(3), "{output}");
+    assert!(
+        output.contains("UNREACHABLE: [cp01] task stage")
+            && output.contains("host state: unknown")
+            && output.contains("next: `ferry facts cp01`")
+            && !output.contains("unchanged"),
+        "{output}"
+    );
+    let facts = facts_json(&fleet, "cp01");
+    let summary = facts["restore"]["summary"].as_str().unwrap_or_default();
+    assert!(
+        summary.contains("stage was interrupted before the whole archive arrived")
+            && !summary.contains("last completed step"),
+        "{facts}"
+    );
+    let out = fleet
+        .ferry(&["restore", "cp01", "--resume"])
+        .output()
+        .unwrap();
+    let output = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{output}");
+    assert!(
+        output.contains("there is nothing to resume")
+            && output.contains("next: `ferry restore cp01`")
+            && !output.contains("staged.json")
+            && !output.contains("archives verify"),
+        "{output}"
+    );
+    assert!(facts_json(&fleet, "cp01")["restore"].is_null());
+    assert_eq!(
+        std::fs::read_dir(&staging).unwrap().count(),
+        0,
+        "staging clean"
+    );
+    let entries = ledger(&fleet, "cp01");
+    let kinds: Vec<(String, String)> = entries
+        .iter()
+        .filter(|e| e["kind"] == "restore")
+        .map(|e| {
+            (
+                e["outcome"].as_str().unwrap_or_default().to_string(),
+                e["error"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(kinds[0].0, "unreachable", "{kinds:?}");
+
+    // Ctrl-C during stage: the run says interrupted; the host ends up free, nothing to resume.
+    let restore = run(&["restore", "cp01", "--lease-seconds", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    staging_begun().await;
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&restore),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    let out = restore.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    settle(
+        "the host to let the partial stage go",
+        Duration::from_secs(30),
+        async || {
+            let restore = &facts_json(&fleet, "cp01")["restore"];
+            restore.is_null()
+                || (restore["running"].is_null()
+                    && restore["summary"]
+                        .as_str()
+                        .is_some_and(|s| s.contains("stage was interrupted")))
+        },
+    )
+    .await;
+    let out = fleet
+        .ferry(&["restore", "cp01", "--resume"])
+        .output()
+        .unwrap();
+    let output = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{output}");
+    assert!(
+        !output.contains("staged.json") && !output.contains("archives verify"),
+        "{output}"
+    );
+    let out = fleet.ferry(&["restore", "cp01"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}

@@ -71,6 +71,10 @@ pub struct Journal {
     /// upstream archive. A captured path the archive lacks was absent: a full restore removes it.
     #[serde(default)]
     pub captured: Vec<String>,
+    /// The whole archive arrived and was checked (or nothing was to arrive: device preparation
+    /// alone). Read from the staging directory, not saved.
+    #[serde(skip)]
+    pub received: bool,
     /// The lease's length, to arm it again after the agent restarts.
     #[serde(default)]
     pub lease_seconds: u32,
@@ -86,7 +90,10 @@ impl Journal {
 
     pub fn load(dir: &Path) -> std::io::Result<Journal> {
         let text = std::fs::read_to_string(Self::path(dir))?;
-        serde_json::from_str(&text).map_err(std::io::Error::other)
+        let mut j: Journal = serde_json::from_str(&text).map_err(std::io::Error::other)?;
+        j.received =
+            dir.join(super::staging::STAGED).is_file() || !j.plan().contains(&Step::Verify);
+        Ok(j)
     }
 
     /// Writes the journal atomically (temporary file, fsync, rename).
@@ -189,6 +196,11 @@ impl Journal {
             .as_deref()
             .map(|l| format!("; {l}"))
             .unwrap_or_default();
+        if !self.received {
+            return format!(
+                "its stage was interrupted before the whole archive arrived: no step ran and the live control plane is untouched; it cannot be resumed and is undone by the lease or `rollback`{lapsed}"
+            );
+        }
         format!(
             "last completed step: {}; {}{}{lapsed}",
             self.last_done().name(),

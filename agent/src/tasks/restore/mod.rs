@@ -440,6 +440,25 @@ impl Restores {
             return self.rollback(id, who).await;
         }
         self.take_slot(id, who, step)?;
+        if let Ok(j) = Journal::load(&dir(&self.ctx().staging_dir, id))
+            && !j.received
+        {
+            // Nothing past a partial stage can run; the partial copy is undone and said so.
+            let host = &self.ctx().host_name;
+            let mut failure = self
+                .failed(
+                    id,
+                    step,
+                    format!(
+                        "restore {id}'s stage was interrupted before the whole archive arrived (the link or the agent went away), so there is nothing to resume; the partial copy and its temporary database were removed"
+                    ),
+                )
+                .await;
+            if failure.status.is_none() {
+                failure.next = vec![format!("ferry restore {host}")];
+            }
+            return Err(failure);
+        }
         let length = (lease_seconds > 0).then(|| lease_length(lease_seconds));
         let lease = self
             .inner

@@ -157,9 +157,10 @@ async fn restore(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
     };
     if let Some(unfinished) = &facts.restore {
         return play
-            .refuse(
+            .refuse_in(
                 "preflight",
-                &format!("{host} holds an unfinished restore: {}", unfinished.summary),
+                &format!("{host} holds an unfinished restore"),
+                &unfinished.summary,
                 &format!("`ferry restore {host} --resume` or `ferry rollback {host}`"),
             )
             .await;
@@ -256,15 +257,38 @@ async fn restore(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
     );
     let staged_at = OffsetDateTime::now_utc();
     play.step_begins("stage");
-    if let Err((cause, next)) = stage(conn, &store, &archive, &proof, &restore_id, args).await {
-        // The agent names what to do about its own state (busy, space); a byte that differs is
-        // the archive's.
-        let next = if next.is_empty() {
-            format!("`ferry archives verify {}`", archive.short_id())
-        } else {
-            format!("`{}`", next.join("` or `"))
-        };
-        return play.refuse("stage", &cause, &next).await;
+    match stage(conn, &store, &archive, &proof, &restore_id, args).await {
+        Ok(()) => {}
+        Err(Staging::Refused(cause, next)) => {
+            // The agent names what to do about its own state (busy, space); a byte that differs
+            // is the archive's.
+            let next = if next.is_empty() {
+                format!("`ferry archives verify {}`", archive.short_id())
+            } else {
+                format!("`{}`", next.join("` or `"))
+            };
+            return play.refuse("stage", &cause, &next).await;
+        }
+        Err(Staging::Lost(cause)) => {
+            return play
+                .lost(
+                    "stage",
+                    &cause,
+                    &[
+                        format!("ferry rollback {host}"),
+                        format!("ferry restore {host}"),
+                    ],
+                )
+                .await;
+        }
+        Err(Staging::Left(failure)) => {
+            // The agent could not undo the stage: it says how the host is left.
+            if let Some(status) = &failure.status {
+                play.set("host_status", status_json(status));
+            }
+            let (state, next) = aftermath(&failure);
+            return play.fail("stage", &failure.cause, &state, &next).await;
+        }
     }
     play.task(
         "stage",
@@ -283,7 +307,19 @@ async fn resume(play: &Play<'_>, conn: &AgentConn, lease_seconds: u32) -> i32 {
     let host = play.host();
     let ping = match conn.client.clone().ping(PingRequest {}).await {
         Ok(r) => r.into_inner(),
-        Err(status) => return play.fail("resume", status.message(), "unknown", &[]).await,
+        Err(status) => {
+            let cause = conn
+                .transport_error(&status)
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| status.message().to_string());
+            return play
+                .lost(
+                    "resume",
+                    &cause,
+                    &[format!("ferry restore {host} --resume")],
+                )
+                .await;
+        }
     };
     match ping.operation {
         Some(op) if op.kind == "restore" => {
@@ -402,12 +438,10 @@ pub(crate) async fn steps(
             Err(status) => {
                 if let Some(e) = conn.transport_error(&status) {
                     return play
-                        .fail(
+                        .lost(
                             step.name(),
                             &e.to_string(),
-                            "unknown: the agent could not be reached; if this controller does not come back, the agent's lease makes the host safe (once the agent runs again, if it is down too)",
                             &[
-                                format!("ferry facts {}", play.host()),
                                 format!("ferry restore {} --resume", play.host()),
                                 format!("ferry rollback {}", play.host()),
                             ],
@@ -430,7 +464,9 @@ pub(crate) async fn steps(
                 }
                 if failure.status.is_none() {
                     // The agent undid what little the restore had done: nothing changed.
-                    let next = if step == Step::Verify {
+                    let next = if !failure.next.is_empty() {
+                        format!("`{}`", failure.next.join("` or `"))
+                    } else if step == Step::Verify {
                         "restore another archive (`ferry archives list`)".to_string()
                     } else {
                         "fix the cause and run the restore again".to_string()
@@ -830,12 +866,12 @@ async fn stage(
     proof: &crate::proof::Proof,
     restore_id: &str,
     args: &RestoreArgs,
-) -> Result<(), (String, Vec<String>)> {
+) -> Result<(), Staging> {
     let location = store.location(&archive.host, &archive.object());
     let opened = proof
         .open(store, archive)
         .await
-        .map_err(|e| (e, Vec::new()))?;
+        .map_err(|e| Staging::Refused(e, Vec::new()))?;
     let (expected_sha256, expected_size) = match &archive.sealed {
         Some(s) => (s.plain_sha256.clone(), s.plain_size as u64),
         None => (archive.sha256.clone(), archive.size as u64),
@@ -859,18 +895,24 @@ async fn stage(
         ..Default::default()
     });
     let reply = conn.client.clone().stage(rx).await;
-    reader
-        .await
-        .map_err(|e| (e.to_string(), Vec::new()))?
-        .map_err(|e| (format!("reading {location}: {e}"), Vec::new()))?;
-    // (A stored copy that no longer matches is reported by the host, which checks every byte.)
-    let reply = reply.map_err(|status| match step_failure(&status) {
-        Some(failure) => (failure.cause, failure.next),
-        None => (status.message().to_string(), Vec::new()),
+    let read = reader.await;
+    // The agent's answer first: a lost agent is not a store problem.
+    let reply = reply.map_err(|status| {
+        if let Some(e) = conn.transport_error(&status) {
+            return Staging::Lost(e.to_string());
+        }
+        match step_failure(&status) {
+            Some(failure) if failure.status.is_some() => Staging::Left(failure),
+            Some(failure) => Staging::Refused(failure.cause, failure.next),
+            None => Staging::Refused(status.message().to_string(), Vec::new()),
+        }
     })?;
+    read.map_err(|e| Staging::Refused(e.to_string(), Vec::new()))?
+        .map_err(|e| Staging::Refused(format!("reading {location}: {e}"), Vec::new()))?;
+    // (A stored copy that no longer matches is reported by the host, which checks every byte.)
     let reply = reply.into_inner();
     if reply.sha256 != expected_sha256 {
-        return Err((
+        return Err(Staging::Refused(
             format!(
                 "the host received sha256 {}, the catalog says {expected_sha256}",
                 reply.sha256
@@ -879,6 +921,16 @@ async fn stage(
         ));
     }
     Ok(())
+}
+
+/// How a stage that did not complete left the host.
+enum Staging {
+    /// Refused or undone by the agent: nothing on the host changed.
+    Refused(String, Vec<String>),
+    /// The agent was lost: whether it holds a partial stage is not known.
+    Lost(String),
+    /// The agent could not undo it: the failure names the state.
+    Left(pb::StepFailure),
 }
 
 /// What [`send_archive`]'s reader ends with: the plaintext's size and sha256 when read to the end.

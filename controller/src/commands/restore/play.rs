@@ -214,6 +214,33 @@ impl<'a> Play<'a> {
             .await
     }
 
+    /// The agent was lost during `task` (a cut link, a dead agent, a certificate refused mid-way):
+    /// what it did meanwhile is not known, so the host's state is unknown and `ferry facts` finds
+    /// out. Unreachable, never "unchanged".
+    pub async fn lost(&self, task: &str, cause: &str, next: &[String]) -> i32 {
+        let host = self.host();
+        let state = format!(
+            "unknown: the agent could not be reached during {task}; it may hold an unfinished restore, which its lease makes safe on its own (once the agent runs again, if it is down)"
+        );
+        let mut all = vec![format!("ferry facts {host}")];
+        all.extend(next.iter().cloned());
+        let next = all
+            .iter()
+            .map(|n| format!("`{n}`"))
+            .collect::<Vec<_>>()
+            .join(", then ");
+        outln!("UNREACHABLE: [{host}] task {task}: {cause}");
+        outln!("host state: {state}");
+        outln!("next: {next}");
+        self.end(
+            Ending::Unreachable,
+            Some((task, cause)),
+            &state,
+            Some(&next),
+        )
+        .await
+    }
+
     /// The agent could not be reached, or is not the host the inventory names.
     pub async fn unreachable(&self, cause: &str, next: &str) -> i32 {
         outln!("UNREACHABLE: [{}] {cause}", self.host());

@@ -24,8 +24,12 @@ pub async fn rollback(config: &Config, global: &GlobalArgs, host: &str) -> i32 {
             (r.operation, r.restore)
         }
         Err(status) => {
+            let cause = conn
+                .transport_error(&status)
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| status.message().to_string());
             return play
-                .fail("rollback", status.message(), "unknown", &[])
+                .lost("rollback", &cause, &[format!("ferry rollback {host}")])
                 .await;
         }
     };
@@ -67,13 +71,12 @@ pub async fn rollback(config: &Config, global: &GlobalArgs, host: &str) -> i32 {
                     .await
             }
             None => {
-                play.fail(
-                    "rollback",
-                    status.message(),
-                    "partly rolled back; run `ferry rollback` again",
-                    &[],
-                )
-                .await
+                let cause = conn
+                    .transport_error(&status)
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| status.message().to_string());
+                play.lost("rollback", &cause, &[format!("ferry rollback {host}")])
+                    .await
             }
         },
     }
