@@ -87,6 +87,20 @@ impl Component {
 }
 
 impl HostState {
+    /// The state's short name: `swapped`.
+    pub fn name(self) -> &'static str {
+        match self {
+            HostState::Unspecified => "unknown",
+            HostState::Unchanged => "unchanged",
+            HostState::Staged => "staged",
+            HostState::Stopped => "stopped",
+            HostState::Swapped => "swapped",
+            HostState::Started => "started",
+            HostState::Committed => "committed",
+            HostState::RolledBack => "rolled-back",
+        }
+    }
+
     /// The state in words.
     pub fn describe(self) -> &'static str {
         match self {

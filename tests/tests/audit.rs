@@ -321,6 +321,23 @@ async fn every_operation_is_on_a_verifiable_append_only_ledger() {
         !python_verify(&fleet).0,
         "the independent verifier sees it too"
     );
+    // history shows the edited row marked, not as if it were true.
+    let edited: Vec<Value> = history(&fleet, &[])
+        .into_iter()
+        .filter(|e| e["id"] == seq)
+        .collect();
+    assert_eq!(edited[0]["verified"], false, "{edited:?}");
+    assert_eq!(edited[0]["outcome"], "succeeded");
+    let out = fleet.ferry(&["history"]).output().unwrap();
+    let listing = text(&out);
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.trim_start().starts_with(&format!("{seq} "))
+                && l.contains("succeeded [FAILS VERIFY]"))
+            && listing.contains("fail the ledger's hash chain"),
+        "{listing}"
+    );
     tamper(
         &catalog,
         &format!(

@@ -417,6 +417,10 @@ async fn check_rereads_the_stored_archive_and_is_recorded_as_a_check() {
     assert_eq!(code, 0, "{doc}");
     assert_eq!(doc["kind"], "restore-check");
     assert_eq!(doc["outcome"], "checked");
+    // The shape of every fleet command's document.
+    assert_eq!(doc["hosts"]["cp01"]["status"], "ok", "{doc}");
+    assert_eq!(doc["recap"]["cp01"]["ok"], 1, "{doc}");
+    assert_eq!(doc["recap"]["cp01"]["changed"], 0, "{doc}");
     assert_eq!(doc["identity_changes"]["cross_host"], false);
 
     // A flipped byte (sidecar and catalog untouched) is found on the controller.

@@ -349,6 +349,26 @@ async fn scenario(fleet: &TempFleet, name: &str, step: &str, fault: Fault, round
             "{what}: staging is clean"
         );
         assert_eq!(snapshot(host).await, before, "{what}: untouched\n{output}");
+        if step != "stage" {
+            // The lease undid it: facts and the next rollback say so, though nothing is left.
+            let out = ferry(fleet, &direct, &["facts", name, "-o", "json"])
+                .output()
+                .unwrap();
+            let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+            let undone = doc["hosts"][name]["data"]["undone"]
+                .as_str()
+                .unwrap_or_default();
+            assert!(
+                undone.contains("was ended by the agent") && undone.contains("lease lapsed"),
+                "{what}: {doc}"
+            );
+            let out = ferry(fleet, &direct, &["rollback", name]).output().unwrap();
+            assert!(
+                text(&out).contains("has no unfinished restore to roll back; restore"),
+                "{what}: {}",
+                text(&out)
+            );
+        }
         return;
     }
     // `ferry facts` names the state; the recovery that fits it ends the restore.

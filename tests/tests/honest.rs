@@ -430,7 +430,7 @@ async fn a_killed_restore_is_recorded_with_its_archive_and_tasks() {
     .await;
     fleet.ferry_ok(&["backup", "cp01"]).unwrap();
     let host = fleet.host("cp01");
-    host.inject_fault("systemctl", "start flightctl-api", "sleep:3");
+    host.inject_fault("systemctl", "start flightctl-api", "sleep:6");
     let mut controller = fleet
         .ferry(&["restore", "cp01", "--lease-seconds", "60"])
         .stdout(Stdio::null())
@@ -446,6 +446,13 @@ async fn a_killed_restore_is_recorded_with_its_archive_and_tasks() {
     controller.kill().unwrap();
     let _ = controller.wait();
     host.clear_faults();
+    // facts' text names the step that is still running (item 16).
+    let out = fleet.ferry(&["facts", "cp01"]).output().unwrap();
+    assert!(
+        text(&out).contains("step start running now"),
+        "{}",
+        text(&out)
+    );
     let entries = ledger(&fleet, "cp01");
     let entry = entries
         .iter()
@@ -655,4 +662,258 @@ async fn an_interrupted_stage_is_reported_as_such_and_resume_undoes_it() {
     );
     let out = fleet.ferry(&["restore", "cp01"]).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}
+
+/// Item 9: a host busy with another controller's operation is not a failed backup: serve tries the
+/// slot again soon and sends no `backup-failed` alert; the backup runs once the host is free. And a
+/// backup whose controller was SIGKILLed gives the host's lock back at once, even while its dump
+/// is stalled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_is_retried_without_an_alert_and_an_orphaned_backup_frees_the_host() {
+    use simhost::serving::{Serve, Webhook, free_port};
+    let fleet = TempFleet::up(SimFleetOptions {
+        hosts: 1,
+        devices: 10,
+        ..Default::default()
+    })
+    .await;
+    let host = fleet.host("cp01");
+
+    // The orphan: a backup whose dump stalls, its controller killed.
+    host.inject_fault("podman", "ferry-dump", "sleep:20");
+    let mut backup = fleet
+        .ferry(&["backup", "cp01"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    settle("the dump", Duration::from_secs(30), async || {
+        host.calls().iter().any(|c| c.contains("ferry-dump"))
+    })
+    .await;
+    backup.kill().unwrap();
+    let _ = backup.wait();
+    let killed = Instant::now();
+    settle("the host to be free", Duration::from_secs(10), async || {
+        let out = fleet
+            .ferry(&["ping", "cp01", "-o", "json"])
+            .output()
+            .unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        doc["hosts"]["cp01"]["data"]["operation"].is_null()
+    })
+    .await;
+    assert!(
+        killed.elapsed() < Duration::from_secs(15),
+        "freed before the stall ended"
+    );
+    host.clear_faults();
+
+    // Busy with a publication when serve's slot comes.
+    let publisher = fleet
+        .ferry(&["ports", "publish", "cp01", "--for", "10m"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    settle("the publication", Duration::from_secs(30), async || {
+        std::net::TcpStream::connect((host.spec.address.as_str(), 5432)).is_ok()
+    })
+    .await;
+    let hooks = Webhook::start(&fleet.dir, 0);
+    let path = fleet.config_path();
+    let mut config = std::fs::read_to_string(&path).unwrap();
+    config.push_str(&format!(
+        "serve:\n  listen: 127.0.0.1:{}\nschedules:\n  - name: hourly\n    hosts: all\n    cron: \"0 * * * *\"\n    rpo: 2h\nalerts:\n  - webhook: {}\n",
+        free_port(),
+        hooks.url()
+    ));
+    std::fs::write(&path, config).unwrap();
+    let mut serve = Serve::start(
+        &fleet.config_path(),
+        &fleet.inventory_path(),
+        &["--replica", "solo"],
+        &fleet.dir.join("serve.log"),
+    );
+    // The first attempt finds the host busy and is tried again within seconds.
+    settle("a busy attempt", Duration::from_secs(60), async || {
+        serve.log_text().contains("busy")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert!(
+        hooks.of("backup-failed", "cp01").is_empty(),
+        "no alert for a busy host: {:?}\n{}",
+        hooks.received(),
+        serve.log_text()
+    );
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&publisher),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    let _ = publisher.wait_with_output();
+    settle("the retried backup", Duration::from_secs(60), async || {
+        let out = fleet
+            .ferry(&["archives", "list", "cp01", "-o", "json"])
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .ok()
+            .and_then(|d| d.as_array().map(|a| !a.is_empty()))
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(
+        hooks.of("backup-failed", "cp01").is_empty(),
+        "{:?}",
+        hooks.received()
+    );
+    serve.signal(rustix::process::Signal::INT);
+    assert_eq!(
+        serve.wait(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        serve.log_text()
+    );
+}
+
+/// Item 15: a host the inventory knows by another name than its agent's (`ferry_agent_name`):
+/// `archives list` and `history` by the inventory name show what is filed under the agent's name,
+/// and say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_commands_accept_the_inventory_name_of_a_host_known_by_its_agent_name() {
+    let fleet = TempFleet::up(SimFleetOptions {
+        hosts: 2,
+        devices: 10,
+        ..Default::default()
+    })
+    .await;
+    let cp02 = fleet.host("cp02");
+    let inventory = fleet.dir.join("legacy.ini");
+    std::fs::write(
+        &inventory,
+        format!(
+            "[controlplanes]\ncp-legacy ansible_host={} ferry_agent_name=cp02\n",
+            cp02.spec.address
+        ),
+    )
+    .unwrap();
+    let ferry = |args: &[&str]| {
+        let out = std::process::Command::new(simhost::bins::path("ferry"))
+            .arg("--config")
+            .arg(fleet.config_path())
+            .arg("-i")
+            .arg(&inventory)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            text(&out),
+        )
+    };
+    let (code, _, output) = ferry(&["backup", "cp-legacy"]);
+    assert_eq!(code, Some(0), "{output}");
+    let (code, stdout, output) = ferry(&["archives", "list", "cp-legacy", "-o", "json"]);
+    assert_eq!(code, Some(0), "{output}");
+    let list: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{output}");
+    assert_eq!(list[0]["host"], "cp02", "{output}");
+    assert!(
+        output.contains("cp-legacy is known to its agent as cp02 (ferry_agent_name)"),
+        "{output}"
+    );
+    let (code, _, output) = ferry(&["restore", "cp-legacy", "--check"]);
+    assert_eq!(code, Some(0), "{output}");
+    // History by either name has both records.
+    for name in ["cp-legacy", "cp02"] {
+        let (code, stdout, output) = ferry(&["history", name, "-o", "json"]);
+        assert_eq!(code, Some(0), "{output}");
+        let entries: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        let kinds: Vec<&str> = entries
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| e["kind"].as_str())
+            .collect();
+        assert!(
+            kinds.contains(&"backup") && kinds.contains(&"restore-check"),
+            "{name}: {kinds:?}"
+        );
+    }
+}
+
+/// Item 8: runs are owned by a replica instance. A replica SIGKILLed during its run and started
+/// again under the same name takes the run over (it does not look like its own live run), and the
+/// slot's backup is done at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_restarted_under_its_name_takes_over_what_its_killed_process_left() {
+    use simhost::serving::{Serve, free_port};
+    let fleet = TempFleet::up(SimFleetOptions {
+        hosts: 1,
+        devices: 10,
+        ..Default::default()
+    })
+    .await;
+    let host = fleet.host("cp01");
+    let path = fleet.config_path();
+    let mut config = std::fs::read_to_string(&path).unwrap();
+    config.push_str(&format!(
+        "serve:\n  listen: 127.0.0.1:{}\nschedules:\n  - name: hourly\n    hosts: all\n    cron: \"0 * * * *\"\n    rpo: 2h\n",
+        free_port()
+    ));
+    std::fs::write(&path, config).unwrap();
+    host.inject_fault("podman", "ferry-dump", "sleep:30");
+    let mut first = Serve::start(
+        &fleet.config_path(),
+        &fleet.inventory_path(),
+        &["--replica", "alpha"],
+        &fleet.dir.join("alpha-1.log"),
+    );
+    settle(
+        "the first run's dump",
+        Duration::from_secs(60),
+        async || host.calls().iter().any(|c| c.contains("ferry-dump")),
+    )
+    .await;
+    first.signal(rustix::process::Signal::KILL);
+    let _ = first.wait(Duration::from_secs(10));
+    host.clear_faults();
+    // Once the killed process's heartbeat has expired, the name is free again.
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    let mut second = Serve::start(
+        &fleet.config_path(),
+        &fleet.inventory_path(),
+        &["--replica", "alpha"],
+        &fleet.dir.join("alpha-2.log"),
+    );
+    settle(
+        "the slot's backup by the restarted replica",
+        Duration::from_secs(60),
+        async || {
+            let out = fleet
+                .ferry(&["archives", "list", "cp01", "-o", "json"])
+                .output()
+                .unwrap();
+            serde_json::from_slice::<serde_json::Value>(&out.stdout)
+                .ok()
+                .and_then(|d| d.as_array().map(|a| !a.is_empty()))
+                .unwrap_or(false)
+        },
+    )
+    .await;
+    let log = second.log_text();
+    assert!(
+        log.contains("stopped during a run; its run is queued again"),
+        "{log}"
+    );
+    second.signal(rustix::process::Signal::INT);
+    assert_eq!(
+        second.wait(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        second.log_text()
+    );
 }

@@ -184,7 +184,7 @@ impl Agent for AgentService {
             .try_begin("backup", &req.operation_id, &who)
             .map_err(|running| {
                 let (cause, next) = self.restores.busy(&running);
-                Status::failed_precondition(wire::with_next(&cause, &next))
+                wire::busy_status(&cause, &next)
             })?;
         tracing::info!(caller = %who, operation = %req.operation_id, compression = codec.name(), encrypted = !req.recipients.is_empty(), "backup");
         let job = BackupJob {
@@ -198,13 +198,25 @@ impl Agent for AgentService {
             not_before: time::OffsetDateTime::from_unix_timestamp(req.not_before_unix)
                 .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
             recipients,
+            dump_process: Default::default(),
         };
+        let dump_process = std::sync::Arc::clone(&job.dump_process);
         let (events_tx, mut events) = tokio::sync::mpsc::channel::<Event>(16);
         let (out, out_rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             let _guard = guard;
             let task = tokio::spawn(job.run(events_tx));
-            while let Some(event) = events.recv().await {
+            loop {
+                let event = tokio::select! {
+                    event = events.recv() => event,
+                    // The controller is gone (its connection closed): the backup's lease ends now.
+                    () = out.closed() => {
+                        tracing::warn!("controller went away during the backup; stopping it");
+                        crate::tasks::backup::stop_dump(&dump_process);
+                        break;
+                    }
+                };
+                let Some(event) = event else { break };
                 if out.send(Ok(wire::backup_event(event))).await.is_err() {
                     tracing::warn!("controller went away during the backup");
                     break;
@@ -250,7 +262,7 @@ impl Agent for AgentService {
             .try_begin("drill", &req.drill_id, &who)
             .map_err(|running| {
                 let (cause, next) = self.restores.busy(&running);
-                Status::failed_precondition(wire::with_next(&cause, &next))
+                wire::busy_status(&cause, &next)
             })?;
         let drill = crate::tasks::drill::Drill {
             host: self.host.clone(),
@@ -344,6 +356,7 @@ impl Agent for AgentService {
             uptime_seconds: self.started.elapsed().as_secs(),
             operation: self.operations.current().map(wire::running),
             restore: self.restores.status().as_ref().map(wire::restore_status),
+            undone: self.restores.undone(),
         }))
     }
 
@@ -365,6 +378,7 @@ impl Agent for AgentService {
             &self.staging_dir,
             self.restores.status(),
             reconnect,
+            self.restores.undone(),
         )))
     }
 }

@@ -23,8 +23,10 @@ pub(super) fn facts(
     staging_dir: &Path,
     restore: Option<restore::Status>,
     reconnect: crate::tasks::reconnect::Standing,
+    undone: String,
 ) -> pb::FactsReply {
     pb::FactsReply {
+        undone,
         reconnect: Some(pb::Reconnect {
             awaiting_devices: reconnect.awaiting,
             kv_keys: reconnect.kv_keys,
@@ -167,6 +169,18 @@ pub(super) fn stage_request(first: &pb::StageChunk) -> restore::StageRequest {
 }
 
 /// A task failure as a status, with its phase in the metadata.
+/// The host is busy with another operation: refused in phase `busy`, so a scheduler can tell it
+/// from a failure and try again later.
+pub(super) fn busy_status(cause: &str, next: &[String]) -> tonic::Status {
+    let mut status = tonic::Status::failed_precondition(with_next(cause, next));
+    if let Ok(value) = "busy".parse() {
+        status
+            .metadata_mut()
+            .insert(ferry_proto::PHASE_METADATA_KEY, value);
+    }
+    status
+}
+
 pub(super) fn phase_status(phase: &str, cause: &str) -> tonic::Status {
     let mut status = tonic::Status::aborted(format!("{phase}: {cause}"));
     if let Ok(value) = phase.parse() {

@@ -203,6 +203,24 @@ impl Catalog {
     }
 }
 
+/// The entries that fail verification on their own: edited (hash), renumbered, or not chained
+/// to the entry before them. `history` marks them.
+pub fn failing(entries: &[Entry]) -> std::collections::BTreeSet<i64> {
+    let mut bad = std::collections::BTreeSet::new();
+    let mut prev: Option<&Entry> = None;
+    for entry in entries {
+        let expected_prev = prev.map_or(GENESIS, |p| p.hash.as_str());
+        if chain_hash(&entry.prev_hash, &entry.content) != entry.hash
+            || entry.content_json()["seq"].as_i64() != Some(entry.seq)
+            || entry.prev_hash != expected_prev
+        {
+            bad.insert(entry.seq);
+        }
+        prev = Some(entry);
+    }
+    bad
+}
+
 /// Recomputes the chain; returns the number of entries, or the first broken link.
 pub fn verify(entries: &[Entry]) -> Result<usize, Break> {
     let mut prev: Option<&Entry> = None;

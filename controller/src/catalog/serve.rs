@@ -40,6 +40,8 @@ pub struct DueRun {
     pub preferred: Option<String>,
     /// Due for a while: any replica may take it, not only the preferred one.
     pub late: bool,
+    /// The phase its previous attempt failed in (`busy`: the host was running something else).
+    pub last_phase: Option<String>,
 }
 
 /// A run a gone replica left unfinished.
@@ -105,6 +107,11 @@ pub struct AlertRow {
     pub last_error: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+}
+
+/// Replica `replica` in this process: the owner of the runs it claims.
+fn instance(replica: &str) -> String {
+    format!("{replica}@{}", crate::runs::this_process())
 }
 
 fn secs(d: Duration) -> f64 {
@@ -268,7 +275,7 @@ impl Catalog {
         let rows = self
             .client()
             .query(
-                "SELECT id, schedule, host, slot, preferred, due_at <= now() - make_interval(secs => $2)
+                "SELECT id, schedule, host, slot, preferred, due_at <= now() - make_interval(secs => $2), phase
                  FROM scheduled_runs WHERE state IN ('pending', 'retrying') AND due_at <= now()
                  ORDER BY due_at, id LIMIT $1",
                 &[&limit, &secs(grace)],
@@ -283,19 +290,22 @@ impl Catalog {
                 slot: r.get(3),
                 preferred: r.get(4),
                 late: r.get(5),
+                last_phase: r.get(6),
             })
             .collect())
     }
 
-    /// Claims a due slot for `owner`; None if another replica claimed it first. Returns the attempt
-    /// number this claim starts.
-    pub async fn claim_run(&self, id: i64, owner: &str) -> Result<Option<i32>, CatalogError> {
+    /// Claims a due slot for replica `replica` in this process (runs are owned by a replica
+    /// instance, `name@pid:start`: a replica restarted under its name does not inherit, and so
+    /// hide, what its previous process left running); None if another replica claimed it first.
+    /// Returns the attempt number this claim starts.
+    pub async fn claim_run(&self, id: i64, replica: &str) -> Result<Option<i32>, CatalogError> {
         let row = self
             .client()
             .query_opt(
                 "UPDATE scheduled_runs SET state = 'running', owner = $2, attempts = attempts + 1, updated_at = now()
                  WHERE id = $1 AND state IN ('pending', 'retrying') RETURNING attempts",
-                &[&id, &owner],
+                &[&id, &instance(replica)],
             )
             .await?;
         Ok(row.map(|r| r.get(0)))
@@ -409,14 +419,15 @@ impl Catalog {
                 "WITH gone AS (
                      SELECT s.id, s.owner FROM scheduled_runs s
                      WHERE s.state = 'running' AND s.owner IS NOT NULL AND s.owner <> $1
-                       AND NOT EXISTS (SELECT 1 FROM serve_replicas r WHERE r.id = s.owner AND r.stopped_at IS NULL
+                       AND NOT EXISTS (SELECT 1 FROM serve_replicas r
+                                       WHERE r.id || '@' || r.process = s.owner AND r.stopped_at IS NULL
                                        AND r.heartbeat_at > now() - make_interval(secs => $2))
                      FOR UPDATE SKIP LOCKED)
                  UPDATE scheduled_runs s SET state = 'pending', owner = NULL, due_at = now(), updated_at = now(),
                      error = 'replica ' || gone.owner || ' stopped during this run; taken over by ' || $1
                  FROM gone WHERE s.id = gone.id
                  RETURNING s.id, gone.owner, s.run_id, s.host",
-                &[&me, &secs(REPLICA_EXPIRY)],
+                &[&instance(me), &secs(REPLICA_EXPIRY)],
             )
             .await?;
         Ok(rows
@@ -438,7 +449,7 @@ impl Catalog {
             .execute(
                 "UPDATE scheduled_runs SET state = 'pending', owner = NULL, error = $2, updated_at = now()
                  WHERE owner = $1 AND state = 'running'",
-                &[&me, &why],
+                &[&instance(me), &why],
             )
             .await?)
     }

@@ -161,7 +161,23 @@ fn select_hosts(
     for warning in &selection.warnings {
         errln!("[WARNING]: {warning}");
     }
-    Ok(selection.hosts.into_iter().collect())
+    // Archives are filed under the agent's name: a host the inventory knows by another name
+    // (`ferry_agent_name`) selects its agent's archives, and says so.
+    let mut hosts = BTreeSet::new();
+    for host in selection.hosts {
+        if let Ok(target) = inventory.target(&host)
+            && target.agent_name != host
+        {
+            errln!(
+                "[NOTE]: {host} is known to its agent as {} (ferry_agent_name): its archives are filed under {}",
+                target.agent_name,
+                target.agent_name
+            );
+            hosts.insert(target.agent_name);
+        }
+        hosts.insert(host);
+    }
+    Ok(hosts)
 }
 
 async fn list(

@@ -7,7 +7,7 @@ use time::format_description::well_known::Rfc3339;
 
 use crate::catalog::Catalog;
 use crate::catalog::ledger::{self, Entry};
-use crate::cli::{AuditCommand, HistoryArgs, HistoryCommand};
+use crate::cli::{AuditCommand, GlobalArgs, HistoryArgs, HistoryCommand};
 use crate::config::Config;
 use crate::report::{Format, exit};
 
@@ -34,7 +34,36 @@ fn field<'a>(content: &'a Value, key: &str) -> &'a str {
     content[key].as_str().unwrap_or_default()
 }
 
-pub async fn history(config: &Config, format: Format, args: HistoryArgs) -> i32 {
+/// The other names of the hosts `pattern` matches: an inventory host known to its agent by
+/// another name (`ferry_agent_name`) has its operations recorded under both.
+fn aliases(config: &Config, global: &GlobalArgs, pattern: &str) -> Vec<String> {
+    let sources = super::fleet::inventory_sources(config, global);
+    let Ok(inventory) = crate::inventory::Inventory::load_all(sources) else {
+        return Vec::new();
+    };
+    let mut aliases = Vec::new();
+    for host in inventory.hosts_of_group("all") {
+        let Ok(target) = inventory.target(&host) else {
+            continue;
+        };
+        if target.agent_name == host {
+            continue;
+        }
+        if glob_match::glob_match(pattern, &host) {
+            errln!(
+                "[NOTE]: {host} is known to its agent as {} (ferry_agent_name): operations recorded under either name are shown",
+                target.agent_name
+            );
+            aliases.push(target.agent_name);
+        } else if glob_match::glob_match(pattern, &target.agent_name) {
+            aliases.push(host);
+        }
+    }
+    aliases
+}
+
+pub async fn history(config: &Config, global: &GlobalArgs, args: HistoryArgs) -> i32 {
+    let format = global.output;
     let entries = match ledger_entries(config, "history").await {
         Ok(entries) => entries,
         Err(code) => return code,
@@ -52,13 +81,20 @@ pub async fn history(config: &Config, format: Format, args: HistoryArgs) -> i32 
             return exit::ERROR;
         }
     };
+    let failing = ledger::failing(&entries);
+    let aliases = args
+        .pattern
+        .as_deref()
+        .map(|p| aliases(config, global, p))
+        .unwrap_or_default();
     let selected: Vec<(&Entry, Value)> = entries
         .iter()
         .map(|e| (e, e.content_json()))
         .filter(|(_, c)| {
-            args.pattern
-                .as_deref()
-                .is_none_or(|p| glob_match::glob_match(p, field(c, "target")))
+            args.pattern.as_deref().is_none_or(|p| {
+                let target = field(c, "target");
+                glob_match::glob_match(p, target) || aliases.iter().any(|a| a == target)
+            })
         })
         .filter(|(_, c)| args.kind.as_deref().is_none_or(|k| field(c, "kind") == k))
         .filter(|(_, c)| {
@@ -74,7 +110,14 @@ pub async fn history(config: &Config, format: Format, args: HistoryArgs) -> i32 
         .collect();
     match format {
         Format::Json => {
-            let docs: Vec<Value> = selected.iter().map(|(e, c)| entry_json(e, c)).collect();
+            let docs: Vec<Value> = selected
+                .iter()
+                .map(|(e, c)| {
+                    let mut doc = entry_json(e, c);
+                    doc["verified"] = (!failing.contains(&e.seq)).into();
+                    doc
+                })
+                .collect();
             crate::output::json(&serde_json::to_value(&docs).unwrap_or_default());
         }
         Format::Csv => {
@@ -139,7 +182,11 @@ pub async fn history(config: &Config, format: Format, args: HistoryArgs) -> i32 
                         .to_string(),
                     field(c, "kind").to_string(),
                     field(c, "target").to_string(),
-                    field(c, "outcome").to_string(),
+                    if failing.contains(&e.seq) {
+                        format!("{} [FAILS VERIFY]", field(c, "outcome"))
+                    } else {
+                        field(c, "outcome").to_string()
+                    },
                     format!(
                         "{who} ({})",
                         c["operator"]["os_user"].as_str().unwrap_or_default()
@@ -168,6 +215,15 @@ pub async fn history(config: &Config, format: Format, args: HistoryArgs) -> i32 
                 if selected.len() == 1 { "y" } else { "ies" }
             );
         }
+    }
+    let marked = selected
+        .iter()
+        .filter(|(e, _)| failing.contains(&e.seq))
+        .count();
+    if marked > 0 {
+        errln!(
+            "[WARNING]: {marked} of these entries fail the ledger's hash chain (edited, renumbered or unchained): marked [FAILS VERIFY]; `ferry audit verify` names the first break"
+        );
     }
     exit::OK
 }

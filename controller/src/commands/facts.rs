@@ -75,6 +75,12 @@ fn outcome(f: FactsReply) -> Outcome {
     if let Some(restore) = &f.restore {
         summary.push_str(&format!("\n    {}", restore.summary));
     }
+    if !f.undone.is_empty() {
+        summary.push_str(&format!(
+            "\n    last restore ended by the agent: {}",
+            f.undone
+        ));
+    }
     let reconnect = f.reconnect.clone().unwrap_or_default();
     let keyless = reconnect.unknown.is_empty() && reconnect.kv_keys < reconnect.awaiting_devices;
     if keyless {
@@ -106,6 +112,7 @@ fn outcome(f: FactsReply) -> Outcome {
                                                 "active_state": u.active_state})).collect::<Vec<_>>(),
         "containers": f.containers.iter().map(|c| json!({"name": c.name, "state": c.state})).collect::<Vec<_>>(),
         "restore": f.restore.as_ref().map(super::restore::status_json),
+        "undone": (!f.undone.is_empty()).then_some(&f.undone),
         "identity": f.identity.as_ref().map(|i| json!({
             "base_domain": i.base_domain,
             "certificates": i.certificates.iter().map(|c| json!({"path": c.path, "subject": c.subject,

@@ -114,7 +114,7 @@ async fn command(config: &Config, cli: Cli) -> i32 {
         Command::PrepareDevices { host, args } => {
             restore::prepare_devices(&config, &cli.global, &host, &args).await
         }
-        Command::History(args) => audit::history(&config, cli.global.output, args).await,
+        Command::History(args) => audit::history(&config, &cli.global, args).await,
         Command::Audit(command) => audit::audit(&config, command).await,
         Command::Archives(command) => archives::run(&config, &cli.global, command).await,
         Command::Catalog(command) => archives::run_catalog(&config, command).await,

@@ -264,7 +264,12 @@ impl Service {
                         .set_reachable(&run.host, false, Some(&e.to_string()))
                         .await;
                 }
-                let retry = retry_delay(attempt, plan, OffsetDateTime::now_utc());
+                // Busy with another controller's operation (a restore, a drill, a gone replica's
+                // backup winding down) is not a failure: tried again soon, without an alert,
+                // until the slot's attempts run out.
+                let busy = phase == "busy";
+                let retry = retry_delay(attempt, plan, OffsetDateTime::now_utc())
+                    .map(|delay| if busy { BUSY_DELAY } else { delay });
                 tracing::warn!(
                     schedule = %run.schedule, host = %run.host, attempt, phase = %phase,
                     retry_in_seconds = retry.map(|d| d.as_secs()),
@@ -273,7 +278,8 @@ impl Service {
                 let _ = catalog
                     .run_finished(run.id, None, Some((&phase, &cause)), retry)
                     .await;
-                if attempt == 1 {
+                let first_failure = attempt == 1 || run.last_phase.as_deref() == Some("busy");
+                if first_failure && !(busy && retry.is_some()) {
                     let payload = json!({
                         "kind": "backup-failed", "host": run.host, "schedule": run.schedule,
                         "slot": slot, "attempt": attempt, "phase": phase, "error": cause,

@@ -144,6 +144,10 @@ impl DumpJob {
         Ok(done)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Stops the dump (the backup failed elsewhere).
     pub fn abort(mut self) {
         let _ = self.child.kill();

@@ -79,6 +79,20 @@ pub struct BackupJob {
     pub not_before: time::OffsetDateTime,
     /// The operator's public keys: set, the archive leaves the host encrypted.
     pub recipients: Option<ferry_proto::archive::Recipients>,
+    /// The running dump's process (a pidfd: never another process that reused its id), so a
+    /// backup whose controller is gone can be stopped at once rather than at its next message.
+    pub dump_process: DumpProcess,
+}
+
+/// Where a backup keeps its dump's pidfd for whoever must stop it.
+pub type DumpProcess = std::sync::Arc<std::sync::Mutex<Option<std::os::fd::OwnedFd>>>;
+
+/// Kills the dump `process` holds, if any.
+pub fn stop_dump(process: &DumpProcess) {
+    let held = process.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(fd) = held.as_ref() {
+        let _ = rustix::process::pidfd_send_signal(fd, rustix::process::Signal::KILL);
+    }
 }
 
 impl BackupJob {
@@ -169,6 +183,11 @@ impl BackupJob {
                         },
                     )
                     .map_err(|e| fail("dump")(format!("starting pg_dump in flightctl-db: {e}")))?;
+                    if let Some(pid) = rustix::process::Pid::from_raw(job.pid() as i32) {
+                        *self.dump_process.lock().unwrap_or_else(|p| p.into_inner()) =
+                            rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+                                .ok();
+                    }
                     Some(job)
                 }
                 None => None,

@@ -37,6 +37,9 @@ pub use staging::StageRequest;
 const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 
 /// The directory of one restore in the staging area.
+/// Where the agent notes the last restore it ended on its own.
+const UNDONE: &str = "undone-by-agent.txt";
+
 pub fn dir(staging: &Path, restore_id: &str) -> PathBuf {
     staging.join(format!("restore-{restore_id}"))
 }
@@ -190,7 +193,14 @@ impl Restores {
             lapsed: j.lapsed.clone(),
             running: activity.running,
             idle: activity.idle,
-            summary: format!("restore {id} unfinished: {}", j.describe()),
+            summary: format!(
+                "restore {id} unfinished: {}{}",
+                j.describe(),
+                activity
+                    .running
+                    .map(|s| format!("; step {} running now", s.name()))
+                    .unwrap_or_default()
+            ),
             archive_sha256: j.archive_sha256.clone(),
         }
     }
@@ -616,6 +626,8 @@ impl Restores {
             Ok(note) => {
                 tracing::warn!(restore = %id, "{note}");
                 if !dir(&ctx.staging_dir, &id).exists() {
+                    // Nothing of it is left on the host to say so: the note does.
+                    self.note_undone(&id, &note);
                     self.release();
                 }
             }
@@ -625,6 +637,30 @@ impl Restores {
                 self.inner.lease.arm(&id, Duration::from_secs(1));
             }
         }
+    }
+
+    /// Keeps what the agent did on its own to a restore that is gone, for facts, ping and the
+    /// next controller to record.
+    fn note_undone(&self, id: &str, note: &str) {
+        let when = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let text = format!("restore {id} was ended by the agent at {when}: {note}");
+        let path = self.undone_path();
+        if let Err(e) = std::fs::write(&path, text) {
+            tracing::error!(error = %e, "{}", path.display());
+        }
+    }
+
+    /// The last restore the agent ended on its own, in words (empty: none).
+    pub fn undone(&self) -> String {
+        std::fs::read_to_string(self.undone_path()).unwrap_or_default()
+    }
+
+    /// Next to the staging directory, which holds restores only.
+    fn undone_path(&self) -> PathBuf {
+        let staging = &self.ctx().staging_dir;
+        staging.parent().unwrap_or(staging).join(UNDONE)
     }
 
     /// Runs `step` unless the journal says it is done, and records it done.

@@ -330,11 +330,20 @@ async fn resume(play: &Play<'_>, conn: &AgentConn, lease_seconds: u32) -> i32 {
         _ => {
             play.refuse(
                 "resume",
-                &format!("{host} has no unfinished restore"),
+                &nothing_unfinished(host, "to resume", &ping.undone),
                 &format!("`ferry facts {host}`"),
             )
             .await
         }
+    }
+}
+
+/// Why resume or rollback has nothing to do, with what the agent did on its own last, if it did.
+pub(crate) fn nothing_unfinished(host: &str, what: &str, undone: &str) -> String {
+    if undone.is_empty() {
+        format!("{host} has no unfinished restore {what}")
+    } else {
+        format!("{host} has no unfinished restore {what}; {undone}")
     }
 }
 
@@ -486,6 +495,7 @@ pub(crate) fn status_json(s: &pb::RestoreStatus) -> Value {
     json!({
         "restore_id": s.restore_id,
         "state": HostState::try_from(s.state).unwrap_or(HostState::Unspecified).as_str_name(),
+        "state_name": HostState::try_from(s.state).unwrap_or(HostState::Unspecified).name(),
         "last_done": Step::of(s.last_done).name(),
         "plan": s.plan.iter().map(|p| Step::of(*p).name()).collect::<Vec<_>>(),
         "components": s.components.iter().map(|c| pb::Component::try_from(*c).unwrap_or(pb::Component::Unspecified).name()).collect::<Vec<_>>(),

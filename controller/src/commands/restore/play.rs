@@ -337,6 +337,11 @@ impl<'a> Play<'a> {
                 "error": error_text,
                 "next": next.filter(|n| !n.is_empty()),
                 "exit_code": code,
+                // The shape every fleet command's document has, for tools that read them all.
+                "hosts": {self.host(): {"status": ending.host_outcome(), "address": format!("{}:{}", self.target.address, self.target.port),
+                                        "changed": changed, "host_state": state, "error": error_text}},
+                "recap": {self.host(): {"ok": ok, "changed": u8::from(changed), "unreachable": unreachable,
+                                        "failed": failed, "skipped": 0}},
             });
             if let Some(map) = doc.as_object_mut() {
                 map.extend(lock(&self.fields).clone());

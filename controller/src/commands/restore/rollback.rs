@@ -18,10 +18,10 @@ pub async fn rollback(config: &Config, global: &GlobalArgs, host: &str) -> i32 {
         Err(code) => return code,
     };
     let started = OffsetDateTime::now_utc();
-    let (operation, restore) = match conn.client.clone().ping(PingRequest {}).await {
+    let (operation, restore, undone) = match conn.client.clone().ping(PingRequest {}).await {
         Ok(r) => {
             let r = r.into_inner();
-            (r.operation, r.restore)
+            (r.operation, r.restore, r.undone)
         }
         Err(status) => {
             let cause = conn
@@ -37,7 +37,7 @@ pub async fn rollback(config: &Config, global: &GlobalArgs, host: &str) -> i32 {
         return play
             .refuse(
                 "rollback",
-                &format!("{host} has no unfinished restore to roll back"),
+                &super::nothing_unfinished(host, "to roll back", &undone),
                 &format!("`ferry facts {host}` shows the host's state"),
             )
             .await;
