@@ -140,7 +140,7 @@ impl SimFleet {
     /// fleet's loopback addresses.
     pub fn down(&self) {
         for host in &self.hosts {
-            stop_agent(host);
+            stop_every_agent(host);
             host.stop();
         }
         let _ = ferry::catalog::embedded::PrivateCluster::new(&self.dir.join("controller")).stop();
@@ -315,6 +315,12 @@ pub fn stop_agent(host: &SimHost) {
     let Some(pid) = rustix::process::Pid::from_raw(pid) else {
         return;
     };
+    terminate(pid);
+    let _ = std::fs::remove_file(pid_file);
+}
+
+/// SIGTERM, then SIGKILL after 10 s.
+fn terminate(pid: rustix::process::Pid) {
     let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline && process_alive(pid) {
@@ -323,7 +329,35 @@ pub fn stop_agent(host: &SimHost) {
     if process_alive(pid) {
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
     }
-    let _ = std::fs::remove_file(pid_file);
+}
+
+/// Every agent process serving `host`'s agent.yaml, however it was started (an operator's restart
+/// may not have updated agent.pid): found by its command line.
+fn agents_of(host: &SimHost) -> Vec<rustix::process::Pid> {
+    let config = host.layout.agent_dir().join("agent.yaml");
+    let config = config.to_string_lossy();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.first()
+                .is_some_and(|a| String::from_utf8_lossy(a).ends_with("ferry-agent"))
+                && args.iter().any(|a| String::from_utf8_lossy(a) == config)
+        })
+        .filter_map(rustix::process::Pid::from_raw)
+        .collect()
+}
+
+/// Stops `host`'s agent and any other agent process serving its configuration.
+pub fn stop_every_agent(host: &SimHost) {
+    stop_agent(host);
+    for pid in agents_of(host) {
+        terminate(pid);
+    }
 }
 
 fn process_alive(pid: rustix::process::Pid) -> bool {

@@ -51,7 +51,7 @@ fn trigger(step: &str) -> Trigger {
         "stop" => Call("systemctl", "stop flightctl-api"),
         "swap-db" => Call("podman", "RENAME TO"),
         "swap-files" => Call("podman", "volume import"),
-        "prepare-loaded" => Call("podman", "awaitingReconnect"),
+        "prepare-loaded" => Call("podman", "UPDATE devices SET"),
         "seed-kv" => Call("podman", "redis-cli --pipe"),
         "start" => Call("systemctl", "start flightctl-api"),
         "health" => Call("podman", "redis-cli --no-auth-warning"),

@@ -723,9 +723,11 @@ async fn busy_is_retried_without_an_alert_and_an_orphaned_backup_frees_the_host(
     let hooks = Webhook::start(&fleet.dir, 0);
     let path = fleet.config_path();
     let mut config = std::fs::read_to_string(&path).unwrap();
+    let port = free_port();
+    // A daily slot twelve hours from now: the one due at start has half a day of retries left.
+    let hour = (time::OffsetDateTime::now_utc().hour() + 12) % 24;
     config.push_str(&format!(
-        "serve:\n  listen: 127.0.0.1:{}\nschedules:\n  - name: hourly\n    hosts: all\n    cron: \"0 * * * *\"\n    rpo: 2h\nalerts:\n  - webhook: {}\n",
-        free_port(),
+        "serve:\n  listen: 127.0.0.1:{port}\nschedules:\n  - name: daily\n    hosts: all\n    cron: \"0 {hour} * * *\"\n    rpo: 48h\nalerts:\n  - webhook: {}\n",
         hooks.url()
     ));
     std::fs::write(&path, config).unwrap();
@@ -768,6 +770,13 @@ async fn busy_is_retried_without_an_alert_and_an_orphaned_backup_frees_the_host(
         hooks.of("backup-failed", "cp01").is_empty(),
         "{:?}",
         hooks.received()
+    );
+    // Failure counters exist at zero for phases that never failed (item 16).
+    let (code, metrics) = simhost::serving::http_get(port, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("ferry_backup_failures_total{host=\"cp01\",phase=\"encrypt\"} 0"),
+        "{metrics}"
     );
     serve.signal(rustix::process::Signal::INT);
     assert_eq!(
@@ -915,5 +924,60 @@ async fn a_replica_restarted_under_its_name_takes_over_what_its_killed_process_l
         Some(0),
         "{}",
         second.log_text()
+    );
+}
+
+/// Item 16: an agent restarted by hand (not through agent.pid) does not outlive `simfleet down`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simfleet_down_stops_an_agent_restarted_by_hand() {
+    let fleet = TempFleet::up(SimFleetOptions {
+        hosts: 1,
+        devices: 5,
+        ..Default::default()
+    })
+    .await;
+    let host = fleet.host("cp01");
+    simhost::fleet::kill_agent(host);
+    let config = host.layout.agent_dir().join("agent.yaml");
+    let mut agent = std::process::Command::new(simhost::bins::path("ferry-agent"))
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    settle(
+        "the hand-started agent",
+        Duration::from_secs(30),
+        async || {
+            fleet
+                .ferry(&["ping", "cp01"])
+                .output()
+                .unwrap()
+                .status
+                .success()
+        },
+    )
+    .await;
+    let out = std::process::Command::new(simhost::bins::path("simfleet"))
+        .args(["down", "--dir"])
+        .arg(&fleet.dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let ended = loop {
+        if let Some(status) = agent.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        ended.is_some(),
+        "the hand-started agent survived simfleet down"
     );
 }

@@ -228,7 +228,7 @@ async fn restore_brings_back_the_backup_and_prepares_devices() {
     );
     let prepared = calls
         .iter()
-        .position(|c| c.contains("awaitingReconnect"))
+        .position(|c| c.contains("UPDATE devices SET"))
         .unwrap_or_else(|| panic!("device preparation: {calls:#?}"));
     assert!(
         calls[prepared]

@@ -257,6 +257,11 @@ async fn serve_keeps_hosts_within_their_rpo_and_alerts_on_a_breach_and_its_recov
     drop(serve);
 }
 
+/// The replica name of a run's owner (`name@pid:start`, a replica instance).
+fn replica_name(owner: Option<&str>) -> Option<&str> {
+    owner?.split('@').next()
+}
+
 /// Scheduled slots in the catalog: (schedule, host, slot, state, owner, attempts).
 async fn slots(
     cat: &Catalog,
@@ -336,10 +341,11 @@ async fn two_replicas_share_one_catalog_run_each_slot_once_and_take_over_a_kille
         },
     );
     let all = slots(&cat).await;
+    // Owned by a replica instance (`name@pid:start`): by name, both replicas ran slots.
     let owners: BTreeSet<String> = all
         .iter()
         .filter(|s| s.3 == "succeeded")
-        .filter_map(|s| s.4.clone())
+        .filter_map(|s| s.4.as_deref()?.split('@').next().map(str::to_string))
         .collect();
     assert_eq!(
         owners,
@@ -355,7 +361,7 @@ async fn two_replicas_share_one_catalog_run_each_slot_once_and_take_over_a_kille
         let all = tokio::task::block_in_place(|| rt.block_on(slots(&cat)));
         all.iter()
             .find(|s| s.1 == "cp01" && s.3 == "running" && s.2 > second_slot)
-            .map(|s| (s.4.clone().unwrap(), s.2))
+            .map(|s| (replica_name(s.4.as_deref()).unwrap().to_string(), s.2))
     });
     std::thread::sleep(Duration::from_secs(2));
     let (killed, survivor) = if owner == "a" {
@@ -376,7 +382,9 @@ async fn two_replicas_share_one_catalog_run_each_slot_once_and_take_over_a_kille
             all.iter()
                 .find(|s| s.1 == "cp01" && s.2 == slot)
                 .filter(|s| {
-                    s.4.as_deref() == Some(survivor) || s.3 == "pending" || s.3 == "retrying"
+                    replica_name(s.4.as_deref()) == Some(survivor)
+                        || s.3 == "pending"
+                        || s.3 == "retrying"
                 })
                 .map(|_| ())
         },
@@ -403,7 +411,11 @@ async fn two_replicas_share_one_catalog_run_each_slot_once_and_take_over_a_kille
             let all = tokio::task::block_in_place(|| rt.block_on(slots(&cat)));
             let done = all
                 .iter()
-                .filter(|s| s.2 == later && s.3 == "succeeded" && s.4.as_deref() == Some(survivor))
+                .filter(|s| {
+                    s.2 == later
+                        && s.3 == "succeeded"
+                        && replica_name(s.4.as_deref()) == Some(survivor)
+                })
                 .count();
             (done == 3).then_some(())
         },

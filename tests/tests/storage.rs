@@ -467,6 +467,30 @@ async fn encrypted_archives_restore_verify_export_rotate_and_break_glass() {
         "the archive key is removed"
     );
     upstream_tools_accept(glass.path(), name);
+    // Step 2 failing (a damaged body) leaves no decrypted key behind either.
+    let broken = temp_dir("ferry-glass-broken-");
+    std::fs::write(
+        broken.path().join(format!("{name}.key.age")),
+        s3.get(&format!("site1/cp01/{name}.key.age")),
+    )
+    .unwrap();
+    std::fs::write(
+        broken.path().join(format!("{name}.age")),
+        b"not an age file",
+    )
+    .unwrap();
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", block])
+        .env("ARCHIVE", name)
+        .env("IDENTITY", &escrow)
+        .current_dir(broken.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        !broken.path().join(format!("{name}.key")).exists(),
+        "the decrypted key is removed when step 2 fails"
+    );
 
     // Rotation: the online key retired, a new one added; bodies untouched.
     let bodies: BTreeMap<String, String> = objects
@@ -609,7 +633,16 @@ async fn encrypted_archives_restore_verify_export_rotate_and_break_glass() {
     );
     assert!(text(&out).contains("task preflight"), "{}", text(&out));
     // Facts only: nothing but reads reached the host.
-    let reads = ["systemctl show ", "systemctl is-active ", "podman inspect "];
+    // facts' reads: units, containers, and the devices awaiting reconnect against the KV's keys.
+    let reads = [
+        "systemctl show ",
+        "systemctl is-active ",
+        "podman inspect ",
+        "podman secret inspect ",
+        "podman exec -i flightctl-kv redis-cli --no-auth-warning",
+        "podman exec -i flightctl-db psql -U postgres -d flightctl -v ON_ERROR_STOP=1 -tAc SELECT COALESCE(string_agg('v1/'",
+        "podman exec -i flightctl-db psql -U postgres -d postgres -v ON_ERROR_STOP=1 -tAc SELECT 1",
+    ];
     let changes: Vec<String> = host
         .calls()
         .into_iter()

@@ -40,8 +40,6 @@ pub struct DueRun {
     pub preferred: Option<String>,
     /// Due for a while: any replica may take it, not only the preferred one.
     pub late: bool,
-    /// The phase its previous attempt failed in (`busy`: the host was running something else).
-    pub last_phase: Option<String>,
 }
 
 /// A run a gone replica left unfinished.
@@ -275,7 +273,7 @@ impl Catalog {
         let rows = self
             .client()
             .query(
-                "SELECT id, schedule, host, slot, preferred, due_at <= now() - make_interval(secs => $2), phase
+                "SELECT id, schedule, host, slot, preferred, due_at <= now() - make_interval(secs => $2)
                  FROM scheduled_runs WHERE state IN ('pending', 'retrying') AND due_at <= now()
                  ORDER BY due_at, id LIMIT $1",
                 &[&limit, &secs(grace)],
@@ -290,7 +288,6 @@ impl Catalog {
                 slot: r.get(3),
                 preferred: r.get(4),
                 late: r.get(5),
-                last_phase: r.get(6),
             })
             .collect())
     }

@@ -18,6 +18,22 @@ use crate::progress::{HostProgress, Progress};
 use crate::report::{self, HostResult, Outcome};
 use crate::store::Store;
 
+/// Every phase a backup can stop in (the `phase` of its failures and their metrics).
+pub const PHASES: [&str; 12] = [
+    "connect",
+    "busy",
+    "preflight",
+    "dump",
+    "files",
+    "encrypt",
+    "stream",
+    "transfer",
+    "verify",
+    "store",
+    "catalog",
+    "timeout",
+];
+
 pub async fn run(
     config: &Config,
     global: &GlobalArgs,

@@ -126,7 +126,14 @@ pub fn show_inventory(
     }
     let doc = match &args.host {
         Some(host) => match crate::inventory::host_vars_json(&inventory, host) {
-            Some(vars) => vars,
+            Some(mut vars) => {
+                // Beside the vars `ansible-inventory --host` shows: what serve makes of them.
+                let plans = effective_plans(config, &inventory, host);
+                if plans.as_array().is_some_and(|p| !p.is_empty()) {
+                    vars["ferry_effective"] = plans;
+                }
+                vars
+            }
             None => {
                 errln!(
                     "ferry inventory --host: no host {host:?} in the inventory (`ferry ping all --list-hosts` lists them)"
@@ -144,6 +151,40 @@ pub fn show_inventory(
         }
     }
     exit::OK
+}
+
+/// What each schedule that selects `host` means for it after its inventory vars: the cron, RPO and
+/// retention serve applies, or why its vars do not parse.
+fn effective_plans(
+    config: &Config,
+    inventory: &crate::inventory::Inventory,
+    host: &str,
+) -> serde_json::Value {
+    let mut plans = Vec::new();
+    for schedule in &config.schedules {
+        let selected = crate::pattern::select(inventory, &schedule.hosts, None)
+            .is_ok_and(|s| s.hosts.iter().any(|h| h == host));
+        if !selected {
+            continue;
+        }
+        plans.push(
+            match crate::schedule::plans(schedule, inventory, &[host.to_string()]) {
+                Ok(found) => match found.first() {
+                    Some(p) => serde_json::json!({
+                        "schedule": p.schedule,
+                        "cron": p.cron.as_str(),
+                        "rpo": humantime::format_duration(p.rpo).to_string(),
+                        "retention": p.retention,
+                        "drill": p.drill.as_ref().map(|(c, _)| c.as_str()),
+                        "agent_name": p.agent_name,
+                    }),
+                    None => continue,
+                },
+                Err(errors) => serde_json::json!({"schedule": schedule.name, "errors": errors}),
+            },
+        );
+    }
+    serde_json::Value::Array(plans)
 }
 
 /// `--list-hosts`: prints the selection as `ansible --list-hosts` does (or as JSON).

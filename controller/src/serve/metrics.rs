@@ -132,6 +132,7 @@ async fn render(service: &Service) -> Result<String, String> {
     for (outcome, counter) in [
         ("succeeded", &service.counters.succeeded),
         ("failed", &service.counters.failed),
+        ("busy", &service.counters.busy),
     ] {
         own.with_label_values(&[replica, outcome])
             .inc_by(counter.load(Ordering::Relaxed));
@@ -293,6 +294,13 @@ async fn render(service: &Service) -> Result<String, String> {
         "Backups of the host that did not succeed, by the phase they stopped in.",
         &["host", "phase"],
     )?;
+    // Every scheduled host's series exist from the start (at zero), so a rule over their
+    // increase fires on the first failure too.
+    for plan in &settings.plans {
+        for phase in crate::commands::backup::PHASES {
+            failed.with_label_values(&[plan.host.as_str(), phase]);
+        }
+    }
     for (host, phase, n) in &failures {
         failed
             .with_label_values(&[host.as_str(), phase.as_str()])

@@ -156,6 +156,8 @@ pub struct Counters {
     pub started: AtomicU64,
     pub succeeded: AtomicU64,
     pub failed: AtomicU64,
+    /// Attempts that found the host busy with another operation (tried again, not failed).
+    pub busy: AtomicU64,
     pub deleted: AtomicU64,
 }
 

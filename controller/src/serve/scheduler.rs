@@ -250,7 +250,6 @@ impl Service {
                 self.apply_retention(settings, catalog, plan).await;
             }
             failed => {
-                self.counters.failed.fetch_add(1, Ordering::Relaxed);
                 let (phase, cause) = match failed {
                     Outcome::Unreachable(e) => ("connect".to_string(), e.to_string()),
                     Outcome::Failed { task, cause } => (
@@ -264,12 +263,20 @@ impl Service {
                         .set_reachable(&run.host, false, Some(&e.to_string()))
                         .await;
                 }
-                // Busy with another controller's operation (a restore, a drill, a gone replica's
-                // backup winding down) is not a failure: tried again soon, without an alert,
-                // until the slot's attempts run out.
-                let busy = phase == "busy";
-                let retry = retry_delay(attempt, plan, OffsetDateTime::now_utc())
-                    .map(|delay| if busy { BUSY_DELAY } else { delay });
+                let retry = retry_delay(attempt, plan, OffsetDateTime::now_utc());
+                // Busy with another operation (a restore, a drill, a publication, a gone
+                // replica's backup winding down) is not a failure: the slot goes back unspent,
+                // due again soon, without an alert, for as long as the slot may still run.
+                if phase == "busy" && retry.is_some() {
+                    tracing::info!(
+                        schedule = %run.schedule, host = %run.host, attempt,
+                        "host busy; trying again in {}s: {cause}", BUSY_DELAY.as_secs()
+                    );
+                    self.counters.busy.fetch_add(1, Ordering::Relaxed);
+                    let _ = catalog.postpone_run(run.id, BUSY_DELAY).await;
+                    return;
+                }
+                self.counters.failed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
                     schedule = %run.schedule, host = %run.host, attempt, phase = %phase,
                     retry_in_seconds = retry.map(|d| d.as_secs()),
@@ -278,8 +285,7 @@ impl Service {
                 let _ = catalog
                     .run_finished(run.id, None, Some((&phase, &cause)), retry)
                     .await;
-                let first_failure = attempt == 1 || run.last_phase.as_deref() == Some("busy");
-                if first_failure && !(busy && retry.is_some()) {
+                if attempt == 1 {
                     let payload = json!({
                         "kind": "backup-failed", "host": run.host, "schedule": run.schedule,
                         "slot": slot, "attempt": attempt, "phase": phase, "error": cause,

@@ -44,10 +44,18 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         light: usize,
     },
-    /// Stop everything `up` started.
+    /// Stop everything `up` started (agents restarted by hand included).
     Down {
         #[arg(long)]
         dir: PathBuf,
+    },
+    /// Kill one host's agent as a crash would (SIGKILL), start it, or both, keeping agent.pid true.
+    Agent {
+        #[arg(long)]
+        dir: PathBuf,
+        host: String,
+        #[arg(value_parser = ["kill", "start", "restart"])]
+        action: String,
     },
     /// Benchmarks against the baselines ferry must beat, in one run.
     #[command(subcommand)]
@@ -199,6 +207,35 @@ fn main() {
                 Ok(())
             })
         }
+        Cmd::Agent { dir, host, action } => match SimFleet::open(&dir) {
+            Ok(fleet) => match fleet.hosts.iter().find(|h| h.name() == host) {
+                Some(h) => {
+                    if action != "start" {
+                        simhost::fleet::kill_agent(h);
+                    }
+                    let started = if action == "kill" {
+                        Ok(())
+                    } else {
+                        simhost::fleet::start_agent(h)
+                    };
+                    match started {
+                        Ok(()) => 0,
+                        Err(e) => {
+                            eprintln!("simfleet agent {host} {action}: {e:#}");
+                            1
+                        }
+                    }
+                }
+                None => {
+                    eprintln!("simfleet agent: no host {host:?} in {}", dir.display());
+                    1
+                }
+            },
+            Err(e) => {
+                eprintln!("simfleet agent: {e:#}");
+                1
+            }
+        },
         Cmd::Down { dir } => match SimFleet::open(&dir) {
             Ok(fleet) => {
                 fleet.down();

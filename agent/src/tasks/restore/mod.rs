@@ -450,6 +450,13 @@ impl Restores {
             return self.rollback(id, who).await;
         }
         self.take_slot(id, who, step)?;
+        let length = (lease_seconds > 0).then(|| lease_length(lease_seconds));
+        let lease = self
+            .inner
+            .lease
+            .step_begins(id, step, length)
+            .map_err(|running| self.step_running(id, step, running))?;
+        // Only once no step runs: a stage still receiving is not interrupted.
         if let Ok(j) = Journal::load(&dir(&self.ctx().staging_dir, id))
             && !j.received
         {
@@ -467,14 +474,9 @@ impl Restores {
             if failure.status.is_none() {
                 failure.next = vec![format!("ferry restore {host}")];
             }
+            drop(lease);
             return Err(failure);
         }
-        let length = (lease_seconds > 0).then(|| lease_length(lease_seconds));
-        let lease = self
-            .inner
-            .lease
-            .step_begins(id, step, length)
-            .map_err(|running| self.step_running(id, step, running))?;
         let this = self.clone();
         let owned_id = id.to_string();
         let task = tokio::spawn(async move {
