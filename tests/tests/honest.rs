@@ -981,3 +981,61 @@ async fn simfleet_down_stops_an_agent_restarted_by_hand() {
         "the hand-started agent survived simfleet down"
     );
 }
+
+/// Item 14: each refusal cause has its own next command: another host's archive names the
+/// `--from` command that restores it; an archive whose stored file is gone names the archive list
+/// (no catalog rebuild).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_name_their_own_next_command() {
+    let fleet = TempFleet::up(SimFleetOptions {
+        hosts: 2,
+        devices: 5,
+        ..Default::default()
+    })
+    .await;
+    fleet.ferry_ok(&["backup", "all"]).unwrap();
+    let list = |host: &str| -> Vec<serde_json::Value> {
+        let out = fleet
+            .ferry(&["archives", "list", host, "-o", "json"])
+            .output()
+            .unwrap();
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let cp02 = list("cp02")[0]["id"].as_str().unwrap().to_string();
+    let out = fleet
+        .ferry(&["restore", "cp01", "--archive", &cp02])
+        .output()
+        .unwrap();
+    let output = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{output}");
+    assert!(
+        output.contains(&format!(
+            "next: `ferry restore cp01 --from cp02 --archive {cp02}` to restore it onto cp01"
+        )),
+        "{output}"
+    );
+    let cp01 = list("cp01")[0].clone();
+    let id = cp01["id"].as_str().unwrap().to_string();
+    std::fs::remove_file(
+        fleet
+            .dir
+            .join("controller/store/cp01")
+            .join(cp01["name"].as_str().unwrap()),
+    )
+    .unwrap();
+    let out = fleet
+        .ferry(&["restore", "cp01", "--archive", &id])
+        .output()
+        .unwrap();
+    let output = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{output}");
+    assert!(
+        output.contains("next: ") && !output.contains("catalog rebuild"),
+        "{output}"
+    );
+    assert!(output.contains("missing"), "{output}");
+}
