@@ -132,7 +132,7 @@ pub enum Command {
 
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
-    /// This replica's name among those sharing the catalog (default: host name and pid).
+    /// This replica's name among those sharing the catalog (default: the host name, so a restarted replica keeps its name and metric series).
     #[arg(long)]
     pub replica: Option<String>,
     /// On SIGTERM, seconds to let running backups finish before recording them interrupted.

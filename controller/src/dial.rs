@@ -162,6 +162,13 @@ impl AgentConn {
     pub fn transport_error(&self, status: &tonic::Status) -> Option<DialError> {
         self.refused().or_else(|| rpc_error(&self.addr, status))
     }
+
+    /// A failed RPC in words: the transport's story when it is to blame, else the agent's message.
+    pub fn failure_text(&self, status: &tonic::Status) -> String {
+        self.transport_error(status)
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| status.message().to_string())
+    }
 }
 
 /// Passes I/O through and keeps the TLS error a read or write failed with.

@@ -182,8 +182,8 @@ fn process_id(pid: u32) -> Option<String> {
     Some(format!("{pid}:{start}"))
 }
 
-/// Whether the process recorded as `pid:start time` still runs.
-fn alive(process: &str) -> bool {
+/// Whether the process recorded as `pid:start time` still runs (on this machine).
+pub(crate) fn alive(process: &str) -> bool {
     let Some(pid) = process
         .split_once(':')
         .and_then(|(p, _)| p.parse::<u32>().ok())

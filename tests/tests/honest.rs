@@ -229,6 +229,29 @@ async fn annotated(host: &simhost::SimHost) -> usize {
     n as usize
 }
 
+/// SIGINT ends serve with exit 0.
+fn stop_cleanly(mut serve: simhost::serving::Serve) {
+    serve.signal(rustix::process::Signal::INT);
+    assert_eq!(
+        serve.wait(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        serve.log_text()
+    );
+}
+
+/// How many archives `ferry archives list HOST` shows.
+fn archives(fleet: &TempFleet, host: &str) -> usize {
+    let out = fleet
+        .ferry(&["archives", "list", host, "-o", "json"])
+        .output()
+        .unwrap();
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .ok()
+        .and_then(|d| d.as_array().map(Vec::len))
+        .unwrap_or(0)
+}
+
 fn facts_json(fleet: &TempFleet, host: &str) -> serde_json::Value {
     let out = fleet
         .ferry(&["facts", host, "-o", "json"])
@@ -291,7 +314,7 @@ async fn prepare_devices_killed_after_the_update_keeps_the_units_stopped_until_r
             restore["lapsed"]
                 .as_str()
                 .unwrap()
-                .contains("application units kept stopped: devices were marked awaiting reconnect"),
+                .contains("application units kept stopped: devices"),
             "{name}: {restore}"
         );
         assert_eq!(restore["state"], "HOST_STATE_SWAPPED", "{name}: {restore}");
@@ -301,12 +324,26 @@ async fn prepare_devices_killed_after_the_update_keeps_the_units_stopped_until_r
             "{name}"
         );
         assert_eq!(host.unit_state("flightctl-kv.service"), "active", "{name}");
-        // The ledger has the interrupted run; --resume finishes it.
+        // Another preparation is refused with the host's real state, not "unchanged".
+        let out = fleet.ferry(&["prepare-devices", name]).output().unwrap();
+        let output = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{name}: {output}");
+        assert!(
+            output.contains("host state: restore p")
+                && output.contains("device preparation (no archive)")
+                && !output.contains("unchanged"),
+            "{name}: {output}"
+        );
+        // --resume finishes it, recorded as the device preparation it is.
         let out = fleet
             .ferry(&["restore", name, "--resume"])
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(0), "{name}: {}", text(&out));
+        let entries = ledger(&fleet, name);
+        let last = entries.last().unwrap();
+        assert_eq!(last["kind"], "prepare-devices", "{name}: {last}");
+        assert_eq!(last["outcome"], "succeeded", "{name}: {last}");
         assert_eq!(host.unit_state("flightctl-api.service"), "active", "{name}");
         let devices = annotated(host).await;
         assert!(
@@ -731,7 +768,7 @@ async fn busy_is_retried_without_an_alert_and_an_orphaned_backup_frees_the_host(
         hooks.url()
     ));
     std::fs::write(&path, config).unwrap();
-    let mut serve = Serve::start(
+    let serve = Serve::start(
         &fleet.config_path(),
         &fleet.inventory_path(),
         &["--replica", "solo"],
@@ -756,14 +793,7 @@ async fn busy_is_retried_without_an_alert_and_an_orphaned_backup_frees_the_host(
     .unwrap();
     let _ = publisher.wait_with_output();
     settle("the retried backup", Duration::from_secs(60), async || {
-        let out = fleet
-            .ferry(&["archives", "list", "cp01", "-o", "json"])
-            .output()
-            .unwrap();
-        serde_json::from_slice::<serde_json::Value>(&out.stdout)
-            .ok()
-            .and_then(|d| d.as_array().map(|a| !a.is_empty()))
-            .unwrap_or(false)
+        archives(&fleet, "cp01") > 0
     })
     .await;
     assert!(
@@ -778,13 +808,7 @@ async fn busy_is_retried_without_an_alert_and_an_orphaned_backup_frees_the_host(
         metrics.contains("ferry_backup_failures_total{host=\"cp01\",phase=\"encrypt\"} 0"),
         "{metrics}"
     );
-    serve.signal(rustix::process::Signal::INT);
-    assert_eq!(
-        serve.wait(Duration::from_secs(30)),
-        Some(0),
-        "{}",
-        serve.log_text()
-    );
+    stop_cleanly(serve);
 }
 
 /// Item 15: a host the inventory knows by another name than its agent's (`ferry_agent_name`):
@@ -892,7 +916,7 @@ async fn a_replica_restarted_under_its_name_takes_over_what_its_killed_process_l
     host.clear_faults();
     // Once the killed process's heartbeat has expired, the name is free again.
     tokio::time::sleep(Duration::from_secs(16)).await;
-    let mut second = Serve::start(
+    let second = Serve::start(
         &fleet.config_path(),
         &fleet.inventory_path(),
         &["--replica", "alpha"],
@@ -901,16 +925,7 @@ async fn a_replica_restarted_under_its_name_takes_over_what_its_killed_process_l
     settle(
         "the slot's backup by the restarted replica",
         Duration::from_secs(60),
-        async || {
-            let out = fleet
-                .ferry(&["archives", "list", "cp01", "-o", "json"])
-                .output()
-                .unwrap();
-            serde_json::from_slice::<serde_json::Value>(&out.stdout)
-                .ok()
-                .and_then(|d| d.as_array().map(|a| !a.is_empty()))
-                .unwrap_or(false)
-        },
+        async || archives(&fleet, "cp01") > 0,
     )
     .await;
     let log = second.log_text();
@@ -918,13 +933,7 @@ async fn a_replica_restarted_under_its_name_takes_over_what_its_killed_process_l
         log.contains("stopped during a run; its run is queued again"),
         "{log}"
     );
-    second.signal(rustix::process::Signal::INT);
-    assert_eq!(
-        second.wait(Duration::from_secs(30)),
-        Some(0),
-        "{}",
-        second.log_text()
-    );
+    stop_cleanly(second);
 }
 
 /// Item 16: an agent restarted by hand (not through agent.pid) does not outlive `simfleet down`.
@@ -1014,8 +1023,21 @@ async fn refusals_name_their_own_next_command() {
     assert_eq!(out.status.code(), Some(2), "{output}");
     assert!(
         output.contains(&format!(
-            "next: `ferry restore cp01 --from cp02 --archive {cp02}` to restore it onto cp01"
+            "next: `ferry archives list cp01` lists its own archives; to restore cp02's onto it on purpose, check first: `ferry restore cp01 --from cp02 --archive {cp02} --check`"
         )),
+        "{output}"
+    );
+    // A --from typo: no "back it up" advice for a host that does not exist.
+    let out = fleet
+        .ferry(&["restore", "cp01", "--from", "cp9"])
+        .output()
+        .unwrap();
+    let output = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{output}");
+    assert!(
+        output.contains("the catalog has no archive of cp9")
+            && output.contains("check the --from name")
+            && !output.contains("ferry backup cp9"),
         "{output}"
     );
     let cp01 = list("cp01")[0].clone();

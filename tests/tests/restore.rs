@@ -1161,4 +1161,17 @@ async fn a_full_restore_removes_config_the_archive_lacks_and_rollback_puts_it_ba
     let (code, output) = restore(&fleet, &["--archive", &upstream.to_string()]);
     assert_eq!(code, 0, "{output}");
     assert!(bad.is_file(), "upstream leaves conf.d alone: {output}");
+
+    // A conf.d the backup captured: a file added after it is listed, the captured one is not.
+    std::fs::remove_file(&bad).unwrap();
+    std::fs::write(confd.join("10-base.yaml"), "api: {}\n").unwrap();
+    fleet.ferry_ok(&["backup", "cp01"]).unwrap();
+    std::fs::write(confd.join("99-late.yaml"), "api: {}\n").unwrap();
+    let (code, output) = restore(&fleet, &["--check"]);
+    assert_eq!(code, 0, "{output}");
+    assert!(
+        output.contains("  /etc/flightctl/conf.d/99-late.yaml")
+            && !output.contains("  /etc/flightctl/conf.d/10-base.yaml"),
+        "{output}"
+    );
 }

@@ -117,7 +117,13 @@ impl Agent for AgentService {
             .collect();
         let (refusals, removals) = self
             .restores
-            .check(req.expected_size, &components, &req.captured, &req.present)
+            .check(
+                req.expected_size,
+                &components,
+                &req.captured,
+                &req.present,
+                &req.entries,
+            )
             .await;
         Ok(Response::new(pb::StageCheckReply {
             refusals: refusals

@@ -109,7 +109,7 @@ pub(super) fn with_next(cause: &str, next: &[String]) -> String {
         return cause.to_string();
     }
     let commands: Vec<String> = next.iter().map(|n| format!("`{n}`")).collect();
-    format!("{cause}; end it with {}", commands.join(" or "))
+    format!("{cause}; next: {}", commands.join(" or "))
 }
 
 pub(super) fn restore_status(s: &restore::Status) -> pb::RestoreStatus {

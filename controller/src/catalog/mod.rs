@@ -349,6 +349,14 @@ impl Catalog {
         Ok(run_id)
     }
 
+    /// Corrects a run's kind once the operation is known (a resume of device preparation).
+    pub async fn set_run_kind(&self, run_id: i64, kind: &str) -> Result<(), CatalogError> {
+        self.client
+            .execute("UPDATE runs SET kind = $2 WHERE id = $1", &[&run_id, &kind])
+            .await?;
+        Ok(())
+    }
+
     /// Ends a run; if the catalog is unreachable, the spool keeps it.
     pub async fn finish_run(&self, run_id: i64, outcome: &str) -> Result<(), CatalogError> {
         crate::runs::closed(run_id);

@@ -137,6 +137,30 @@ impl Catalog {
         if claimed == 1 {
             return Ok(None);
         }
+        // Its holder ran on this machine and its process is gone (killed, and restarted by
+        // systemd before the heartbeat expired): the name is free now, not in 15 s.
+        let holder = self
+            .client()
+            .query_opt(
+                "SELECT COALESCE(process, '') FROM serve_replicas WHERE id = $1 AND controller_host = $2",
+                &[&id, &host],
+            )
+            .await?;
+        if let Some(process) = holder.map(|r| r.get::<_, String>(0))
+            && !crate::runs::alive(&process)
+        {
+            let taken = self
+                .execute(
+                    "UPDATE serve_replicas SET process = $3, started_at = now(), heartbeat_at = now(),
+                         stopped_at = NULL, leader = false
+                     WHERE id = $1 AND controller_host = $2 AND COALESCE(process, '') = $4",
+                    &[&id, &host, &crate::runs::this_process(), &process],
+                )
+                .await?;
+            if taken == 1 {
+                return Ok(None);
+            }
+        }
         Ok(self.replicas().await?.into_iter().find(|r| r.id == id))
     }
 

@@ -459,7 +459,9 @@ impl<'a> Ctx<'a> {
         cause: String,
         started: OffsetDateTime,
     ) -> Outcome {
-        self.record(target, "failed", Some(phase), Some(&cause), None, started)
+        // A host busy with another operation refused the backup: nothing failed there.
+        let outcome = if phase == "busy" { "refused" } else { "failed" };
+        self.record(target, outcome, Some(phase), Some(&cause), None, started)
             .await;
         Outcome::Failed {
             task: format!("backup/{phase}"),

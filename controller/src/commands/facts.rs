@@ -84,9 +84,23 @@ fn outcome(f: FactsReply) -> Outcome {
     let reconnect = f.reconnect.clone().unwrap_or_default();
     let keyless = reconnect.unknown.is_empty() && reconnect.kv_keys < reconnect.awaiting_devices;
     if keyless {
+        // An unfinished restore seeds them itself when it is resumed (and holds the host).
+        let next = if f.restore.is_some() {
+            format!(
+                "ferry restore {0} --resume (it seeds them) or ferry rollback {0}",
+                f.host_name
+            )
+        } else {
+            format!("ferry prepare-devices {}", f.host_name)
+        };
         summary.push_str(&format!(
-            "\n    PROBLEM: {} devices await reconnect but the KV holds {} awaiting-reconnect keys: those devices never clear; next: ferry prepare-devices {}",
-            reconnect.awaiting_devices, reconnect.kv_keys, f.host_name
+            "\n    PROBLEM: {} devices await reconnect but the KV holds {} awaiting-reconnect keys: those devices never clear; next: {next}",
+            reconnect.awaiting_devices, reconnect.kv_keys
+        ));
+    } else if !reconnect.unknown.is_empty() {
+        summary.push_str(&format!(
+            "\n    devices awaiting reconnect: unknown ({})",
+            reconnect.unknown
         ));
     } else if reconnect.awaiting_devices > 0 {
         summary.push_str(&format!(

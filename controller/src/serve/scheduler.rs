@@ -234,10 +234,13 @@ impl Service {
         let limit = Duration::from_secs(settings.config.timeout_seconds);
         let outcome = ctx.backup_within(target, &bar, limit).await;
         let ok = matches!(outcome, Outcome::Ok { .. });
-        if let Err(e) = catalog
-            .finish_run(run_id, if ok { "succeeded" } else { "failed" })
-            .await
-        {
+        let busy = matches!(&outcome, Outcome::Failed { task, .. } if task == "backup/busy");
+        let ended = match (ok, busy) {
+            (true, _) => "succeeded",
+            (false, true) => "refused",
+            (false, false) => "failed",
+        };
+        if let Err(e) = catalog.finish_run(run_id, ended).await {
             tracing::warn!(host = %run.host, "recording the run's end: {e}");
         }
         match &outcome {

@@ -56,6 +56,44 @@ pub fn removals(
         .collect()
 }
 
+/// The live files under a tree the archive holds that the archive lacks (the swap replaces the
+/// whole tree), as absolute host paths. The host's own `pki/db` is kept by the swap, so never listed.
+pub fn absent_from(
+    components: &[String],
+    present: &[String],
+    entries: &[String],
+    host_path: impl Fn(&str) -> PathBuf,
+    root: &Path,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for (component, entry, live) in SWAPPED {
+        if !components.iter().any(|c| c == component) || !present.iter().any(|p| p == entry) {
+            continue;
+        }
+        let live = host_path(live);
+        if !live.is_dir() {
+            continue;
+        }
+        for file in listed(&live, root) {
+            let shown = Path::new(&file);
+            let Ok(relative) =
+                shown.strip_prefix(Path::new("/").join(live.strip_prefix(root).unwrap_or(&live)))
+            else {
+                continue;
+            };
+            let archived = format!(
+                "{entry}/{}",
+                relative.to_string_lossy().trim_end_matches('/')
+            );
+            let host_only = entry == "pki" && relative.starts_with(HOST_ONLY_PKI);
+            if !host_only && !entries.iter().any(|e| e == &archived) {
+                out.push(file);
+            }
+        }
+    }
+    out
+}
+
 /// `path` and every file under it, as absolute paths on the host (relative to its `root`).
 pub fn listed(path: &Path, root: &Path) -> Vec<String> {
     let shown = |p: &Path| {

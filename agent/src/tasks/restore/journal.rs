@@ -196,6 +196,24 @@ impl Journal {
             .as_deref()
             .map(|l| format!("; {l}"))
             .unwrap_or_default();
+        if !self.plan().contains(&Step::Verify) {
+            // Device preparation alone: nothing is restored, nothing is kept aside.
+            let state = if self.is_done(Step::Start) {
+                "application units running"
+            } else if self.began(Step::PrepareDevices) && !self.is_done(Step::SeedKv) {
+                "devices marked awaiting reconnect in the live database, their KV keys not all seeded; application units stopped"
+            } else if self.is_done(Step::SeedKv) {
+                "devices prepared and their KV keys seeded; application units stopped"
+            } else if self.is_done(Step::Stop) {
+                "application units stopped; the database untouched"
+            } else {
+                "nothing changed yet"
+            };
+            return format!(
+                "device preparation (no archive): last completed step: {}; {state}{lapsed}",
+                self.last_done().name()
+            );
+        }
         if !self.received {
             return format!(
                 "its stage was interrupted before the whole archive arrived: no step ran and the live control plane is untouched; it cannot be resumed and is undone by the lease or `rollback`{lapsed}"

@@ -292,7 +292,8 @@ impl Restores {
                 StepFailure {
                     step,
                     cause,
-                    status: None,
+                    // An abandoned restore holding the host is its state.
+                    status: self.status().map(Box::new),
                     next,
                     refused: true,
                 }
@@ -316,6 +317,7 @@ impl Restores {
         components: &[Component],
         captured: &[String],
         present: &[String],
+        entries: &[String],
     ) -> (Vec<(String, Vec<String>)>, Vec<String>) {
         let ctx = self.ctx();
         let host = &ctx.host_name;
@@ -336,25 +338,40 @@ impl Restores {
         }
         let database = crate::tasks::facts::database(&ctx.host);
         let chosen = ferry_proto::restore::chosen(components);
+        // Every restore ends with the API's health, which needs its database; a dump needs it to load.
         if database.kind != crate::tasks::facts::DatabaseKind::External
-            && chosen.contains(&Component::Db)
             && let Err(e) = database::psql(&ctx.host, "postgres", "SELECT 1").await
         {
+            let why = if chosen.contains(&Component::Db) {
+                "so the dump cannot be loaded"
+            } else {
+                "so the restored control plane could not become healthy"
+            };
             refusals.push((
-                format!("flightctl-db does not answer, so the dump cannot be loaded: {e}"),
+                format!("flightctl-db does not answer, {why}: {e}"),
                 vec![format!("ferry facts {host}")],
             ));
         }
         let names: Vec<String> = chosen.iter().map(|c| c.name().to_string()).collect();
-        let removals = files::removals(
+        let root = ctx.host.path("/");
+        let mut removals: Vec<String> = files::removals(
             &names,
             captured,
             |entry| present.iter().any(|p| p == entry),
             |p| ctx.host.path(p),
         )
         .iter()
-        .flat_map(|live| files::listed(live, &ctx.host.path("/")))
+        .flat_map(|live| files::listed(live, &root))
         .collect();
+        if !entries.is_empty() {
+            removals.extend(files::absent_from(
+                &names,
+                present,
+                entries,
+                |p| ctx.host.path(p),
+                &root,
+            ));
+        }
         (refusals, removals)
     }
 

@@ -140,13 +140,20 @@ pub async fn lapse(ctx: &RestoreContext, dir: &Path) -> Result<String, String> {
         .unwrap_or_default();
     let units = if j.is_done(Step::Start) {
         "application units running on the restored data"
-    } else if !j.swapped() {
+    } else if !j.swapped() && !j.is_done(Step::SeedKv) {
         "application units kept stopped: devices were marked awaiting reconnect in the live database and their KV keys are not all seeded"
+    } else if !j.swapped() {
+        "application units kept stopped: devices prepared and their KV keys seeded; `--resume` starts them"
     } else {
         "application units kept stopped with the restored data in place"
     };
+    let services = if j.external_database {
+        "flightctl-kv running (the database is external)"
+    } else {
+        "flightctl-db and flightctl-kv running"
+    };
     let note = format!(
-        "the controller's lease lapsed at {when}: nothing published, flightctl-db and flightctl-kv running; {units}; next: `ferry restore {host} --resume` or `ferry rollback {host}`",
+        "the controller's lease lapsed at {when}: nothing published, {services}; {units}; next: `ferry restore {host} --resume` or `ferry rollback {host}`",
         host = ctx.host_name
     );
     j.lapsed = Some(note.clone());

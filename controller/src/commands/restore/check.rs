@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::dial::AgentConn;
 
 /// What each of the agent's steps does.
-fn describe(step: Step, access: DatabaseAccess, keep_old_db: bool) -> &'static str {
+fn describe(step: Step, access: DatabaseAccess, keep_old_db: bool, swaps_db: bool) -> &'static str {
     match step {
         Step::Verify => {
             "check the staged archive: sha256, every tar entry, manifest, metadata, version and deployment type"
@@ -49,6 +49,7 @@ fn describe(step: Step, access: DatabaseAccess, keep_old_db: bool) -> &'static s
         }
         Step::Start => "start the application units that were running",
         Step::Health => "API ready at the archive's version, one KV key per device",
+        Step::Commit if !swaps_db => "remove the pre-restore copies",
         Step::Commit if keep_old_db => "remove the pre-restore copies; keep the previous database",
         Step::Commit => "drop the previous database and the pre-restore copies",
         _ => "",
@@ -196,7 +197,12 @@ pub async fn run(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
         outln!(
             "  {}: {}",
             step.name(),
-            describe(*step, access, args.keep_old_db)
+            describe(
+                *step,
+                access,
+                args.keep_old_db,
+                plan.contains(&Step::SwapDb)
+            )
         );
     }
     if !asked.removals.is_empty() {

@@ -308,10 +308,7 @@ async fn resume(play: &Play<'_>, conn: &AgentConn, lease_seconds: u32) -> i32 {
     let ping = match conn.client.clone().ping(PingRequest {}).await {
         Ok(r) => r.into_inner(),
         Err(status) => {
-            let cause = conn
-                .transport_error(&status)
-                .map(|e| e.to_string())
-                .unwrap_or_else(|| status.message().to_string());
+            let cause = conn.failure_text(&status);
             return play
                 .lost(
                     "resume",
@@ -323,7 +320,22 @@ async fn resume(play: &Play<'_>, conn: &AgentConn, lease_seconds: u32) -> i32 {
     };
     match ping.operation {
         Some(op) if op.kind == "restore" => {
-            play.header(&format!("resume restore {} on {host}", op.id));
+            let prepare_only = ping
+                .restore
+                .as_ref()
+                .is_some_and(|r| !r.plan.contains(&(Step::Verify as i32)));
+            if prepare_only {
+                play.set_kind("prepare-devices").await;
+            }
+            play.header(&format!(
+                "resume {} {} on {host}",
+                if prepare_only {
+                    "device preparation"
+                } else {
+                    "restore"
+                },
+                op.id
+            ));
             found(play, ping.restore.as_ref()).await;
             steps(play, conn, &op.id, lease_seconds).await
         }
@@ -530,10 +542,14 @@ async fn choose_archive(
             match newest {
                 Some(a) => (a, skipped),
                 None if skipped.is_empty() => {
-                    return Err((
-                        format!("the catalog has no archive of {source}"),
-                        format!("`ferry backup {source}`, or `ferry archives list`"),
-                    ));
+                    // A --from that names no host with archives is likely a typo: no backup hint.
+                    let known = archives.iter().any(|a| a.host == source);
+                    let next = if args.from.is_some() && !known {
+                        "`ferry archives list` shows the hosts that have archives (check the --from name)".to_string()
+                    } else {
+                        format!("`ferry backup {source}`, or `ferry archives list`")
+                    };
+                    return Err((format!("the catalog has no archive of {source}"), next));
                 }
                 None => {
                     let elsewhere: Vec<String> = skipped
@@ -584,11 +600,12 @@ async fn choose_archive(
                 archive.host
             ),
             format!(
-                "`ferry restore {} --from {} --archive {}` to restore it onto {}",
+                "`ferry archives list {}` lists its own archives; to restore {}'s onto it on purpose, check first: `ferry restore {} --from {} --archive {} --check`",
+                play.host(),
+                archive.host,
                 play.host(),
                 archive.host,
                 archive.short_id(),
-                play.host()
             ),
         ));
     }
@@ -805,11 +822,25 @@ async fn stage_check(
         .filter(|p| verified.is_some_and(|v| v.entries.iter().any(|e| &e.path == *p)))
         .cloned()
         .collect();
+    let entries = verified
+        .map(|v| {
+            v.entries
+                .iter()
+                .filter(|e| {
+                    captured
+                        .iter()
+                        .any(|c| e.path.starts_with(&format!("{c}/")))
+                })
+                .map(|e| e.path.clone())
+                .collect()
+        })
+        .unwrap_or_default();
     let request = pb::StageCheckRequest {
         expected_size: archive.size as u64,
         components: components.iter().map(|c| *c as i32).collect(),
         captured,
         present,
+        entries,
     };
     match conn.client.clone().check_stage(request).await {
         Ok(reply) => reply.into_inner(),
@@ -912,7 +943,7 @@ async fn stage(
             return Staging::Lost(e.to_string());
         }
         match step_failure(&status) {
-            Some(failure) if failure.status.is_some() => Staging::Left(failure),
+            Some(failure) if failure.status.is_some() && !failure.refused => Staging::Left(failure),
             Some(failure) => Staging::Refused(failure.cause, failure.next),
             None => Staging::Refused(status.message().to_string(), Vec::new()),
         }

@@ -60,8 +60,9 @@ pub struct Play<'a> {
     pub target: &'a Target,
     pub catalog: &'a Catalog,
     pub run_id: i64,
-    /// The ledger's kind: restore, restore-check, rollback, prepare-devices.
-    pub kind: &'static str,
+    /// The ledger's kind: restore, restore-check, rollback, prepare-devices (a resume learns it
+    /// from the host).
+    kind: Mutex<&'static str>,
     /// The command the operator typed (for the JSON document and the recap).
     pub command: &'static str,
     started: OffsetDateTime,
@@ -89,7 +90,7 @@ impl<'a> Play<'a> {
             target,
             catalog,
             run_id,
-            kind,
+            kind: Mutex::new(kind),
             command,
             started: OffsetDateTime::now_utc(),
             operator,
@@ -139,6 +140,17 @@ impl<'a> Play<'a> {
 
     /// The archive this operation works with; the catalog run names it too, so retention never
     /// deletes it while the run is open.
+    /// What this operation turns out to be (a resume of device preparation is one), for the
+    /// ledger and the run.
+    pub async fn set_kind(&self, kind: &'static str) {
+        *lock(&self.kind) = kind;
+        let _ = self
+            .catalog
+            .set_run_kind(self.run_id, kind)
+            .await
+            .map_err(|e| tracing::warn!(run = self.run_id, "recording the run's kind: {e}"));
+    }
+
     pub async fn set_archive(&self, archive: &ArchiveRecord) {
         self.set_archive_json(archive.ledger_json());
         if let Err(e) = self.catalog.run_uses_archive(self.run_id, archive.id).await {
@@ -222,13 +234,16 @@ impl<'a> Play<'a> {
         let state = format!(
             "unknown: the agent could not be reached during {task}; it may hold an unfinished restore, which its lease makes safe on its own (once the agent runs again, if it is down)"
         );
-        let mut all = vec![format!("ferry facts {host}")];
-        all.extend(next.iter().cloned());
-        let next = all
+        let then = next
             .iter()
             .map(|n| format!("`{n}`"))
             .collect::<Vec<_>>()
-            .join(", then ");
+            .join(" or ");
+        let next = if then.is_empty() {
+            format!("`ferry facts {host}`")
+        } else {
+            format!("`ferry facts {host}`, then {then}")
+        };
         outln!("UNREACHABLE: [{host}] task {task}: {cause}");
         outln!("host state: {state}");
         outln!("next: {next}");
@@ -270,7 +285,7 @@ impl<'a> Play<'a> {
         let archive = lock(&self.archive).clone();
         let error_text = error.map(|(task, cause)| format!("{task}: {cause}"));
         let event = Event {
-            kind: self.kind.into(),
+            kind: (*lock(&self.kind)).into(),
             run_id: Some(self.run_id),
             operator: self.operator.clone(),
             target: self.host().into(),
@@ -326,7 +341,7 @@ impl<'a> Play<'a> {
                 .collect();
             let mut doc = json!({
                 "command": self.command,
-                "kind": self.kind,
+                "kind": *lock(&self.kind),
                 "host": self.host(),
                 "address": format!("{}:{}", self.target.address, self.target.port),
                 "run_id": self.run_id,

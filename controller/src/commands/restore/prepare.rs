@@ -48,13 +48,23 @@ pub async fn prepare_devices(
         .stage(tokio_stream::iter(vec![first]))
         .await;
     if let Err(status) = begun {
-        return play
-            .refuse(
-                "stage",
-                status.message().trim_start_matches("stage: "),
-                &format!("`ferry facts {host}` shows the host's database settings"),
-            )
-            .await;
+        if let Some(e) = conn.transport_error(&status) {
+            return play.lost("stage", &e.to_string(), &[]).await;
+        }
+        // The host's own answer: what holds it (an unfinished restore is its state) and what to do.
+        let failure = super::step_failure(&status);
+        let cause = failure
+            .as_ref()
+            .map(|f| f.cause.clone())
+            .unwrap_or_else(|| status.message().trim_start_matches("stage: ").to_string());
+        let next = match failure.as_ref().filter(|f| !f.next.is_empty()) {
+            Some(f) => format!("`{}`", f.next.join("` or `")),
+            None => format!("`ferry facts {host}` shows the host's database settings"),
+        };
+        return match failure.as_ref().and_then(|f| f.status.as_ref()) {
+            Some(held) => play.refuse_in("stage", &cause, &held.summary, &next).await,
+            None => play.refuse("stage", &cause, &next).await,
+        };
     }
     super::steps(&play, &conn, &restore_id, args.lease_seconds).await
 }

@@ -24,10 +24,7 @@ pub async fn rollback(config: &Config, global: &GlobalArgs, host: &str) -> i32 {
             (r.operation, r.restore, r.undone)
         }
         Err(status) => {
-            let cause = conn
-                .transport_error(&status)
-                .map(|e| e.to_string())
-                .unwrap_or_else(|| status.message().to_string());
+            let cause = conn.failure_text(&status);
             return play
                 .lost("rollback", &cause, &[format!("ferry rollback {host}")])
                 .await;
@@ -71,10 +68,7 @@ pub async fn rollback(config: &Config, global: &GlobalArgs, host: &str) -> i32 {
                     .await
             }
             None => {
-                let cause = conn
-                    .transport_error(&status)
-                    .map(|e| e.to_string())
-                    .unwrap_or_else(|| status.message().to_string());
+                let cause = conn.failure_text(&status);
                 play.lost("rollback", &cause, &[format!("ferry rollback {host}")])
                     .await
             }
