@@ -532,41 +532,6 @@ async fn a_killed_restore_is_recorded_with_its_archive_and_tasks() {
     assert!(out.status.success(), "{}", text(&out));
 }
 
-/// An inventory that reaches `name` through a proxy slowed to `rate` bytes a second.
-async fn slowed(
-    fleet: &TempFleet,
-    name: &str,
-    rate: u64,
-) -> (simhost::testing::Proxy, std::path::PathBuf) {
-    let host = fleet.host(name);
-    let agent: std::net::SocketAddr =
-        format!("{}:{}", host.spec.address, simhost::fleet::AGENT_PORT)
-            .parse()
-            .unwrap();
-    let proxy =
-        simhost::testing::Proxy::start(&format!("{}:0", host.spec.address), agent, rate).await;
-    let inventory = fleet.dir.join(format!("{name}-slowed.ini"));
-    std::fs::write(
-        &inventory,
-        format!(
-            "{name} ansible_host={} ferry_port={}\n",
-            proxy.addr.ip(),
-            proxy.addr.port()
-        ),
-    )
-    .unwrap();
-    (proxy, inventory)
-}
-
-fn archive_size(fleet: &TempFleet, name: &str) -> u64 {
-    std::fs::read_dir(fleet.dir.join("controller/store").join(name))
-        .unwrap()
-        .flatten()
-        .map(|e| e.metadata().unwrap().len())
-        .max()
-        .unwrap()
-}
-
 /// Items 11 and 12: the agent killed (and restarted) during stage. The restore says the agent was
 /// lost and the state is unknown (exit 3), never "unchanged"; facts says the stage was interrupted
 /// (not "last completed step: stage"); `--resume` undoes the partial stage and says to start again,
@@ -582,8 +547,7 @@ async fn an_interrupted_stage_is_reported_as_such_and_resume_undoes_it() {
     .await;
     fleet.ferry_ok(&["backup", "cp01"]).unwrap();
     let host = fleet.host("cp01");
-    let size = archive_size(&fleet, "cp01");
-    let (_proxy, inventory) = slowed(&fleet, "cp01", (size / 6).max(4096)).await;
+    let inventory = fleet.inventory_path();
     let run = |args: &[&str]| {
         let mut cmd = std::process::Command::new(simhost::bins::path("ferry"));
         cmd.arg("--config")
@@ -593,23 +557,26 @@ async fn an_interrupted_stage_is_reported_as_such_and_resume_undoes_it() {
             .args(args);
         cmd
     };
+    // The stage pipes the dump into psql as it arrives: psql stalled, the stage is caught in the act.
+    let load = "ON_ERROR_STOP=1 -q -f";
+    let loads = || host.calls().iter().filter(|c| c.contains(load)).count();
+    let staging_begun = async |before: usize| {
+        settle("the stage's load", Duration::from_secs(60), async || {
+            loads() > before
+        })
+        .await;
+    };
+    let before = loads();
+    host.inject_fault("podman", load, "sleep:5");
     let restore = run(&["restore", "cp01", "--lease-seconds", "60"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let staging = host.layout.agent_dir().join("staging");
-    let staging_begun = async || {
-        settle("the stage to begin", Duration::from_secs(60), async || {
-            std::fs::read_dir(&staging).is_ok_and(|mut d| {
-                d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with("restore-")))
-            })
-        })
-        .await;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    };
-    staging_begun().await;
+    staging_begun(before).await;
     simhost::fleet::kill_agent(host);
+    host.clear_faults();
     simhost::fleet::start_agent(host).unwrap();
     let out = restore.wait_with_output().unwrap();
     let output = text(&out);
@@ -661,22 +628,27 @@ async fn an_interrupted_stage_is_reported_as_such_and_resume_undoes_it() {
     assert_eq!(kinds[0].0, "unreachable", "{kinds:?}");
 
     // Ctrl-C during stage: the run says interrupted; the host ends up free, nothing to resume.
+    let before = loads();
+    host.inject_fault("podman", load, "sleep:5");
     let restore = run(&["restore", "cp01", "--lease-seconds", "60"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    staging_begun().await;
+    staging_begun(before).await;
     rustix::process::kill_process(
         rustix::process::Pid::from_child(&restore),
         rustix::process::Signal::INT,
     )
     .unwrap();
+    host.clear_faults();
     let out = restore.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    // The agent sees the stream end, lets psql finish the partial input and undoes the stage
+    // (drops the temporary database): seconds, longer on a loaded machine.
     settle(
         "the host to let the partial stage go",
-        Duration::from_secs(30),
+        Duration::from_secs(90),
         async || {
             let restore = &facts_json(&fleet, "cp01")["restore"];
             restore.is_null()

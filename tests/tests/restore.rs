@@ -1061,7 +1061,9 @@ async fn partial_restores_device_preparation_alone_and_cross_host() {
         .unwrap();
     assert_eq!(refused.status.code(), Some(2));
     assert!(
-        text(&refused).contains(&format!("`ferry restore cp02 --from cp01 --archive {id}`")),
+        text(&refused).contains(&format!(
+            "`ferry restore cp02 --from cp01 --archive {id} --check`"
+        )),
         "{}",
         text(&refused)
     );
