@@ -1033,3 +1033,56 @@ async fn refusals_name_their_own_next_command() {
     );
     assert!(output.contains("missing"), "{output}");
 }
+
+/// From the trial: `prepare-devices` killed during its stage (before it recorded anything) holds
+/// the host only for its own `--lease-seconds`, and the refusal meanwhile says what holds it and
+/// names `ferry ping`, not a resume that cannot work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prepare_devices_cut_off_in_its_stage_frees_the_host_within_its_lease() {
+    let fleet = TempFleet::up(SimFleetOptions {
+        hosts: 1,
+        devices: 5,
+        external_db: vec![0],
+        ..Default::default()
+    })
+    .await;
+    let host = fleet.host("cp01");
+    let secret = "flightctl-postgresql-user-password";
+    host.inject_fault("podman", secret, "sleep:8");
+    let mut controller = fleet
+        .ferry(&["prepare-devices", "cp01", "--lease-seconds", "3"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    settle(
+        "the stage's secret read",
+        Duration::from_secs(30),
+        async || host.calls().iter().any(|c| c.contains(secret)),
+    )
+    .await;
+    controller.kill().unwrap();
+    let _ = controller.wait();
+    host.clear_faults();
+    let out = fleet.ferry(&["prepare-devices", "cp01"]).output().unwrap();
+    let output = text(&out);
+    if out.status.code() == Some(2) {
+        assert!(
+            !output.contains("--resume") && output.contains("ferry ping cp01"),
+            "{output}"
+        );
+    }
+    let cut = Instant::now();
+    settle("the host to be free", Duration::from_secs(20), async || {
+        let out = fleet
+            .ferry(&["ping", "cp01", "-o", "json"])
+            .output()
+            .unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        doc["hosts"]["cp01"]["data"]["operation"].is_null()
+    })
+    .await;
+    assert!(cut.elapsed() < Duration::from_secs(20));
+    let out = fleet.ferry(&["prepare-devices", "cp01"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+}

@@ -217,6 +217,18 @@ impl Restores {
             })
             .unwrap_or_else(|| running.started_unix.to_string());
         let activity = self.inner.lease.activity();
+        if running.kind == "restore" && !activity.driven && self.status().is_none() {
+            // Its stage was cut off before it recorded anything: nothing to resume or roll back.
+            return (
+                format!(
+                    "{host} is held by operation {} started by {} at {started}, whose stage was cut off before it changed anything (its controller went away {}s ago); the agent frees the host when its lease lapses",
+                    running.id,
+                    running.started_by,
+                    activity.idle.as_secs()
+                ),
+                vec![format!("ferry ping {host}")],
+            );
+        }
         if running.kind == "restore" && !activity.driven {
             let state = self
                 .status()

@@ -35,6 +35,8 @@ pub async fn prepare_devices(
     let first = StageChunk {
         restore_id: restore_id.clone(),
         prepare_only: true,
+        // The lease holds from the stage on: a controller lost during it frees the host as soon.
+        lease_seconds: args.lease_seconds,
         database: Some(DatabaseOverride {
             host: args.db_host.clone().unwrap_or_default(),
             port: args.db_port.map(u32::from).unwrap_or_default(),
