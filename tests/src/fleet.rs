@@ -289,7 +289,9 @@ fn serving(host: &SimHost) -> usize {
 fn wait_for_agent(host: &SimHost, before: usize) -> anyhow::Result<()> {
     let agent_dir = host.layout.agent_dir();
     let addr = format!("{}:{AGENT_PORT}", host.spec.address);
-    let deadline = Instant::now() + Duration::from_secs(15);
+    // Its start-up work (scratch databases, a publication to take down) takes seconds, longer on
+    // a machine busy with a whole suite.
+    let deadline = Instant::now() + Duration::from_secs(45);
     while Instant::now() < deadline {
         if serving(host) > before && std::net::TcpStream::connect(&addr).is_ok() {
             return Ok(());
