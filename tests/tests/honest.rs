@@ -425,14 +425,39 @@ async fn a_kv_restart_ferry_causes_keeps_the_awaiting_reconnect_keys() {
     let facts = facts_json(&fleet, "cp01");
     assert_eq!(facts["reconnect"]["problem"], false, "{facts}");
 
-    // A KV emptied behind ferry's back: facts says so and names the fix.
+    // One device's key gone behind ferry's back (the KV still holds keys of devices not awaiting
+    // reconnect): facts looks each key up, so it is counted missing.
     let mut kv = host.kv().await.unwrap();
+    let db = host.db().await.unwrap();
+    let row = db
+        .query_one(
+            "SELECT 'v1/' || org_id || '/device/' || name || '/awaiting-reconnect' FROM devices WHERE deleted_at IS NULL AND annotations->>'device-controller/awaitingReconnect' = 'true' ORDER BY name LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let gone: String = row.get(0);
+    let _: () = redis::cmd("DEL")
+        .arg(&gone)
+        .query_async(&mut kv)
+        .await
+        .unwrap();
+    let out = fleet.ferry(&["facts", "cp01"]).output().unwrap();
+    assert!(
+        text(&out).contains(&format!(
+            "PROBLEM: {devices} devices await reconnect but the KV holds the keys of only {} of them",
+            devices - 1
+        )),
+        "{}",
+        text(&out)
+    );
+    // A KV emptied behind ferry's back: facts says so and names the fix.
     let _: () = redis::cmd("FLUSHALL").query_async(&mut kv).await.unwrap();
     let out = fleet.ferry(&["facts", "cp01"]).output().unwrap();
     let output = text(&out);
     assert!(
         output.contains(&format!(
-            "PROBLEM: {devices} devices await reconnect but the KV holds 0 awaiting-reconnect keys"
+            "PROBLEM: {devices} devices await reconnect but the KV holds the keys of only 0 of them"
         )) && output.contains("next: ferry prepare-devices cp01"),
         "{output}"
     );

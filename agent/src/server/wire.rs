@@ -29,7 +29,7 @@ pub(super) fn facts(
         undone,
         reconnect: Some(pb::Reconnect {
             awaiting_devices: reconnect.awaiting,
-            kv_keys: reconnect.kv_keys,
+            kv_keys: reconnect.keyed,
             unknown: reconnect.unknown,
         }),
         host_name: f.host_name,

@@ -59,21 +59,18 @@ async fn reseed_once(host: &Host, over: &Override) -> Result<usize, String> {
     if keys.is_empty() {
         return Ok(0);
     }
-    let password = host
-        .podman()
-        .secret("flightctl-kv-password")
-        .await
-        .map_err(|e| e.to_string())?;
+    let password = kv::password(host).await?;
     let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
     kv::set(host, &password, &keys).await?;
     Ok(keys.len())
 }
 
-/// What facts report: devices awaiting reconnect against the keys the KV holds.
+/// What facts report: the devices awaiting reconnect, and how many of their keys the KV holds.
 #[derive(Debug, Clone, Default)]
 pub struct Standing {
     pub awaiting: u64,
-    pub kv_keys: u64,
+    /// Of those devices' keys, how many the KV holds (each one looked up).
+    pub keyed: u64,
     /// Why it could not be read (empty: read).
     pub unknown: String,
 }
@@ -91,19 +88,20 @@ pub async fn standing(host: &Host) -> Standing {
     if keys.is_empty() {
         return Standing::default();
     }
-    let counted = match host.podman().secret("flightctl-kv-password").await {
-        Ok(password) => kv::count(host, &password).await,
-        Err(e) => Err(e.to_string()),
+    let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let keyed = match kv::password(host).await {
+        Ok(password) => kv::existing(host, &password, &keys).await,
+        Err(e) => Err(e),
     };
-    match counted {
+    match keyed {
         Ok(n) => Standing {
             awaiting: keys.len() as u64,
-            kv_keys: n as u64,
+            keyed: n as u64,
             unknown: String::new(),
         },
         Err(e) => Standing {
             awaiting: keys.len() as u64,
-            kv_keys: 0,
+            keyed: 0,
             unknown: format!("the KV's keys: {e}"),
         },
     }

@@ -94,7 +94,7 @@ fn outcome(f: FactsReply) -> Outcome {
             format!("ferry prepare-devices {}", f.host_name)
         };
         summary.push_str(&format!(
-            "\n    PROBLEM: {} devices await reconnect but the KV holds {} awaiting-reconnect keys: those devices never clear; next: {next}",
+            "\n    PROBLEM: {} devices await reconnect but the KV holds the keys of only {} of them: the others never clear; next: {next}",
             reconnect.awaiting_devices, reconnect.kv_keys
         ));
     } else if !reconnect.unknown.is_empty() {
@@ -104,8 +104,8 @@ fn outcome(f: FactsReply) -> Outcome {
         ));
     } else if reconnect.awaiting_devices > 0 {
         summary.push_str(&format!(
-            "\n    {} devices await reconnect ({} keys in the KV)",
-            reconnect.awaiting_devices, reconnect.kv_keys
+            "\n    {} devices await reconnect (each with its key in the KV)",
+            reconnect.awaiting_devices
         ));
     }
     summary.push_str(&format!(

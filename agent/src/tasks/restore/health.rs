@@ -30,11 +30,7 @@ pub async fn run(ctx: &RestoreContext, j: &Journal) -> Result<StepOutcome, Strin
             j.version
         ));
     }
-    let password = host
-        .podman()
-        .secret("flightctl-kv-password")
-        .await
-        .map_err(|e| e.to_string())?;
+    let password = kv::password(host).await?;
     let keys = kv::count(host, &password).await?;
     if j.is_done(Step::SeedKv) && keys != j.kv_keys {
         return Err(format!(

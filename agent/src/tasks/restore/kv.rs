@@ -79,6 +79,42 @@ pub async fn unseed(host: &Host, password: &Secret, keys_file: &Path) -> Result<
     Ok(count)
 }
 
+/// The KV's password (the podman secret the Flight Control units use).
+pub async fn password(host: &Host) -> Result<Secret, String> {
+    host.podman()
+        .secret("flightctl-kv-password")
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// How many of `keys` the KV holds (EXISTS in batches, each key counted once).
+pub async fn existing(host: &Host, password: &Secret, keys: &[&str]) -> Result<usize, String> {
+    let mut script = format!("AUTH {}\n", password.expose());
+    for batch in keys.chunks(PER_MSET) {
+        script.push_str("EXISTS ");
+        script.push_str(&batch.join(" "));
+        script.push('\n');
+    }
+    let out = host
+        .podman()
+        .exec(
+            "flightctl-kv",
+            &["redis-cli", "--no-auth-warning"],
+            script.as_bytes(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    // The AUTH reply is `OK`; each EXISTS answers a count.
+    let counts: Vec<usize> = out
+        .lines()
+        .filter_map(|l| l.trim().trim_start_matches("(integer) ").parse().ok())
+        .collect();
+    if counts.len() != keys.chunks(PER_MSET).count() {
+        return Err(format!("unexpected redis-cli output: {}", out.trim()));
+    }
+    Ok(counts.iter().sum())
+}
+
 /// How many awaiting-reconnect keys the KV holds.
 pub async fn count(host: &Host, password: &Secret) -> Result<usize, String> {
     let script = format!(

@@ -36,10 +36,10 @@ pub use staging::StageRequest;
 /// The lease when the controller names none.
 const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 
-/// The directory of one restore in the staging area.
 /// Where the agent notes the last restore it ended on its own.
 const UNDONE: &str = "undone-by-agent.txt";
 
+/// The directory of one restore in the staging area.
 pub fn dir(staging: &Path, restore_id: &str) -> PathBuf {
     staging.join(format!("restore-{restore_id}"))
 }
@@ -843,11 +843,7 @@ async fn execute(
             if !dir.join("kv-keys.txt").is_file() {
                 return Ok(summary("no devices were prepared: nothing to seed"));
             }
-            let password = host
-                .podman()
-                .secret("flightctl-kv-password")
-                .await
-                .map_err(|e| e.to_string())?;
+            let password = kv::password(host).await?;
             let n = kv::seed(host, &password, &dir.join("kv-keys.txt")).await?;
             Ok(summary(&format!(
                 "KV flushed and {n} awaiting-reconnect keys seeded through flightctl-kv"

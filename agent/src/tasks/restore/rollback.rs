@@ -34,11 +34,7 @@ pub async fn rollback(
     // The restore's keys go with the restored database; a database that stays (prepared in place,
     // or external) keeps its devices awaiting reconnect, and their keys are set again below.
     let unseeded = if j.restores_database && j.began(Step::SeedKv) && keys.is_file() {
-        let password = host
-            .podman()
-            .secret("flightctl-kv-password")
-            .await
-            .map_err(|e| e.to_string())?;
+        let password = kv::password(host).await?;
         kv::unseed(host, &password, &keys).await?
     } else {
         0
