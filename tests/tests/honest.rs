@@ -572,16 +572,6 @@ async fn an_interrupted_stage_is_reported_as_such_and_resume_undoes_it() {
     .await;
     fleet.ferry_ok(&["backup", "cp01"]).unwrap();
     let host = fleet.host("cp01");
-    let inventory = fleet.inventory_path();
-    let run = |args: &[&str]| {
-        let mut cmd = std::process::Command::new(simhost::bins::path("ferry"));
-        cmd.arg("--config")
-            .arg(fleet.config_path())
-            .arg("-i")
-            .arg(&inventory)
-            .args(args);
-        cmd
-    };
     // The stage pipes the dump into psql as it arrives: psql stalled, the stage is caught in the act.
     let load = "ON_ERROR_STOP=1 -q -f";
     let loads = || host.calls().iter().filter(|c| c.contains(load)).count();
@@ -593,7 +583,8 @@ async fn an_interrupted_stage_is_reported_as_such_and_resume_undoes_it() {
     };
     let before = loads();
     host.inject_fault("podman", load, "sleep:5");
-    let restore = run(&["restore", "cp01", "--lease-seconds", "60"])
+    let restore = fleet
+        .ferry(&["restore", "cp01", "--lease-seconds", "60"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -655,7 +646,8 @@ async fn an_interrupted_stage_is_reported_as_such_and_resume_undoes_it() {
     // Ctrl-C during stage: the run says interrupted; the host ends up free, nothing to resume.
     let before = loads();
     host.inject_fault("podman", load, "sleep:5");
-    let restore = run(&["restore", "cp01", "--lease-seconds", "60"])
+    let restore = fleet
+        .ferry(&["restore", "cp01", "--lease-seconds", "60"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
