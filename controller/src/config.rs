@@ -273,7 +273,7 @@ impl Config {
             ));
         }
         if let Some(encryption) = &raw.encryption {
-            ferry_proto::archive::Recipients::parse(&encryption.recipients)
+            ferry_archive::Recipients::parse(&encryption.recipients)
                 .map_err(|e| invalid("encryption", format!("recipients: {e}")))?;
         }
         let mut config = Self::from_raw(raw, base);

@@ -5,7 +5,7 @@
 
 use std::io::Read;
 
-use ferry_proto::archive::{DataKey, Identities, Recipients, SealError, key_object_name};
+use ferry_archive::{DataKey, Identities, Recipients, SealError, key_object_name};
 
 use crate::catalog::ArchiveRecord;
 use crate::config::Config;
@@ -216,12 +216,12 @@ pub struct Pass {
     pub size: u64,
     pub sha256: String,
     /// The upstream archive as read (plaintext digest, entries, metadata), when read.
-    pub archive: Option<Result<ferry_proto::archive::Verified, String>>,
+    pub archive: Option<Result<ferry_archive::Verified, String>>,
 }
 
 /// Reads a stored object once, streaming: its digest, and through it the archive (decrypting and
 /// authenticating each chunk when encrypted). `expected_plain` makes a different plaintext digest an
-/// error; `keep` keeps small files, as [`ferry_proto::archive::ReadOptions`].
+/// error; `keep` keeps small files, as [`ferry_archive::ReadOptions`].
 pub async fn pass(
     body: Box<dyn Read + Send>,
     location: String,
@@ -235,7 +235,7 @@ pub async fn pass(
             inner: body,
             state: std::sync::Arc::clone(&state),
         };
-        let options = ferry_proto::archive::ReadOptions {
+        let options = ferry_archive::ReadOptions {
             expected_sha256: expected_plain.as_deref(),
             keep,
             ..Default::default()
@@ -248,15 +248,15 @@ pub async fn pass(
                 None
             }
             Through::Archive(None) => {
-                Some(ferry_proto::archive::read_archive(tee, &options).map_err(|e| e.to_string()))
+                Some(ferry_archive::read_archive(tee, &options).map_err(|e| e.to_string()))
             }
             Through::Archive(Some(key)) => {
                 Some(key.open(tee).map_err(|e| e.to_string()).and_then(|plain| {
-                    ferry_proto::archive::read_archive(plain, &options).map_err(|e| {
+                    ferry_archive::read_archive(plain, &options).map_err(|e| {
                         // age reports a failed chunk as an I/O error "decryption error".
                         let text = e.to_string();
                         if text.contains("ecrypt") {
-                            ferry_proto::archive::SealError::Tampered(text).to_string()
+                            ferry_archive::SealError::Tampered(text).to_string()
                         } else {
                             text
                         }
@@ -270,7 +270,7 @@ pub async fn pass(
         }
         Ok(Pass {
             size: tee.size,
-            sha256: ferry_proto::archive::hex(&sha2::Digest::finalize(tee.hasher.clone())),
+            sha256: ferry_archive::hex(&sha2::Digest::finalize(tee.hasher.clone())),
             archive,
         })
     })

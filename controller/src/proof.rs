@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use ferry_proto::archive::{DataKey, Identities, Verified};
+use ferry_archive::{DataKey, Identities, Verified};
 
 use crate::catalog::evidence::{Finding, Reason, Source, State};
 use crate::catalog::{ArchiveRecord, Catalog};
@@ -20,7 +20,7 @@ pub struct Options {
     /// Read the archive itself through (entries, metadata, manifest); an encrypted archive is
     /// always read through, since only that authenticates it.
     pub read_archive: bool,
-    /// Small files to keep while reading through (see [`ferry_proto::archive::ReadOptions`]).
+    /// Small files to keep while reading through (see [`ferry_archive::ReadOptions`]).
     pub keep: Option<fn(&str) -> bool>,
     /// The operator accepts a sidecar that disagrees when the body is the catalog's (recorded).
     pub trust_archive_digest: bool,

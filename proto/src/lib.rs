@@ -1,7 +1,8 @@
 //! The contract both sides of ferry agree on.
 //!
-//! `v1` is the gRPC service between the controller and `ferry-agent`. The agent and the controller
-//! depend on this crate and never on each other.
+//! `v1` is the gRPC service between the controller and `ferry-agent`; `restore` holds the runbook
+//! rules both sides apply. The archive format is `ferry-archive`'s. The agent and the controller
+//! depend on these crates and never on each other.
 
 /// Generated gRPC types and stubs for package `ferry.v1`.
 pub mod v1 {
@@ -14,5 +15,4 @@ pub const DEFAULT_AGENT_PORT: u16 = 7482;
 /// gRPC metadata key carrying the phase an agent task failed in.
 pub const PHASE_METADATA_KEY: &str = "ferry-phase";
 
-pub mod archive;
 pub mod restore;

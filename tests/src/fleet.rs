@@ -291,18 +291,37 @@ fn wait_for_agent(host: &SimHost, before: usize) -> anyhow::Result<()> {
     let addr = format!("{}:{AGENT_PORT}", host.spec.address);
     // Its start-up work (scratch databases, a publication to take down) takes seconds, longer on
     // a machine busy with a whole suite.
+    let pid = std::fs::read_to_string(agent_dir.join("agent.pid"))
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+        .and_then(rustix::process::Pid::from_raw);
     let deadline = Instant::now() + Duration::from_secs(45);
     while Instant::now() < deadline {
         if serving(host) > before && std::net::TcpStream::connect(&addr).is_ok() {
             return Ok(());
         }
+        if pid.is_some_and(|pid| !process_alive(pid)) {
+            bail!(
+                "ferry-agent for {} exited before it listened on {addr}; its log ends:\n{}",
+                host.name(),
+                log_tail(host)
+            )
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
+    // The log goes with the fleet's directory: its end is the only evidence left of why.
     bail!(
-        "ferry-agent for {} did not listen on {addr}; see {}",
+        "ferry-agent for {} did not listen on {addr} within 45 s; its log ends:\n{}",
         host.name(),
-        agent_dir.join("agent.log").display()
+        log_tail(host)
     )
+}
+
+/// The last lines of `host`'s agent log.
+fn log_tail(host: &SimHost) -> String {
+    let log = std::fs::read_to_string(host.layout.agent_dir().join("agent.log")).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
 /// Stops `host`'s agent (SIGTERM, then SIGKILL after 10 s).

@@ -306,7 +306,7 @@ pub fn tree(dir: &Path) -> BTreeMap<String, (String, u32)> {
                 out.insert(rel, (String::new(), mode));
                 walk(base, &path, out);
             } else {
-                let digest = ferry_proto::archive::hex(&<sha2::Sha256 as sha2::Digest>::digest(
+                let digest = ferry_archive::hex(&<sha2::Sha256 as sha2::Digest>::digest(
                     std::fs::read(&path).expect("read"),
                 ));
                 out.insert(rel, (digest, mode));

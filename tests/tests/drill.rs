@@ -338,7 +338,7 @@ async fn a_damaged_dump_fails_its_drill_naming_the_table_and_a_killed_drill_leav
         std::fs::write(folder.join(name), bytes).unwrap();
         std::fs::write(
             folder.join(format!("{name}.sha256")),
-            ferry_proto::archive::sidecar_line(&hex(&Sha256::digest(bytes)), name),
+            ferry_archive::sidecar_line(&hex(&Sha256::digest(bytes)), name),
         )
         .unwrap();
     }
@@ -456,7 +456,7 @@ async fn a_damaged_dump_fails_its_drill_naming_the_table_and_a_killed_drill_leav
     let good_sidecar = std::fs::read(&sidecar).unwrap();
     std::fs::write(
         &sidecar,
-        ferry_proto::archive::sidecar_line(&"0".repeat(64), "x.tar.gz"),
+        ferry_archive::sidecar_line(&"0".repeat(64), "x.tar.gz"),
     )
     .unwrap();
     let (code, output) = run(&fleet, &["drill", "cp01", "--archive", &good]);

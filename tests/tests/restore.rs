@@ -408,7 +408,7 @@ async fn forge(fleet: &TempFleet, original: &Path, name: &str, edit: impl FnOnce
 /// Puts a row for `path` into the catalog directly, as a tampered catalog or store would have it.
 async fn catalogue(fleet: &TempFleet, path: &Path) -> i64 {
     let bytes = std::fs::read(path).unwrap();
-    let sha = ferry_proto::archive::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+    let sha = ferry_archive::hex(&<sha2::Sha256 as sha2::Digest>::digest(&bytes));
     std::fs::write(
         path.with_extension("gz.sha256"),
         format!("{sha}  {}\n", path.file_name().unwrap().to_string_lossy()),

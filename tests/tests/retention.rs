@@ -9,7 +9,7 @@ use std::process::Command;
 
 use ferry::catalog::{Catalog, Operator};
 use ferry::config::Config;
-use ferry_proto::archive::{Metadata, archive_name, sidecar_line};
+use ferry_archive::{Metadata, archive_name, sidecar_line};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use simhost::testing::text;

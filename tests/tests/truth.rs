@@ -519,8 +519,8 @@ fn with_dump_line(path: &Path, line: &str, size: Option<usize>) -> Vec<u8> {
         .clone();
     let mut rebuilt = tar::Builder::new(Vec::new());
     for (entry_path, mut header, mut data) in entries {
-        if entry_path == ferry_proto::archive::MANIFEST_NAME {
-            let mut manifest: ferry_proto::archive::Manifest =
+        if entry_path == ferry_archive::MANIFEST_NAME {
+            let mut manifest: ferry_archive::Manifest =
                 serde_json::from_slice(&data).unwrap();
             for e in manifest
                 .entries
@@ -608,13 +608,13 @@ async fn a_tampered_or_hostile_dump_never_runs() {
 
     // A hostile host or catalog: the same dump catalogued with a digest that agrees.
     let hostile = with_dump_line(&path, &hostile_line, None);
-    let t = ferry_proto::archive::archive_time(&good.name).unwrap() + time::Duration::seconds(1);
-    let name = ferry_proto::archive::archive_name(t, "tar.gz");
+    let t = ferry_archive::archive_time(&good.name).unwrap() + time::Duration::seconds(1);
+    let name = ferry_archive::archive_name(t, "tar.gz");
     std::fs::write(store.join(&name), &hostile).unwrap();
     let sha = format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(&hostile));
     std::fs::write(
         store.join(format!("{name}.sha256")),
-        ferry_proto::archive::sidecar_line(&sha, &name),
+        ferry_archive::sidecar_line(&sha, &name),
     )
     .unwrap();
     let (code, out) = run(&fleet, &config, &["catalog", "rebuild"]);

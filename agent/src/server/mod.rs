@@ -98,13 +98,18 @@ pub async fn serve(
     let service = service(config);
     // Before accepting (callers wait in the backlog): a new drill's scratch database is never taken
     // for a stale one, and a publication the previous agent left is down before anyone can ask.
-    let _ = tokio::time::timeout(
+    let started = Instant::now();
+    if tokio::time::timeout(
         std::time::Duration::from_secs(15),
         crate::tasks::drill::drop_scratch_databases(&service.host),
     )
-    .await;
+    .await
+    .is_err()
+    {
+        tracing::warn!("start-up: looking for drills' scratch databases took over 15 s; left for the next start");
+    }
     service.ports.recover().await;
-    tracing::info!(listen = %config.listen, "ferry-agent serving over mTLS");
+    tracing::info!(listen = %config.listen, startup_ms = started.elapsed().as_millis() as u64, "ferry-agent serving over mTLS");
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let accept = tokio::spawn(accept_loop(listener, acceptor, tx));
     let restores = service.restores.clone();

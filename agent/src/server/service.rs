@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use ferry_proto::archive::Codec;
+use ferry_archive::Codec;
 use ferry_proto::v1::{
     self as pb, BackupRequest, FactsReply, FactsRequest, PingReply, PingRequest, RestoreStepReply,
     RestoreStepRequest, StageChunk, StageReply, agent_server::Agent,
@@ -181,7 +181,7 @@ impl Agent for AgentService {
             None
         } else {
             Some(
-                ferry_proto::archive::Recipients::parse(&req.recipients)
+                ferry_archive::Recipients::parse(&req.recipients)
                     .map_err(|e| wire::phase_status("preflight", &format!("encryption: {e}")))?,
             )
         };

@@ -227,7 +227,7 @@ impl Drill {
         &self,
         extract: &Path,
         scratch: &str,
-        manifest: Option<&ferry_proto::archive::Manifest>,
+        manifest: Option<&ferry_archive::Manifest>,
         report: &mut Report,
     ) {
         let started = Instant::now();
@@ -373,7 +373,7 @@ fn check_keys(extract: &Path, used: &[String], report: &mut ferry_certs::tree::T
     }
     let config =
         std::fs::read_to_string(extract.join("config/service-config.yaml")).unwrap_or_default();
-    let declared = ferry_proto::archive::encryption_keys(&config);
+    let declared = ferry_archive::encryption_keys(&config);
     for id in used {
         match declared.get(id) {
             None => report.failures.push(format!(

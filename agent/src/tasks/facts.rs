@@ -158,8 +158,8 @@ fn identity(host: &Host) -> Identity {
     }
     certificates.sort();
     Identity {
-        base_domain: ferry_proto::archive::base_domain(&config),
-        encryption_key_ids: ferry_proto::archive::encryption_key_ids(&config),
+        base_domain: ferry_archive::base_domain(&config),
+        encryption_key_ids: ferry_archive::encryption_key_ids(&config),
         certificates,
     }
 }

@@ -426,7 +426,7 @@ impl Catalog {
         for r in &rows {
             let (id, host, name): (i64, String, String) = (r.get(0), r.get(1), r.get(2));
             let object = if r.get::<_, bool>(3) {
-                format!("{name}{}", ferry_proto::archive::SEALED_SUFFIX)
+                format!("{name}{}", ferry_archive::SEALED_SUFFIX)
             } else {
                 name
             };

@@ -72,7 +72,7 @@ pub fn chain_hash(prev_hash: &str, content: &str) -> String {
     hasher.update(prev_hash.as_bytes());
     hasher.update(b"\n");
     hasher.update(content.as_bytes());
-    ferry_proto::archive::hex(&hasher.finalize())
+    ferry_archive::hex(&hasher.finalize())
 }
 
 fn rfc3339(t: OffsetDateTime) -> String {

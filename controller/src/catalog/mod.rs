@@ -194,7 +194,7 @@ impl ArchiveRecord {
     /// The store object: the archive's name, plus `.age` when it is encrypted.
     pub fn object(&self) -> String {
         match self.sealed {
-            Some(_) => format!("{}{}", self.name, ferry_proto::archive::SEALED_SUFFIX),
+            Some(_) => format!("{}{}", self.name, ferry_archive::SEALED_SUFFIX),
             None => self.name.clone(),
         }
     }
@@ -215,8 +215,8 @@ impl ArchiveRecord {
         size: u64,
         sha256: &str,
         compression: &str,
-        metadata: ferry_proto::archive::Metadata,
-        manifest: ferry_proto::archive::Manifest,
+        metadata: ferry_archive::Metadata,
+        manifest: ferry_archive::Manifest,
     ) -> ArchiveRecord {
         let created_at = OffsetDateTime::parse(
             &metadata.timestamp,

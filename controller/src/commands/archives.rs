@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use ferry_proto::archive::{hex, sidecar_line};
+use ferry_archive::{hex, sidecar_line};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -630,7 +630,7 @@ async fn export_one(
     };
     let mut written = Vec::new();
     if a.sealed.is_some() && !decrypt {
-        let key_name = ferry_proto::archive::key_object_name(&a.name);
+        let key_name = ferry_archive::key_object_name(&a.name);
         let key = store
             .get_small(&a.host, &key_name)
             .await
@@ -873,7 +873,7 @@ async fn copy_one(store: &Store, dest: &Store, a: &ArchiveRecord) -> Result<u64,
     let other = |e: StoreError| CopyError::Other(e.to_string());
     let mut extras = Vec::new();
     if a.sealed.is_some() {
-        let key_name = ferry_proto::archive::key_object_name(&a.name);
+        let key_name = ferry_archive::key_object_name(&a.name);
         let key = store
             .get_small(&a.host, &key_name)
             .await

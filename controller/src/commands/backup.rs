@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use ferry_proto::archive::{Manifest, Metadata};
+use ferry_archive::{Manifest, Metadata};
 use ferry_proto::v1::{self as pb, BackupRequest, backup_event::Event};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -374,7 +374,7 @@ impl<'a> Ctx<'a> {
         let extras: Vec<(String, Vec<u8>)> = sealed
             .map(|s| {
                 vec![(
-                    ferry_proto::archive::key_object_name(&trailer.archive_name),
+                    ferry_archive::key_object_name(&trailer.archive_name),
                     s.wrapped_key.to_vec(),
                 )]
             })
@@ -429,7 +429,7 @@ impl<'a> Ctx<'a> {
     /// The store object for an archive: `.age` added when it is encrypted.
     fn object_name(&self, archive: &str) -> String {
         match self.recipients {
-            Some(_) => format!("{archive}{}", ferry_proto::archive::SEALED_SUFFIX),
+            Some(_) => format!("{archive}{}", ferry_archive::SEALED_SUFFIX),
             None => archive.to_string(),
         }
     }

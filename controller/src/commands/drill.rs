@@ -26,7 +26,7 @@ pub(crate) struct Ctx<'a> {
     pub catalog: &'a Catalog,
     pub store: &'a Store,
     pub dialer: &'a Dialer,
-    pub identities: Option<ferry_proto::archive::Identities>,
+    pub identities: Option<ferry_archive::Identities>,
     pub operator: Operator,
     pub flags: Value,
     pub run_id: i64,

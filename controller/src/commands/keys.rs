@@ -26,7 +26,7 @@ async fn rotate(config: &Config, add: &[String], retire: &[String]) -> Result<i3
     let add: Vec<String> = add.iter().map(|k| k.trim().to_string()).collect();
     let retire: Vec<String> = retire.iter().map(|k| k.trim().to_string()).collect();
     for key in add.iter().chain(retire.iter()) {
-        ferry_proto::archive::Recipients::parse(std::slice::from_ref(key))
+        ferry_archive::Recipients::parse(std::slice::from_ref(key))
             .map_err(|e| format!("{e}; nothing was changed"))?;
     }
     if let Some(both) = add.iter().find(|k| retire.contains(k)) {

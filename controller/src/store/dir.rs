@@ -7,7 +7,7 @@ use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use ferry_proto::archive::{parse_sidecar, sidecar_line};
+use ferry_archive::{parse_sidecar, sidecar_line};
 
 use super::{StoreError, StoredObject, check_name, is_archive_object};
 
@@ -331,7 +331,7 @@ fn write_small(path: &Path, data: &[u8]) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferry_proto::archive::hex;
+    use ferry_archive::hex;
     use sha2::{Digest, Sha256};
     use std::os::unix::fs::PermissionsExt;
 

@@ -113,12 +113,12 @@ impl StoredObject {
     /// The upstream archive name (without `.age`).
     pub fn archive_name(&self) -> &str {
         self.object
-            .strip_suffix(ferry_proto::archive::SEALED_SUFFIX)
+            .strip_suffix(ferry_archive::SEALED_SUFFIX)
             .unwrap_or(&self.object)
     }
 
     pub fn sealed(&self) -> bool {
-        self.object.ends_with(ferry_proto::archive::SEALED_SUFFIX)
+        self.object.ends_with(ferry_archive::SEALED_SUFFIX)
     }
 }
 
@@ -263,7 +263,7 @@ impl Store {
         };
         let newest = names
             .iter()
-            .filter_map(|n| ferry_proto::archive::archive_time(n))
+            .filter_map(|n| ferry_archive::archive_time(n))
             .max();
         Ok(newest.map_or(0, |t| t.unix_timestamp() + 1))
     }
@@ -272,11 +272,11 @@ impl Store {
     /// Objects already gone are not an error.
     pub async fn delete(&self, host: &str, object: &str) -> Result<(), StoreError> {
         let archive = object
-            .strip_suffix(ferry_proto::archive::SEALED_SUFFIX)
+            .strip_suffix(ferry_archive::SEALED_SUFFIX)
             .unwrap_or(object);
         let names = [
             format!("{object}.sha256"),
-            ferry_proto::archive::key_object_name(archive),
+            ferry_archive::key_object_name(archive),
             object.to_string(),
         ];
         match self {
@@ -297,7 +297,7 @@ impl Store {
                 .get_small(host, &format!("{object}.sha256"))
                 .await?
                 .and_then(|bytes| {
-                    ferry_proto::archive::parse_sidecar(&String::from_utf8_lossy(&bytes))
+                    ferry_archive::parse_sidecar(&String::from_utf8_lossy(&bytes))
                 })),
         }
     }
@@ -397,7 +397,7 @@ impl Received {
 
     /// The sha256, if size and digest are what was announced.
     fn check(&self, expected_size: u64, expected_sha: &str) -> Result<String, StoreError> {
-        let sha256 = ferry_proto::archive::hex(&sha2::Digest::finalize(self.hasher.clone()));
+        let sha256 = ferry_archive::hex(&sha2::Digest::finalize(self.hasher.clone()));
         if self.size != expected_size || !sha256.eq_ignore_ascii_case(expected_sha) {
             return Err(StoreError::Mismatch {
                 expected_size,
@@ -413,7 +413,7 @@ impl Received {
 /// An archive object's name: upstream's archive names, plain or sealed.
 fn is_archive_object(name: &str) -> bool {
     let archive = name
-        .strip_suffix(ferry_proto::archive::SEALED_SUFFIX)
+        .strip_suffix(ferry_archive::SEALED_SUFFIX)
         .unwrap_or(name);
     !name.starts_with('.') && (archive.ends_with(".tar.gz") || archive.ends_with(".tar.zst"))
 }

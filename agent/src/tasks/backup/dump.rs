@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::thread::JoinHandle;
 
-use ferry_proto::archive::{Codec, ParallelCompressor};
+use ferry_archive::{Codec, ParallelCompressor};
 use sha2::{Digest, Sha256};
 
 use crate::host::Host;
@@ -92,7 +92,7 @@ impl DumpJob {
             file.sync_all()?;
             Ok(DumpResult {
                 raw_size: spool.raw_size,
-                sha256: ferry_proto::archive::hex(&hasher.finalize()),
+                sha256: ferry_archive::hex(&hasher.finalize()),
                 compressed_size: spool.compressed_size,
                 key_ids: rows.key_ids.into_iter().collect(),
                 row_counts: rows.counts,
@@ -190,7 +190,7 @@ impl CopyRowCounter {
                     self.table = None;
                 } else if let Some(count) = self.counts.get_mut(table) {
                     *count += 1;
-                    ferry_proto::archive::encrypted_value_key_ids(line, &mut self.key_ids);
+                    ferry_archive::encrypted_value_key_ids(line, &mut self.key_ids);
                 }
             }
             None => {

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use ferry_proto::archive::ArchiveWriter;
+use ferry_archive::ArchiveWriter;
 
 /// Adds `dir` as `prefix/` and everything under it, in lexical order.
 pub fn add_tree<W: Write>(

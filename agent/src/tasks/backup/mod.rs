@@ -9,7 +9,7 @@ mod stream;
 use std::path::PathBuf;
 
 use bytes::Bytes;
-use ferry_proto::archive::{
+use ferry_archive::{
     ArchiveWriter, Codec, MANIFEST_NAME, METADATA_NAME, Manifest, Metadata,
 };
 use tokio::sync::mpsc::Sender;
@@ -78,7 +78,7 @@ pub struct BackupJob {
     /// The archive's timestamp is at least this (the controller's next free second).
     pub not_before: time::OffsetDateTime,
     /// The operator's public keys: set, the archive leaves the host encrypted.
-    pub recipients: Option<ferry_proto::archive::Recipients>,
+    pub recipients: Option<ferry_archive::Recipients>,
     /// The running dump's process (a pidfd: never another process that reused its id), so a
     /// backup whose controller is gone can be stopped at once rather than at its next message.
     pub dump_process: DumpProcess,
@@ -162,7 +162,7 @@ impl BackupJob {
             deployment_type: "podman".into(),
             database_included: builtin,
         };
-        let archive_name = ferry_proto::archive::archive_name(started, self.codec.extension());
+        let archive_name = ferry_archive::archive_name(started, self.codec.extension());
         let spool = scratch.join("dump.spool");
         let _ = events.send(Event::Started(archive_name.clone())).await;
         tokio::task::spawn_blocking(move || {

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc::Sender;
 
-use ferry_proto::archive::{DataKey, Recipients, hex};
+use ferry_archive::{DataKey, Recipients, hex};
 
 use super::{Event, Sealed};
 

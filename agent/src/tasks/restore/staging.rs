@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use ferry_proto::archive::{
+use ferry_archive::{
     ArchiveError, Entry, Manifest, Metadata, ReadOptions, read_archive_into,
 };
 use ferry_proto::restore::{DatabaseAccess, plan};
@@ -100,7 +100,7 @@ pub async fn receive<E: std::fmt::Display>(
 /// `<db>_restore_<8 hex>` and `<db>_old_<8 hex>`, from the restore id (upstream's 4 random bytes).
 pub fn temporary_names(restore_id: &str, db: &str) -> (String, String) {
     let digest = Sha256::digest(restore_id.as_bytes());
-    let tag = ferry_proto::archive::hex(&digest[..4]);
+    let tag = ferry_archive::hex(&digest[..4]);
     (format!("{db}_restore_{tag}"), format!("{db}_old_{tag}"))
 }
 
@@ -121,7 +121,7 @@ pub struct Staged {
 
 impl Staged {
     /// Whether the archive has an entry of `kind` at `path`.
-    pub fn has(&self, path: &str, kind: ferry_proto::archive::EntryKind) -> bool {
+    pub fn has(&self, path: &str, kind: ferry_archive::EntryKind) -> bool {
         self.entries
             .iter()
             .any(|e| e.path == path && e.kind == kind)
@@ -129,7 +129,7 @@ impl Staged {
 
     /// What every restorable archive holds, or the first thing missing: metadata, PKI, config.
     pub fn required(&self) -> Result<&Metadata, String> {
-        use ferry_proto::archive::EntryKind;
+        use ferry_archive::EntryKind;
         let metadata = self.metadata.as_ref().ok_or("no metadata.json")?;
         if !self.has("pki", EntryKind::Dir) {
             return Err(
@@ -182,7 +182,7 @@ pub async fn receive_once<E: std::fmt::Display>(
     let reader = tokio::task::spawn_blocking(move || {
         // psql sees the dump only through the guard: a line asking for a meta-command stops the
         // load before it is passed on.
-        let mut guard = stdin.map(ferry_proto::archive::DumpGuard::new);
+        let mut guard = stdin.map(ferry_archive::DumpGuard::new);
         let divert = guard
             .as_mut()
             .map(|g| ("db/dump.sql", g as &mut dyn std::io::Write));
@@ -234,7 +234,7 @@ pub async fn receive_once<E: std::fmt::Display>(
     if let Some(broke) = broke {
         return Err(env(broke));
     }
-    let sha256 = ferry_proto::archive::hex(&hasher.finalize());
+    let sha256 = ferry_archive::hex(&hasher.finalize());
     if size != expected_size || sha256 != expected_sha256 {
         return Err(ReceiveError::Archive(format!(
             "digest mismatch: received {size} bytes sha256 {sha256}, the catalog says {expected_size} bytes sha256 {expected_sha256}; nothing was changed"

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use ferry_proto::archive::EntryKind;
+use ferry_archive::EntryKind;
 use ferry_proto::restore::{ArchiveSide, DatabaseAccess, HostSide, incompatibilities, plan};
 use ferry_proto::v1::{Component, Step};
 use serde_json::json;
@@ -58,7 +58,7 @@ pub async fn run(ctx: &RestoreContext, dir: &Path, j: &mut Journal) -> Result<St
         // A component the operator named must be there to restore, or the restore is downtime for
         // nothing.
         let missing: Vec<&str> =
-            ferry_proto::restore::absent_components(&j.components(), &verified.entries)
+            ferry_archive::absent_components(&j.components(), &verified.entries)
                 .into_iter()
                 .map(|c| c.name())
                 .collect();
@@ -71,7 +71,7 @@ pub async fn run(ctx: &RestoreContext, dir: &Path, j: &mut Journal) -> Result<St
     }
     if let Some(manifest) = &verified.manifest {
         let archive_keys = std::fs::read_to_string(extract.join("config/service-config.yaml"))
-            .map(|c| ferry_proto::archive::encryption_key_ids(&c))
+            .map(|c| ferry_archive::encryption_key_ids(&c))
             .unwrap_or_default();
         let missing = ferry_proto::restore::missing_keys(
             &manifest.encryption_key_ids,

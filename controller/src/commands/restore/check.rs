@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use ferry_proto::archive::Verified;
+use ferry_archive::Verified;
 use ferry_proto::restore::DatabaseAccess;
 use ferry_proto::v1::{self as pb, Component, Step};
 use serde_json::{Value, json};
@@ -148,7 +148,7 @@ pub async fn run(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
     if let Some(v) = &verified {
         problems.extend(metadata_problems(&archive, v, &facts));
         let partial = args.db_only || !args.only.is_empty();
-        let absent = ferry_proto::restore::absent_components(&chosen, &v.entries);
+        let absent = ferry_archive::absent_components(&chosen, &v.entries);
         if partial && !absent.is_empty() {
             problems.push(format!(
                 "the archive has no {}: --only names nothing to restore there",
@@ -284,7 +284,7 @@ fn identity_changes(
     let base_domain = v
         .kept
         .get("config/service-config.yaml")
-        .map(|b| ferry_proto::archive::base_domain(&String::from_utf8_lossy(b)))
+        .map(|b| ferry_archive::base_domain(&String::from_utf8_lossy(b)))
         .unwrap_or_default();
     let host_certs: BTreeMap<&str, &pb::Certificate> = current
         .certificates

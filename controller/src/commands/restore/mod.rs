@@ -640,7 +640,7 @@ pub(crate) async fn choose_proven(
     store: &Store,
     args: &RestoreArgs,
     (identities, by, options): (
-        Option<&ferry_proto::archive::Identities>,
+        Option<&ferry_archive::Identities>,
         Source,
         crate::proof::Options,
     ),
@@ -811,7 +811,7 @@ async fn stage_check(
     host: &str,
     archive: &ArchiveRecord,
     components: &[Component],
-    verified: Option<&ferry_proto::archive::Verified>,
+    verified: Option<&ferry_archive::Verified>,
 ) -> pb::StageCheckReply {
     let captured = verified
         .and_then(|v| v.manifest.as_ref())
@@ -1001,7 +1001,7 @@ pub(crate) fn send_archive<T: Send + 'static>(
         loop {
             let n = file.read(&mut buf)?;
             if n == 0 {
-                return Ok(Some((size, ferry_proto::archive::hex(&hasher.finalize()))));
+                return Ok(Some((size, ferry_archive::hex(&hasher.finalize()))));
             }
             hasher.update(&buf[..n]);
             size += n as u64;

@@ -6,6 +6,7 @@
 //! sequence of gzip members (or zstd frames): concatenated members are one valid stream, which lets the
 //! database dump be compressed in parallel while it is produced and spliced in when its size is known.
 
+mod components;
 mod compress;
 mod config;
 mod manifest;
@@ -16,6 +17,7 @@ mod seal;
 mod sql;
 mod writer;
 
+pub use components::absent_components;
 pub use compress::{Codec, CompressedSpool, ParallelCompressor};
 pub use config::{base_domain, encrypted_value_key_ids, encryption_key_ids, encryption_keys};
 pub use manifest::{Entry, EntryKind, MANIFEST_NAME, Manifest};

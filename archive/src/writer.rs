@@ -4,8 +4,8 @@ use std::io::{self, Read, Write};
 
 use sha2::{Digest, Sha256};
 
-use super::compress::{Codec, Encoder};
-use super::manifest::{Entry, EntryKind};
+use crate::compress::{Codec, Encoder};
+use crate::manifest::{Entry, EntryKind};
 
 /// Owner-only modes in the tar headers: the archive holds secrets.
 const DIR_MODE: u32 = 0o700;
@@ -88,7 +88,7 @@ impl<W: Write> ArchiveWriter<W> {
             kind: EntryKind::File,
             mode: host_mode,
             size,
-            sha256: super::hex(&hasher.finalize()),
+            sha256: crate::hex(&hasher.finalize()),
         });
         Ok(())
     }

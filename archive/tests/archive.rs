@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::process::Command;
 
-use ferry_proto::archive::*;
+use ferry_archive::*;
 use sha2::{Digest, Sha256};
 
 fn sample(codec: Codec) -> (Vec<u8>, Vec<Entry>) {

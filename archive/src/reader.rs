@@ -7,9 +7,9 @@ use std::path::{Component, Path};
 
 use sha2::{Digest, Sha256};
 
-use super::compress::Codec;
-use super::manifest::{Entry, EntryKind, MANIFEST_NAME, Manifest};
-use super::metadata::{METADATA_NAME, Metadata};
+use crate::compress::Codec;
+use crate::manifest::{Entry, EntryKind, MANIFEST_NAME, Manifest};
+use crate::metadata::{METADATA_NAME, Metadata};
 
 /// Why an archive cannot be used. Every variant means "nothing was changed".
 #[derive(Debug, thiserror::Error)]
@@ -160,7 +160,7 @@ pub fn read_archive_into(
                 kind,
                 mode,
                 size,
-                sha256: super::hex(&hasher.finalize()),
+                sha256: crate::hex(&hasher.finalize()),
             });
         }
         // Read whatever follows the end-of-archive blocks so the digest covers every byte.
@@ -168,7 +168,7 @@ pub fn read_archive_into(
         io::copy(&mut rest, &mut io::sink()).map_err(corrupt)?;
     }
     io::copy(&mut hashed, &mut io::sink())?;
-    let sha256 = super::hex(&hashed.hasher.finalize());
+    let sha256 = crate::hex(&hashed.hasher.finalize());
     if let Some(expected) = options.expected_sha256
         && !expected.eq_ignore_ascii_case(&sha256)
     {
