@@ -4,10 +4,7 @@ use ferry_proto::v1::Component;
 
 /// The components the operator named (`--only`) that `entries` hold nothing of: restoring them would
 /// be downtime for nothing. Both sides apply it, the controller in `--check`.
-pub fn absent_components(
-    components: &[Component],
-    entries: &[crate::Entry],
-) -> Vec<Component> {
+pub fn absent_components(components: &[Component], entries: &[crate::Entry]) -> Vec<Component> {
     use crate::EntryKind;
     let has =
         |path: &str, kind: EntryKind| entries.iter().any(|e| e.path == path && e.kind == kind);

@@ -255,21 +255,7 @@ pub struct PrepareDevicesArgs {
     pub lease_seconds: u32,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Compression {
-    Gzip,
-    Zstd,
-}
-
-impl Compression {
-    pub fn name(self) -> &'static str {
-        match self {
-            Compression::Gzip => "gzip",
-            Compression::Zstd => "zstd",
-        }
-    }
-}
+pub use crate::types::Compression;
 
 #[derive(Subcommand, Debug)]
 pub enum ArchivesCommand {
@@ -347,8 +333,8 @@ pub struct HistoryArgs {
     #[arg(long, value_parser = ["succeeded", "failed", "refused", "rolled back", "checked", "unreachable", "interrupted"])]
     pub outcome: Option<String>,
     /// Only operations of this kind.
-    #[arg(long, value_parser = ["backup", "restore", "restore-check", "rollback", "prepare-devices", "archive-verify", "archive-export", "archive-delete", "archive-pin", "archive-copy", "keys-rotate", "certificate-issue", "drill", "ports-publish", "ports-unpublish"])]
-    pub kind: Option<String>,
+    #[arg(long)]
+    pub kind: Option<crate::types::OperationKind>,
 }
 
 #[derive(Subcommand, Debug)]

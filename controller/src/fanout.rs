@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use crate::inventory::Target;
-use crate::report::{HostResult, Outcome};
+use crate::types::{HostResult, Outcome};
 
 /// How many hosts at once, how long each may take, and in which batches.
 #[derive(Debug, Clone)]

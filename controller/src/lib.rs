@@ -12,13 +12,16 @@ pub mod dial;
 pub mod fanout;
 pub mod inventory;
 pub mod keys;
+pub mod ops;
 pub mod pattern;
+pub mod process;
 pub mod progress;
 pub mod proof;
-pub mod prune;
 pub mod report;
-pub mod runs;
+
 pub mod schedule;
+pub mod selection;
 pub mod serve;
 pub mod status;
 pub mod store;
+pub mod types;

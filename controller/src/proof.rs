@@ -5,6 +5,7 @@
 //! A restore or drill streams exactly the version that was proven ([`Proof::open`]): a directory
 //! object with the same inode, size and modification time, a bucket object with the same ETag.
 
+use std::io::Read;
 use std::sync::Arc;
 
 use ferry_archive::{DataKey, Identities, Verified};
@@ -377,4 +378,46 @@ pub async fn adopt(catalog: &Catalog, store: &Store) {
             store.describe()
         ),
     }
+}
+
+/// What [`send_archive`]'s reader ends with: the plaintext's size and sha256 when read to the end.
+pub type Sent = std::io::Result<Option<(u64, String)>>;
+
+/// Streams an opened archive's plaintext as messages (`first`, then `wrap` of each 1 MiB piece),
+/// read off the async workers. The handle gives the size and sha256 of the whole plaintext (None
+/// when the receiver stopped reading first), or why the store could not be read to its end.
+pub fn send_archive<T: Send + 'static>(
+    opened: crate::keys::Opened,
+    first: T,
+    wrap: impl Fn(bytes::Bytes) -> T + Send + 'static,
+) -> (
+    tokio_stream::wrappers::ReceiverStream<T>,
+    tokio::task::JoinHandle<Sent>,
+) {
+    use sha2::Digest;
+    let (tx, rx) = tokio::sync::mpsc::channel::<T>(8);
+    let reader = tokio::task::spawn_blocking(move || -> Sent {
+        if tx.blocking_send(first).is_err() {
+            return Ok(None);
+        }
+        let mut hasher = sha2::Sha256::new();
+        let mut size = 0u64;
+        let mut file = opened.plaintext().map_err(std::io::Error::other)?;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                return Ok(Some((size, ferry_archive::hex(&hasher.finalize()))));
+            }
+            hasher.update(&buf[..n]);
+            size += n as u64;
+            if tx
+                .blocking_send(wrap(bytes::Bytes::copy_from_slice(&buf[..n])))
+                .is_err()
+            {
+                return Ok(None);
+            }
+        }
+    });
+    (tokio_stream::wrappers::ReceiverStream::new(rx), reader)
 }

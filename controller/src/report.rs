@@ -4,8 +4,6 @@ use std::io::Write;
 
 use serde_json::{Value, json};
 
-use crate::dial::DialError;
-
 /// Documented exit codes of every fleet command.
 pub mod exit {
     /// Every host succeeded.
@@ -20,30 +18,7 @@ pub mod exit {
     pub const INVENTORY: i32 = 4;
 }
 
-/// What happened on one host.
-#[derive(Debug, Clone)]
-pub enum Outcome {
-    Ok {
-        changed: bool,
-        summary: String,
-        data: Value,
-    },
-    Failed {
-        task: String,
-        cause: String,
-    },
-    Unreachable(DialError),
-    Skipped {
-        reason: String,
-    },
-}
-
-#[derive(Debug, Clone)]
-pub struct HostResult {
-    pub host: String,
-    pub address: String,
-    pub outcome: Outcome,
-}
+pub use crate::types::{HostResult, Outcome, human_bytes};
 
 /// How results are shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -212,9 +187,27 @@ fn host_json(r: &HostResult) -> Value {
     }
 }
 
+/// A restore's status as JSON: every field typed, steps and components by name.
+pub fn restore_status_json(s: &ferry_proto::v1::RestoreStatus) -> Value {
+    json!({
+        "restore_id": s.restore_id,
+        "state": ferry_proto::v1::HostState::try_from(s.state).unwrap_or(ferry_proto::v1::HostState::Unspecified).as_str_name(),
+        "state_name": ferry_proto::v1::HostState::try_from(s.state).unwrap_or(ferry_proto::v1::HostState::Unspecified).name(),
+        "last_done": ferry_proto::v1::Step::of(s.last_done).name(),
+        "plan": s.plan.iter().map(|p| ferry_proto::v1::Step::of(*p).name()).collect::<Vec<_>>(),
+        "components": s.components.iter().map(|c| ferry_proto::v1::Component::try_from(*c).unwrap_or(ferry_proto::v1::Component::Unspecified).name()).collect::<Vec<_>>(),
+        "published": s.published,
+        "lapsed": (!s.lapsed.is_empty()).then_some(&s.lapsed),
+        "running": (s.running != 0).then(|| ferry_proto::v1::Step::of(s.running).name()),
+        "idle_seconds": s.idle_seconds,
+        "summary": s.summary,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dial::DialError;
 
     fn result(host: &str, outcome: Outcome) -> HostResult {
         HostResult {

@@ -317,11 +317,24 @@ fn wait_for_agent(host: &SimHost, before: usize) -> anyhow::Result<()> {
     )
 }
 
-/// The last lines of `host`'s agent log.
+/// The last lines of `host`'s agent log: from the error an agent exited with, if there is one,
+/// without its backtrace.
 fn log_tail(host: &SimHost) -> String {
-    let log = std::fs::read_to_string(host.layout.agent_dir().join("agent.log")).unwrap_or_default();
+    let log =
+        std::fs::read_to_string(host.layout.agent_dir().join("agent.log")).unwrap_or_default();
     let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
+    let error = lines.iter().rposition(|l| l.starts_with("Error:"));
+    let (from, to) = match error {
+        Some(at) => (
+            at.saturating_sub(20),
+            lines[at..]
+                .iter()
+                .position(|l| l.starts_with("Stack backtrace:"))
+                .map_or(lines.len(), |n| at + n),
+        ),
+        None => (lines.len().saturating_sub(40), lines.len()),
+    };
+    lines[from..to].join("\n")
 }
 
 /// Stops `host`'s agent (SIGTERM, then SIGKILL after 10 s).

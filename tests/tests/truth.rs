@@ -520,8 +520,7 @@ fn with_dump_line(path: &Path, line: &str, size: Option<usize>) -> Vec<u8> {
     let mut rebuilt = tar::Builder::new(Vec::new());
     for (entry_path, mut header, mut data) in entries {
         if entry_path == ferry_archive::MANIFEST_NAME {
-            let mut manifest: ferry_archive::Manifest =
-                serde_json::from_slice(&data).unwrap();
+            let mut manifest: ferry_archive::Manifest = serde_json::from_slice(&data).unwrap();
             for e in manifest
                 .entries
                 .iter_mut()

@@ -106,7 +106,9 @@ pub async fn serve(
     .await
     .is_err()
     {
-        tracing::warn!("start-up: looking for drills' scratch databases took over 15 s; left for the next start");
+        tracing::warn!(
+            "start-up: looking for drills' scratch databases took over 15 s; left for the next start"
+        );
     }
     service.ports.recover().await;
     tracing::info!(listen = %config.listen, startup_ms = started.elapsed().as_millis() as u64, "ferry-agent serving over mTLS");

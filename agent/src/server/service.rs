@@ -55,6 +55,26 @@ impl AgentService {
     }
 }
 
+/// The first message of an uploaded stream (a stage, a drill), whose id must be a valid operation id.
+async fn opening<T>(
+    chunks: &mut Streaming<T>,
+    stream: &str,
+    what: &str,
+    id: fn(&T) -> &String,
+) -> Result<T, Status> {
+    let first = chunks
+        .message()
+        .await?
+        .ok_or_else(|| Status::invalid_argument(format!("empty {stream} stream")))?;
+    if !valid_operation_id(id(&first)) {
+        return Err(Status::invalid_argument(format!(
+            "{what} id {:?} must be 1-64 letters, digits, '-' or '_'",
+            id(&first)
+        )));
+    }
+    Ok(first)
+}
+
 /// Operation ids name scratch directories: keep them to a safe alphabet.
 fn valid_operation_id(id: &str) -> bool {
     !id.is_empty()
@@ -74,16 +94,7 @@ impl Agent for AgentService {
     ) -> Result<Response<StageReply>, Status> {
         let who = caller(&request);
         let mut chunks = request.into_inner();
-        let first = chunks
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("empty stage stream"))?;
-        if !valid_operation_id(&first.restore_id) {
-            return Err(Status::invalid_argument(format!(
-                "restore id {:?} must be 1-64 letters, digits, '-' or '_'",
-                first.restore_id
-            )));
-        }
+        let first = opening(&mut chunks, "stage", "restore", |c| &c.restore_id).await?;
         let req = wire::stage_request(&first);
         let id = req.restore_id.clone();
         let (size, sha256, status) = self
@@ -252,16 +263,7 @@ impl Agent for AgentService {
     ) -> Result<Response<pb::DrillReply>, Status> {
         let who = caller(&request);
         let mut chunks = request.into_inner();
-        let first = chunks
-            .message()
-            .await?
-            .ok_or_else(|| Status::invalid_argument("empty drill stream"))?;
-        if !valid_operation_id(&first.drill_id) {
-            return Err(Status::invalid_argument(format!(
-                "drill id {:?} must be 1-64 letters, digits, '-' or '_'",
-                first.drill_id
-            )));
-        }
+        let first = opening(&mut chunks, "drill", "drill", |c| &c.drill_id).await?;
         let req = wire::drill_request(&first);
         let guard = self
             .operations

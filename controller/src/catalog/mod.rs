@@ -2,6 +2,7 @@
 //! ferry's private cluster in the state directory ([`embedded`]).
 
 pub mod embedded;
+mod event;
 pub mod evidence;
 pub mod ledger;
 mod lifecycle;
@@ -300,9 +301,7 @@ impl Catalog {
             ledger,
             spool_dir: config.state_dir.join("spool"),
         };
-        crate::runs::keep_in(config.state_dir.join("runs"));
         catalog.replay_spool().await;
-        catalog.interrupted_runs().await;
         Ok(catalog)
     }
 
@@ -333,19 +332,10 @@ impl Catalog {
                 "INSERT INTO runs (kind, pattern, operator, operator_fingerprint, os_user, controller_host, flags, controller_process)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
                 &[&kind, &pattern, &operator.subject, &operator.fingerprint, &operator.os_user, &operator.controller_host, flags,
-                  &crate::runs::this_process()],
+                  &crate::process::this_process()],
             )
             .await?;
         let run_id: i64 = row.get(0);
-        crate::runs::opened(crate::runs::OpenRun {
-            run_id,
-            kind: kind.into(),
-            pattern: pattern.into(),
-            operator: operator.clone(),
-            flags: flags.clone(),
-            started: OffsetDateTime::now_utc(),
-            hosts: Default::default(),
-        });
         Ok(run_id)
     }
 
@@ -359,16 +349,11 @@ impl Catalog {
 
     /// Ends a run; if the catalog is unreachable, the spool keeps it.
     pub async fn finish_run(&self, run_id: i64, outcome: &str) -> Result<(), CatalogError> {
-        crate::runs::closed(run_id);
-        self.finish_run_now(run_id, outcome).await.map_err(|e| {
-            self.spool(
-                spool::Spooled::FinishRun {
-                    run_id,
-                    outcome: outcome.into(),
-                },
-                e,
-            )
-        })
+        let record = spool::Spooled::FinishRun {
+            run_id,
+            outcome: outcome.into(),
+        };
+        (self.finish_run_now(run_id, outcome).await).map_err(|e| self.spool(record, e))
     }
 
     async fn finish_run_now(&self, run_id: i64, outcome: &str) -> Result<(), CatalogError> {
@@ -383,16 +368,11 @@ impl Catalog {
 
     /// Records one host's result; if the catalog is unreachable, the spool keeps it.
     pub async fn record_host(&self, run_id: i64, r: &HostRecord) -> Result<(), CatalogError> {
-        crate::runs::host_finished(run_id, &r.host);
-        self.record_host_now(run_id, r).await.map_err(|e| {
-            self.spool(
-                spool::Spooled::HostResult {
-                    run_id,
-                    record: r.clone(),
-                },
-                e,
-            )
-        })
+        let record = spool::Spooled::HostResult {
+            run_id,
+            record: r.clone(),
+        };
+        (self.record_host_now(run_id, r).await).map_err(|e| self.spool(record, e))
     }
 
     async fn record_host_now(&self, run_id: i64, r: &HostRecord) -> Result<(), CatalogError> {

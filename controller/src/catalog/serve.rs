@@ -109,7 +109,7 @@ pub struct AlertRow {
 
 /// Replica `replica` in this process: the owner of the runs it claims.
 fn instance(replica: &str) -> String {
-    format!("{replica}@{}", crate::runs::this_process())
+    format!("{replica}@{}", crate::process::this_process())
 }
 
 fn secs(d: Duration) -> f64 {
@@ -131,7 +131,7 @@ impl Catalog {
                      heartbeat_at = now(), stopped_at = NULL, leader = false
                  WHERE serve_replicas.stopped_at IS NOT NULL
                     OR serve_replicas.heartbeat_at <= now() - make_interval(secs => $4)",
-                &[&id, &host, &crate::runs::this_process(), &secs(REPLICA_EXPIRY)],
+                &[&id, &host, &crate::process::this_process(), &secs(REPLICA_EXPIRY)],
             )
             .await?;
         if claimed == 1 {
@@ -147,14 +147,14 @@ impl Catalog {
             )
             .await?;
         if let Some(process) = holder.map(|r| r.get::<_, String>(0))
-            && !crate::runs::alive(&process)
+            && !crate::process::alive(&process)
         {
             let taken = self
                 .execute(
                     "UPDATE serve_replicas SET process = $3, started_at = now(), heartbeat_at = now(),
                          stopped_at = NULL, leader = false
                      WHERE id = $1 AND controller_host = $2 AND COALESCE(process, '') = $4",
-                    &[&id, &host, &crate::runs::this_process(), &process],
+                    &[&id, &host, &crate::process::this_process(), &process],
                 )
                 .await?;
             if taken == 1 {
@@ -170,7 +170,7 @@ impl Catalog {
         self.execute(
             "UPDATE serve_replicas SET heartbeat_at = now(), leader = $2, stopped_at = NULL
                  WHERE id = $1 AND process = $3",
-            &[&id, &leader, &crate::runs::this_process()],
+            &[&id, &leader, &crate::process::this_process()],
         )
         .await?;
         Ok(())
@@ -179,7 +179,7 @@ impl Catalog {
     pub async fn replica_stopped(&self, id: &str) -> Result<(), CatalogError> {
         self.execute(
             "UPDATE serve_replicas SET stopped_at = now(), leader = false WHERE id = $1 AND process = $2",
-            &[&id, &crate::runs::this_process()],
+            &[&id, &crate::process::this_process()],
         )
         .await?;
         Ok(())

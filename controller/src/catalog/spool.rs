@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::ledger::Event;
+use super::event::Event;
 use super::{ArchiveRecord, Catalog, CatalogError, HostRecord};
 
 /// One record waiting for the catalog.

@@ -5,7 +5,6 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::catalog::Catalog;
 use crate::catalog::ledger::{self, Entry};
 use crate::cli::{AuditCommand, GlobalArgs, HistoryArgs, HistoryCommand};
 use crate::config::Config;
@@ -13,7 +12,7 @@ use crate::report::{Format, exit};
 
 /// Every ledger entry, or the exit code for why they cannot be read.
 async fn ledger_entries(config: &Config, what: &str) -> Result<Vec<Entry>, i32> {
-    let catalog = Catalog::connect(config).await.map_err(|e| {
+    let catalog = crate::ops::catalog(config).await.map_err(|e| {
         errln!("ferry {what}: {e}");
         exit::ERROR
     })?;
@@ -37,7 +36,7 @@ fn field<'a>(content: &'a Value, key: &str) -> &'a str {
 /// The other names of the hosts `pattern` matches: an inventory host known to its agent by
 /// another name (`ferry_agent_name`) has its operations recorded under both.
 fn aliases(config: &Config, global: &GlobalArgs, pattern: &str) -> Vec<String> {
-    let sources = super::fleet::inventory_sources(config, global);
+    let sources = crate::selection::inventory_sources(config, global);
     let Ok(inventory) = crate::inventory::Inventory::load_all(sources) else {
         return Vec::new();
     };
@@ -96,7 +95,7 @@ pub async fn history(config: &Config, global: &GlobalArgs, args: HistoryArgs) ->
                 glob_match::glob_match(p, target) || aliases.iter().any(|a| a == target)
             })
         })
-        .filter(|(_, c)| args.kind.as_deref().is_none_or(|k| field(c, "kind") == k))
+        .filter(|(_, c)| args.kind.is_none_or(|k| field(c, "kind") == k.name()))
         .filter(|(_, c)| {
             args.outcome
                 .as_deref()

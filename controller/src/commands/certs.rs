@@ -2,11 +2,13 @@
 
 use ferry_certs::{Authority, LeafSpec, Role};
 
+use crate::catalog::Operator;
 use crate::catalog::ledger::Event;
-use crate::catalog::{Catalog, Operator};
 use crate::cli::CertsCommand;
 use crate::config::Config;
+use crate::ops::Operation;
 use crate::report::exit;
+use crate::types::OperationKind;
 
 pub async fn run(config: &Config, command: CertsCommand) -> i32 {
     let started = time::OffsetDateTime::now_utc();
@@ -20,10 +22,6 @@ pub async fn run(config: &Config, command: CertsCommand) -> i32 {
             }
             // Every certificate issued is on the audit record.
             let event = Event {
-                kind: "certificate-issue".into(),
-                run_id: None,
-                operator: Operator::current(config),
-                target,
                 archive: serde_json::Value::Null,
                 flags,
                 started,
@@ -31,9 +29,15 @@ pub async fn run(config: &Config, command: CertsCommand) -> i32 {
                 outcome: "succeeded".into(),
                 error: None,
                 tasks: Vec::new(),
+                ..Operation::standalone(
+                    OperationKind::CertificateIssue,
+                    Operator::current(config),
+                    &target,
+                    started,
+                )
             };
-            let recorded = match Catalog::connect(config).await {
-                Ok(catalog) => catalog.append(&event).await.map(|_| ()),
+            let recorded = match crate::ops::catalog(config).await {
+                Ok(catalog) => Operation::entry(&catalog, &event).await.map(|_| ()),
                 Err(e) => Err(e),
             };
             if let Err(e) = recorded {

@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::report::Outcome;
 
 pub async fn run(config: &Config, global: &GlobalArgs, pattern: &str) -> i32 {
-    super::fleet::call_all(
+    crate::selection::call_all(
         config,
         global,
         pattern,
@@ -125,7 +125,7 @@ fn outcome(f: FactsReply) -> Outcome {
         "units": f.units.iter().map(|u| json!({"name": u.name, "load_state": u.load_state,
                                                 "active_state": u.active_state})).collect::<Vec<_>>(),
         "containers": f.containers.iter().map(|c| json!({"name": c.name, "state": c.state})).collect::<Vec<_>>(),
-        "restore": f.restore.as_ref().map(super::restore::status_json),
+        "restore": f.restore.as_ref().map(crate::report::restore_status_json),
         "undone": (!f.undone.is_empty()).then_some(&f.undone),
         "identity": f.identity.as_ref().map(|i| json!({
             "base_domain": i.base_domain,

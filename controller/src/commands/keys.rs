@@ -4,11 +4,13 @@
 use serde_json::json;
 use time::OffsetDateTime;
 
+use crate::catalog::Operator;
 use crate::catalog::ledger::{Event, TaskRecord};
-use crate::catalog::{Catalog, Operator};
 use crate::cli::KeysCommand;
 use crate::config::Config;
+use crate::ops::Operation;
 use crate::report::exit;
+use crate::types::OperationKind;
 
 pub async fn run(config: &Config, command: KeysCommand) -> i32 {
     match command {
@@ -37,7 +39,9 @@ async fn rotate(config: &Config, add: &[String], retire: &[String]) -> Result<i3
     let identities = crate::keys::identities(config)
         .map_err(|e| format!("encryption.identity: {e}; nothing was changed"))?
         .ok_or("no private key is configured: set encryption.identity to a key that opens the archives' keys; nothing was changed")?;
-    let catalog = Catalog::connect(config).await.map_err(|e| e.to_string())?;
+    let catalog = crate::ops::catalog(config)
+        .await
+        .map_err(|e| e.to_string())?;
     let store = crate::proof::open_store(config, &catalog)
         .await
         .map_err(|e| e.to_string())?;
@@ -114,10 +118,6 @@ async fn rotate(config: &Config, add: &[String], retire: &[String]) -> Result<i3
         .map(|e| e.recipients.clone())
         .unwrap_or_default();
     let event = Event {
-        kind: "keys-rotate".into(),
-        run_id: None,
-        operator: Operator::current(config),
-        target: "all".into(),
         archive: serde_json::Value::Null,
         flags: json!({"add": add, "retire": retire, "archives": archives.len(), "rotated": rotated}),
         started,
@@ -129,8 +129,14 @@ async fn rotate(config: &Config, add: &[String], retire: &[String]) -> Result<i3
         },
         error: (!failed.is_empty()).then(|| failed.join("; ")),
         tasks,
+        ..Operation::standalone(
+            OperationKind::KeysRotate,
+            Operator::current(config),
+            "all",
+            started,
+        )
     };
-    if let Err(e) = catalog.append(&event).await {
+    if let Err(e) = Operation::entry(&catalog, &event).await {
         errln!("ferry keys rotate: writing the audit ledger: {e}");
     }
     outln!(

@@ -6,9 +6,8 @@ pub(crate) mod backup;
 mod certs;
 pub(crate) mod drill;
 mod facts;
-mod fleet;
+mod inventory;
 mod keys;
-mod lifecycle;
 mod ping;
 mod ports;
 mod restore;
@@ -58,24 +57,7 @@ pub async fn run(cli: Cli) -> i32 {
 
 /// SIGINT or SIGTERM: its name and the exit code a shell expects.
 async fn signal() -> (&'static str, i32) {
-    signals().await
-}
-
-/// [`signal`], with the handlers installed now rather than when first awaited: a command that
-/// handles its own signals takes them from its very start.
-pub(crate) fn signals() -> impl std::future::Future<Output = (&'static str, i32)> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let int = signal(SignalKind::interrupt());
-    let term = signal(SignalKind::terminate());
-    async move {
-        let (Ok(mut int), Ok(mut term)) = (int, term) else {
-            return std::future::pending().await;
-        };
-        tokio::select! {
-            _ = int.recv() => ("SIGINT", 130),
-            _ = term.recv() => ("SIGTERM", 143),
-        }
-    }
+    crate::process::signals().await
 }
 
 /// The command was interrupted: whatever it had open is recorded as `interrupted`. A restore step
@@ -85,10 +67,10 @@ async fn interrupted(config: &Config, name: &str, code: i32) -> i32 {
         "ferry: interrupted by {name}; recording the interrupted operation (an agent finishes the step it runs, and its lease makes the host safe if nobody resumes)"
     );
     // Taken before the runs are closed.
-    let next = crate::runs::next_after_interruption();
-    match crate::catalog::Catalog::connect(config).await {
+    let next = crate::ops::runs::next_after_interruption();
+    match crate::ops::catalog(config).await {
         Ok(catalog) => {
-            crate::runs::interrupt_all(&catalog, &format!("interrupted by {name}")).await
+            crate::ops::runs::interrupt_all(&catalog, &format!("interrupted by {name}")).await
         }
         Err(e) => errln!("ferry: recording the interruption: {e}"),
     }
@@ -120,7 +102,7 @@ async fn command(config: &Config, cli: Cli) -> i32 {
         Command::Catalog(command) => archives::run_catalog(&config, command).await,
         Command::Keys(command) => keys::run(&config, command).await,
         Command::Certs(command) => certs::run(&config, command).await,
-        Command::Inventory(args) => fleet::show_inventory(&config, &cli.global, &args),
+        Command::Inventory(args) => inventory::run(&config, &cli.global, &args),
         Command::Status { pattern } => status::run(&config, &cli.global, pattern.as_deref()).await,
         // serve handles its own signals: run() hands it over before the generic handling.
         Command::Serve(_) => exit::ERROR,

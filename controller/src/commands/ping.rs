@@ -8,7 +8,7 @@ use crate::config::Config;
 use crate::report::Outcome;
 
 pub async fn run(config: &Config, global: &GlobalArgs, pattern: &str) -> i32 {
-    super::fleet::call_all(
+    crate::selection::call_all(
         config,
         global,
         pattern,

@@ -11,10 +11,12 @@ use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use crate::catalog::HostRecord;
-use crate::catalog::ledger::{Event, TaskRecord};
+use crate::catalog::ledger::TaskRecord;
 use crate::cli::{GlobalArgs, PortsCommand};
 use crate::config::Config;
+use crate::ops::Operation;
 use crate::report::exit;
+use crate::types::OperationKind;
 
 /// How long the agent waits for a renewal before it unpublishes on its own.
 const LEASE: Duration = Duration::from_secs(10);
@@ -32,10 +34,8 @@ pub async fn run(config: &Config, global: &GlobalArgs, command: PortsCommand) ->
 
 /// One publication's record: a run, a host result and a ledger entry.
 struct Record<'a> {
-    opened: &'a super::restore::Opened,
-    kind: &'static str,
-    run_id: i64,
-    flags: Value,
+    opened: &'a crate::selection::Opened,
+    operation: Operation<'a>,
     started: OffsetDateTime,
     tasks: Vec<TaskRecord>,
 }
@@ -52,7 +52,6 @@ impl Record<'_> {
     }
 
     async fn end(self, outcome: &str, error: Option<String>) {
-        let catalog = &self.opened.catalog;
         let host = &self.opened.target.name;
         let finished = OffsetDateTime::now_utc();
         let host_outcome = match outcome {
@@ -63,60 +62,50 @@ impl Record<'_> {
         let record = HostRecord {
             host: host.clone(),
             outcome: host_outcome.into(),
-            phase: error.as_ref().map(|_| self.kind.to_string()),
+            phase: error.as_ref().map(|_| self.operation.kind()),
             error: error.clone(),
             archive_id: None,
             started: self.started,
             finished,
         };
-        if let Err(e) = catalog.record_host(self.run_id, &record).await {
-            errln!("ferry ports: recording the result: {e}");
-        }
-        let event = Event {
-            kind: self.kind.into(),
-            run_id: Some(self.run_id),
-            operator: self.opened.operator.clone(),
-            target: host.clone(),
-            archive: Value::Null,
-            flags: self.flags.clone(),
-            started: self.started,
-            finished,
-            outcome: outcome.into(),
-            error,
-            tasks: self.tasks,
-        };
-        if let Err(e) = catalog.append(&event).await {
-            errln!("ferry ports: writing the audit ledger: {e}");
-        }
+        let mut event = self.operation.event(host, self.started);
+        event.finished = finished;
+        event.outcome = outcome.into();
+        event.error = error;
+        event.tasks = self.tasks;
+        self.operation.host(Some(&record), &event).await;
         let run = if outcome == "succeeded" {
             "succeeded"
         } else {
             "failed"
         };
-        if let Err(e) = catalog.finish_run(self.run_id, run).await {
-            errln!("ferry ports: recording the run: {e}");
+        self.operation.finish(run).await;
+        for problem in self.operation.take_problems() {
+            errln!("ferry ports: {}: {}", problem.what, problem.error);
         }
     }
 }
 
 async fn begin<'a>(
-    opened: &'a super::restore::Opened,
-    kind: &'static str,
+    opened: &'a crate::selection::Opened,
+    kind: OperationKind,
     flags: Value,
 ) -> Result<Record<'a>, i32> {
-    let run_id = opened
-        .catalog
-        .start_run(kind, &opened.target.name, &opened.operator, &flags)
-        .await
-        .map_err(|e| {
-            errln!("ferry ports: {e}");
-            exit::ERROR
-        })?;
+    let operation = Operation::open(
+        &opened.catalog,
+        kind,
+        &opened.target.name,
+        &opened.operator,
+        &flags,
+    )
+    .await
+    .map_err(|e| {
+        errln!("ferry ports: {e}");
+        exit::ERROR
+    })?;
     Ok(Record {
         opened,
-        kind,
-        run_id,
-        flags,
+        operation,
         started: OffsetDateTime::now_utc(),
         tasks: Vec::new(),
     })
@@ -137,14 +126,14 @@ async fn publish(config: &Config, global: &GlobalArgs, host: &str, duration: &st
         }
     };
     // Handlers first: a Ctrl-C at any moment from here unpublishes rather than killing the process.
-    let signal = super::signals();
+    let signal = crate::process::signals();
     tokio::pin!(signal);
-    let opened = match super::restore::open(config, global, host).await {
+    let opened = match crate::selection::open(config, global, host).await {
         Ok(opened) => opened,
         Err(code) => return code,
     };
     let flags = json!({"for_seconds": length.as_secs(), "lease_seconds": LEASE.as_secs()});
-    let mut record = match begin(&opened, "ports-publish", flags).await {
+    let mut record = match begin(&opened, OperationKind::PortsPublish, flags).await {
         Ok(r) => r,
         Err(code) => return code,
     };
@@ -158,7 +147,7 @@ async fn publish(config: &Config, global: &GlobalArgs, host: &str, duration: &st
     };
     let id = format!(
         "p{}-{}",
-        record.run_id,
+        record.operation.run_id(),
         OffsetDateTime::now_utc().unix_timestamp()
     );
     let request = |renew| PublishPortsRequest {
@@ -325,11 +314,11 @@ enum Ended {
 }
 
 async fn unpublish(config: &Config, global: &GlobalArgs, host: &str) -> i32 {
-    let opened = match super::restore::open(config, global, host).await {
+    let opened = match crate::selection::open(config, global, host).await {
         Ok(opened) => opened,
         Err(code) => return code,
     };
-    let mut record = match begin(&opened, "ports-unpublish", json!({})).await {
+    let mut record = match begin(&opened, OperationKind::PortsUnpublish, json!({})).await {
         Ok(r) => r,
         Err(code) => return code,
     };

@@ -46,7 +46,7 @@ pub async fn run(path: PathBuf, explicit: bool, global: &GlobalArgs, args: Serve
     for w in warnings {
         errln!("[WARNING]: {w}");
     }
-    let catalog = match crate::catalog::Catalog::connect(&settings.config).await {
+    let catalog = match crate::ops::catalog(&settings.config).await {
         Ok(c) => c,
         Err(e) => {
             errln!(

@@ -4,7 +4,6 @@
 use serde_json::json;
 use time::OffsetDateTime;
 
-use crate::catalog::Catalog;
 use crate::cli::GlobalArgs;
 use crate::config::Config;
 use crate::report::{Format, exit};
@@ -13,13 +12,13 @@ use crate::schedule::rpo::RpoState;
 use crate::status::HostStatus;
 
 pub async fn run(config: &Config, global: &GlobalArgs, pattern: Option<&str>) -> i32 {
-    let (inventory, plan) = match super::fleet::schedule_plans(config, global) {
+    let (inventory, plan) = match crate::selection::schedule_plans(config, global) {
         Ok(p) => p,
         Err(code) => return code,
     };
     let selected = match pattern {
         None => None,
-        Some(pattern) => match super::fleet::select(config, global, &inventory, pattern) {
+        Some(pattern) => match crate::selection::select(config, global, &inventory, pattern) {
             Ok(hosts) => Some(hosts),
             Err(code) => return code,
         },
@@ -35,7 +34,7 @@ pub async fn run(config: &Config, global: &GlobalArgs, pattern: Option<&str>) ->
         .filter(|h| !plans.iter().any(|p| &p.host == *h))
         .cloned()
         .collect();
-    let catalog = match Catalog::connect(config).await {
+    let catalog = match crate::ops::catalog(config).await {
         Ok(c) => c,
         Err(e) => {
             errln!("ferry status: {e}");

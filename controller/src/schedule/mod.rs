@@ -11,9 +11,9 @@ use serde::Deserialize;
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use crate::cli::Compression;
 use crate::fanout::Serial;
 use crate::inventory::Inventory;
+use crate::types::Compression;
 pub use retention::Retention;
 
 /// A five-field cron expression (minute hour day-of-month month day-of-week), evaluated in UTC.
@@ -344,16 +344,18 @@ pub struct FleetPlan {
     pub warnings: Vec<String>,
 }
 
+/// `at(schedule, key)` names where a schedule's key was written (`FILE:LINE`).
 pub fn fleet_plan(
-    config: &crate::config::Config,
+    schedules: &[Schedule],
+    at: impl Fn(&str, &str) -> String,
     inventory: &Inventory,
     now: OffsetDateTime,
 ) -> Result<FleetPlan, Vec<String>> {
     let mut plans = Vec::new();
     let mut errors = Vec::new();
     let mut warnings = Vec::new();
-    for schedule in &config.schedules {
-        let at = |key: &str| config.schedule_at(&schedule.name, key);
+    for schedule in schedules {
+        let at = |key: &str| at(&schedule.name, key);
         let hosts = match crate::pattern::select(inventory, &schedule.hosts, None) {
             Ok(selection) if selection.hosts.is_empty() => {
                 errors.push(format!(

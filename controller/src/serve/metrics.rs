@@ -49,12 +49,26 @@ async fn metrics(State(service): State<Arc<Service>>) -> impl IntoResponse {
     }
 }
 
-fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<GaugeVec, String> {
-    let g = GaugeVec::new(Opts::new(name, help), labels).map_err(|e| e.to_string())?;
+/// A metric vector built by `new` (`GaugeVec::new`, `IntCounterVec::new`, …) and registered.
+fn register<M>(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    new: fn(Opts, &[&str]) -> prometheus::Result<M>,
+) -> Result<M, String>
+where
+    M: prometheus::core::Collector + Clone + 'static,
+{
+    let metric = new(Opts::new(name, help), labels).map_err(|e| e.to_string())?;
     registry
-        .register(Box::new(g.clone()))
+        .register(Box::new(metric.clone()))
         .map_err(|e| e.to_string())?;
-    Ok(g)
+    Ok(metric)
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<GaugeVec, String> {
+    register(registry, name, help, labels, GaugeVec::new)
 }
 
 fn int_gauge(
@@ -63,11 +77,7 @@ fn int_gauge(
     help: &str,
     labels: &[&str],
 ) -> Result<IntGaugeVec, String> {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels).map_err(|e| e.to_string())?;
-    registry
-        .register(Box::new(g.clone()))
-        .map_err(|e| e.to_string())?;
-    Ok(g)
+    register(registry, name, help, labels, IntGaugeVec::new)
 }
 
 fn counter(
@@ -76,11 +86,7 @@ fn counter(
     help: &str,
     labels: &[&str],
 ) -> Result<IntCounterVec, String> {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).map_err(|e| e.to_string())?;
-    registry
-        .register(Box::new(c.clone()))
-        .map_err(|e| e.to_string())?;
-    Ok(c)
+    register(registry, name, help, labels, IntCounterVec::new)
 }
 
 async fn render(service: &Service) -> Result<String, String> {
@@ -297,7 +303,7 @@ async fn render(service: &Service) -> Result<String, String> {
     // Every scheduled host's series exist from the start (at zero), so a rule over their
     // increase fires on the first failure too.
     for plan in &settings.plans {
-        for phase in crate::commands::backup::PHASES {
+        for phase in crate::ops::backup::PHASES {
             failed.with_label_values(&[plan.host.as_str(), phase]);
         }
     }

@@ -69,7 +69,12 @@ impl Settings {
             )]);
         }
         let inventory = Inventory::load_all(sources).map_err(|e| vec![format!("inventory {e}")])?;
-        let plan = crate::schedule::fleet_plan(&config, &inventory, OffsetDateTime::now_utc())?;
+        let plan = crate::schedule::fleet_plan(
+            &config.schedules,
+            |s, k| config.schedule_at(s, k),
+            &inventory,
+            OffsetDateTime::now_utc(),
+        )?;
         let mut targets = BTreeMap::new();
         let mut errors = Vec::new();
         for host in plan.plans.iter().map(|p| &p.host) {
@@ -347,7 +352,7 @@ impl Service {
         let mut catalog = self.catalog();
         if catalog.client().is_closed() {
             self.leader.store(false, Ordering::Relaxed);
-            match Catalog::connect(&self.settings().config).await {
+            match crate::ops::catalog(&self.settings().config).await {
                 Ok(c) => {
                     tracing::info!("reconnected to the catalog");
                     let c = Arc::new(c);
@@ -441,8 +446,11 @@ impl Service {
                 .is_ok();
         let catalog = self.catalog();
         if !finished {
-            crate::runs::interrupt_all(&catalog, &format!("ferry serve stopped by {signal_name}"))
-                .await;
+            crate::ops::runs::interrupt_all(
+                &catalog,
+                &format!("ferry serve stopped by {signal_name}"),
+            )
+            .await;
             tasks.abort_all();
         }
         match catalog

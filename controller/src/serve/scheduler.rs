@@ -13,9 +13,12 @@ use super::{Service, Settings, lock};
 use crate::catalog::serve::DueRun;
 use crate::catalog::{Catalog, CatalogError};
 use crate::cli::Compression;
-use crate::commands::backup::Ctx;
+use crate::ops::Operation;
+use crate::ops::backup::Backups;
+use crate::ops::drill::{Drills, limit};
 use crate::report::Outcome;
 use crate::schedule::{HostPlan, drill_slots, jitter, slot_owner};
+use crate::types::OperationKind;
 
 /// A due slot waits this long for its preferred replica before any replica takes it.
 const PREFERRED_GRACE: Duration = Duration::from_secs(5);
@@ -202,26 +205,29 @@ impl Service {
             "compression": compression.name(),
         });
         self.counters.started.fetch_add(1, Ordering::Relaxed);
-        let run_id = match catalog
-            .start_run("backup", &run.host, &settings.operator, &flags)
-            .await
+        let operation = match Operation::open(
+            catalog,
+            OperationKind::Backup,
+            &run.host,
+            &settings.operator,
+            &flags,
+        )
+        .await
         {
-            Ok(id) => id,
+            Ok(operation) => operation,
             Err(e) => {
                 tracing::error!(host = %run.host, "recording the scheduled run: {e}");
                 let _ = catalog.postpone_run(run.id, BUSY_DELAY).await;
                 return;
             }
         };
+        let run_id = operation.run_id();
         let _ = catalog.run_started(run.id, run_id).await;
         tracing::info!(schedule = %run.schedule, host = %run.host, attempt, run_id, "backup started");
-        let ctx = Ctx {
-            operator: settings.operator.clone(),
-            flags,
+        let backups = Backups {
+            operation: &operation,
             dialer: &settings.dialer,
             store: &settings.store,
-            catalog,
-            run_id,
             compression,
             // Checked when the configuration was loaded.
             recipients: crate::keys::recipients(&settings.config)
@@ -232,7 +238,7 @@ impl Service {
         let progress = crate::progress::Progress::new(crate::report::Format::Json);
         let bar = progress.host(&target.name);
         let limit = Duration::from_secs(settings.config.timeout_seconds);
-        let outcome = ctx.backup_within(target, &bar, limit).await;
+        let outcome = backups.backup_within(target, &bar, limit).await;
         let ok = matches!(outcome, Outcome::Ok { .. });
         let busy = matches!(&outcome, Outcome::Failed { task, .. } if task == "backup/busy");
         let ended = match (ok, busy) {
@@ -240,8 +246,9 @@ impl Service {
             (false, true) => "refused",
             (false, false) => "failed",
         };
-        if let Err(e) = catalog.finish_run(run_id, ended).await {
-            tracing::warn!(host = %run.host, "recording the run's end: {e}");
+        operation.finish(ended).await;
+        for problem in operation.take_problems() {
+            tracing::warn!(host = %run.host, "backup: {problem}");
         }
         match &outcome {
             Outcome::Ok { summary, data, .. } => {
@@ -322,39 +329,44 @@ impl Service {
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
         let flags = json!({"schedule": run.schedule, "slot": slot, "replica": self.replica});
-        let run_id = match catalog
-            .start_run("drill", &run.host, &settings.operator, &flags)
-            .await
+        let operation = match Operation::open(
+            catalog,
+            OperationKind::Drill,
+            &run.host,
+            &settings.operator,
+            &flags,
+        )
+        .await
         {
-            Ok(id) => id,
+            Ok(operation) => operation,
             Err(e) => {
                 tracing::error!(host = %run.host, "recording the scheduled drill: {e}");
                 let _ = catalog.postpone_run(run.id, BUSY_DELAY).await;
                 return;
             }
         };
+        let run_id = operation.run_id();
         let _ = catalog.run_started(run.id, run_id).await;
-        let ctx = crate::commands::drill::Ctx {
-            catalog,
+        let warn = |line: &str| tracing::warn!(host = %run.host, "{line}");
+        let drills = Drills {
+            operation: &operation,
             store: &settings.store,
             dialer: &settings.dialer,
             // Checked when the configuration was loaded.
             identities: crate::keys::identities(&settings.config).ok().flatten(),
-            operator: settings.operator.clone(),
-            flags,
-            run_id,
             archive: None,
             sandbox: None,
-            limit: crate::commands::drill::limit(
-                None,
-                Duration::from_secs(settings.config.timeout_seconds),
-            ),
+            limit: limit(None, Duration::from_secs(settings.config.timeout_seconds)),
+            warn: &warn,
         };
-        let outcome = ctx.drill_within(target).await;
+        let outcome = drills.drill_within(target).await;
         let ok = matches!(outcome, Outcome::Ok { .. });
-        let _ = catalog
-            .finish_run(run_id, if ok { "succeeded" } else { "failed" })
+        operation
+            .finish(if ok { "succeeded" } else { "failed" })
             .await;
+        for problem in operation.take_problems() {
+            tracing::warn!(host = %run.host, "drill: {problem}");
+        }
         let failure = match &outcome {
             Outcome::Ok { summary, .. } => {
                 tracing::info!(schedule = %run.schedule, host = %run.host, "drill passed: {summary}");
@@ -426,7 +438,7 @@ impl Service {
             .map(|p| p.retention.clone())
             .collect();
         let map = BTreeMap::from([(plan.agent_name.clone(), policies)]);
-        let hosts = match crate::prune::plan_checked(catalog, &settings.store, &map).await {
+        let hosts = match crate::ops::prune::plan_checked(catalog, &settings.store, &map).await {
             Ok(h) => h,
             Err(e) => {
                 tracing::warn!(host = %plan.host, "retention: {e}");
@@ -440,7 +452,7 @@ impl Service {
                     plan.schedule,
                     plan.retention.describe()
                 );
-                match crate::prune::delete(
+                match crate::ops::prune::delete(
                     catalog,
                     &settings.store,
                     &settings.operator,

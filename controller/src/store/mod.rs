@@ -296,9 +296,7 @@ impl Store {
             Store::Bucket(b) => Ok(b
                 .get_small(host, &format!("{object}.sha256"))
                 .await?
-                .and_then(|bytes| {
-                    ferry_archive::parse_sidecar(&String::from_utf8_lossy(&bytes))
-                })),
+                .and_then(|bytes| ferry_archive::parse_sidecar(&String::from_utf8_lossy(&bytes)))),
         }
     }
 

@@ -9,9 +9,7 @@ mod stream;
 use std::path::PathBuf;
 
 use bytes::Bytes;
-use ferry_archive::{
-    ArchiveWriter, Codec, MANIFEST_NAME, METADATA_NAME, Manifest, Metadata,
-};
+use ferry_archive::{ArchiveWriter, Codec, MANIFEST_NAME, METADATA_NAME, Manifest, Metadata};
 use tokio::sync::mpsc::Sender;
 
 use crate::host::Host;

@@ -5,9 +5,7 @@
 
 use std::path::Path;
 
-use ferry_archive::{
-    ArchiveError, Entry, Manifest, Metadata, ReadOptions, read_archive_into,
-};
+use ferry_archive::{ArchiveError, Entry, Manifest, Metadata, ReadOptions, read_archive_into};
 use ferry_proto::restore::{DatabaseAccess, plan};
 use ferry_proto::v1::Component;
 use serde::{Deserialize, Serialize};

@@ -1,8 +1,6 @@
 //! `ferry restore HOST`: the documented runbook as a play of journaled agent steps, refusing anything
 //! unsafe before the host is touched. `ferry rollback HOST` undoes an unfinished restore.
 
-use std::io::Read;
-
 use ferry_proto::restore::{ArchiveSide, DatabaseAccess, HostSide, incompatibilities};
 use ferry_proto::v1::{
     self as pb, Component, FactsRequest, HostState, PingRequest, RestoreStepRequest, StageChunk,
@@ -11,14 +9,15 @@ use ferry_proto::v1::{
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
+use crate::catalog::ArchiveRecord;
 use crate::catalog::evidence::{Skipped, Source, Standing};
-use crate::catalog::{ArchiveRecord, Catalog, Operator};
 use crate::cli::{GlobalArgs, RestoreArgs};
 use crate::config::Config;
-use crate::dial::{AgentConn, DialError, Dialer};
-use crate::inventory::Target;
+use crate::dial::{AgentConn, DialError};
+use crate::ops::Operation;
 use crate::report::exit;
 use crate::store::Store;
+use crate::types::OperationKind;
 
 mod check;
 mod play;
@@ -30,60 +29,26 @@ pub use rollback::rollback;
 
 use play::{Ending, Play};
 
-/// A selected host, the means to reach it, and the catalog.
-pub(crate) struct Opened {
-    pub(crate) target: Target,
-    pub(crate) dialer: Dialer,
-    pub(crate) catalog: Catalog,
-    pub(crate) operator: Operator,
-}
-
-/// What every single-host operation does first: select exactly one host and open the catalog.
-pub(crate) async fn open(config: &Config, global: &GlobalArgs, host: &str) -> Result<Opened, i32> {
-    let fleet = super::fleet::prepare(config, global, host)?;
-    let [target] = fleet.targets.as_slice() else {
-        errln!(
-            "ferry: {host:?} selects {} hosts; name exactly one host",
-            fleet.targets.len()
-        );
-        return Err(exit::INVENTORY);
-    };
-    let catalog = Catalog::connect(config).await.map_err(|e| {
-        errln!("ferry: {e}");
-        exit::ERROR
-    })?;
-    Ok(Opened {
-        target: target.clone(),
-        dialer: fleet.dialer,
-        catalog,
-        operator: Operator::current(config),
-    })
-}
-
 /// Starts the catalog run and dials the host, so even an unreachable host leaves a record.
 pub(crate) async fn begin<'a>(
-    opened: &'a Opened,
-    (kind, command): (&'static str, &'static str),
+    opened: &'a crate::selection::Opened,
+    (kind, command): (OperationKind, &'static str),
     flags: Value,
 ) -> Result<(Play<'a>, AgentConn), i32> {
     let target = &opened.target;
-    let run_id = opened
-        .catalog
-        .start_run(kind, &target.name, &opened.operator, &flags)
-        .await
-        .map_err(|e| {
-            errln!("ferry {command}: {e}");
-            exit::ERROR
-        })?;
-    let play = Play::new(
-        target,
+    let operation = Operation::open(
         &opened.catalog,
-        run_id,
         kind,
-        command,
-        opened.operator.clone(),
-        flags,
-    );
+        &target.name,
+        &opened.operator,
+        &flags,
+    )
+    .await
+    .map_err(|e| {
+        errln!("ferry {command}: {e}");
+        exit::ERROR
+    })?;
+    let play = Play::new(target, operation, command);
     match opened.dialer.connect(target).await {
         Ok(conn) => Ok((play, conn)),
         Err(e) => {
@@ -110,14 +75,14 @@ pub async fn run(config: &Config, global: &GlobalArgs, host: &str, args: &Restor
                        "check": args.check, "resume": args.resume, "only": only,
                        "db_only": args.db_only, "lease_seconds": args.lease_seconds,
                        "trust_archive_digest": args.trust_archive_digest});
-    let opened = match open(config, global, host).await {
+    let opened = match crate::selection::open(config, global, host).await {
         Ok(opened) => opened,
         Err(code) => return code,
     };
     let kind = if args.check {
-        ("restore-check", "restore")
+        (OperationKind::RestoreCheck, "restore")
     } else {
-        ("restore", "restore")
+        (OperationKind::Restore, "restore")
     };
     let (play, conn) = match begin(&opened, kind, flags).await {
         Ok(begun) => begun,
@@ -284,7 +249,7 @@ async fn restore(play: &Play<'_>, config: &Config, conn: &AgentConn, args: &Rest
         Err(Staging::Left(failure)) => {
             // The agent could not undo the stage: it says how the host is left.
             if let Some(status) = &failure.status {
-                play.set("host_status", status_json(status));
+                play.set("host_status", crate::report::restore_status_json(status));
             }
             let (state, next) = aftermath(&failure);
             return play.fail("stage", &failure.cause, &state, &next).await;
@@ -325,7 +290,7 @@ async fn resume(play: &Play<'_>, conn: &AgentConn, lease_seconds: u32) -> i32 {
                 .as_ref()
                 .is_some_and(|r| !r.plan.contains(&(Step::Verify as i32)));
             if prepare_only {
-                play.set_kind("prepare-devices").await;
+                play.set_kind(OperationKind::PrepareDevices).await;
             }
             play.header(&format!(
                 "resume {} {} on {host}",
@@ -371,7 +336,7 @@ pub(crate) async fn found(play: &Play<'_>, restore: Option<&pb::RestoreStatus>) 
             Err(_) => play.set_archive_json(json!({ "sha256": s.archive_sha256 })),
         }
     }
-    play.set("host_status_found", status_json(s));
+    play.set("host_status_found", crate::report::restore_status_json(s));
     let mut detail = s.summary.clone();
     if !s.lapsed.is_empty() {
         outln!("[{}] found: {}", play.host(), s.lapsed);
@@ -429,7 +394,7 @@ pub(crate) async fn steps(
                 }
                 play.task(step.name(), step_started, "ok", &reply.summary);
                 if let Some(status) = &reply.status {
-                    play.set("host_status", status_json(status));
+                    play.set("host_status", crate::report::restore_status_json(status));
                 }
                 let details: Value = serde_json::from_str(&reply.details_json).unwrap_or_default();
                 for w in details["warnings"]
@@ -475,7 +440,7 @@ pub(crate) async fn steps(
                         .await;
                 };
                 if let Some(status) = &failure.status {
-                    play.set("host_status", status_json(status));
+                    play.set("host_status", crate::report::restore_status_json(status));
                 }
                 let (state, next) = aftermath(&failure);
                 if failure.refused {
@@ -500,23 +465,6 @@ pub(crate) async fn steps(
     }
     play.succeed(Ending::Succeeded, "restored and healthy")
         .await
-}
-
-/// A restore's status as JSON: every field typed, steps and components by name.
-pub(crate) fn status_json(s: &pb::RestoreStatus) -> Value {
-    json!({
-        "restore_id": s.restore_id,
-        "state": HostState::try_from(s.state).unwrap_or(HostState::Unspecified).as_str_name(),
-        "state_name": HostState::try_from(s.state).unwrap_or(HostState::Unspecified).name(),
-        "last_done": Step::of(s.last_done).name(),
-        "plan": s.plan.iter().map(|p| Step::of(*p).name()).collect::<Vec<_>>(),
-        "components": s.components.iter().map(|c| pb::Component::try_from(*c).unwrap_or(pb::Component::Unspecified).name()).collect::<Vec<_>>(),
-        "published": s.published,
-        "lapsed": (!s.lapsed.is_empty()).then_some(&s.lapsed),
-        "running": (s.running != 0).then(|| Step::of(s.running).name()),
-        "idle_seconds": s.idle_seconds,
-        "summary": s.summary,
-    })
 }
 
 /// The archive a restore (or its `--check`) uses: `--archive ID`, or the newest of the source
@@ -931,7 +879,7 @@ async fn stage(
         lease_seconds: args.lease_seconds,
         ..Default::default()
     };
-    let (rx, reader) = send_archive(opened, first, |data| StageChunk {
+    let (rx, reader) = crate::proof::send_archive(opened, first, |data| StageChunk {
         data,
         ..Default::default()
     });
@@ -972,46 +920,4 @@ enum Staging {
     Lost(String),
     /// The agent could not undo it: the failure names the state.
     Left(pb::StepFailure),
-}
-
-/// What [`send_archive`]'s reader ends with: the plaintext's size and sha256 when read to the end.
-pub(crate) type Sent = std::io::Result<Option<(u64, String)>>;
-
-/// Streams an opened archive's plaintext as messages (`first`, then `wrap` of each 1 MiB piece),
-/// read off the async workers. The handle gives the size and sha256 of the whole plaintext (None
-/// when the receiver stopped reading first), or why the store could not be read to its end.
-pub(crate) fn send_archive<T: Send + 'static>(
-    opened: crate::keys::Opened,
-    first: T,
-    wrap: impl Fn(bytes::Bytes) -> T + Send + 'static,
-) -> (
-    tokio_stream::wrappers::ReceiverStream<T>,
-    tokio::task::JoinHandle<Sent>,
-) {
-    use sha2::Digest;
-    let (tx, rx) = tokio::sync::mpsc::channel::<T>(8);
-    let reader = tokio::task::spawn_blocking(move || -> Sent {
-        if tx.blocking_send(first).is_err() {
-            return Ok(None);
-        }
-        let mut hasher = sha2::Sha256::new();
-        let mut size = 0u64;
-        let mut file = opened.plaintext().map_err(std::io::Error::other)?;
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = file.read(&mut buf)?;
-            if n == 0 {
-                return Ok(Some((size, ferry_archive::hex(&hasher.finalize()))));
-            }
-            hasher.update(&buf[..n]);
-            size += n as u64;
-            if tx
-                .blocking_send(wrap(bytes::Bytes::copy_from_slice(&buf[..n])))
-                .is_err()
-            {
-                return Ok(None);
-            }
-        }
-    });
-    (tokio_stream::wrappers::ReceiverStream::new(rx), reader)
 }

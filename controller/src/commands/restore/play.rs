@@ -7,9 +7,10 @@ use std::sync::Mutex;
 use serde_json::{Map, Value, json};
 use time::OffsetDateTime;
 
-use crate::catalog::ledger::{Event, TaskRecord};
-use crate::catalog::{ArchiveRecord, Catalog, HostRecord, Operator};
+use crate::catalog::ledger::TaskRecord;
+use crate::catalog::{ArchiveRecord, Catalog, HostRecord};
 use crate::inventory::Target;
+use crate::ops::Operation;
 use crate::report::exit;
 
 /// How an operation ended, as the ledger and the catalog name it.
@@ -60,14 +61,12 @@ pub struct Play<'a> {
     pub target: &'a Target,
     pub catalog: &'a Catalog,
     pub run_id: i64,
-    /// The ledger's kind: restore, restore-check, rollback, prepare-devices (a resume learns it
-    /// from the host).
-    kind: Mutex<&'static str>,
+    /// The run and its records. Its kind is the ledger's: restore, restore-check, rollback,
+    /// prepare-devices (a resume learns it from the host).
+    operation: Operation<'a>,
     /// The command the operator typed (for the JSON document and the recap).
     pub command: &'static str,
     started: OffsetDateTime,
-    operator: Operator,
-    flags: Value,
     archive: Mutex<Value>,
     tasks: Mutex<Vec<TaskRecord>>,
     /// Extra fields of the JSON document (plan, check results, devices by status, downtime).
@@ -75,26 +74,15 @@ pub struct Play<'a> {
 }
 
 impl<'a> Play<'a> {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        target: &'a Target,
-        catalog: &'a Catalog,
-        run_id: i64,
-        kind: &'static str,
-        command: &'static str,
-        operator: Operator,
-        flags: Value,
-    ) -> Self {
-        crate::runs::host_phase(run_id, &target.name, "connect");
+    pub fn new(target: &'a Target, operation: Operation<'a>, command: &'static str) -> Self {
+        operation.phase(&target.name, "connect");
         Play {
             target,
-            catalog,
-            run_id,
-            kind: Mutex::new(kind),
+            catalog: operation.catalog(),
+            run_id: operation.run_id(),
+            operation,
             command,
             started: OffsetDateTime::now_utc(),
-            operator,
-            flags,
             archive: Mutex::new(Value::Null),
             tasks: Mutex::new(Vec::new()),
             fields: Mutex::new(Map::new()),
@@ -117,12 +105,12 @@ impl<'a> Play<'a> {
 
     /// `name` begins: an interruption from here is recorded as during it.
     pub fn step_begins(&self, name: &str) {
-        crate::runs::host_phase(self.run_id, self.host(), name);
+        self.operation.phase(self.host(), name);
     }
 
     /// A finished task: shown, and added to the timeline the ledger records.
     pub fn task(&self, name: &str, started: OffsetDateTime, outcome: &str, detail: &str) {
-        crate::runs::host_phase(self.run_id, self.host(), &format!("after {name}"));
+        self.operation.phase(self.host(), &format!("after {name}"));
         let seconds = (OffsetDateTime::now_utc() - started).as_seconds_f64();
         if outcome == "ok" {
             outln!("TASK [{name}] ok: {detail} ({seconds:.1}s)");
@@ -134,7 +122,7 @@ impl<'a> Play<'a> {
             outcome: outcome.into(),
             detail: detail.into(),
         };
-        crate::runs::host_task(self.run_id, self.host(), &record);
+        self.operation.task(self.host(), &record);
         lock(&self.tasks).push(record);
     }
 
@@ -142,25 +130,18 @@ impl<'a> Play<'a> {
     /// deletes it while the run is open.
     /// What this operation turns out to be (a resume of device preparation is one), for the
     /// ledger and the run.
-    pub async fn set_kind(&self, kind: &'static str) {
-        *lock(&self.kind) = kind;
-        let _ = self
-            .catalog
-            .set_run_kind(self.run_id, kind)
-            .await
-            .map_err(|e| tracing::warn!(run = self.run_id, "recording the run's kind: {e}"));
+    pub async fn set_kind(&self, kind: crate::types::OperationKind) {
+        self.operation.set_kind(kind).await;
     }
 
     pub async fn set_archive(&self, archive: &ArchiveRecord) {
-        self.set_archive_json(archive.ledger_json());
-        if let Err(e) = self.catalog.run_uses_archive(self.run_id, archive.id).await {
-            tracing::warn!(run = self.run_id, "recording the run's archive: {e}");
-        }
+        *lock(&self.archive) = archive.ledger_json();
+        self.operation.uses_archive(self.host(), archive).await;
     }
 
     /// The archive as far as it is known (a digest the catalog no longer holds).
     pub fn set_archive_json(&self, archive: Value) {
-        crate::runs::host_archive(self.run_id, self.host(), &archive);
+        self.operation.archive(self.host(), &archive);
         *lock(&self.archive) = archive;
     }
 
@@ -284,22 +265,12 @@ impl<'a> Play<'a> {
         let tasks = lock(&self.tasks).clone();
         let archive = lock(&self.archive).clone();
         let error_text = error.map(|(task, cause)| format!("{task}: {cause}"));
-        let event = Event {
-            kind: (*lock(&self.kind)).into(),
-            run_id: Some(self.run_id),
-            operator: self.operator.clone(),
-            target: self.host().into(),
-            archive: archive.clone(),
-            flags: self.flags.clone(),
-            started: self.started,
-            finished,
-            outcome: ending.name().into(),
-            error: error_text.clone(),
-            tasks: tasks.clone(),
-        };
-        if let Err(e) = self.catalog.append(&event).await {
-            errln!("ferry: writing the audit ledger: {e}");
-        }
+        let mut event = self.operation.event(self.host(), self.started);
+        event.archive = archive.clone();
+        event.finished = finished;
+        event.outcome = ending.name().into();
+        event.error = error_text.clone();
+        event.tasks = tasks.clone();
         let record = HostRecord {
             host: self.host().into(),
             outcome: ending.host_outcome().into(),
@@ -309,11 +280,10 @@ impl<'a> Play<'a> {
             started: self.started,
             finished,
         };
-        if let Err(e) = self.catalog.record_host(self.run_id, &record).await {
-            errln!("ferry: recording the result: {e}");
-        }
-        if let Err(e) = self.catalog.finish_run(self.run_id, ending.name()).await {
-            errln!("ferry: recording the run: {e}");
+        self.operation.host(Some(&record), &event).await;
+        self.operation.finish(ending.name()).await;
+        for problem in self.operation.take_problems() {
+            errln!("ferry: {}: {}", problem.what, problem.error);
         }
         let code = ending.exit_code();
         let changed = !matches!(
@@ -341,7 +311,7 @@ impl<'a> Play<'a> {
                 .collect();
             let mut doc = json!({
                 "command": self.command,
-                "kind": *lock(&self.kind),
+                "kind": self.operation.kind(),
                 "host": self.host(),
                 "address": format!("{}:{}", self.target.address, self.target.port),
                 "run_id": self.run_id,

@@ -8,6 +8,7 @@ use time::OffsetDateTime;
 
 use crate::cli::{GlobalArgs, PrepareDevicesArgs};
 use crate::config::Config;
+use crate::types::OperationKind;
 
 pub async fn prepare_devices(
     config: &Config,
@@ -17,15 +18,20 @@ pub async fn prepare_devices(
 ) -> i32 {
     let flags = json!({"db_host": args.db_host, "db_port": args.db_port, "db_name": args.db_name,
                        "lease_seconds": args.lease_seconds});
-    let opened = match super::open(config, global, host).await {
+    let opened = match crate::selection::open(config, global, host).await {
         Ok(opened) => opened,
         Err(code) => return code,
     };
-    let (play, conn) =
-        match super::begin(&opened, ("prepare-devices", "prepare-devices"), flags).await {
-            Ok(begun) => begun,
-            Err(code) => return code,
-        };
+    let (play, conn) = match super::begin(
+        &opened,
+        (OperationKind::PrepareDevices, "prepare-devices"),
+        flags,
+    )
+    .await
+    {
+        Ok(begun) => begun,
+        Err(code) => return code,
+    };
     let restore_id = format!(
         "p{}-{}",
         play.run_id,

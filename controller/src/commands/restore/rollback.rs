@@ -7,16 +7,18 @@ use time::OffsetDateTime;
 use super::play::Ending;
 use crate::cli::GlobalArgs;
 use crate::config::Config;
+use crate::types::OperationKind;
 
 pub async fn rollback(config: &Config, global: &GlobalArgs, host: &str) -> i32 {
-    let opened = match super::open(config, global, host).await {
+    let opened = match crate::selection::open(config, global, host).await {
         Ok(opened) => opened,
         Err(code) => return code,
     };
-    let (play, conn) = match super::begin(&opened, ("rollback", "rollback"), json!({})).await {
-        Ok(begun) => begun,
-        Err(code) => return code,
-    };
+    let (play, conn) =
+        match super::begin(&opened, (OperationKind::Rollback, "rollback"), json!({})).await {
+            Ok(begun) => begun,
+            Err(code) => return code,
+        };
     let started = OffsetDateTime::now_utc();
     let (operation, restore, undone) = match conn.client.clone().ping(PingRequest {}).await {
         Ok(r) => {

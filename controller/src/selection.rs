@@ -1,4 +1,5 @@
-//! What every fleet command does first: read the inventory, select hosts, load the TLS identity.
+//! What every fleet command does first: read the inventory, select hosts, load the TLS identity;
+//! and what a single-host command does first: exactly one host, the catalog, the dialer.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use crate::config::Config;
 use ferry_proto::v1::agent_client::AgentClient;
 use tonic::transport::Channel;
 
+use crate::catalog::{Catalog, Operator};
 use crate::dial::Dialer;
 use crate::fanout::FanoutOptions;
 use crate::inventory::{Inventory, Target};
@@ -84,7 +86,12 @@ pub fn schedule_plans(
         return Err(exit::ERROR);
     }
     let inventory = load_inventory(config, global)?;
-    match crate::schedule::fleet_plan(config, &inventory, time::OffsetDateTime::now_utc()) {
+    match crate::schedule::fleet_plan(
+        &config.schedules,
+        |s, k| config.schedule_at(s, k),
+        &inventory,
+        time::OffsetDateTime::now_utc(),
+    ) {
         Ok(plan) => {
             for w in &plan.warnings {
                 errln!("[WARNING]: {w}");
@@ -98,93 +105,6 @@ pub fn schedule_plans(
             Err(exit::ERROR)
         }
     }
-}
-
-/// `ferry inventory --list | --graph [GROUP] | --host NAME`.
-pub fn show_inventory(
-    config: &Config,
-    global: &GlobalArgs,
-    args: &crate::cli::InventoryArgs,
-) -> i32 {
-    let inventory = match load_inventory(config, global) {
-        Ok(inventory) => inventory,
-        Err(code) => return code,
-    };
-    if let Some(group) = &args.graph {
-        return match crate::inventory::graph(&inventory, group) {
-            Some(tree) => {
-                outln!("{tree}");
-                exit::OK
-            }
-            None => {
-                errln!(
-                    "ferry inventory --graph: no group {group:?} in the inventory (`ferry inventory --list` shows them)"
-                );
-                exit::INVENTORY
-            }
-        };
-    }
-    let doc = match &args.host {
-        Some(host) => match crate::inventory::host_vars_json(&inventory, host) {
-            Some(mut vars) => {
-                // Beside the vars `ansible-inventory --host` shows: what serve makes of them.
-                let plans = effective_plans(config, &inventory, host);
-                if plans.as_array().is_some_and(|p| !p.is_empty()) {
-                    vars["ferry_effective"] = plans;
-                }
-                vars
-            }
-            None => {
-                errln!(
-                    "ferry inventory --host: no host {host:?} in the inventory (`ferry ping all --list-hosts` lists them)"
-                );
-                return exit::INVENTORY;
-            }
-        },
-        None => crate::inventory::list_json(&inventory),
-    };
-    match serde_json::to_string_pretty(&doc) {
-        Ok(text) => outln!("{text}"),
-        Err(e) => {
-            errln!("ferry inventory: {e}");
-            return exit::ERROR;
-        }
-    }
-    exit::OK
-}
-
-/// What each schedule that selects `host` means for it after its inventory vars: the cron, RPO and
-/// retention serve applies, or why its vars do not parse.
-fn effective_plans(
-    config: &Config,
-    inventory: &crate::inventory::Inventory,
-    host: &str,
-) -> serde_json::Value {
-    let mut plans = Vec::new();
-    for schedule in &config.schedules {
-        let selected = crate::pattern::select(inventory, &schedule.hosts, None)
-            .is_ok_and(|s| s.hosts.iter().any(|h| h == host));
-        if !selected {
-            continue;
-        }
-        plans.push(
-            match crate::schedule::plans(schedule, inventory, &[host.to_string()]) {
-                Ok(found) => match found.first() {
-                    Some(p) => serde_json::json!({
-                        "schedule": p.schedule,
-                        "cron": p.cron.as_str(),
-                        "rpo": humantime::format_duration(p.rpo).to_string(),
-                        "retention": p.retention,
-                        "drill": p.drill.as_ref().map(|(c, _)| c.as_str()),
-                        "agent_name": p.agent_name,
-                    }),
-                    None => continue,
-                },
-                Err(errors) => serde_json::json!({"schedule": schedule.name, "errors": errors}),
-            },
-        );
-    }
-    serde_json::Value::Array(plans)
 }
 
 /// `--list-hosts`: prints the selection as `ansible --list-hosts` does (or as JSON).
@@ -337,4 +257,34 @@ where
     )
     .await;
     crate::report::finish(format, task, &results, crate::output::Stdout)
+}
+
+/// A selected host, the means to reach it, and the catalog.
+pub struct Opened {
+    pub target: Target,
+    pub dialer: Dialer,
+    pub catalog: Catalog,
+    pub operator: Operator,
+}
+
+/// What every single-host operation does first: select exactly one host and open the catalog.
+pub async fn open(config: &Config, global: &GlobalArgs, host: &str) -> Result<Opened, i32> {
+    let fleet = prepare(config, global, host)?;
+    let [target] = fleet.targets.as_slice() else {
+        errln!(
+            "ferry: {host:?} selects {} hosts; name exactly one host",
+            fleet.targets.len()
+        );
+        return Err(exit::INVENTORY);
+    };
+    let catalog = crate::ops::catalog(config).await.map_err(|e| {
+        errln!("ferry: {e}");
+        exit::ERROR
+    })?;
+    Ok(Opened {
+        target: target.clone(),
+        dialer: fleet.dialer,
+        catalog,
+        operator: Operator::current(config),
+    })
 }

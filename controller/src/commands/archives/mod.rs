@@ -1,5 +1,7 @@
 //! `ferry archives list|show|verify|export` and `ferry catalog rebuild`.
 
+mod lifecycle;
+
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -10,15 +12,17 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
-use super::backup::human_bytes;
 use crate::catalog::evidence::{Finding, Source, Standing};
 use crate::catalog::ledger::Event;
 use crate::catalog::{ArchiveRecord, Catalog, Operator};
 use crate::cli::{ArchivesCommand, CatalogCommand, GlobalArgs};
 use crate::config::Config;
 use crate::inventory::Inventory;
+use crate::ops::Operation;
+use crate::report::human_bytes;
 use crate::report::{Format, exit};
 use crate::store::Store;
+use crate::types::OperationKind;
 
 async fn open(config: &Config) -> Result<(Store, Catalog), i32> {
     let store = Store::open(&config.store, &config.state_dir)
@@ -27,7 +31,7 @@ async fn open(config: &Config) -> Result<(Store, Catalog), i32> {
             errln!("ferry: {e}");
             exit::ERROR
         })?;
-    let catalog = Catalog::connect(config).await.map_err(|e| {
+    let catalog = crate::ops::catalog(config).await.map_err(|e| {
         errln!("ferry: {e}");
         exit::ERROR
     })?;
@@ -69,7 +73,7 @@ pub async fn run(config: &Config, global: &GlobalArgs, command: ArchivesCommand)
             copy(&store, &catalog, config, id.as_deref(), all, &to).await
         }
         ArchivesCommand::Prune { pattern, dry_run } => {
-            super::lifecycle::prune(
+            lifecycle::prune(
                 config,
                 global,
                 &store,
@@ -79,10 +83,10 @@ pub async fn run(config: &Config, global: &GlobalArgs, command: ArchivesCommand)
             )
             .await
         }
-        ArchivesCommand::Pin { id } => super::lifecycle::pin(config, &catalog, &id, true).await,
-        ArchivesCommand::Unpin { id } => super::lifecycle::pin(config, &catalog, &id, false).await,
+        ArchivesCommand::Pin { id } => lifecycle::pin(config, &catalog, &id, true).await,
+        ArchivesCommand::Unpin { id } => lifecycle::pin(config, &catalog, &id, false).await,
         ArchivesCommand::Delete { id, force } => {
-            super::lifecycle::delete(config, &store, &catalog, &id, force).await
+            lifecycle::delete(config, &store, &catalog, &id, force).await
         }
     };
     result.unwrap_or_else(|e| {
@@ -149,7 +153,7 @@ fn select_hosts(
     pattern: &str,
     catalogued: &BTreeSet<String>,
 ) -> Result<BTreeSet<String>, String> {
-    let sources = super::fleet::inventory_sources(config, global);
+    let sources = crate::selection::inventory_sources(config, global);
     let mut inventory = if sources.is_empty() {
         Inventory::default()
     } else {
@@ -337,22 +341,17 @@ async fn show(catalog: &Catalog, store: &Store, format: Format, id: &str) -> Res
     Ok(exit::OK)
 }
 
-/// Hashes a file, or says why it cannot.
 /// Writes one audit entry about an archive.
 async fn audit(
     catalog: &Catalog,
     config: &Config,
-    kind: &str,
+    kind: OperationKind,
     a: &ArchiveRecord,
     flags: serde_json::Value,
     started: OffsetDateTime,
     error: Option<String>,
 ) {
     let event = Event {
-        kind: kind.into(),
-        run_id: None,
-        operator: Operator::current(config),
-        target: a.host.clone(),
         archive: a.ledger_json(),
         flags,
         started,
@@ -364,8 +363,9 @@ async fn audit(
         },
         error,
         tasks: Vec::new(),
+        ..Operation::standalone(kind, Operator::current(config), &a.host, started)
     };
-    if let Err(e) = catalog.append(&event).await {
+    if let Err(e) = Operation::entry(catalog, &event).await {
         errln!("ferry archives: writing the audit ledger: {e}");
     }
 }
@@ -458,7 +458,7 @@ async fn verify(
         audit(
             catalog,
             config,
-            "archive-verify",
+            OperationKind::ArchiveVerify,
             &a,
             json!({"trust_archive_digest": trust_archive_digest, "trusted_over": trusted,
                    "store": here, "state": state, "reason": reason,
@@ -564,7 +564,7 @@ async fn export(
     audit(
         catalog,
         config,
-        "archive-export",
+        OperationKind::ArchiveExport,
         &a,
         flags,
         started,
@@ -814,7 +814,7 @@ async fn copy(
         audit(
             catalog,
             config,
-            "archive-copy",
+            OperationKind::ArchiveCopy,
             &a,
             json!({"to": label}),
             started,

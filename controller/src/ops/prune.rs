@@ -7,12 +7,14 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
+use super::Operation;
 use crate::catalog::evidence::{Finding, Source};
 use crate::catalog::ledger::{Event, TaskRecord};
 use crate::catalog::{ArchiveRecord, Catalog, CatalogError, Operator};
 use crate::schedule::Retention;
 use crate::schedule::retention::{Candidate, decide};
 use crate::store::Store;
+use crate::types::OperationKind;
 
 /// The protection of a host's newest good archive.
 const NEWEST_VERIFIED: &str = "newest verified";
@@ -230,10 +232,6 @@ pub async fn delete(
     let finished = OffsetDateTime::now_utc();
     let error = removed.as_ref().err().cloned();
     let event = Event {
-        kind: "archive-delete".into(),
-        run_id: None,
-        operator: operator.clone(),
-        target: archive.host.clone(),
         archive: archive.ledger_json(),
         flags: json!({"reason": reason, "store": here, "flags": flags}),
         started,
@@ -254,8 +252,14 @@ pub async fn delete(
                 .clone()
                 .unwrap_or_else(|| format!("archive and sidecar removed from {here} ({reason})")),
         }],
+        ..Operation::standalone(
+            OperationKind::ArchiveDelete,
+            operator.clone(),
+            &archive.host,
+            started,
+        )
     };
-    if let Err(e) = catalog.append(&event).await {
+    if let Err(e) = Operation::entry(catalog, &event).await {
         errln!(
             "ferry: [{}] writing the audit ledger for deleting {}: {e}",
             archive.host,

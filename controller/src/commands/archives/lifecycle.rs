@@ -9,9 +9,11 @@ use crate::catalog::ledger::{Event, TaskRecord};
 use crate::catalog::{Catalog, Operator};
 use crate::cli::GlobalArgs;
 use crate::config::Config;
-use crate::prune::HostPrune;
+use crate::ops::Operation;
+use crate::ops::prune::HostPrune;
 use crate::report::{Format, exit};
 use crate::store::Store;
+use crate::types::OperationKind;
 
 pub async fn prune(
     config: &Config,
@@ -21,12 +23,12 @@ pub async fn prune(
     pattern: Option<&str>,
     dry_run: bool,
 ) -> Result<i32, String> {
-    let (inventory, plan) = match super::fleet::schedule_plans(config, global) {
+    let (inventory, plan) = match crate::selection::schedule_plans(config, global) {
         Ok(p) => p,
         Err(code) => return Ok(code),
     };
     let pattern = pattern.unwrap_or("all");
-    let selected = match super::fleet::select(config, global, &inventory, pattern) {
+    let selected = match crate::selection::select(config, global, &inventory, pattern) {
         Ok(hosts) => hosts,
         Err(code) => return Ok(code),
     };
@@ -42,7 +44,7 @@ pub async fn prune(
     let policies = crate::schedule::policies(&plans);
     // A dry run looks at what it would keep as a real one does (and records what it finds), so its
     // plan is the one a real run carries out.
-    let hosts = crate::prune::plan_checked(catalog, store, &policies)
+    let hosts = crate::ops::prune::plan_checked(catalog, store, &policies)
         .await
         .map_err(|e| e.to_string())?;
     let operator = Operator::current(config);
@@ -52,7 +54,7 @@ pub async fn prune(
         for host in &hosts {
             for v in host.to_delete() {
                 let reason = format!("retention ({})", describe(host));
-                match crate::prune::delete(
+                match crate::ops::prune::delete(
                     catalog,
                     store,
                     &operator,
@@ -157,10 +159,6 @@ pub async fn pin(
     if changed {
         let now = OffsetDateTime::now_utc();
         let event = Event {
-            kind: "archive-pin".into(),
-            run_id: None,
-            operator: Operator::current(config),
-            target: a.host.clone(),
             archive: a.ledger_json(),
             flags: json!({"pinned": pinned}),
             started: now,
@@ -174,8 +172,14 @@ pub async fn pin(
                 outcome: "ok".into(),
                 detail: format!("archive {word}"),
             }],
+            ..Operation::standalone(
+                OperationKind::ArchivePin,
+                Operator::current(config),
+                &a.host,
+                now,
+            )
         };
-        if let Err(e) = catalog.append(&event).await {
+        if let Err(e) = Operation::entry(catalog, &event).await {
             errln!("ferry archives: writing the audit ledger: {e}");
         }
         outln!("[{}] {} {} {word}", a.host, a.short_id(), a.name);
@@ -244,7 +248,7 @@ pub async fn delete(
             a.short_id()
         ));
     }
-    let deleted = crate::prune::delete(
+    let deleted = crate::ops::prune::delete(
         catalog,
         store,
         &Operator::current(config),

@@ -12,7 +12,8 @@ use std::sync::Mutex;
 use serde_json::Value;
 use time::OffsetDateTime;
 
-use crate::catalog::ledger::{Event, TaskRecord};
+use super::Operation;
+use crate::catalog::ledger::TaskRecord;
 use crate::catalog::{Catalog, HostRecord, Operator};
 
 /// A run this process started and has not ended.
@@ -170,33 +171,17 @@ pub fn next_after_interruption() -> Vec<String> {
     next
 }
 
-/// This process, as `pid:start time` (a pid alone may be reused).
-pub fn this_process() -> String {
-    process_id(std::process::id()).unwrap_or_default()
-}
-
-fn process_id(pid: u32) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Field 22, counted after the command name (which may hold spaces and parentheses).
-    let start = stat.rsplit_once(')')?.1.split_whitespace().nth(19)?;
-    Some(format!("{pid}:{start}"))
-}
-
-/// Whether the process recorded as `pid:start time` still runs (on this machine).
-pub(crate) fn alive(process: &str) -> bool {
-    let Some(pid) = process
-        .split_once(':')
-        .and_then(|(p, _)| p.parse::<u32>().ok())
-    else {
-        return false;
-    };
-    process_id(pid).as_deref() == Some(process)
-}
-
 /// Closes every open run of this process as `interrupted` (SIGINT, SIGTERM).
 pub async fn interrupt_all(catalog: &Catalog, why: &str) {
     let runs: Vec<OpenRun> = open_runs().clone();
     for run in runs {
+        let operation = Operation::adopt(
+            catalog,
+            run.run_id,
+            &run.kind,
+            run.operator.clone(),
+            run.flags.clone(),
+        );
         let finished = OffsetDateTime::now_utc();
         let hosts: Vec<(String, HostRun)> = if run.hosts.is_empty() {
             let mut whole = HostRun::new();
@@ -220,37 +205,24 @@ pub async fn interrupt_all(catalog: &Catalog, why: &str) {
                 outcome: "interrupted".into(),
                 detail: error.clone(),
             });
-            let _ = catalog
-                .record_host(
-                    run.run_id,
-                    &HostRecord {
-                        host: host.clone(),
-                        outcome: "interrupted".into(),
-                        phase: Some(phase.clone()),
-                        error: Some(error.clone()),
-                        archive_id: None,
-                        started,
-                        finished,
-                    },
-                )
-                .await;
-            let _ = catalog
-                .append(&Event {
-                    kind: run.kind.clone(),
-                    run_id: Some(run.run_id),
-                    operator: run.operator.clone(),
-                    target: host,
-                    archive,
-                    flags: run.flags.clone(),
-                    started,
-                    finished,
-                    outcome: "interrupted".into(),
-                    error: Some(format!("{phase}: {error}")),
-                    tasks,
-                })
-                .await;
+            let record = HostRecord {
+                host: host.clone(),
+                outcome: "interrupted".into(),
+                phase: Some(phase.clone()),
+                error: Some(error.clone()),
+                archive_id: None,
+                started,
+                finished,
+            };
+            let mut event = operation.event(&host, started);
+            event.archive = archive;
+            event.finished = finished;
+            event.outcome = "interrupted".into();
+            event.error = Some(format!("{phase}: {error}"));
+            event.tasks = tasks;
+            operation.host(Some(&record), &event).await;
         }
-        let _ = catalog.finish_run(run.run_id, "interrupted").await;
+        operation.finish("interrupted").await;
     }
 }
 
@@ -273,7 +245,7 @@ impl Catalog {
         };
         for row in rows {
             let process: String = row.get(1);
-            if alive(&process) {
+            if crate::process::alive(&process) {
                 continue;
             }
             let now = OffsetDateTime::now_utc();
@@ -322,6 +294,7 @@ impl Catalog {
             os_user: row.get(4),
             controller_host: row.get(7),
         };
+        let operation = Operation::adopt(self, run_id, &kind, operator, row.get::<_, Value>(5));
         // What the dead process wrote down: each host's archive and tasks, recorded whole.
         if let Some(run) = kept(run_id).filter(|r| !r.hosts.is_empty()) {
             for (host, host_run) in run.hosts {
@@ -333,77 +306,48 @@ impl Catalog {
                     outcome: "interrupted".into(),
                     detail: error.to_string(),
                 });
-                let _ = self
-                    .record_host(
-                        run_id,
-                        &HostRecord {
-                            host: host.clone(),
-                            outcome: "interrupted".into(),
-                            phase: Some(host_run.phase.clone()),
-                            error: Some(error.to_string()),
-                            archive_id: None,
-                            started: host_run.started,
-                            finished: now,
-                        },
-                    )
-                    .await;
-                let _ = self
-                    .append(&Event {
-                        kind: kind.clone(),
-                        run_id: Some(run_id),
-                        operator: operator.clone(),
-                        target: host,
-                        archive: host_run.archive,
-                        flags: row.get::<_, Value>(5),
-                        started: host_run.started,
-                        finished: now,
-                        outcome: "interrupted".into(),
-                        error: Some(format!("{}: {error}", host_run.phase)),
-                        tasks,
-                    })
-                    .await;
+                let record = HostRecord {
+                    host: host.clone(),
+                    outcome: "interrupted".into(),
+                    phase: Some(host_run.phase.clone()),
+                    error: Some(error.to_string()),
+                    archive_id: None,
+                    started: host_run.started,
+                    finished: now,
+                };
+                let mut event = operation.event(&host, host_run.started);
+                event.archive = host_run.archive;
+                event.finished = now;
+                event.outcome = "interrupted".into();
+                event.error = Some(format!("{}: {error}", host_run.phase));
+                event.tasks = tasks;
+                operation.host(Some(&record), &event).await;
             }
             forget(run_id);
             return;
         }
         forget(run_id);
-        if kind != "backup" || scheduled {
-            // A single-host operation (or a scheduled backup): its pattern is the host.
-            let _ = self
-                .record_host(
-                    run_id,
-                    &HostRecord {
-                        host: pattern.clone(),
-                        outcome: "interrupted".into(),
-                        phase: Some("run".into()),
-                        error: Some(error.to_string()),
-                        archive_id: None,
-                        started,
-                        finished: now,
-                    },
-                )
-                .await;
-        }
-        let _ = self
-            .append(&Event {
-                kind,
-                run_id: Some(run_id),
-                operator,
-                target: pattern,
-                archive: Value::Null,
-                flags: row.get::<_, Value>(5),
-                started,
-                finished: now,
-                outcome: "interrupted".into(),
-                error: Some(error.to_string()),
-                tasks: vec![TaskRecord {
-                    name: "run".into(),
-                    started,
-                    finished: now,
-                    outcome: "interrupted".into(),
-                    detail: error.to_string(),
-                }],
-            })
-            .await;
+        // A single-host operation (or a scheduled backup): its pattern is the host.
+        let record = (kind != "backup" || scheduled).then(|| HostRecord {
+            host: pattern.clone(),
+            outcome: "interrupted".into(),
+            phase: Some("run".into()),
+            error: Some(error.to_string()),
+            archive_id: None,
+            started,
+            finished: now,
+        });
+        let mut event = operation.event(&pattern, started);
+        event.finished = now;
+        event.outcome = "interrupted".into();
+        event.error = Some(error.to_string());
+        event.tasks = vec![TaskRecord {
+            name: "run".into(),
+            started,
+            finished: now,
+            outcome: "interrupted".into(),
+            detail: error.to_string(),
+        }];
+        operation.host(record.as_ref(), &event).await;
     }
 }
