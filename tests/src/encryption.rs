@@ -27,13 +27,13 @@ pub fn new_key(want: &SimHostSpec) -> Option<(String, String)> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or_default();
-    let key = hex(&Sha256::digest(format!("{}:{nonce}", want.name)));
+    let key = ferry_archive::hex(&Sha256::digest(format!("{}:{nonce}", want.name)));
     Some((format!("{}-{}", want.name, &key[..8]), format!("{key}\n")))
 }
 
 /// A key's canary value, as the database stores it.
 pub fn canary(id: &str, key: &str) -> String {
-    let sealed = hex(&Sha256::digest(format!("{}:flightctl-canary", key.trim())));
+    let sealed = ferry_archive::hex(&Sha256::digest(format!("{}:flightctl-canary", key.trim())));
     format!("enc:v1:{id}:{sealed}")
 }
 
@@ -56,7 +56,7 @@ pub fn seed_sql(layout: &Layout) -> anyhow::Result<Option<String>> {
             "INSERT INTO encryption_canaries VALUES ('aes-256-gcm', '{id}', '{}');\n\
              UPDATE repositories SET spec = spec || jsonb_build_object('password', 'enc:v1:{id}:{}');\n",
             canary(id, &key),
-            &hex(&Sha256::digest(format!("{key}:password")))[..24]
+            &ferry_archive::hex(&Sha256::digest(format!("{key}:password")))[..24]
         ));
     }
     Ok(Some(sql))
@@ -78,8 +78,4 @@ pub fn canary_failure(layout: &Layout, canaries: &[(String, String)]) -> Option<
         }
     }
     None
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

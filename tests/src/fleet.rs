@@ -395,13 +395,21 @@ pub fn stop_every_agent(host: &SimHost) {
 }
 
 fn process_alive(pid: rustix::process::Pid) -> bool {
-    let stat =
-        std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero())).unwrap_or_default();
-    !stat.is_empty()
-        && stat
-            .rsplit_once(')')
-            .and_then(|(_, r)| r.split_whitespace().next())
-            != Some("Z")
+    // A killed process's main thread turns zombie while a thread stuck in I/O still runs, holding
+    // its files and listening sockets: it is gone only when every thread is.
+    let tasks = format!("/proc/{}/task", pid.as_raw_nonzero());
+    let Ok(threads) = std::fs::read_dir(&tasks) else {
+        return false;
+    };
+    threads.flatten().any(|thread| {
+        let stat = std::fs::read_to_string(thread.path().join("stat")).unwrap_or_default();
+        !stat.is_empty()
+            && !matches!(
+                stat.rsplit_once(')')
+                    .and_then(|(_, r)| r.split_whitespace().next()),
+                Some("Z" | "X")
+            )
+    })
 }
 
 /// Claims on 127.B.C.0/24 for one fleet (one per 250 hosts), so concurrent fleets (parallel tests)
@@ -476,7 +484,8 @@ pub fn kill_agent(host: &SimHost) {
         .and_then(rustix::process::Pid::from_raw)
     {
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-        let deadline = Instant::now() + Duration::from_secs(10);
+        // A thread in uninterruptible I/O (an fsync on a busy disk) ends only when the I/O does.
+        let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline && process_alive(pid) {
             std::thread::sleep(Duration::from_millis(10));
         }

@@ -328,3 +328,29 @@ pub async fn awaiting_reconnect_keys(host: &SimHost) -> usize {
         .expect("KEYS");
     keys.len()
 }
+
+/// Polls `done` every 50 ms until it holds, failing the test with `what` after `limit`: a
+/// deadline, never a fixed sleep before an assertion.
+pub async fn wait_until(
+    what: &str,
+    limit: std::time::Duration,
+    mut done: impl AsyncFnMut() -> bool,
+) {
+    let deadline = std::time::Instant::now() + limit;
+    while !done().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The catalog of the fleet whose `ferry.yaml` is `config`, connected as ferry connects.
+pub async fn catalog(config: &Path) -> ferry::catalog::Catalog {
+    ferry::catalog::Catalog::connect(
+        &ferry::config::Config::load(config, true).expect("ferry.yaml"),
+    )
+    .await
+    .expect("the fleet's catalog")
+}

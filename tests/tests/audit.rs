@@ -4,7 +4,6 @@
 use std::process::{Command, Stdio};
 
 use ferry::catalog::Catalog;
-use ferry::config::Config;
 use serde_json::Value;
 use simhost::SimFleetOptions;
 use simhost::testing::{TempFleet, text};
@@ -67,9 +66,7 @@ async fn every_operation_is_on_a_verifiable_append_only_ledger() {
     })
     .await;
     let host = fleet.host("cp01");
-    let catalog = Catalog::connect(&Config::load(&fleet.config_path(), true).unwrap())
-        .await
-        .unwrap();
+    let catalog = simhost::testing::catalog(&fleet.config_path()).await;
 
     // A backup, a succeeded restore, a refused restore (version mismatch), a failed restore and its rollback.
     fleet.ferry_ok(&["backup", "cp01"]).unwrap();

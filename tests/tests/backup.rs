@@ -4,11 +4,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ferry::catalog::Catalog;
 use ferry::config::Config;
 use serde_json::Value;
 use simhost::SimFleetOptions;
-use simhost::testing::{Proxy, ScratchCluster, TempFleet, text};
+use simhost::testing::{Proxy, ScratchCluster, TempFleet, catalog, text};
 
 fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -27,12 +26,6 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 
 fn mode(path: &Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
-}
-
-async fn catalog(config: &Path) -> Catalog {
-    Catalog::connect(&Config::load(config, true).unwrap())
-        .await
-        .unwrap()
 }
 
 async fn source_counts(fleet: &TempFleet, host: &str) -> Vec<(String, i64)> {

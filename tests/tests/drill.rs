@@ -270,7 +270,7 @@ fn damaged(archive: &Path, edit: impl Fn(&str) -> String) -> Vec<u8> {
         .find(|(_, p, _)| p == "db/dump.sql")
         .unwrap();
     dump.2 = edit(&String::from_utf8(dump.2.clone()).unwrap()).into_bytes();
-    let (size, sha) = (dump.2.len(), hex(&Sha256::digest(&dump.2)));
+    let (size, sha) = (dump.2.len(), ferry_archive::hex(&Sha256::digest(&dump.2)));
     let manifest = entries
         .iter_mut()
         .find(|(_, p, _)| p == "ferry-manifest.json")
@@ -295,10 +295,6 @@ fn damaged(archive: &Path, edit: impl Fn(&str) -> String) -> Vec<u8> {
         builder.into_inner().unwrap().finish().unwrap();
     }
     out
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -338,12 +334,12 @@ async fn a_damaged_dump_fails_its_drill_naming_the_table_and_a_killed_drill_leav
         std::fs::write(folder.join(name), bytes).unwrap();
         std::fs::write(
             folder.join(format!("{name}.sha256")),
-            ferry_archive::sidecar_line(&hex(&Sha256::digest(bytes)), name),
+            ferry_archive::sidecar_line(&ferry_archive::hex(&Sha256::digest(bytes)), name),
         )
         .unwrap();
     }
     fleet.ferry_ok(&["catalog", "rebuild"]).unwrap();
-    let id = |bytes: &[u8]| hex(&Sha256::digest(bytes))[..12].to_string();
+    let id = |bytes: &[u8]| ferry_archive::hex(&Sha256::digest(bytes))[..12].to_string();
     let before = live(host).await;
     host.clear_calls();
 

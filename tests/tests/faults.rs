@@ -16,7 +16,7 @@ use serde_json::Value;
 use simhost::SimFleetOptions;
 use simhost::SimHost;
 use simhost::fleet::{kill_agent, start_agent};
-use simhost::testing::{Proxy, TempFleet, text, tree};
+use simhost::testing::{Proxy, TempFleet, text, tree, wait_until};
 
 /// The lease the restores under test run with, and how long a stalled call waits.
 /// The stall is shorter than the lease: a call the agent started ends before the agent acts alone.
@@ -153,14 +153,6 @@ fn ferry(fleet: &TempFleet, inventory: &Path, args: &[&str]) -> Command {
         .arg(inventory)
         .args(args);
     cmd
-}
-
-async fn wait_until(what: &str, limit: Duration, mut done: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// A controller whose stdout is collected line by line as it runs.

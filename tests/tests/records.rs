@@ -3,11 +3,11 @@
 //! them: a rollback while the restore runs, a failure inside the window, a disagreeing sidecar.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use simhost::SimFleetOptions;
-use simhost::testing::{TempFleet, awaiting_reconnect_keys, text};
+use simhost::testing::{TempFleet, awaiting_reconnect_keys, text, wait_until};
 
 fn json(fleet: &TempFleet, args: &[&str]) -> Value {
     let out = fleet.ferry(args).args(["-o", "json"]).output().unwrap();
@@ -61,14 +61,6 @@ fn store_leftovers(fleet: &TempFleet) -> Vec<String> {
     left
 }
 
-async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn timeouts_unreachable_hosts_and_sigint_are_on_record() {
     let fleet = TempFleet::up(SimFleetOptions {
@@ -106,9 +98,11 @@ async fn timeouts_unreachable_hosts_and_sigint_are_on_record() {
     );
     // The agent ends its side when it next tries to send, and frees the host.
     let cp01_staging = cp01.layout.agent_dir().join("staging");
-    wait_until("the agent to end the abandoned backup", || {
-        std::fs::read_dir(&cp01_staging).unwrap().count() == 0
-    })
+    wait_until(
+        "the agent to end the abandoned backup",
+        Duration::from_secs(30),
+        async || std::fs::read_dir(&cp01_staging).unwrap().count() == 0,
+    )
     .await;
 
     // A restore aimed at a host whose agent is down.
@@ -135,11 +129,15 @@ async fn timeouts_unreachable_hosts_and_sigint_are_on_record() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_until("the load (during stage)", || {
-        cp01.calls()
-            .iter()
-            .any(|c| c.contains("ON_ERROR_STOP=1 -q -f"))
-    })
+    wait_until(
+        "the load (during stage)",
+        Duration::from_secs(30),
+        async || {
+            cp01.calls()
+                .iter()
+                .any(|c| c.contains("ON_ERROR_STOP=1 -q -f"))
+        },
+    )
     .await;
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(restore.id() as i32).unwrap(),
@@ -188,10 +186,14 @@ async fn timeouts_unreachable_hosts_and_sigint_are_on_record() {
             .any(|(h, o, _)| h == "cp01" && o == "interrupted")
     );
     let staging = cp01.layout.agent_dir().join("staging");
-    wait_until("the lease to free the host", || {
-        std::fs::read_dir(&staging).unwrap().count() == 0
-            && cp01.unit_state("flightctl-api.service") == "active"
-    })
+    wait_until(
+        "the lease to free the host",
+        Duration::from_secs(30),
+        async || {
+            std::fs::read_dir(&staging).unwrap().count() == 0
+                && cp01.unit_state("flightctl-api.service") == "active"
+        },
+    )
     .await;
 }
 
@@ -218,7 +220,7 @@ async fn a_catalog_that_goes_down_and_a_killed_controller_lose_no_record() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_until("both dumps", || {
+    wait_until("both dumps", Duration::from_secs(30), async || {
         ["cp01", "cp02"].iter().all(|h| {
             fleet
                 .host(h)
@@ -289,7 +291,7 @@ async fn a_catalog_that_goes_down_and_a_killed_controller_lose_no_record() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_until("the dump", || {
+    wait_until("the dump", Duration::from_secs(30), async || {
         fleet
             .host("cp01")
             .calls()
@@ -319,9 +321,11 @@ async fn a_catalog_that_goes_down_and_a_killed_controller_lose_no_record() {
         store_leftovers(&fleet)
     );
     let staging = fleet.host("cp01").layout.agent_dir().join("staging");
-    wait_until("the agent to drop its scratch", || {
-        std::fs::read_dir(&staging).unwrap().count() == 0
-    })
+    wait_until(
+        "the agent to drop its scratch",
+        Duration::from_secs(30),
+        async || std::fs::read_dir(&staging).unwrap().count() == 0,
+    )
     .await;
 }
 
@@ -344,11 +348,15 @@ async fn rollback_waits_for_a_running_restore_and_a_failure_in_the_window_is_rol
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    wait_until("the load (during stage)", || {
-        host.calls()
-            .iter()
-            .any(|c| c.contains("ON_ERROR_STOP=1 -q -f"))
-    })
+    wait_until(
+        "the load (during stage)",
+        Duration::from_secs(30),
+        async || {
+            host.calls()
+                .iter()
+                .any(|c| c.contains("ON_ERROR_STOP=1 -q -f"))
+        },
+    )
     .await;
     let rollback = fleet.ferry(&["rollback", "cp01"]).output().unwrap();
     assert_eq!(rollback.status.code(), Some(2), "{}", text(&rollback));

@@ -4,10 +4,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use ferry::catalog::Catalog;
-use ferry::config::Config;
 use simhost::SimFleetOptions;
-use simhost::testing::{TempFleet, awaiting_reconnect_keys, text, tree};
+use simhost::testing::{TempFleet, awaiting_reconnect_keys, text, tree, wait_until};
 
 /// A digest of every row of `table`, so two states of a table compare equal only if identical.
 async fn table_digest(db: &tokio_postgres::Client, table: &str, columns: &str) -> String {
@@ -285,9 +283,7 @@ async fn restore_brings_back_the_backup_and_prepares_devices() {
             .count(),
         0
     );
-    let catalog = Catalog::connect(&Config::load(&fleet.config_path(), true).unwrap())
-        .await
-        .unwrap();
+    let catalog = simhost::testing::catalog(&fleet.config_path()).await;
     let outcome: String = catalog
         .client()
         .query_one(
@@ -414,9 +410,7 @@ async fn catalogue(fleet: &TempFleet, path: &Path) -> i64 {
         format!("{sha}  {}\n", path.file_name().unwrap().to_string_lossy()),
     )
     .unwrap();
-    let catalog = Catalog::connect(&Config::load(&fleet.config_path(), true).unwrap())
-        .await
-        .unwrap();
+    let catalog = simhost::testing::catalog(&fleet.config_path()).await;
     catalog.client().query_one(
         "INSERT INTO archives (host, name, size, sha256, compression, flightctl_version, deployment_type, database_included, created_at)
          VALUES ('cp01', $1, $2, $3, 'gzip', 'v1.2.0', 'podman', true, now()) RETURNING id",
@@ -487,9 +481,7 @@ async fn unsafe_or_mismatched_archives_are_refused_before_anything_changes() {
     .await;
     fleet.ferry_ok(&["backup", "cp01"]).unwrap();
     let (good, good_name) = {
-        let catalog = Catalog::connect(&Config::load(&fleet.config_path(), true).unwrap())
-            .await
-            .unwrap();
+        let catalog = simhost::testing::catalog(&fleet.config_path()).await;
         let archive = catalog.archives().await.unwrap().remove(0);
         (archive.id, archive.name)
     };
@@ -653,9 +645,7 @@ async fn unsafe_or_mismatched_archives_are_refused_before_anything_changes() {
     before.check(&fleet, "--check").await;
 
     // The refusals are on record.
-    let catalog = Catalog::connect(&Config::load(&fleet.config_path(), true).unwrap())
-        .await
-        .unwrap();
+    let catalog = simhost::testing::catalog(&fleet.config_path()).await;
     let refused: i64 = catalog.client().query_one("SELECT count(*) FROM host_results h JOIN runs r ON r.id = h.run_id WHERE r.kind = 'restore' AND h.outcome = 'refused'", &[]).await.unwrap().get(0);
     assert_eq!(refused, cases.len() as i64 + 2);
 }
@@ -803,17 +793,6 @@ async fn failures_name_their_step_and_resume_or_rollback_recover() {
     );
 }
 
-async fn wait_until(what: &str, mut done: impl AsyncFnMut() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !done().await {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
 fn spawn_restore(fleet: &TempFleet) -> std::process::Child {
     fleet
         .ferry(&["restore", "cp01", "--lease-seconds", "2"])
@@ -844,23 +823,30 @@ async fn a_lapsed_lease_leaves_nothing_published_and_is_reported() {
     // the data services are not restarted (that would only lose the seeded keys).
     host.inject_fault("podman", "redis-cli --pipe", "sleep:6");
     let mut controller = spawn_restore(&fleet);
-    wait_until("the KV seed to start", async || {
-        host.calls().iter().any(|c| c.contains("redis-cli --pipe"))
-    })
+    wait_until(
+        "the KV seed to start",
+        std::time::Duration::from_secs(30),
+        async || host.calls().iter().any(|c| c.contains("redis-cli --pipe")),
+    )
     .await;
     assert_eq!(host.unit_state("flightctl-api.service"), "inactive");
     controller.kill().unwrap();
     let _ = controller.wait();
     host.clear_faults();
     let killed_at = host.calls().len();
-    wait_until("the lease to lapse", async || {
-        let facts = fleet
-            .ferry(&["facts", "cp01", "-o", "json"])
-            .output()
-            .unwrap();
-        let facts: serde_json::Value = serde_json::from_slice(&facts.stdout).unwrap_or_default();
-        facts["hosts"]["cp01"]["data"]["restore"]["lapsed"].is_string()
-    })
+    wait_until(
+        "the lease to lapse",
+        std::time::Duration::from_secs(30),
+        async || {
+            let facts = fleet
+                .ferry(&["facts", "cp01", "-o", "json"])
+                .output()
+                .unwrap();
+            let facts: serde_json::Value =
+                serde_json::from_slice(&facts.stdout).unwrap_or_default();
+            facts["hosts"]["cp01"]["data"]["restore"]["lapsed"].is_string()
+        },
+    )
     .await;
     assert!(!dropin.exists());
     assert!(
@@ -909,24 +895,33 @@ async fn a_lapsed_lease_leaves_nothing_published_and_is_reported() {
     let before = host_state(&fleet).await;
     host.inject_fault("podman", "ON_ERROR_STOP=1 -q -f", "sleep:4");
     let mut controller = spawn_restore(&fleet);
-    wait_until("the load to start", async || {
-        host.calls()
-            .iter()
-            .any(|c| c.contains("ON_ERROR_STOP=1 -q -f"))
-    })
+    wait_until(
+        "the load to start",
+        std::time::Duration::from_secs(30),
+        async || {
+            host.calls()
+                .iter()
+                .any(|c| c.contains("ON_ERROR_STOP=1 -q -f"))
+        },
+    )
     .await;
     controller.kill().unwrap();
     let _ = controller.wait();
     host.clear_faults();
-    wait_until("the restore to be reverted", async || {
-        let facts = fleet
-            .ferry(&["facts", "cp01", "-o", "json"])
-            .output()
-            .unwrap();
-        let facts: serde_json::Value = serde_json::from_slice(&facts.stdout).unwrap_or_default();
-        facts["hosts"]["cp01"]["data"]["restore"].is_null()
-            && host.unit_state("flightctl-api.service") == "active"
-    })
+    wait_until(
+        "the restore to be reverted",
+        std::time::Duration::from_secs(30),
+        async || {
+            let facts = fleet
+                .ferry(&["facts", "cp01", "-o", "json"])
+                .output()
+                .unwrap();
+            let facts: serde_json::Value =
+                serde_json::from_slice(&facts.stdout).unwrap_or_default();
+            facts["hosts"]["cp01"]["data"]["restore"].is_null()
+                && host.unit_state("flightctl-api.service") == "active"
+        },
+    )
     .await;
     assert_eq!(
         host_state(&fleet).await,
@@ -1042,9 +1037,7 @@ async fn partial_restores_device_preparation_alone_and_cross_host() {
 
     // Cross-host: cp01's archive onto cp02, only when asked for explicitly.
     let id = {
-        let catalog = Catalog::connect(&Config::load(&fleet.config_path(), true).unwrap())
-            .await
-            .unwrap();
+        let catalog = simhost::testing::catalog(&fleet.config_path()).await;
         catalog
             .archives()
             .await

@@ -7,8 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ferry::catalog::{Catalog, Operator};
-use ferry::config::Config;
+use ferry::catalog::Operator;
 use ferry_archive::{Metadata, archive_name, sidecar_line};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -41,7 +40,7 @@ fn put_archive(store: &Path, host: &str, t: OffsetDateTime, good_sidecar: bool) 
             .unwrap();
         tar.into_inner().unwrap().finish().unwrap();
     }
-    let sha = hex(&Sha256::digest(&bytes));
+    let sha = ferry_archive::hex(&Sha256::digest(&bytes));
     std::fs::write(dir.join(&name), &bytes).unwrap();
     let recorded = if good_sidecar {
         sha.clone()
@@ -52,10 +51,6 @@ fn put_archive(store: &Path, host: &str, t: OffsetDateTime, good_sidecar: bool) 
     f.write_all(sidecar_line(&recorded, &name).as_bytes())
         .unwrap();
     sha
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 struct Setup {
@@ -219,9 +214,7 @@ async fn retention_keeps_what_gfs_min_keep_pins_and_protections_say_and_ledgers_
     // A pin, and a restore in progress with a1, take those two out of the plan.
     let out = s.ferry(&["archives", "pin", &a[1]]).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let catalog = Catalog::connect(&Config::load(&s.config, true).unwrap())
-        .await
-        .unwrap();
+    let catalog = simhost::testing::catalog(&s.config).await;
     let restore_run = catalog
         .start_run(
             "restore",

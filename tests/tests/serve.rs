@@ -2,7 +2,6 @@
 //! alerts, metrics scraped by a real Prometheus, graceful stop and reload.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -11,7 +10,7 @@ use ferry::config::Config;
 use serde_json::Value;
 use simhost::SimFleetOptions;
 use simhost::serving::{Prometheus, Serve, Webhook, free_port, http_get, wait_for};
-use simhost::testing::{TempFleet, text};
+use simhost::testing::{TempFleet, catalog, text};
 use time::OffsetDateTime;
 
 /// Appends `serve:`, one schedule and the alert targets to the fleet's ferry.yaml.
@@ -22,12 +21,6 @@ fn add_serve_config(fleet: &TempFleet, port: u16, schedule: &str, alerts: &str) 
         "serve:\n  listen: 127.0.0.1:{port}\nschedules:\n{schedule}alerts:\n{alerts}"
     ));
     std::fs::write(&path, text).unwrap();
-}
-
-async fn catalog(config: &Path) -> Catalog {
-    Catalog::connect(&Config::load(config, true).unwrap())
-        .await
-        .unwrap()
 }
 
 /// `ferry status -o json`: its exit code and document.

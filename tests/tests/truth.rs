@@ -456,10 +456,7 @@ async fn a_store_switched_without_copying_deletes_nothing_and_switching_back_res
     }
 
     // An archive an earlier ferry wrongly marked deleted is re-linked by a rebuild of the store.
-    let catalog =
-        ferry::catalog::Catalog::connect(&ferry::config::Config::load(&dir_config, true).unwrap())
-            .await
-            .unwrap();
+    let catalog = simhost::testing::catalog(&dir_config).await;
     catalog
         .client()
         .batch_execute(&format!(
@@ -925,10 +922,7 @@ async fn archives_catalogued_before_stores_were_recorded_are_linked_by_what_the_
     let list = listed(&fleet, &config, "cp01");
     let (newer, older) = (&list[0], &list[1]);
     // As an upgraded catalog has them: no copy recorded anywhere.
-    let catalog =
-        ferry::catalog::Catalog::connect(&ferry::config::Config::load(&config, true).unwrap())
-            .await
-            .unwrap();
+    let catalog = simhost::testing::catalog(&config).await;
     catalog
         .client()
         .batch_execute("DELETE FROM archive_copies; UPDATE archives SET stores_known = false")
