@@ -20,6 +20,48 @@ pub mod exit {
 
 pub use crate::types::{HostResult, Outcome, human_bytes};
 
+/// Why a command ends before its work: what it says and its exit code. Built where the cause is
+/// known, said once by the command ([`Stop::say`]).
+#[derive(Debug)]
+pub struct Stop {
+    pub code: i32,
+    /// Lines for stderr (and the JSON document's `error`).
+    pub lines: Vec<String>,
+}
+
+impl Stop {
+    pub fn new(code: i32, line: impl Into<String>) -> Stop {
+        Stop {
+            code,
+            lines: vec![line.into()],
+        }
+    }
+
+    /// Nothing more to do (`--list-hosts` answered): exit 0, nothing to say.
+    pub fn done() -> Stop {
+        Stop {
+            code: exit::OK,
+            lines: Vec::new(),
+        }
+    }
+
+    /// The operation's own report (a play's output and record) said why already.
+    pub fn reported(code: i32) -> Stop {
+        Stop {
+            code,
+            lines: Vec::new(),
+        }
+    }
+
+    /// Says why, once, and returns the exit code.
+    pub fn say(self) -> i32 {
+        for line in &self.lines {
+            errln!("{line}");
+        }
+        self.code
+    }
+}
+
 /// How results are shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {

@@ -13,7 +13,7 @@ use crate::catalog::{Catalog, Operator};
 use crate::dial::Dialer;
 use crate::fanout::FanoutOptions;
 use crate::inventory::{Inventory, Target};
-use crate::report::{Outcome, exit};
+use crate::report::{Outcome, Stop, exit};
 
 /// Selected hosts and the means to reach them.
 pub struct Fleet {
@@ -39,19 +39,17 @@ fn describe_sources(sources: &[PathBuf]) -> String {
         .join(", ")
 }
 
-/// Reads the command's inventory, or prints why not and returns the exit code.
-pub fn load_inventory(config: &Config, global: &GlobalArgs) -> Result<Inventory, i32> {
+/// Reads the command's inventory.
+pub fn load_inventory(config: &Config, global: &GlobalArgs) -> Result<Inventory, Stop> {
     let sources = inventory_sources(config, global);
     if sources.is_empty() {
-        errln!(
-            "ferry: no inventory: pass -i INVENTORY (a file or a directory; repeat for several), set FERRY_INVENTORY, or set inventory: in the config"
-        );
-        return Err(exit::ERROR);
+        return Err(Stop::new(
+            exit::ERROR,
+            "ferry: no inventory: pass -i INVENTORY (a file or a directory; repeat for several), set FERRY_INVENTORY, or set inventory: in the config",
+        ));
     }
-    Inventory::load_all(sources).map_err(|e| {
-        errln!("ferry: inventory {e}");
-        exit::INVENTORY
-    })
+    Inventory::load_all(sources)
+        .map_err(|e| Stop::new(exit::INVENTORY, format!("ferry: inventory {e}")))
 }
 
 /// The hosts `pattern` (and `--limit`) selects, with the pattern's warnings printed.
@@ -60,30 +58,27 @@ pub fn select(
     global: &GlobalArgs,
     inventory: &Inventory,
     pattern: &str,
-) -> Result<Vec<String>, i32> {
+) -> Result<Vec<String>, Stop> {
     let sources = describe_sources(inventory_sources(config, global));
-    let selection =
-        crate::pattern::select(inventory, pattern, global.limit.as_deref()).map_err(|e| {
-            errln!("ferry: {e} ({sources})");
-            exit::INVENTORY
-        })?;
+    let selection = crate::pattern::select(inventory, pattern, global.limit.as_deref())
+        .map_err(|e| Stop::new(exit::INVENTORY, format!("ferry: {e} ({sources})")))?;
     for warning in &selection.warnings {
         errln!("[WARNING]: {warning}");
     }
     Ok(selection.hosts)
 }
 
-/// The schedules of the config over the inventory, or prints every reason they cannot run
-/// (`FILE:LINE: …`) and returns the exit code. Warnings are printed and do not stop.
+/// The schedules of the config over the inventory, or every reason they cannot run
+/// (`FILE:LINE: …`). Warnings are printed and do not stop.
 pub fn schedule_plans(
     config: &Config,
     global: &GlobalArgs,
-) -> Result<(Inventory, crate::schedule::FleetPlan), i32> {
+) -> Result<(Inventory, crate::schedule::FleetPlan), Stop> {
     if config.schedules.is_empty() {
-        errln!(
-            "ferry: the configuration has no schedules: (see \"Running ferry as a service\" in docs/operator-guide.md)"
-        );
-        return Err(exit::ERROR);
+        return Err(Stop::new(
+            exit::ERROR,
+            "ferry: the configuration has no schedules: (see \"Running ferry as a service\" in docs/operator-guide.md)",
+        ));
     }
     let inventory = load_inventory(config, global)?;
     match crate::schedule::fleet_plan(
@@ -98,12 +93,10 @@ pub fn schedule_plans(
             }
             Ok((inventory, plan))
         }
-        Err(errors) => {
-            for e in errors {
-                errln!("ferry: {e}");
-            }
-            Err(exit::ERROR)
-        }
+        Err(errors) => Err(Stop {
+            code: exit::ERROR,
+            lines: errors.iter().map(|e| format!("ferry: {e}")).collect(),
+        }),
     }
 }
 
@@ -119,9 +112,9 @@ fn list_hosts(global: &GlobalArgs, hosts: &[String]) {
     }
 }
 
-/// Prepares a fleet command, or returns the exit code for why it cannot (or need not) run:
-/// `--list-hosts` prints the selection and ends the command with 0.
-pub fn prepare(config: &Config, global: &GlobalArgs, pattern: &str) -> Result<Fleet, i32> {
+/// Prepares a fleet command, or says why it cannot (or need not) run: `--list-hosts` prints the
+/// selection and ends the command with 0.
+pub fn prepare(config: &Config, global: &GlobalArgs, pattern: &str) -> Result<Fleet, Stop> {
     let inventory = load_inventory(config, global)?;
     let hosts = select(config, global, &inventory, pattern)?;
     // Every selected host's address and port, all problems at once, before anything else.
@@ -135,32 +128,39 @@ pub fn prepare(config: &Config, global: &GlobalArgs, pattern: &str) -> Result<Fl
     }
     if !bad.is_empty() {
         let sources = describe_sources(inventory_sources(config, global));
-        for e in bad {
-            errln!("ferry: inventory {sources}: {e}");
-        }
-        return Err(exit::INVENTORY);
+        return Err(Stop {
+            code: exit::INVENTORY,
+            lines: bad
+                .iter()
+                .map(|e| format!("ferry: inventory {sources}: {e}"))
+                .collect(),
+        });
     }
     if global.list_hosts {
         list_hosts(global, &hosts);
-        return Err(exit::OK);
+        return Err(Stop::done());
     }
     if hosts.is_empty() {
-        errln!(
-            "ferry: host pattern {pattern:?}{} selects no host; nothing was contacted (`--list-hosts` shows a selection)",
-            global
-                .limit
-                .as_deref()
-                .map(|l| format!(" with --limit {l:?}"))
-                .unwrap_or_default()
-        );
-        return Err(exit::INVENTORY);
+        return Err(Stop::new(
+            exit::INVENTORY,
+            format!(
+                "ferry: host pattern {pattern:?}{} selects no host; nothing was contacted (`--list-hosts` shows a selection)",
+                global
+                    .limit
+                    .as_deref()
+                    .map(|l| format!(" with --limit {l:?}"))
+                    .unwrap_or_default()
+            ),
+        ));
     }
     operator_certificate_valid(config)?;
     let tls = ferry_certs::tls::client_config(&config.tls).map_err(|e| {
-        errln!(
-            "ferry: operator certificate: {e}\n  (create one with `ferry certs init` and `ferry certs issue-operator NAME`, or set tls: in the config)"
-        );
-        exit::ERROR
+        Stop::new(
+            exit::ERROR,
+            format!(
+                "ferry: operator certificate: {e}\n  (create one with `ferry certs init` and `ferry certs issue-operator NAME`, or set tls: in the config)"
+            ),
+        )
     })?;
     Ok(Fleet {
         targets,
@@ -176,7 +176,7 @@ pub fn prepare(config: &Config, global: &GlobalArgs, pattern: &str) -> Result<Fl
 
 /// An expired or not-yet-valid operator certificate would make every agent refuse us; say so once,
 /// with its dates, instead of reporting every host unreachable.
-fn operator_certificate_valid(config: &Config) -> Result<(), i32> {
+fn operator_certificate_valid(config: &Config) -> Result<(), Stop> {
     let Ok(info) = ferry_certs::inspect_pem(&config.tls.cert) else {
         return Ok(()); // unreadable: client_config says why
     };
@@ -190,16 +190,16 @@ fn operator_certificate_valid(config: &Config) -> Result<(), i32> {
     };
     match problem {
         None => Ok(()),
-        Some(problem) => {
-            errln!(
+        Some(problem) => Err(Stop::new(
+            exit::ERROR,
+            format!(
                 "ferry: the operator certificate {} ({}) {problem}: valid from {} until {}; nothing was contacted.\n  next: issue a new one with `ferry certs issue-operator NAME` (and point tls: in the config at it), or check this machine's clock",
                 config.tls.cert.display(),
                 info.subject,
                 info.not_before,
                 info.not_after
-            );
-            Err(exit::ERROR)
-        }
+            ),
+        )),
     }
 }
 
@@ -245,7 +245,7 @@ where
 {
     let fleet = match prepare(config, global, pattern) {
         Ok(fleet) => fleet,
-        Err(code) => return code,
+        Err(stop) => return stop.say(),
     };
     let format = global.output;
     let (dialer, request) = (&fleet.dialer, &request);
@@ -268,19 +268,20 @@ pub struct Opened {
 }
 
 /// What every single-host operation does first: select exactly one host and open the catalog.
-pub async fn open(config: &Config, global: &GlobalArgs, host: &str) -> Result<Opened, i32> {
+pub async fn open(config: &Config, global: &GlobalArgs, host: &str) -> Result<Opened, Stop> {
     let fleet = prepare(config, global, host)?;
     let [target] = fleet.targets.as_slice() else {
-        errln!(
-            "ferry: {host:?} selects {} hosts; name exactly one host",
-            fleet.targets.len()
-        );
-        return Err(exit::INVENTORY);
+        return Err(Stop::new(
+            exit::INVENTORY,
+            format!(
+                "ferry: {host:?} selects {} hosts; name exactly one host",
+                fleet.targets.len()
+            ),
+        ));
     };
-    let catalog = crate::ops::catalog(config).await.map_err(|e| {
-        errln!("ferry: {e}");
-        exit::ERROR
-    })?;
+    let catalog = crate::ops::catalog(config)
+        .await
+        .map_err(|e| Stop::new(exit::ERROR, format!("ferry: {e}")))?;
     Ok(Opened {
         target: target.clone(),
         dialer: fleet.dialer,

@@ -1170,3 +1170,69 @@ async fn a_full_restore_removes_config_the_archive_lacks_and_rollback_puts_it_ba
         "{output}"
     );
 }
+
+/// The PAM issuer volume is swapped only once its pre-restore copy is saved, and a rollback that
+/// cannot put that copy back keeps it, with the units stopped, until a rollback can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pam_volume_is_swapped_only_with_its_copy_saved_and_a_rollback_puts_it_back_or_says_why()
+ {
+    let fleet = TempFleet::up(SimFleetOptions {
+        hosts: 1,
+        ..Default::default()
+    })
+    .await;
+    let cp01 = fleet.host("cp01");
+    let pam = cp01.layout.volumes().join("flightctl-pam-issuer-etc");
+    fleet.ferry_ok(&["backup", "cp01"]).unwrap();
+    let backed_up = tree(&pam);
+    std::fs::write(
+        pam.join("userdb/passwd"),
+        "admin:x:1000:1000::/home/admin:/sbin/nologin\nlater:x:1001:1001::/home/later:/sbin/nologin\n",
+    )
+    .unwrap();
+    let live = tree(&pam);
+    assert_ne!(live, backed_up);
+
+    // Its copy cannot be saved: the volume is left as it is, and the restore says so.
+    cp01.clear_calls();
+    cp01.inject_fault("podman", "volume export", "no space left on device");
+    let (code, output) = restore(&fleet, &["--only", "volumes"]);
+    cp01.clear_faults();
+    assert_eq!(code, 0, "{output}");
+    assert!(
+        output.contains("PAM issuer volume not restored")
+            && output.contains("pre-restore copy could not be saved")
+            && output.contains("no space left on device"),
+        "{output}"
+    );
+    assert_eq!(tree(&pam), live, "the volume is left as it was");
+    assert!(
+        !cp01.calls().iter().any(|c| c.contains("volume import")),
+        "nothing was imported: {:?}",
+        cp01.calls()
+    );
+
+    // Swapped, then the restore fails; its rollback cannot import the copy at first.
+    cp01.inject_fault("systemctl", "start flightctl-api", "unit failed to start");
+    let (code, output) = restore(&fleet, &["--only", "volumes"]);
+    cp01.clear_faults();
+    assert_eq!(code, 2, "{output}");
+    assert_eq!(tree(&pam), backed_up, "swapped before the failure");
+    cp01.inject_fault("podman", "volume import", "volume is being used");
+    let refused = fleet.ferry(&["rollback", "cp01"]).output().unwrap();
+    cp01.clear_faults();
+    let said = text(&refused);
+    assert_ne!(refused.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains("the PAM issuer volume could not be put back")
+            && said.contains("volume is being used")
+            && said.contains("ferry rollback cp01"),
+        "{said}"
+    );
+    assert_ne!(cp01.unit_state("flightctl-api.service"), "active", "{said}");
+
+    let rolled_back = fleet.ferry(&["rollback", "cp01"]).output().unwrap();
+    assert_eq!(rolled_back.status.code(), Some(0), "{}", text(&rolled_back));
+    assert_eq!(tree(&pam), live, "the pre-restore volume is back");
+    assert_eq!(cp01.unit_state("flightctl-api.service"), "active");
+}

@@ -5,21 +5,17 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::catalog::CatalogError;
 use crate::catalog::ledger::{self, Entry};
 use crate::cli::{AuditCommand, GlobalArgs, HistoryArgs, HistoryCommand};
 use crate::config::Config;
-use crate::report::{Format, exit};
+use crate::report::{Format, Stop, exit};
 
-/// Every ledger entry, or the exit code for why they cannot be read.
-async fn ledger_entries(config: &Config, what: &str) -> Result<Vec<Entry>, i32> {
-    let catalog = crate::ops::catalog(config).await.map_err(|e| {
-        errln!("ferry {what}: {e}");
-        exit::ERROR
-    })?;
-    catalog.ledger().await.map_err(|e| {
-        errln!("ferry {what}: {e}");
-        exit::ERROR
-    })
+/// Every ledger entry, or why they cannot be read.
+async fn ledger_entries(config: &Config, what: &str) -> Result<Vec<Entry>, Stop> {
+    let stop = |e: CatalogError| Stop::new(exit::ERROR, format!("ferry {what}: {e}"));
+    let catalog = crate::ops::catalog(config).await.map_err(stop)?;
+    catalog.ledger().await.map_err(stop)
 }
 
 /// `2026-11-21` or an RFC 3339 time.
@@ -65,7 +61,7 @@ pub async fn history(config: &Config, global: &GlobalArgs, args: HistoryArgs) ->
     let format = global.output;
     let entries = match ledger_entries(config, "history").await {
         Ok(entries) => entries,
-        Err(code) => return code,
+        Err(stop) => return stop.say(),
     };
     if let Some(HistoryCommand::Show { id }) = args.command {
         return show(&entries, id, format);
@@ -303,7 +299,7 @@ fn show(entries: &[Entry], id: i64, format: Format) -> i32 {
 pub async fn audit(config: &Config, command: AuditCommand) -> i32 {
     let entries = match ledger_entries(config, "audit").await {
         Ok(entries) => entries,
-        Err(code) => return code,
+        Err(stop) => return stop.say(),
     };
     match command {
         AuditCommand::Verify => {

@@ -21,7 +21,7 @@ pub async fn run(
 ) -> i32 {
     let fleet = match crate::selection::prepare(config, global, pattern) {
         Ok(fleet) => fleet,
-        Err(code) => return code,
+        Err(stop) => return stop.say(),
     };
     let store = match Store::open(&config.store, &config.state_dir).await {
         Ok(store) => store,

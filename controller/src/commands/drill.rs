@@ -15,18 +15,18 @@ use crate::config::Config;
 use crate::inventory::Target;
 use crate::ops::Operation;
 use crate::ops::drill::{Drills, limit};
-use crate::report;
+use crate::report::{self, Stop};
 use crate::types::OperationKind;
 pub async fn run(config: &Config, global: &GlobalArgs, pattern: &str, args: &DrillArgs) -> i32 {
     let fleet = match crate::selection::prepare(config, global, pattern) {
         Ok(fleet) => fleet,
-        Err(code) => return code,
+        Err(stop) => return stop.say(),
     };
     let sandbox = match &args.on {
         None => None,
         Some(on) => match sandbox(config, global, on) {
             Ok(target) => Some(target),
-            Err(code) => return code,
+            Err(stop) => return stop.say(),
         },
     };
     let fail = |e: &dyn std::fmt::Display| {
@@ -97,21 +97,23 @@ pub async fn run(config: &Config, global: &GlobalArgs, pattern: &str, args: &Dri
 }
 
 /// The one host `--on` names.
-fn sandbox(config: &Config, global: &GlobalArgs, on: &str) -> Result<Target, i32> {
+fn sandbox(config: &Config, global: &GlobalArgs, on: &str) -> Result<Target, Stop> {
     let inventory = crate::selection::load_inventory(config, global)?;
-    let selection = crate::pattern::select(&inventory, on, None).map_err(|e| {
-        errln!("ferry drill: --on {on}: {e}");
-        report::exit::INVENTORY
-    })?;
-    let [host] = selection.hosts.as_slice() else {
-        errln!(
-            "ferry drill: --on {on:?} selects {} hosts; name exactly one sandbox host",
-            selection.hosts.len()
-        );
-        return Err(report::exit::INVENTORY);
+    let wrong = |e: &dyn std::fmt::Display| {
+        Stop::new(
+            report::exit::INVENTORY,
+            format!("ferry drill: --on {on}: {e}"),
+        )
     };
-    inventory.target(host).map_err(|e| {
-        errln!("ferry drill: --on {on}: {e}");
-        report::exit::INVENTORY
-    })
+    let selection = crate::pattern::select(&inventory, on, None).map_err(|e| wrong(&e))?;
+    let [host] = selection.hosts.as_slice() else {
+        return Err(Stop::new(
+            report::exit::INVENTORY,
+            format!(
+                "ferry drill: --on {on:?} selects {} hosts; name exactly one sandbox host",
+                selection.hosts.len()
+            ),
+        ));
+    };
+    inventory.target(host).map_err(|e| wrong(&e))
 }

@@ -8,7 +8,7 @@ use crate::report::exit;
 pub fn run(config: &Config, global: &GlobalArgs, args: &crate::cli::InventoryArgs) -> i32 {
     let inventory = match crate::selection::load_inventory(config, global) {
         Ok(inventory) => inventory,
-        Err(code) => return code,
+        Err(stop) => return stop.say(),
     };
     if let Some(group) = &args.graph {
         return match crate::inventory::graph(&inventory, group) {

@@ -15,7 +15,7 @@ use crate::catalog::ledger::TaskRecord;
 use crate::cli::{GlobalArgs, PortsCommand};
 use crate::config::Config;
 use crate::ops::Operation;
-use crate::report::exit;
+use crate::report::{Stop, exit};
 use crate::types::OperationKind;
 
 /// How long the agent waits for a renewal before it unpublishes on its own.
@@ -90,7 +90,7 @@ async fn begin<'a>(
     opened: &'a crate::selection::Opened,
     kind: OperationKind,
     flags: Value,
-) -> Result<Record<'a>, i32> {
+) -> Result<Record<'a>, Stop> {
     let operation = Operation::open(
         &opened.catalog,
         kind,
@@ -99,10 +99,7 @@ async fn begin<'a>(
         &flags,
     )
     .await
-    .map_err(|e| {
-        errln!("ferry ports: {e}");
-        exit::ERROR
-    })?;
+    .map_err(|e| Stop::new(exit::ERROR, format!("ferry ports: {e}")))?;
     Ok(Record {
         opened,
         operation,
@@ -130,12 +127,12 @@ async fn publish(config: &Config, global: &GlobalArgs, host: &str, duration: &st
     tokio::pin!(signal);
     let opened = match crate::selection::open(config, global, host).await {
         Ok(opened) => opened,
-        Err(code) => return code,
+        Err(stop) => return stop.say(),
     };
     let flags = json!({"for_seconds": length.as_secs(), "lease_seconds": LEASE.as_secs()});
     let mut record = match begin(&opened, OperationKind::PortsPublish, flags).await {
         Ok(r) => r,
-        Err(code) => return code,
+        Err(stop) => return stop.say(),
     };
     let conn = match opened.dialer.connect(&opened.target).await {
         Ok(conn) => conn,
@@ -316,11 +313,11 @@ enum Ended {
 async fn unpublish(config: &Config, global: &GlobalArgs, host: &str) -> i32 {
     let opened = match crate::selection::open(config, global, host).await {
         Ok(opened) => opened,
-        Err(code) => return code,
+        Err(stop) => return stop.say(),
     };
     let mut record = match begin(&opened, OperationKind::PortsUnpublish, json!({})).await {
         Ok(r) => r,
-        Err(code) => return code,
+        Err(stop) => return stop.say(),
     };
     let conn = match opened.dialer.connect(&opened.target).await {
         Ok(conn) => conn,

@@ -14,13 +14,13 @@ use crate::status::HostStatus;
 pub async fn run(config: &Config, global: &GlobalArgs, pattern: Option<&str>) -> i32 {
     let (inventory, plan) = match crate::selection::schedule_plans(config, global) {
         Ok(p) => p,
-        Err(code) => return code,
+        Err(stop) => return stop.say(),
     };
     let selected = match pattern {
         None => None,
         Some(pattern) => match crate::selection::select(config, global, &inventory, pattern) {
             Ok(hosts) => Some(hosts),
-            Err(code) => return code,
+            Err(stop) => return stop.say(),
         },
     };
     let plans: Vec<_> = plan

@@ -180,6 +180,31 @@ impl Service {
         Ok(())
     }
 
+    /// Opens the run of a claimed slot and ties the slot to it; a catalog that cannot open the
+    /// run puts the slot back for later.
+    async fn open_slot<'c>(
+        &self,
+        catalog: &'c Catalog,
+        settings: &Settings,
+        run: &DueRun,
+        kind: OperationKind,
+        flags: &serde_json::Value,
+    ) -> Option<Operation<'c>> {
+        match Operation::open(catalog, kind, &run.host, &settings.operator, flags).await {
+            Ok(operation) => {
+                if let Err(e) = catalog.run_started(run.id, operation.run_id()).await {
+                    tracing::warn!(host = %run.host, "recording the slot's {kind} run: {e}");
+                }
+                Some(operation)
+            }
+            Err(e) => {
+                tracing::error!(host = %run.host, "recording the scheduled {kind}: {e}");
+                let _ = catalog.postpone_run(run.id, BUSY_DELAY).await;
+                None
+            }
+        }
+    }
+
     /// One attempt of one slot on one host.
     async fn run_slot(
         &self,
@@ -205,24 +230,13 @@ impl Service {
             "compression": compression.name(),
         });
         self.counters.started.fetch_add(1, Ordering::Relaxed);
-        let operation = match Operation::open(
-            catalog,
-            OperationKind::Backup,
-            &run.host,
-            &settings.operator,
-            &flags,
-        )
-        .await
-        {
-            Ok(operation) => operation,
-            Err(e) => {
-                tracing::error!(host = %run.host, "recording the scheduled run: {e}");
-                let _ = catalog.postpone_run(run.id, BUSY_DELAY).await;
-                return;
-            }
+        let Some(operation) = self
+            .open_slot(catalog, settings, run, OperationKind::Backup, &flags)
+            .await
+        else {
+            return;
         };
         let run_id = operation.run_id();
-        let _ = catalog.run_started(run.id, run_id).await;
         tracing::info!(schedule = %run.schedule, host = %run.host, attempt, run_id, "backup started");
         let backups = Backups {
             operation: &operation,
@@ -329,24 +343,13 @@ impl Service {
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
         let flags = json!({"schedule": run.schedule, "slot": slot, "replica": self.replica});
-        let operation = match Operation::open(
-            catalog,
-            OperationKind::Drill,
-            &run.host,
-            &settings.operator,
-            &flags,
-        )
-        .await
-        {
-            Ok(operation) => operation,
-            Err(e) => {
-                tracing::error!(host = %run.host, "recording the scheduled drill: {e}");
-                let _ = catalog.postpone_run(run.id, BUSY_DELAY).await;
-                return;
-            }
+        let Some(operation) = self
+            .open_slot(catalog, settings, run, OperationKind::Drill, &flags)
+            .await
+        else {
+            return;
         };
         let run_id = operation.run_id();
-        let _ = catalog.run_started(run.id, run_id).await;
         let warn = |line: &str| tracing::warn!(host = %run.host, "{line}");
         let drills = Drills {
             operation: &operation,

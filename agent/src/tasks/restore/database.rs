@@ -3,7 +3,53 @@
 
 use std::time::{Duration, Instant};
 
+use crate::host::CommandError;
 use crate::host::Host;
+
+/// SQLSTATE 55006 `object_in_use`: a database still has sessions.
+const OBJECT_IN_USE: &str = "55006";
+
+/// A statement that failed: refused by PostgreSQL with its SQLSTATE, or psql could not run it.
+#[derive(Debug, thiserror::Error)]
+pub enum StatementError {
+    #[error("{message}")]
+    Refused { sqlstate: String, message: String },
+    #[error(transparent)]
+    Command(CommandError),
+}
+
+impl From<CommandError> for StatementError {
+    /// psql's verbose report (`ERROR:  55006: database "x" is being accessed by other users`)
+    /// carries the SQLSTATE: the code decides, never the words.
+    fn from(e: CommandError) -> StatementError {
+        if let CommandError::Failed { stderr, .. } = &e
+            && let Some((sqlstate, text)) = stderr.lines().find_map(|l| {
+                let rest = l.strip_prefix("ERROR:")?.trim_start();
+                let (code, text) = rest.split_once(": ")?;
+                (code.len() == 5 && code.bytes().all(|b| b.is_ascii_alphanumeric()))
+                    .then(|| (code.to_string(), text.to_string()))
+            })
+        {
+            return StatementError::Refused {
+                sqlstate,
+                message: format!("ERROR:  {text}"),
+            };
+        }
+        StatementError::Command(e)
+    }
+}
+
+/// One statement as `postgres` in `db`, failing with PostgreSQL's SQLSTATE.
+async fn statement(host: &Host, db: &str, sql: &str) -> Result<String, StatementError> {
+    Ok(host
+        .podman()
+        .exec(
+            "flightctl-db",
+            &psql_args(db, &["-v", "VERBOSITY=verbose", "-tAc", sql]),
+            b"",
+        )
+        .await?)
+}
 
 /// A quoted identifier (`"` doubled), as upstream quotes database names.
 pub fn ident(name: &str) -> String {
@@ -112,7 +158,7 @@ pub async fn swap(host: &Host, live: &str, temp: &str, old: &str) -> Result<(), 
                     live.replace('\'', "''")
                 );
                 psql(host, "postgres", &terminate).await?;
-                match psql(
+                match statement(
                     host,
                     "postgres",
                     &format!("ALTER DATABASE {} RENAME TO {}", ident(live), ident(old)),
@@ -120,13 +166,12 @@ pub async fn swap(host: &Host, live: &str, temp: &str, old: &str) -> Result<(), 
                 .await
                 {
                     Ok(_) => break,
-                    Err(e)
-                        if e.contains("being accessed by other users")
-                            && Instant::now() < deadline =>
+                    Err(StatementError::Refused { sqlstate, .. })
+                        if sqlstate == OBJECT_IN_USE && Instant::now() < deadline =>
                     {
                         tokio::time::sleep(Duration::from_millis(500)).await;
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(e.to_string()),
                 }
             }
         }
@@ -212,4 +257,38 @@ pub const DEVICE_STATUSES: &str = "SELECT COALESCE(json_object_agg(s, n), '{}'):
 pub async fn device_statuses(host: &Host, db: &str) -> Result<serde_json::Value, String> {
     let out = psql(host, db, DEVICE_STATUSES).await?;
     serde_json::from_str(out.trim()).map_err(|e| format!("device statuses: {e}"))
+}
+
+/// `load`: the dump into the temporary database while the control plane runs (done already when
+/// stage loaded it as the archive arrived).
+pub(super) async fn load_step(
+    host: &Host,
+    extract: &std::path::Path,
+    j: &super::journal::Journal,
+) -> Result<super::StepOutcome, String> {
+    if let Some(seconds) = j.loaded_seconds {
+        return Ok(super::summary(&format!(
+            "the dump is in {}: stage loaded it as the archive arrived, in one pass of {seconds:.1}s, while the control plane kept running",
+            j.temp_db
+        )));
+    }
+    let started = std::time::Instant::now();
+    load(host, &j.temp_db, &extract.join("db/dump.sql")).await?;
+    Ok(super::summary(&format!(
+        "dump loaded into {} in {:.1}s while the control plane kept running",
+        j.temp_db,
+        started.elapsed().as_secs_f64()
+    )))
+}
+
+/// `swap-db`: the restored database takes the live one's name; the previous one is kept.
+pub(super) async fn swap_step(
+    host: &Host,
+    j: &super::journal::Journal,
+) -> Result<super::StepOutcome, String> {
+    swap(host, &j.db_name, &j.temp_db, &j.old_db).await?;
+    Ok(super::summary(&format!(
+        "{} is the restored database; the previous one is kept as {}",
+        j.db_name, j.old_db
+    )))
 }

@@ -106,3 +106,64 @@ fn record(answer: &str, keys_file: &Path) -> Result<Prepared, String> {
     std::fs::write(keys_file, keys).map_err(|e| format!("{}: {e}", keys_file.display()))?;
     Ok(answer.prepared)
 }
+
+/// `prepare-loaded`: device preparation in the loaded temporary database, before the units stop.
+pub(super) async fn prepare_loaded(
+    host: &crate::host::Host,
+    dir: &std::path::Path,
+    j: &mut super::journal::Journal,
+) -> Result<super::StepOutcome, String> {
+    let started = std::time::Instant::now();
+    let prepared = prepare_in_container(host, &j.temp_db, &dir.join("kv-keys.txt")).await?;
+    j.kv_keys = prepared.keys;
+    Ok(prepared_outcome(
+        &prepared,
+        &format!(
+            "{} inside flightctl-db in {:.1}s, before the units stop",
+            j.temp_db,
+            started.elapsed().as_secs_f64()
+        ),
+    ))
+}
+
+/// `prepare-devices`: device preparation in the live database (external, or prepared in place).
+pub(super) async fn prepare_devices(
+    ctx: &super::RestoreContext,
+    dir: &std::path::Path,
+    j: &mut super::journal::Journal,
+) -> Result<super::StepOutcome, String> {
+    let host = &ctx.host;
+    let keys = dir.join("kv-keys.txt");
+    let (prepared, place) = if j.external_database {
+        let endpoint = external_database(ctx, j)?;
+        let mut client = endpoint.connect(host).await?;
+        (prepare(&mut client, &keys).await?, endpoint.describe())
+    } else {
+        let prepared = prepare_in_container(host, &j.db_name, &keys).await?;
+        (prepared, format!("{} inside flightctl-db", j.db_name))
+    };
+    j.kv_keys = prepared.keys;
+    Ok(prepared_outcome(&prepared, &place))
+}
+
+/// The external database the host's (restored) config names, with the operator's overrides.
+pub(super) fn external_database(
+    ctx: &super::RestoreContext,
+    j: &super::journal::Journal,
+) -> Result<crate::tasks::database::Endpoint, String> {
+    let db = crate::tasks::facts::database(&ctx.host);
+    crate::tasks::database::Endpoint::external(&ctx.host, &db, &j.database_override)
+        .map_err(|e| format!("external database: {e}"))
+}
+
+/// A device preparation's report: its counts, where it ran.
+fn prepared_outcome(prepared: &Prepared, place: &str) -> super::StepOutcome {
+    super::StepOutcome {
+        summary: format!(
+            "updated {} devices, {} enrollment requests on {place}; {} awaiting-reconnect keys across {} organizations; SystemRestored event written",
+            prepared.devices, prepared.enrollment_requests, prepared.keys, prepared.organizations
+        ),
+        details: serde_json::to_value(prepared).unwrap_or_default(),
+        skipped: false,
+    }
+}

@@ -5,6 +5,9 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use ferry_proto::v1::Component;
+use serde_json::json;
+
 use super::journal::{Journal, Swapped};
 
 /// (component, entry in the archive, live path on the host), in swap order.
@@ -290,4 +293,91 @@ fn copy(
     }
     let mode = mode_of(entry, &meta);
     std::fs::set_permissions(dest, std::fs::Permissions::from_mode(mode))
+}
+
+/// `swap-files`: the chosen components' files by rename, and the PAM issuer volume.
+pub(super) async fn swap_step(
+    ctx: &super::RestoreContext,
+    dir: &Path,
+    j: &mut Journal,
+) -> Result<super::StepOutcome, String> {
+    let host = &ctx.host;
+    let extract = dir.join("extract");
+    let modes = super::verify::manifest_modes(dir)?;
+    let Swap {
+        components: mut swapped,
+        removed,
+    } = swap(j, dir, &extract, |p| host.path(p), &modes)?;
+    let mut warnings = Vec::new();
+    let pam = extract.join("volumes/pam-issuer-etc.tar");
+    if j.wants(Component::Volumes) && pam.is_file() {
+        // Kept from the first attempt: a resumed step must not save the restored volume as the
+        // pre-restore one.
+        let old = dir.join("pam-issuer-etc.old.tar");
+        let saved = if old.is_file() {
+            Ok(())
+        } else {
+            host.podman()
+                .volume_export("flightctl-pam-issuer-etc", &old)
+                .await
+        };
+        // Without its pre-restore copy a rollback could not put the volume back: it is left as
+        // it is.
+        let imported = match saved {
+            Ok(()) => host
+                .podman()
+                .volume_import("flightctl-pam-issuer-etc", &pam)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => {
+                let _ = std::fs::remove_file(&old);
+                Err(format!(
+                    "its pre-restore copy could not be saved, so it was left as it was: {e}"
+                ))
+            }
+        };
+        match imported {
+            Ok(()) => swapped.push(Component::Volumes.name()),
+            Err(e) => warnings.push(format!(
+                "PAM issuer volume not restored (as upstream, not fatal): {e}"
+            )),
+        }
+    }
+    let paths = match j.swapped.len() {
+        1 => "1 path".to_string(),
+        n => format!("{n} paths"),
+    };
+    let removed_text: Vec<String> = removed
+        .iter()
+        .map(|p| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
+        .collect();
+    Ok(super::StepOutcome {
+        summary: format!(
+            "{} swapped ({paths}{}{}); pre-restore copies kept until commit",
+            swapped.join(", "),
+            if swapped.contains(&Component::Volumes.name()) {
+                " and the PAM issuer volume"
+            } else {
+                ""
+            },
+            if j.kept_host_pki {
+                "; the host's own pki/db (its external database's CA) kept"
+            } else {
+                ""
+            },
+        ) + &if removed_text.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; removed (the archive's backup found none; kept aside until commit): {}",
+                removed_text.join(", ")
+            )
+        },
+        details: json!({"warnings": warnings, "components": swapped, "removed": removed}),
+        skipped: false,
+    })
 }

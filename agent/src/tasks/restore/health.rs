@@ -39,7 +39,9 @@ pub async fn run(ctx: &RestoreContext, j: &Journal) -> Result<StepOutcome, Strin
         ));
     }
     let statuses = if j.external_database && j.plan().contains(&Step::PrepareDevices) {
-        let client = super::external_database(ctx, j)?.connect(host).await?;
+        let client = super::devices::external_database(ctx, j)?
+            .connect(host)
+            .await?;
         let row = client
             .query_one(database::DEVICE_STATUSES, &[])
             .await

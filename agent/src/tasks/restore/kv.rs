@@ -135,3 +135,18 @@ pub async fn count(host: &Host, password: &Secret) -> Result<usize, String> {
         .and_then(|l| l.trim().trim_start_matches("(integer) ").parse().ok())
         .ok_or_else(|| format!("unexpected redis-cli output: {}", out.trim()))
 }
+
+/// `seed-kv`: the KV flushed and the prepared devices' keys set.
+pub(super) async fn seed_step(
+    host: &crate::host::Host,
+    dir: &std::path::Path,
+) -> Result<super::StepOutcome, String> {
+    if !dir.join("kv-keys.txt").is_file() {
+        return Ok(super::summary("no devices were prepared: nothing to seed"));
+    }
+    let password = password(host).await?;
+    let n = seed(host, &password, &dir.join("kv-keys.txt")).await?;
+    Ok(super::summary(&format!(
+        "KV flushed and {n} awaiting-reconnect keys seeded through flightctl-kv"
+    )))
+}

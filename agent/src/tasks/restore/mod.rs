@@ -5,6 +5,7 @@
 //! stage to commit, runs each step to its end even if the controller goes away, and recovers an
 //! unfinished restore when the agent starts.
 
+mod commit;
 pub(crate) mod database;
 pub(crate) mod devices;
 mod files;
@@ -13,6 +14,7 @@ pub mod journal;
 pub(crate) mod kv;
 mod rollback;
 pub(crate) mod staging;
+mod units;
 mod verify;
 
 use std::path::{Path, PathBuf};
@@ -20,14 +22,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_proto::v1::{Component, HostState, Step};
-use serde_json::json;
 
 use crate::host::Host;
 use crate::lease::Lease;
 use crate::operation::{OperationGuard, OperationSlot, Running};
-use crate::tasks::database::Endpoint;
+
 use crate::tasks::facts::Facts;
-use crate::tasks::units::APPLICATION_SERVICES;
+
 use journal::Journal;
 
 pub use ferry_proto::restore::{COMPONENTS, DatabaseAccess, STEPS, chosen, plan};
@@ -759,265 +760,16 @@ async fn execute(
     let extract = dir.join("extract");
     match step {
         Step::Verify => verify::run(ctx, dir, j).await,
-        Step::Load => {
-            if let Some(seconds) = j.loaded_seconds {
-                return Ok(summary(&format!(
-                    "the dump is in {}: stage loaded it as the archive arrived, in one pass of {seconds:.1}s, while the control plane kept running",
-                    j.temp_db
-                )));
-            }
-            let started = std::time::Instant::now();
-            database::load(host, &j.temp_db, &extract.join("db/dump.sql")).await?;
-            Ok(summary(&format!(
-                "dump loaded into {} in {:.1}s while the control plane kept running",
-                j.temp_db,
-                started.elapsed().as_secs_f64()
-            )))
-        }
-        Step::Stop => {
-            let states = host
-                .systemd()
-                .states(APPLICATION_SERVICES)
-                .await
-                .map_err(|e| e.to_string())?;
-            let present = present(&states);
-            if j.stopped_units.is_empty() {
-                j.stopped_units = states
-                    .iter()
-                    .filter(|s| s.active_state == "active")
-                    .map(|s| s.name.clone())
-                    .collect();
-            }
-            // The units to start again are on record before any stops.
-            j.save(dir).map_err(|e| e.to_string())?;
-            control_units(host, "stop", &present).await?;
-            Ok(summary(&format!(
-                "stopped {} application units ({} keep running)",
-                present.len(),
-                if j.external_database {
-                    "flightctl-kv and the external database"
-                } else {
-                    "flightctl-db and flightctl-kv"
-                }
-            )))
-        }
-        Step::SwapDb => {
-            database::swap(host, &j.db_name, &j.temp_db, &j.old_db).await?;
-            Ok(summary(&format!(
-                "{} is the restored database; the previous one is kept as {}",
-                j.db_name, j.old_db
-            )))
-        }
-        Step::SwapFiles => swap_files(ctx, dir, j).await,
-        Step::PrepareLoaded => {
-            let started = std::time::Instant::now();
-            let prepared =
-                devices::prepare_in_container(host, &j.temp_db, &dir.join("kv-keys.txt")).await?;
-            j.kv_keys = prepared.keys;
-            Ok(prepared_outcome(
-                &prepared,
-                &format!(
-                    "{} inside flightctl-db in {:.1}s, before the units stop",
-                    j.temp_db,
-                    started.elapsed().as_secs_f64()
-                ),
-            ))
-        }
-        Step::PrepareDevices => {
-            let keys = dir.join("kv-keys.txt");
-            let (prepared, place) = if j.external_database {
-                let endpoint = external_database(ctx, j)?;
-                let mut client = endpoint.connect(host).await?;
-                (
-                    devices::prepare(&mut client, &keys).await?,
-                    endpoint.describe(),
-                )
-            } else {
-                let prepared = devices::prepare_in_container(host, &j.db_name, &keys).await?;
-                (prepared, format!("{} inside flightctl-db", j.db_name))
-            };
-            j.kv_keys = prepared.keys;
-            Ok(prepared_outcome(&prepared, &place))
-        }
-        Step::SeedKv => {
-            if !dir.join("kv-keys.txt").is_file() {
-                return Ok(summary("no devices were prepared: nothing to seed"));
-            }
-            let password = kv::password(host).await?;
-            let n = kv::seed(host, &password, &dir.join("kv-keys.txt")).await?;
-            Ok(summary(&format!(
-                "KV flushed and {n} awaiting-reconnect keys seeded through flightctl-kv"
-            )))
-        }
-        Step::Start => {
-            let names: Vec<&str> = j.stopped_units.iter().map(String::as_str).collect();
-            control_units(host, "start", &names).await?;
-            Ok(summary(&format!(
-                "started {} application units",
-                names.len()
-            )))
-        }
+        Step::Load => database::load_step(host, &extract, j).await,
+        Step::Stop => units::stop_step(host, dir, j).await,
+        Step::SwapDb => database::swap_step(host, j).await,
+        Step::SwapFiles => files::swap_step(ctx, dir, j).await,
+        Step::PrepareLoaded => devices::prepare_loaded(host, dir, j).await,
+        Step::PrepareDevices => devices::prepare_devices(ctx, dir, j).await,
+        Step::SeedKv => kv::seed_step(host, dir).await,
+        Step::Start => units::start_step(host, j).await,
         Step::Health => health::run(ctx, j).await,
-        Step::Commit => {
-            // The point of no return is on record before the first copy goes.
-            j.committing = true;
-            j.save(dir).map_err(|e| e.to_string())?;
-            if j.is_done(Step::SwapDb) && !j.keep_old_db {
-                database::drop_database(host, &j.old_db).await?;
-            }
-            files::drop_old(j);
-            let kept = if j.keep_old_db {
-                format!("; previous database kept as {}", j.old_db)
-            } else {
-                String::new()
-            };
-            std::fs::remove_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            if !j.plan().contains(&Step::Verify) {
-                return Ok(summary("device preparation done; nothing else to commit"));
-            }
-            Ok(summary(&format!(
-                "restore committed; pre-restore copies removed{kept}"
-            )))
-        }
+        Step::Commit => commit::run(host, dir, j).await,
         other => Err(format!("{} is not a step of the runbook", other.name())),
-    }
-}
-
-/// The external database the host's (restored) config names, with the operator's overrides.
-fn external_database(ctx: &RestoreContext, j: &Journal) -> Result<Endpoint, String> {
-    let db = crate::tasks::facts::database(&ctx.host);
-    Endpoint::external(&ctx.host, &db, &j.database_override)
-        .map_err(|e| format!("external database: {e}"))
-}
-
-/// A device preparation's report: its counts, where it ran.
-fn prepared_outcome(prepared: &devices::Prepared, place: &str) -> StepOutcome {
-    StepOutcome {
-        summary: format!(
-            "updated {} devices, {} enrollment requests on {place}; {} awaiting-reconnect keys across {} organizations; SystemRestored event written",
-            prepared.devices, prepared.enrollment_requests, prepared.keys, prepared.organizations
-        ),
-        details: serde_json::to_value(prepared).unwrap_or_default(),
-        skipped: false,
-    }
-}
-
-/// `swap-files`: the chosen components' files by rename, and the PAM issuer volume.
-async fn swap_files(
-    ctx: &RestoreContext,
-    dir: &Path,
-    j: &mut Journal,
-) -> Result<StepOutcome, String> {
-    let host = &ctx.host;
-    let extract = dir.join("extract");
-    let modes = verify::manifest_modes(dir)?;
-    let files::Swap {
-        components: mut swapped,
-        removed,
-    } = files::swap(j, dir, &extract, |p| host.path(p), &modes)?;
-    let mut warnings = Vec::new();
-    let pam = extract.join("volumes/pam-issuer-etc.tar");
-    if j.wants(Component::Volumes) && pam.is_file() {
-        // Kept from the first attempt: a resumed step must not save the restored volume as the
-        // pre-restore one.
-        let old = dir.join("pam-issuer-etc.old.tar");
-        if !old.is_file() {
-            let _ = host
-                .podman()
-                .volume_export("flightctl-pam-issuer-etc", &old)
-                .await;
-        }
-        match host
-            .podman()
-            .volume_import("flightctl-pam-issuer-etc", &pam)
-            .await
-        {
-            Ok(()) => swapped.push(Component::Volumes.name()),
-            Err(e) => warnings.push(format!(
-                "PAM issuer volume not restored (as upstream, not fatal): {e}"
-            )),
-        }
-    }
-    let paths = match j.swapped.len() {
-        1 => "1 path".to_string(),
-        n => format!("{n} paths"),
-    };
-    let removed_text: Vec<String> = removed
-        .iter()
-        .map(|p| {
-            p.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        })
-        .collect();
-    Ok(StepOutcome {
-        summary: format!(
-            "{} swapped ({paths}{}{}); pre-restore copies kept until commit",
-            swapped.join(", "),
-            if swapped.contains(&Component::Volumes.name()) {
-                " and the PAM issuer volume"
-            } else {
-                ""
-            },
-            if j.kept_host_pki {
-                "; the host's own pki/db (its external database's CA) kept"
-            } else {
-                ""
-            },
-        ) + &if removed_text.is_empty() {
-            String::new()
-        } else {
-            format!(
-                "; removed (the archive's backup found none; kept aside until commit): {}",
-                removed_text.join(", ")
-            )
-        },
-        details: json!({"warnings": warnings, "components": swapped, "removed": removed}),
-        skipped: false,
-    })
-}
-
-/// The application units the host has, of `states`.
-fn present(states: &[crate::host::systemd::UnitState]) -> Vec<&str> {
-    states
-        .iter()
-        .filter(|s| s.is_present())
-        .map(|s| s.name.as_str())
-        .collect()
-}
-
-/// Stops every application unit the host has (whatever `start` or a resume brought up).
-async fn stop_application_units(host: &Host) -> Result<(), String> {
-    let states = host
-        .systemd()
-        .states(APPLICATION_SERVICES)
-        .await
-        .map_err(|e| e.to_string())?;
-    host.systemd()
-        .control("stop", &present(&states))
-        .await
-        .map_err(|e| e.to_string())
-}
-
-/// `systemctl start|stop UNITS`, then confirms every unit is active (start) or not (stop).
-async fn control_units(host: &Host, verb: &str, names: &[&str]) -> Result<(), String> {
-    host.systemd()
-        .control(verb, names)
-        .await
-        .map_err(|e| e.to_string())?;
-    let after = host
-        .systemd()
-        .states(names)
-        .await
-        .map_err(|e| e.to_string())?;
-    let wrong = after
-        .iter()
-        .find(|s| (s.active_state == "active") != (verb == "start"));
-    match wrong {
-        Some(unit) => Err(format!(
-            "{} is {} after {verb}",
-            unit.name, unit.active_state
-        )),
-        None => Ok(()),
     }
 }

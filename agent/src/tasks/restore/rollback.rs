@@ -25,7 +25,7 @@ pub async fn rollback(
     }
     if j.is_done(Step::Stop) || !j.stopped_units.is_empty() {
         // Units that `start` brought up run on the restored data: stopped before it is undone.
-        super::stop_application_units(host).await?;
+        super::units::stop_application_units(host).await?;
     }
     if j.published() || (j.is_done(Step::Publish) && !j.is_done(Step::Unpublish)) {
         ports::unpublish(host, &j.dropins).await?;
@@ -45,10 +45,18 @@ pub async fn rollback(
     files::restore_old(j)?;
     let pam = dir.join("pam-issuer-etc.old.tar");
     if pam.is_file() {
-        let _ = host
-            .podman()
+        // Its only pre-restore copy is in the restore's directory: kept, with the units stopped,
+        // until a rollback puts it back.
+        host.podman()
             .volume_import("flightctl-pam-issuer-etc", &pam)
-            .await;
+            .await
+            .map_err(|e| {
+                format!(
+                    "the PAM issuer volume could not be put back: {e}; its pre-restore copy {} is kept and the application units stay stopped: fix the cause, then run `ferry rollback {}` again",
+                    pam.display(),
+                    ctx.host_name
+                )
+            })?;
     }
     let names: Vec<&str> = j.stopped_units.iter().map(String::as_str).collect();
     host.systemd()

@@ -25,12 +25,12 @@ pub async fn prune(
 ) -> Result<i32, String> {
     let (inventory, plan) = match crate::selection::schedule_plans(config, global) {
         Ok(p) => p,
-        Err(code) => return Ok(code),
+        Err(stop) => return Ok(stop.say()),
     };
     let pattern = pattern.unwrap_or("all");
     let selected = match crate::selection::select(config, global, &inventory, pattern) {
         Ok(hosts) => hosts,
-        Err(code) => return Ok(code),
+        Err(stop) => return Ok(stop.say()),
     };
     let plans: Vec<_> = plan
         .plans

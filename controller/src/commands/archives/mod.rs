@@ -20,21 +20,17 @@ use crate::config::Config;
 use crate::inventory::Inventory;
 use crate::ops::Operation;
 use crate::report::human_bytes;
-use crate::report::{Format, exit};
+use crate::report::{Format, Stop, exit};
 use crate::store::Store;
 use crate::types::OperationKind;
 
-async fn open(config: &Config) -> Result<(Store, Catalog), i32> {
+async fn open(config: &Config) -> Result<(Store, Catalog), Stop> {
     let store = Store::open(&config.store, &config.state_dir)
         .await
-        .map_err(|e| {
-            errln!("ferry: {e}");
-            exit::ERROR
-        })?;
-    let catalog = crate::ops::catalog(config).await.map_err(|e| {
-        errln!("ferry: {e}");
-        exit::ERROR
-    })?;
+        .map_err(|e| Stop::new(exit::ERROR, format!("ferry: {e}")))?;
+    let catalog = crate::ops::catalog(config)
+        .await
+        .map_err(|e| Stop::new(exit::ERROR, format!("ferry: {e}")))?;
     crate::proof::adopt(&catalog, &store).await;
     Ok((store, catalog))
 }
@@ -43,7 +39,7 @@ pub async fn run(config: &Config, global: &GlobalArgs, command: ArchivesCommand)
     let format = global.output;
     let (store, catalog) = match open(config).await {
         Ok(pair) => pair,
-        Err(code) => return code,
+        Err(stop) => return stop.say(),
     };
     let result = match command {
         ArchivesCommand::List { pattern } => {
@@ -951,7 +947,7 @@ async fn copy_one(store: &Store, dest: &Store, a: &ArchiveRecord) -> Result<u64,
 pub async fn run_catalog(config: &Config, command: CatalogCommand) -> i32 {
     let (store, catalog) = match open(config).await {
         Ok(pair) => pair,
-        Err(code) => return code,
+        Err(stop) => return stop.say(),
     };
     match command {
         CatalogCommand::Rebuild => rebuild(&store, &catalog, config).await.unwrap_or_else(|e| {

@@ -15,7 +15,7 @@ use crate::cli::{GlobalArgs, RestoreArgs};
 use crate::config::Config;
 use crate::dial::{AgentConn, DialError};
 use crate::ops::Operation;
-use crate::report::exit;
+use crate::report::{Stop, exit};
 use crate::store::Store;
 use crate::types::OperationKind;
 
@@ -34,7 +34,7 @@ pub(crate) async fn begin<'a>(
     opened: &'a crate::selection::Opened,
     (kind, command): (OperationKind, &'static str),
     flags: Value,
-) -> Result<(Play<'a>, AgentConn), i32> {
+) -> Result<(Play<'a>, AgentConn), Stop> {
     let target = &opened.target;
     let operation = Operation::open(
         &opened.catalog,
@@ -44,10 +44,7 @@ pub(crate) async fn begin<'a>(
         &flags,
     )
     .await
-    .map_err(|e| {
-        errln!("ferry {command}: {e}");
-        exit::ERROR
-    })?;
+    .map_err(|e| Stop::new(exit::ERROR, format!("ferry {command}: {e}")))?;
     let play = Play::new(target, operation, command);
     match opened.dialer.connect(target).await {
         Ok(conn) => Ok((play, conn)),
@@ -62,7 +59,9 @@ pub(crate) async fn begin<'a>(
                     target.name, target.address, target.port, target.name
                 ),
             };
-            Err(play.unreachable(&e.to_string(), &next).await)
+            Err(Stop::reported(
+                play.unreachable(&e.to_string(), &next).await,
+            ))
         }
     }
 }
@@ -77,7 +76,7 @@ pub async fn run(config: &Config, global: &GlobalArgs, host: &str, args: &Restor
                        "trust_archive_digest": args.trust_archive_digest});
     let opened = match crate::selection::open(config, global, host).await {
         Ok(opened) => opened,
-        Err(code) => return code,
+        Err(stop) => return stop.say(),
     };
     let kind = if args.check {
         (OperationKind::RestoreCheck, "restore")
@@ -86,7 +85,7 @@ pub async fn run(config: &Config, global: &GlobalArgs, host: &str, args: &Restor
     };
     let (play, conn) = match begin(&opened, kind, flags).await {
         Ok(begun) => begun,
-        Err(code) => return code,
+        Err(stop) => return stop.say(),
     };
     if args.resume {
         resume(&play, &conn, args.lease_seconds).await

@@ -20,7 +20,7 @@ pub async fn prepare_devices(
                        "lease_seconds": args.lease_seconds});
     let opened = match crate::selection::open(config, global, host).await {
         Ok(opened) => opened,
-        Err(code) => return code,
+        Err(stop) => return stop.say(),
     };
     let (play, conn) = match super::begin(
         &opened,
@@ -30,7 +30,7 @@ pub async fn prepare_devices(
     .await
     {
         Ok(begun) => begun,
-        Err(code) => return code,
+        Err(stop) => return stop.say(),
     };
     let restore_id = format!(
         "p{}-{}",

@@ -12,12 +12,12 @@ use crate::types::OperationKind;
 pub async fn rollback(config: &Config, global: &GlobalArgs, host: &str) -> i32 {
     let opened = match crate::selection::open(config, global, host).await {
         Ok(opened) => opened,
-        Err(code) => return code,
+        Err(stop) => return stop.say(),
     };
     let (play, conn) =
         match super::begin(&opened, (OperationKind::Rollback, "rollback"), json!({})).await {
             Ok(begun) => begun,
-            Err(code) => return code,
+            Err(stop) => return stop.say(),
         };
     let started = OffsetDateTime::now_utc();
     let (operation, restore, undone) = match conn.client.clone().ping(PingRequest {}).await {
