@@ -186,6 +186,20 @@ impl SimFleet {
         cmd
     }
 
+    /// What `ferry facts HOST -o json` reports of `host` (its `data`), or why it reported nothing.
+    pub fn facts(&self, host: &str) -> anyhow::Result<serde_json::Value> {
+        let out = self.ferry(&["facts", host, "-o", "json"]).output()?;
+        if !out.status.success() {
+            bail!(
+                "ferry facts {host}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        Ok(doc["hosts"][host]["data"].clone())
+    }
+
     /// Runs `ferry ARGS…` (as [`SimFleet::ferry`]) and requires success.
     pub fn ferry_ok(&self, args: &[&str]) -> anyhow::Result<()> {
         let out = self

@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use simhost::SimFleetOptions;
-use simhost::testing::{TempFleet, text};
+use simhost::testing::{TempFleet, text, wait_until};
 
 /// Writes zeros into `path` until the filesystem under it is full.
 fn fill(path: &std::path::Path) {
@@ -253,21 +253,7 @@ fn archives(fleet: &TempFleet, host: &str) -> usize {
 }
 
 fn facts_json(fleet: &TempFleet, host: &str) -> serde_json::Value {
-    let out = fleet
-        .ferry(&["facts", host, "-o", "json"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    doc["hosts"][host]["data"].clone()
-}
-
-async fn settle(what: &str, limit: Duration, mut done: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !done().await {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    fleet.facts(host).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Item 1: `ferry prepare-devices` SIGKILLed after its UPDATE changed the live database, built-in and
@@ -291,7 +277,7 @@ async fn prepare_devices_killed_after_the_update_keeps_the_units_stopped_until_r
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        settle(
+        wait_until(
             &format!("{name}: the seed"),
             Duration::from_secs(60),
             async || host.calls().iter().any(|c| c.contains("redis-cli --pipe")),
@@ -302,7 +288,7 @@ async fn prepare_devices_killed_after_the_update_keeps_the_units_stopped_until_r
         host.clear_faults();
         assert!(annotated(host).await > 0, "{name}: the UPDATE ran");
         // The lease lapses: the host is made safe, not freed with keyless devices.
-        settle(
+        wait_until(
             &format!("{name}: the lapse"),
             Duration::from_secs(30),
             async || facts_json(&fleet, name)["restore"]["lapsed"].is_string(),
@@ -381,13 +367,13 @@ async fn a_kv_restart_ferry_causes_keeps_the_awaiting_reconnect_keys() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    settle("the publication", Duration::from_secs(30), async || {
+    wait_until("the publication", Duration::from_secs(30), async || {
         [5432, 6379]
             .iter()
             .all(|port| std::net::TcpStream::connect((host.spec.address.as_str(), *port)).is_ok())
     })
     .await;
-    settle(
+    wait_until(
         "the keys after the publish restart",
         Duration::from_secs(30),
         async || simhost::testing::awaiting_reconnect_keys(host).await == devices,
@@ -499,7 +485,7 @@ async fn a_killed_restore_is_recorded_with_its_archive_and_tasks() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    settle("the start step", Duration::from_secs(60), async || {
+    wait_until("the start step", Duration::from_secs(60), async || {
         host.calls()
             .iter()
             .any(|c| c.contains("start flightctl-api"))
@@ -547,7 +533,7 @@ async fn a_killed_restore_is_recorded_with_its_archive_and_tasks() {
     assert_eq!(outcome, "interrupted", "{tasks:?}");
     assert!(last.contains("start"), "{tasks:?}");
     // The host's unfinished restore is ended the usual way once its running step is over.
-    settle("the step to end", Duration::from_secs(30), async || {
+    wait_until("the step to end", Duration::from_secs(30), async || {
         facts_json(&fleet, "cp01")["restore"]["running"].is_null()
     })
     .await;
@@ -576,7 +562,7 @@ async fn an_interrupted_stage_is_reported_as_such_and_resume_undoes_it() {
     let load = "ON_ERROR_STOP=1 -q -f";
     let loads = || host.calls().iter().filter(|c| c.contains(load)).count();
     let staging_begun = async |before: usize| {
-        settle("the stage's load", Duration::from_secs(60), async || {
+        wait_until("the stage's load", Duration::from_secs(60), async || {
             loads() > before
         })
         .await;
@@ -663,7 +649,7 @@ async fn an_interrupted_stage_is_reported_as_such_and_resume_undoes_it() {
     assert_eq!(out.status.code(), Some(130), "{}", text(&out));
     // The agent sees the stream end, lets psql finish the partial input and undoes the stage
     // (drops the temporary database): seconds, longer on a loaded machine.
-    settle(
+    wait_until(
         "the host to let the partial stage go",
         Duration::from_secs(90),
         async || {
@@ -713,14 +699,14 @@ async fn busy_is_retried_without_an_alert_and_an_orphaned_backup_frees_the_host(
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    settle("the dump", Duration::from_secs(30), async || {
+    wait_until("the dump", Duration::from_secs(30), async || {
         host.calls().iter().any(|c| c.contains("ferry-dump"))
     })
     .await;
     backup.kill().unwrap();
     let _ = backup.wait();
     let killed = Instant::now();
-    settle("the host to be free", Duration::from_secs(10), async || {
+    wait_until("the host to be free", Duration::from_secs(10), async || {
         let out = fleet
             .ferry(&["ping", "cp01", "-o", "json"])
             .output()
@@ -742,7 +728,7 @@ async fn busy_is_retried_without_an_alert_and_an_orphaned_backup_frees_the_host(
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    settle("the publication", Duration::from_secs(30), async || {
+    wait_until("the publication", Duration::from_secs(30), async || {
         std::net::TcpStream::connect((host.spec.address.as_str(), 5432)).is_ok()
     })
     .await;
@@ -764,7 +750,7 @@ async fn busy_is_retried_without_an_alert_and_an_orphaned_backup_frees_the_host(
         &fleet.dir.join("serve.log"),
     );
     // The first attempt finds the host busy and is tried again within seconds.
-    settle("a busy attempt", Duration::from_secs(60), async || {
+    wait_until("a busy attempt", Duration::from_secs(60), async || {
         serve.log_text().contains("busy")
     })
     .await;
@@ -781,7 +767,7 @@ async fn busy_is_retried_without_an_alert_and_an_orphaned_backup_frees_the_host(
     )
     .unwrap();
     let _ = publisher.wait_with_output();
-    settle("the retried backup", Duration::from_secs(60), async || {
+    wait_until("the retried backup", Duration::from_secs(60), async || {
         archives(&fleet, "cp01") > 0
     })
     .await;
@@ -894,7 +880,7 @@ async fn a_replica_restarted_under_its_name_takes_over_what_its_killed_process_l
         &["--replica", "alpha"],
         &fleet.dir.join("alpha-1.log"),
     );
-    settle(
+    wait_until(
         "the first run's dump",
         Duration::from_secs(60),
         async || host.calls().iter().any(|c| c.contains("ferry-dump")),
@@ -911,7 +897,7 @@ async fn a_replica_restarted_under_its_name_takes_over_what_its_killed_process_l
         &["--replica", "alpha"],
         &fleet.dir.join("alpha-2.log"),
     );
-    settle(
+    wait_until(
         "the slot's backup by the restarted replica",
         Duration::from_secs(60),
         async || archives(&fleet, "cp01") > 0,
@@ -945,7 +931,7 @@ async fn simfleet_down_stops_an_agent_restarted_by_hand() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    settle(
+    wait_until(
         "the hand-started agent",
         Duration::from_secs(30),
         async || {
@@ -1072,7 +1058,7 @@ async fn a_prepare_devices_cut_off_in_its_stage_frees_the_host_within_its_lease(
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    settle(
+    wait_until(
         "the stage's secret read",
         Duration::from_secs(30),
         async || host.calls().iter().any(|c| c.contains(secret)),
@@ -1090,7 +1076,7 @@ async fn a_prepare_devices_cut_off_in_its_stage_frees_the_host_within_its_lease(
         );
     }
     let cut = Instant::now();
-    settle("the host to be free", Duration::from_secs(20), async || {
+    wait_until("the host to be free", Duration::from_secs(20), async || {
         let out = fleet
             .ferry(&["ping", "cp01", "-o", "json"])
             .output()

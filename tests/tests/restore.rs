@@ -838,13 +838,9 @@ async fn a_lapsed_lease_leaves_nothing_published_and_is_reported() {
         "the lease to lapse",
         std::time::Duration::from_secs(30),
         async || {
-            let facts = fleet
-                .ferry(&["facts", "cp01", "-o", "json"])
-                .output()
-                .unwrap();
-            let facts: serde_json::Value =
-                serde_json::from_slice(&facts.stdout).unwrap_or_default();
-            facts["hosts"]["cp01"]["data"]["restore"]["lapsed"].is_string()
+            fleet
+                .facts("cp01")
+                .is_ok_and(|f| f["restore"]["lapsed"].is_string())
         },
     )
     .await;
@@ -867,12 +863,8 @@ async fn a_lapsed_lease_leaves_nothing_published_and_is_reported() {
         std::net::TcpStream::connect((host.spec.address.as_str(), 5432)).is_err(),
         "nothing published"
     );
-    let facts = fleet
-        .ferry(&["facts", "cp01", "-o", "json"])
-        .output()
-        .unwrap();
-    let facts: serde_json::Value = serde_json::from_slice(&facts.stdout).unwrap();
-    let restore_status = &facts["hosts"]["cp01"]["data"]["restore"];
+    let facts = fleet.facts("cp01").unwrap();
+    let restore_status = &facts["restore"];
     assert_eq!(
         restore_status["state"], "HOST_STATE_SWAPPED",
         "{restore_status}"
@@ -912,13 +904,7 @@ async fn a_lapsed_lease_leaves_nothing_published_and_is_reported() {
         "the restore to be reverted",
         std::time::Duration::from_secs(30),
         async || {
-            let facts = fleet
-                .ferry(&["facts", "cp01", "-o", "json"])
-                .output()
-                .unwrap();
-            let facts: serde_json::Value =
-                serde_json::from_slice(&facts.stdout).unwrap_or_default();
-            facts["hosts"]["cp01"]["data"]["restore"].is_null()
+            fleet.facts("cp01").is_ok_and(|f| f["restore"].is_null())
                 && host.unit_state("flightctl-api.service") == "active"
         },
     )

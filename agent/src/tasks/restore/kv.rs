@@ -87,6 +87,18 @@ pub async fn password(host: &Host) -> Result<Secret, String> {
         .map_err(|e| e.to_string())
 }
 
+/// `redis-cli` inside the KV container fed `script` (which authenticates first); its replies.
+async fn redis_cli(host: &Host, script: &str) -> Result<String, String> {
+    host.podman()
+        .exec(
+            "flightctl-kv",
+            &["redis-cli", "--no-auth-warning"],
+            script.as_bytes(),
+        )
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// How many of `keys` the KV holds (EXISTS in batches, each key counted once).
 pub async fn existing(host: &Host, password: &Secret, keys: &[&str]) -> Result<usize, String> {
     let mut script = format!("AUTH {}\n", password.expose());
@@ -95,15 +107,7 @@ pub async fn existing(host: &Host, password: &Secret, keys: &[&str]) -> Result<u
         script.push_str(&batch.join(" "));
         script.push('\n');
     }
-    let out = host
-        .podman()
-        .exec(
-            "flightctl-kv",
-            &["redis-cli", "--no-auth-warning"],
-            script.as_bytes(),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+    let out = redis_cli(host, &script).await?;
     // The AUTH reply is `OK`; each EXISTS answers a count.
     let counts: Vec<usize> = out
         .lines()
@@ -121,15 +125,7 @@ pub async fn count(host: &Host, password: &Secret) -> Result<usize, String> {
         "AUTH {}\nEVAL \"return #redis.call('KEYS', ARGV[1])\" 0 v1/*/device/*/awaiting-reconnect\n",
         password.expose()
     );
-    let out = host
-        .podman()
-        .exec(
-            "flightctl-kv",
-            &["redis-cli", "--no-auth-warning"],
-            script.as_bytes(),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+    let out = redis_cli(host, &script).await?;
     out.lines()
         .last()
         .and_then(|l| l.trim().trim_start_matches("(integer) ").parse().ok())
